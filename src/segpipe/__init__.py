@@ -1,0 +1,3 @@
+"""segpipe: a reproducible image-segmentation pipeline built on DVC."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,242 @@
+"""Typed, strict loading of ``params.yaml``: the only place that parses it.
+
+Every section becomes a frozen dataclass. Unknown keys, missing keys, wrong types and
+out-of-range values raise :class:`SegpipeError` naming the key, so a typo in an
+experiment (``dvc exp run -S train.lrr=1e-4``) stops before any work is done.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from segpipe.errors import SegpipeError
+
+Source = Literal["synthetic", "folder", "kaggle"]
+LossName = Literal["bce", "dice", "bce+dice"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticConfig:
+    n_images: int
+    min_size: int
+    max_size: int
+    empty_fraction: float
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    source: Source
+    path: str
+    kaggle_dataset: str
+    classes: tuple[str, ...]
+    synthetic: SyntheticConfig
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitConfig:
+    val_fraction: float
+    test_fraction: float
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    arch: str
+    encoder: str
+    encoder_weights: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    image_size: int
+    epochs: int
+    batch_size: int
+    lr: float
+    loss: LossName
+    augment: bool
+    precision: Precision
+    channels_last: bool
+    num_workers: int
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateConfig:
+    threshold: float
+    batch_size: int
+
+
+@dataclasses.dataclass(frozen=True)
+class PlotConfig:
+    n_samples: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Params:
+    seed: int
+    data: DataConfig
+    split: SplitConfig
+    model: ModelConfig
+    train: TrainConfig
+    evaluate: EvaluateConfig
+    plot: PlotConfig
+
+
+class _Yaml12Loader(yaml.SafeLoader):
+    """PyYAML reads ``1e-05`` (what ``dvc exp run -S`` writes) as a string; YAML 1.2 and DVC
+    read it as a float. This resolver makes both agree."""
+
+
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def read_yaml(path: Path) -> Any:
+    """Read a YAML file with YAML 1.2 float rules (``1e-05`` is a float)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return yaml.load(f, Loader=_Yaml12Loader)  # noqa: S506 - a SafeLoader subclass
+    except FileNotFoundError:
+        raise SegpipeError(f"{path}: file not found") from None
+    except yaml.YAMLError as e:
+        raise SegpipeError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
+
+
+def load_params(path: Path | str = "params.yaml") -> Params:
+    """Load and validate ``params.yaml``.
+
+    Raises:
+        SegpipeError: naming the first bad key and what is expected there.
+    """
+    raw = read_yaml(Path(path))
+    params = _build(Params, raw, "")
+    _check_values(params)
+    return params
+
+
+def params_from_dict(raw: dict[str, Any]) -> Params:
+    """Build and validate :class:`Params` from an already parsed mapping (used by tests)."""
+    params = _build(Params, raw, "")
+    _check_values(params)
+    return params
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    return getattr(tp, "__name__", str(tp)).replace("NoneType", "null")
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    where = prefix.rstrip(".") or "params"
+    if not isinstance(raw, dict):
+        raise SegpipeError(f"{where}: expected a mapping of keys, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise SegpipeError(
+            f"unknown parameter '{prefix}{unknown[0]}' (valid keys in {where}: {', '.join(fields)})"
+        )
+    missing = [name for name in fields if name not in raw]
+    if missing:
+        raise SegpipeError(f"missing parameter '{prefix}{missing[0]}' in params.yaml")
+    return cls(**{name: _convert(hints[name], raw[name], prefix + name) for name in fields})
+
+
+def _convert(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key + ".")
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise SegpipeError(f"{key}: got {value!r}, expected one of {_type_name(tp)}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = next(a for a in args if a is not type(None))
+        return _convert(inner, value, key)
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise SegpipeError(f"{key}: expected a list, got {value!r}")
+        (inner, _) = typing.get_args(tp)
+        return tuple(_convert(inner, v, f"{key}[{i}]") for i, v in enumerate(value))
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, bool) or not isinstance(value, tp):
+        raise SegpipeError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise SegpipeError(message)
+
+
+def _check_values(p: Params) -> None:
+    s = p.data.synthetic
+    _require(len(p.data.classes) >= 2, "data.classes: list at least two classes (background first)")
+    _require(len(set(p.data.classes)) == len(p.data.classes), "data.classes: names must be unique")
+    _require(s.n_images >= 1, f"data.synthetic.n_images: must be >= 1, got {s.n_images}")
+    _require(
+        16 <= s.min_size <= s.max_size,
+        f"data.synthetic: need 16 <= min_size <= max_size, got {s.min_size} and {s.max_size}",
+    )
+    _require(
+        0.0 <= s.empty_fraction <= 1.0,
+        f"data.synthetic.empty_fraction: must be in [0, 1], got {s.empty_fraction}",
+    )
+    for name in ("val_fraction", "test_fraction"):
+        value = getattr(p.split, name)
+        _require(0.0 < value < 1.0, f"split.{name}: must be in (0, 1), got {value}")
+    total = p.split.val_fraction + p.split.test_fraction
+    _require(
+        total < 1.0,
+        f"split: val_fraction + test_fraction must be below 1 to leave training images, got {total}",
+    )
+    t = p.train
+    _require(t.image_size >= 32 and t.image_size % 32 == 0,
+             f"train.image_size: must be a multiple of 32 and >= 32, got {t.image_size}")
+    _require(t.epochs >= 1, f"train.epochs: must be >= 1, got {t.epochs}")
+    _require(t.batch_size >= 1, f"train.batch_size: must be >= 1, got {t.batch_size}")
+    _require(t.lr > 0, f"train.lr: must be > 0, got {t.lr}")
+    _require(t.num_workers >= 0, f"train.num_workers: must be >= 0, got {t.num_workers}")
+    e = p.evaluate
+    _require(0.0 < e.threshold < 1.0, f"evaluate.threshold: must be in (0, 1), got {e.threshold}")
+    _require(e.batch_size >= 1, f"evaluate.batch_size: must be >= 1, got {e.batch_size}")
+    _require(p.plot.n_samples >= 1, f"plot.n_samples: must be >= 1, got {p.plot.n_samples}")
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """A dataclass config as plain JSON-friendly data (tuples become lists)."""
+    return _plain(dataclasses.asdict(obj))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

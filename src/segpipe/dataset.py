@@ -1,0 +1,110 @@
+"""The Dataset and its albumentations transforms.
+
+A split CSV (columns ``image`` and ``mask``) becomes (image tensor, mask tensor) pairs:
+``image`` is float32 3xHxW, ImageNet-normalised; ``mask`` is int64 HxW class indices.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import albumentations as A
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from segpipe.errors import SegpipeError
+from segpipe.images import read_pair
+
+# Hard-coded on purpose: smp's get_preprocessing_params needs the network.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def build_transform(image_size: int, augment: bool, seed: int) -> A.Compose:
+    """Resize (+ flip and colour jitter when ``augment``) + ImageNet normalisation.
+
+    albumentations 2.x ignores global seeds, hence ``seed=`` here.
+    """
+    steps: list[A.BasicTransform] = [A.Resize(image_size, image_size)]
+    if augment:
+        steps += [
+            A.HorizontalFlip(p=0.5),
+            A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.05, p=0.5),
+        ]
+    steps.append(A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD))
+    return A.Compose(steps, seed=seed)
+
+
+def read_split(path: Path) -> pd.DataFrame:
+    """Read a split CSV written by the split stage."""
+    try:
+        frame = pd.read_csv(path)
+    except FileNotFoundError:
+        raise SegpipeError(f"{path}: split file not found (run the split stage first)") from None
+    missing = {"image", "mask"} - set(frame.columns)
+    if missing:
+        raise SegpipeError(f"{path}: missing column(s) {sorted(missing)}")
+    if frame.empty:
+        raise SegpipeError(f"{path}: the split is empty")
+    return frame
+
+
+def to_tensor(image: np.ndarray) -> torch.Tensor:
+    """HxWx3 float array -> 3xHxW float32 tensor."""
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32))
+
+
+class SegmentationDataset(Dataset):
+    """Pairs from a split frame, transformed for training or validation.
+
+    Args:
+        frame: rows with ``image`` and ``mask`` paths.
+        transform: applied to image and mask together.
+        num_classes: number of classes, including background.
+    """
+
+    def __init__(self, frame: pd.DataFrame, transform: A.Compose, num_classes: int) -> None:
+        self.images = frame["image"].tolist()
+        self.masks = frame["mask"].tolist()
+        self.transform = transform
+        self.num_classes = num_classes
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, mask = read_pair(Path(self.images[index]), Path(self.masks[index]), self.num_classes)
+        out = self.transform(image=image, mask=mask)
+        return to_tensor(out["image"]), torch.from_numpy(out["mask"].astype(np.int64))
+
+
+class FullResolutionDataset(Dataset):
+    """For evaluation: the resized, normalised image plus the mask at its original size.
+
+    Items are ``(image, mask, index)``; use :func:`collate_full_resolution` since masks differ
+    in size.
+    """
+
+    def __init__(self, frame: pd.DataFrame, image_size: int, num_classes: int) -> None:
+        self.images = frame["image"].tolist()
+        self.masks = frame["mask"].tolist()
+        self.transform = build_transform(image_size, augment=False, seed=0)
+        self.num_classes = num_classes
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        image, mask = read_pair(Path(self.images[index]), Path(self.masks[index]), self.num_classes)
+        resized = self.transform(image=image)["image"]
+        return to_tensor(resized), torch.from_numpy(mask.astype(np.int64)), index
+
+
+def collate_full_resolution(
+    batch: list[tuple[torch.Tensor, torch.Tensor, int]],
+) -> tuple[torch.Tensor, list[torch.Tensor], list[int]]:
+    """Stack the images; keep the differently sized masks as a list."""
+    images, masks, indices = zip(*batch, strict=True)
+    return torch.stack(images), list(masks), list(indices)

@@ -1,0 +1,91 @@
+"""Segmentation metrics: count tp/fp/fn/tn per class, then reduce. The only implementation.
+
+Used by validation during training and by the evaluate stage, so both report the same Dice.
+
+Reductions:
+- dataset level (``dice``, ``iou``, ``pixel_accuracy``): counts are summed over every pixel of
+  every image first, then reduced once (per class, then averaged over the foreground classes;
+  for binary that is the foreground class alone);
+- per image (``dice_per_image``, ``iou_per_image``): each image's foreground counts give one
+  score, and the scores are averaged. An image whose truth and prediction are both empty
+  scores 1.0 (a correct "nothing here"); one with an empty truth and any predicted foreground
+  scores 0.0.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Per-image confusion matrices.
+
+    Shape:
+        pred, target: (B, H, W) integer class indices.
+        returns: (B, C, C) int64; rows are the true class, columns the predicted class.
+    """
+    if pred.shape != target.shape:
+        raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} differ")
+    batch = pred.shape[0]
+    flat = (target.reshape(batch, -1) * num_classes + pred.reshape(batch, -1)).long()
+    offsets = torch.arange(batch, device=flat.device).unsqueeze(1) * num_classes**2
+    counts = torch.bincount((flat + offsets).reshape(-1), minlength=batch * num_classes**2)
+    return counts.reshape(batch, num_classes, num_classes)
+
+
+def stat_scores(confusion: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(tp, fp, fn, tn) per class from confusion matrices of shape (..., C, C)."""
+    tp = confusion.diagonal(dim1=-2, dim2=-1)
+    fp = confusion.sum(dim=-2) - tp
+    fn = confusion.sum(dim=-1) - tp
+    tn = confusion.sum(dim=(-2, -1)).unsqueeze(-1) - tp - fp - fn
+    return tp, fp, fn, tn
+
+
+def dice_score(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor) -> torch.Tensor:
+    """2tp / (2tp + fp + fn); 1.0 where truth and prediction are both empty."""
+    tp, fp, fn = tp.double(), fp.double(), fn.double()
+    denom = 2 * tp + fp + fn
+    return torch.where(denom > 0, 2 * tp / denom.clamp(min=1), torch.ones_like(denom))
+
+
+def iou_score(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor) -> torch.Tensor:
+    """tp / (tp + fp + fn); 1.0 where truth and prediction are both empty."""
+    tp, fp, fn = tp.double(), fp.double(), fn.double()
+    denom = tp + fp + fn
+    return torch.where(denom > 0, tp / denom.clamp(min=1), torch.ones_like(denom))
+
+
+class SegmentationMetrics:
+    """Accumulates counts over a whole dataset; :meth:`compute` reduces them once."""
+
+    def __init__(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+        self.image_dice: list[float] = []
+        self.image_iou: list[float] = []
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> tuple[list[float], list[float]]:
+        """Add a batch of label maps (B, H, W). Returns the batch's per-image Dice and IoU."""
+        confusion = confusion_matrix(pred, target, self.num_classes).cpu()
+        self.confusion += confusion.sum(dim=0)
+        tp, fp, fn, _ = stat_scores(confusion)
+        # Foreground counts of each image, summed over the foreground classes.
+        tp, fp, fn = tp[:, 1:].sum(-1), fp[:, 1:].sum(-1), fn[:, 1:].sum(-1)
+        dice, iou = dice_score(tp, fp, fn).tolist(), iou_score(tp, fp, fn).tolist()
+        self.image_dice += dice
+        self.image_iou += iou
+        return dice, iou
+
+    def compute(self) -> dict[str, float]:
+        """Dataset-level and per-image scores (see the module docstring)."""
+        tp, fp, fn, _ = stat_scores(self.confusion)
+        total = self.confusion.sum().item()
+        n = len(self.image_dice)
+        return {
+            "dice": dice_score(tp, fp, fn)[1:].mean().item(),
+            "iou": iou_score(tp, fp, fn)[1:].mean().item(),
+            "pixel_accuracy": self.confusion.trace().item() / total if total else float("nan"),
+            "dice_per_image": sum(self.image_dice) / n if n else float("nan"),
+            "iou_per_image": sum(self.image_iou) / n if n else float("nan"),
+        }

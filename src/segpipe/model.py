@@ -1,0 +1,135 @@
+"""Building models by name, and self-describing checkpoints that rebuild them offline."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import Any
+from unittest import mock
+from urllib.parse import urlparse
+
+import torch
+from torch import nn
+
+from segpipe.config import ModelConfig
+from segpipe.errors import SegpipeError
+from segpipe.files import atomic_write
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = 1
+
+
+def output_channels(num_classes: int) -> int:
+    """Binary is one logit channel (sigmoid); N classes are N channels (softmax)."""
+    return 1 if num_classes == 2 else num_classes
+
+
+def check_model_names(cfg: ModelConfig) -> None:
+    """Fail with the valid names when ``model.arch`` or ``model.encoder`` is unknown."""
+    import segmentation_models_pytorch as smp
+
+    archs = sorted(smp.MODEL_ARCHITECTURES_MAPPING)
+    if cfg.arch.lower() not in archs:
+        raise SegpipeError(f"model.arch: unknown architecture {cfg.arch!r} (valid: {', '.join(archs)})")
+    encoders = smp.encoders.get_encoder_names()
+    if cfg.encoder not in encoders and not cfg.encoder.startswith("tu-"):
+        raise SegpipeError(
+            f"model.encoder: unknown encoder {cfg.encoder!r} "
+            f"(valid: {', '.join(encoders)}, or any timm encoder as 'tu-<name>')"
+        )
+
+
+def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
+    """``smp.create_model(arch, encoder, encoder_weights, classes)``, checked and offline-safe.
+
+    Raises:
+        SegpipeError: unknown names, or pretrained weights that are neither cached nor
+            downloadable (fails in seconds instead of retrying for half a minute).
+    """
+    import segmentation_models_pytorch as smp
+
+    check_model_names(cfg)
+
+    def create() -> nn.Module:
+        return smp.create_model(
+            cfg.arch, cfg.encoder, encoder_weights=cfg.encoder_weights,
+            classes=output_channels(num_classes),
+        )
+
+    if cfg.encoder_weights is None:
+        return create()
+    if _hub_reachable():
+        try:
+            return create()
+        except KeyError as e:  # smp lists the weights an encoder has
+            raise SegpipeError(f"model.encoder_weights: {e.args[0]}") from None
+    # Offline: use the local Hugging Face cache only, so a missing file fails at once.
+    import huggingface_hub
+
+    with mock.patch.object(huggingface_hub.constants, "HF_HUB_OFFLINE", True):
+        try:
+            return create()
+        except KeyError as e:
+            raise SegpipeError(f"model.encoder_weights: {e.args[0]}") from None
+        except Exception as e:  # huggingface_hub raises several types for "not cached"
+            raise SegpipeError(
+                f"model.encoder_weights: {cfg.encoder_weights!r} weights for {cfg.encoder} are "
+                f"not in the local cache and the Hugging Face hub cannot be reached "
+                f"({type(e).__name__}); set model.encoder_weights: null, or run once with "
+                "network access (or HF_ENDPOINT pointing at a mirror) to cache them"
+            ) from None
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """A quick TCP check of the Hugging Face endpoint (honours HF_ENDPOINT and HF_HUB_OFFLINE)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname or "", port), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def save_checkpoint(path: Path, model: nn.Module, model_config: dict[str, Any], **meta: Any) -> None:
+    """Write weights plus everything needed to rebuild the model, atomically.
+
+    ``model_config`` holds ``arch``, ``encoder``, ``classes`` and ``image_size``; ``meta``
+    holds e.g. ``epoch`` and the best validation metric. Only plain types and tensors are
+    stored, so :func:`load_checkpoint` can use ``weights_only=True``.
+    """
+    state = {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
+    payload = {"format": CHECKPOINT_FORMAT, "model_config": model_config, "state_dict": state, **meta}
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def load_checkpoint(path: Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a model from a checkpoint alone (never touches the network).
+
+    Returns:
+        The model in eval mode on the CPU, and the checkpoint's other entries.
+    """
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise SegpipeError(f"{path}: checkpoint not found (run the train stage first)") from None
+    except Exception as e:  # a foreign or corrupt file: never fall back to unsafe unpickling
+        raise SegpipeError(f"{path}: not a loadable segpipe checkpoint ({type(e).__name__})") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise SegpipeError(f"{path}: not a segpipe checkpoint (format {CHECKPOINT_FORMAT})")
+    mc = payload["model_config"]
+    cfg = ModelConfig(arch=mc["arch"], encoder=mc["encoder"], encoder_weights=None)
+    model = build_model(cfg, len(mc["classes"]))
+    model.load_state_dict(payload.pop("state_dict"))
+    return model.eval(), payload
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module behind DistributedDataParallel or torch.compile wrappers."""
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)

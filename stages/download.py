@@ -1,0 +1,18 @@
+"""Stage: bring the dataset chosen by data.source into a normalised folder."""
+
+from pathlib import Path
+
+from segpipe import download
+from segpipe.cli import parser, run_stage
+from segpipe.config import load_params
+
+if __name__ == "__main__":
+    p = parser(__doc__)
+    p.add_argument("--out", type=Path, required=True, help="dataset folder to write")
+    args = p.parse_args()
+
+    def main() -> None:
+        params = load_params(args.params)
+        download.run(params.data, params.seed, args.out)
+
+    raise SystemExit(run_stage(main, args.verbose))

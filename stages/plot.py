@@ -1,0 +1,21 @@
+"""Stage: the image | prediction | ground truth grid and the training curves."""
+
+from pathlib import Path
+
+from segpipe import plot
+from segpipe.cli import parser, run_stage
+from segpipe.config import load_params
+
+if __name__ == "__main__":
+    p = parser(__doc__)
+    p.add_argument("--test", type=Path, required=True, help="test split CSV")
+    p.add_argument("--predictions", type=Path, required=True, help="predicted masks folder")
+    p.add_argument("--live", type=Path, required=True, help="DVCLive folder of the train stage")
+    p.add_argument("--out", type=Path, required=True, help="folder for the PNG plots")
+    args = p.parse_args()
+
+    def main() -> None:
+        params = load_params(args.params)
+        plot.run(params.plot.n_samples, args.test, args.predictions, args.live, args.out)
+
+    raise SystemExit(run_stage(main, args.verbose))

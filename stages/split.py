@@ -1,0 +1,19 @@
+"""Stage: pair images and masks by stem and write train/val/test CSV files."""
+
+from pathlib import Path
+
+from segpipe import split
+from segpipe.cli import parser, run_stage
+from segpipe.config import load_params
+
+if __name__ == "__main__":
+    p = parser(__doc__)
+    p.add_argument("--raw", type=Path, required=True, help="dataset folder from the download stage")
+    p.add_argument("--out", type=Path, required=True, help="folder for train.csv, val.csv, test.csv")
+    args = p.parse_args()
+
+    def main() -> None:
+        params = load_params(args.params)
+        split.run(params.split, params.seed, args.raw, args.out)
+
+    raise SystemExit(run_stage(main, args.verbose))
