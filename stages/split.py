@@ -9,7 +9,9 @@ from segpipe.config import load_params
 if __name__ == "__main__":
     p = parser(__doc__)
     p.add_argument("--raw", type=Path, required=True, help="dataset folder from the download stage")
-    p.add_argument("--out", type=Path, required=True, help="folder for train.csv, val.csv, test.csv")
+    p.add_argument(
+        "--out", type=Path, required=True, help="folder for train.csv, val.csv, test.csv"
+    )
     args = p.parse_args()
 
     def main() -> None:

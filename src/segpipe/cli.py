@@ -16,7 +16,8 @@ def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--params", default="params.yaml", help="parameters file (default: %(default)s)")
     p.add_argument(
-        "--verbose", action="store_true",
+        "--verbose",
+        action="store_true",
         help="show full tracebacks and debug logs (also: SEGPIPE_VERBOSE=1)",
     )
     return p

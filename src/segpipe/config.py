@@ -217,8 +217,10 @@ def _check_values(p: Params) -> None:
         f"split: val_fraction + test_fraction must be below 1 to leave training images, got {total}",
     )
     t = p.train
-    _require(t.image_size >= 32 and t.image_size % 32 == 0,
-             f"train.image_size: must be a multiple of 32 and >= 32, got {t.image_size}")
+    _require(
+        t.image_size >= 32 and t.image_size % 32 == 0,
+        f"train.image_size: must be a multiple of 32 and >= 32, got {t.image_size}",
+    )
     _require(t.epochs >= 1, f"train.epochs: must be >= 1, got {t.epochs}")
     _require(t.batch_size >= 1, f"train.batch_size: must be >= 1, got {t.batch_size}")
     _require(t.lr > 0, f"train.lr: must be > 0, got {t.lr}")

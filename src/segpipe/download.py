@@ -60,10 +60,13 @@ def copy_pairs(root: Path, dest: Path, what: str, move: bool = False) -> None:
         target = dest / name
         target.mkdir(parents=True)
         files = [
-            p for p in sorted(src.iterdir())
+            p
+            for p in sorted(src.iterdir())
             if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
         ]
         if not files:
-            raise SegpipeError(f"{what}: {src} holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
+            raise SegpipeError(
+                f"{what}: {src} holds no image files ({', '.join(IMAGE_EXTENSIONS)})"
+            )
         for path in files:
             (shutil.move if move else shutil.copy2)(path, target / path.name)

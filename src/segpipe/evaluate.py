@@ -81,10 +81,15 @@ def run(
             )
     result = {**metrics.compute(), "n_images": len(rows), "threshold": cfg.threshold}
     per_image = pd.DataFrame(rows)
-    atomic_write(per_image_path, lambda tmp: per_image.to_csv(tmp, index=False, float_format="%.6f"))
+    atomic_write(
+        per_image_path, lambda tmp: per_image.to_csv(tmp, index=False, float_format="%.6f")
+    )
     write_json(metrics_path, result)
     log.info(
         "test: dice %.4f, iou %.4f, pixel accuracy %.4f over %d images",
-        result["dice"], result["iou"], result["pixel_accuracy"], len(rows),
+        result["dice"],
+        result["iou"],
+        result["pixel_accuracy"],
+        len(rows),
     )
     return result

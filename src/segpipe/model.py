@@ -33,7 +33,9 @@ def check_model_names(cfg: ModelConfig) -> None:
 
     archs = sorted(smp.MODEL_ARCHITECTURES_MAPPING)
     if cfg.arch.lower() not in archs:
-        raise SegpipeError(f"model.arch: unknown architecture {cfg.arch!r} (valid: {', '.join(archs)})")
+        raise SegpipeError(
+            f"model.arch: unknown architecture {cfg.arch!r} (valid: {', '.join(archs)})"
+        )
     encoders = smp.encoders.get_encoder_names()
     if cfg.encoder not in encoders and not cfg.encoder.startswith("tu-"):
         raise SegpipeError(
@@ -55,12 +57,14 @@ def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
 
     def create() -> nn.Module:
         return smp.create_model(
-            cfg.arch, cfg.encoder, encoder_weights=cfg.encoder_weights,
+            cfg.arch,
+            cfg.encoder,
+            encoder_weights=cfg.encoder_weights,
             classes=output_channels(num_classes),
         )
 
     if cfg.encoder_weights is None:
-        return create()
+        return _pytorch_bn_momentum(create())
     if _hub_reachable():
         try:
             return create()
@@ -83,6 +87,20 @@ def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
             ) from None
 
 
+def _pytorch_bn_momentum(model: nn.Module) -> nn.Module:
+    """Use PyTorch's BatchNorm momentum (0.1) for a model trained from scratch.
+
+    Some encoders (efficientnet-b*) keep TensorFlow's 0.01, tuned for long runs from
+    pretrained statistics. From random init over a few hundred steps, their running statistics
+    stay near the init values, so eval-mode predictions collapse (validation Dice stayed at 0.0
+    for 6 epochs of the default run while the training loss fell).
+    """
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.momentum = 0.1
+    return model
+
+
 def _hub_reachable(timeout: float = 3.0) -> bool:
     """A quick TCP check of the Hugging Face endpoint (honours HF_ENDPOINT and HF_HUB_OFFLINE)."""
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
@@ -96,7 +114,9 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
     return True
 
 
-def save_checkpoint(path: Path, model: nn.Module, model_config: dict[str, Any], **meta: Any) -> None:
+def save_checkpoint(
+    path: Path, model: nn.Module, model_config: dict[str, Any], **meta: Any
+) -> None:
     """Write weights plus everything needed to rebuild the model, atomically.
 
     ``model_config`` holds ``arch``, ``encoder``, ``classes`` and ``image_size``; ``meta``
@@ -104,7 +124,12 @@ def save_checkpoint(path: Path, model: nn.Module, model_config: dict[str, Any], 
     stored, so :func:`load_checkpoint` can use ``weights_only=True``.
     """
     state = {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
-    payload = {"format": CHECKPOINT_FORMAT, "model_config": model_config, "state_dict": state, **meta}
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "model_config": model_config,
+        "state_dict": state,
+        **meta,
+    }
     atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
@@ -119,7 +144,9 @@ def load_checkpoint(path: Path) -> tuple[nn.Module, dict[str, Any]]:
     except FileNotFoundError:
         raise SegpipeError(f"{path}: checkpoint not found (run the train stage first)") from None
     except Exception as e:  # a foreign or corrupt file: never fall back to unsafe unpickling
-        raise SegpipeError(f"{path}: not a loadable segpipe checkpoint ({type(e).__name__})") from None
+        raise SegpipeError(
+            f"{path}: not a loadable segpipe checkpoint ({type(e).__name__})"
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise SegpipeError(f"{path}: not a segpipe checkpoint (format {CHECKPOINT_FORMAT})")
     mc = payload["model_config"]

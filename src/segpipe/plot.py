@@ -43,8 +43,14 @@ def prediction_grid(test_csv: Path, predictions_dir: Path, n_samples: int, out_p
         prediction = predictions_dir / f"{item['stem']}.png"
         if not prediction.exists():
             raise SegpipeError(f"{prediction}: prediction not found (run the evaluate stage first)")
-        panels = (read_image(Path(item["image"])), read_gray(prediction), read_gray(Path(item["mask"])))
-        for ax, panel, title in zip(row, panels, ("image", "prediction", "ground truth"), strict=True):
+        panels = (
+            read_image(Path(item["image"])),
+            read_gray(prediction),
+            read_gray(Path(item["mask"])),
+        )
+        for ax, panel, title in zip(
+            row, panels, ("image", "prediction", "ground truth"), strict=True
+        ):
             ax.imshow(panel, cmap=None if panel.ndim == 3 else "gray", interpolation="nearest")
             ax.set_title(f"{title}: {item['stem']}" if title == "image" else title, fontsize=9)
             ax.axis("off")
@@ -72,7 +78,9 @@ def training_curves(live_dir: Path, out_path: Path) -> None:
     _save(fig, out_path)
 
 
-def run(n_samples: int, test_csv: Path, predictions_dir: Path, live_dir: Path, out_dir: Path) -> None:
+def run(
+    n_samples: int, test_csv: Path, predictions_dir: Path, live_dir: Path, out_dir: Path
+) -> None:
     """Write ``predictions.png`` and ``training_curves.png`` to ``out_dir``."""
     drawn = prediction_grid(test_csv, predictions_dir, n_samples, out_dir / "predictions.png")
     training_curves(live_dir, out_dir / "training_curves.png")

@@ -83,7 +83,12 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     for _ in range(int(rng.integers(3, 10))):
         colour = tuple(int(c) for c in _random_colour(rng))
         if rng.random() < 0.6:
-            x0, y0, x1, y1 = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(0, w), rng.uniform(0, h)
+            x0, y0, x1, y1 = (
+                rng.uniform(0, w),
+                rng.uniform(0, h),
+                rng.uniform(0, w),
+                rng.uniform(0, h),
+            )
             draw.line([x0, y0, x1, y1], fill=colour, width=int(rng.integers(1, 3)))
         else:
             r = rng.uniform(0.05, 0.2) * min(h, w)
@@ -130,7 +135,7 @@ def _texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
         yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
         angle = rng.uniform(0, np.pi)
         period = rng.uniform(4, 12)
-        stripes = (np.sin((np.cos(angle) * xx + np.sin(angle) * yy) * 2 * np.pi / period) > 0)
+        stripes = np.sin((np.cos(angle) * xx + np.sin(angle) * yy) * 2 * np.pi / period) > 0
         return np.where(stripes[..., None], base, _random_colour(rng))
     # speckled: coarse noise around the base colour
     return np.clip(base + rng.normal(0, 35, size=(h, w, 3)), 0, 255)

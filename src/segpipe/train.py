@@ -83,7 +83,9 @@ def run(params: Params, splits_dir: Path, model_path: Path, live_dir: Path) -> d
         model = model.to(memory_format=torch.channels_last)
     loss_fn = build_loss(t.loss, num_classes)
     optimizer = torch.optim.Adam(model.parameters(), lr=t.lr)
-    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 and device.type == "cuda" else None
+    scaler = (
+        torch.amp.GradScaler("cuda") if dtype == torch.float16 and device.type == "cuda" else None
+    )
     model_config = {
         "arch": params.model.arch,
         "encoder": params.model.encoder,
@@ -94,8 +96,13 @@ def run(params: Params, splits_dir: Path, model_path: Path, live_dir: Path) -> d
     }
     log.info(
         "training %s/%s on %d images (val %d), %d epochs, device %s, autocast %s",
-        params.model.arch, params.model.encoder, len(train_set), len(val_set), t.epochs,
-        device, dtype or "off",
+        params.model.arch,
+        params.model.encoder,
+        len(train_set),
+        len(val_set),
+        t.epochs,
+        device,
+        dtype or "off",
     )
 
     best: dict[str, float] = {"dice": -1.0}
@@ -103,13 +110,27 @@ def run(params: Params, splits_dir: Path, model_path: Path, live_dir: Path) -> d
         for epoch in range(1, t.epochs + 1):
             start = time.perf_counter()
             train_stats = train_one_epoch(
-                model, train_loader, loss_fn, optimizer, device, dtype, t.channels_last, scaler,
+                model,
+                train_loader,
+                loss_fn,
+                optimizer,
+                device,
+                dtype,
+                t.channels_last,
+                scaler,
                 desc=f"epoch {epoch}/{t.epochs} train",
             )
             seconds = time.perf_counter() - start
             val = evaluate_epoch(
-                model, val_loader, loss_fn, num_classes, VAL_THRESHOLD, device,
-                dtype, t.channels_last, desc=f"epoch {epoch}/{t.epochs} val",
+                model,
+                val_loader,
+                loss_fn,
+                num_classes,
+                VAL_THRESHOLD,
+                device,
+                dtype,
+                t.channels_last,
+                desc=f"epoch {epoch}/{t.epochs} val",
             )
             live.log_metric("train/loss", train_stats["loss"])
             for key in ("loss", "dice", "iou", "pixel_accuracy"):
@@ -117,13 +138,16 @@ def run(params: Params, splits_dir: Path, model_path: Path, live_dir: Path) -> d
             live.log_metric("lr", optimizer.param_groups[0]["lr"])
             log.info(
                 "epoch %d/%d: train loss %.4f, val loss %.4f, val dice %.4f, %.1f s",
-                epoch, t.epochs, train_stats["loss"], val["loss"], val["dice"], seconds,
+                epoch,
+                t.epochs,
+                train_stats["loss"],
+                val["loss"],
+                val["dice"],
+                seconds,
             )
             if val["dice"] > best["dice"]:
                 best = {**val, "epoch": epoch}
-                save_checkpoint(
-                    model_path, model, model_config, epoch=epoch, val_dice=val["dice"]
-                )
+                save_checkpoint(model_path, model, model_config, epoch=epoch, val_dice=val["dice"])
             live.next_step()
         live.summary["best"] = {"epoch": best["epoch"], "val_dice": best["dice"]}
     return best

@@ -1,0 +1,54 @@
+"""Shared fixtures: the real params.yaml cut down to tiny, fast, offline settings."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from segpipe.config import Params, load_params
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_params(**train_overrides: object) -> Params:
+    """The repository's params.yaml with tiny data and one short epoch."""
+    p = load_params(REPO / "params.yaml")
+    synthetic = dataclasses.replace(p.data.synthetic, n_images=24, min_size=48, max_size=80)
+    train = dataclasses.replace(
+        p.train, image_size=64, epochs=1, batch_size=4, **train_overrides
+    )
+    model = dataclasses.replace(p.model, encoder="resnet18", encoder_weights=None)
+    return dataclasses.replace(
+        p,
+        data=dataclasses.replace(p.data, synthetic=synthetic),
+        model=model,
+        train=train,
+        split=dataclasses.replace(p.split, val_fraction=0.25, test_fraction=0.25),
+        plot=dataclasses.replace(p.plot, n_samples=2),
+    )
+
+
+@pytest.fixture
+def params() -> Params:
+    return tiny_params()
+
+
+@pytest.fixture
+def raw_dir(tmp_path: Path, params: Params) -> Path:
+    """A tiny synthetic dataset in the layout the download stage writes."""
+    from segpipe.synthetic import generate
+
+    out = tmp_path / "raw"
+    generate(out, params.data.synthetic, params.seed)
+    return out
+
+
+@pytest.fixture
+def splits_dir(tmp_path: Path, raw_dir: Path, params: Params) -> Path:
+    from segpipe import split
+
+    out = tmp_path / "splits"
+    split.run(params.split, params.seed, raw_dir, out)
+    return out

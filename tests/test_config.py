@@ -1,0 +1,105 @@
+"""params.yaml loading: YAML 1.2 floats, strict keys and types, value checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from segpipe.config import load_params, read_yaml
+from segpipe.errors import SegpipeError
+
+from .conftest import REPO
+
+
+def write_params(tmp_path: Path, edit) -> Path:
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    edit(raw)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_repository_params_load():
+    p = load_params(REPO / "params.yaml")
+    assert p.model.arch == "Unet"
+    assert p.model.encoder == "efficientnet-b3"
+    assert p.model.encoder_weights is None
+    assert p.data.classes == ("background", "foreground")
+    assert isinstance(p.train.lr, float)
+
+
+@pytest.mark.parametrize("text", ["1e-05", "1e-4", "1E-3", "1.5e-4", "+1e-05", "5e+2"])
+def test_exponent_floats_are_floats(tmp_path, text):
+    # `dvc exp run -S train.lr=1e-5` writes `lr: 1e-05`; plain PyYAML reads it as a string.
+    assert isinstance(yaml.safe_load(f"lr: {text}")["lr"], str)
+    path = tmp_path / "x.yaml"
+    path.write_text(f"lr: {text}\n")
+    assert read_yaml(path)["lr"] == float(text)
+
+
+def test_dvc_written_lr_reaches_config_as_float(tmp_path):
+    text = (REPO / "params.yaml").read_text()
+    path = tmp_path / "params.yaml"
+    path.write_text(text.replace("lr: 0.001", "lr: 1e-05"))
+    assert "lr: 1e-05" in path.read_text()
+    assert load_params(path).train.lr == pytest.approx(1e-5)
+
+
+def test_ints_still_ints_and_strings_still_strings(tmp_path):
+    path = tmp_path / "x.yaml"
+    path.write_text("a: 10\nb: efficientnet-b3\nc: 1_000\nd: 'e5'\n")
+    assert read_yaml(path) == {"a": 10, "b": "efficientnet-b3", "c": 1000, "d": "e5"}
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda r: r["train"].update(lrr=0.1), "unknown parameter 'train.lrr'"),
+        (lambda r: r.update(extra=1), "unknown parameter 'extra'"),
+        (lambda r: r["train"].pop("epochs"), "missing parameter 'train.epochs'"),
+        (lambda r: r["train"].update(epochs="ten"), "train.epochs: expected int"),
+        (lambda r: r["train"].update(epochs=2.5), "train.epochs: expected int"),
+        (lambda r: r["train"].update(augment="yes"), "train.augment: expected bool"),
+        (lambda r: r["train"].update(lr="fast"), "train.lr: expected float"),
+        (lambda r: r["train"].update(lr=-0.1), "train.lr: must be > 0"),
+        (lambda r: r["train"].update(batch_size=0), "train.batch_size: must be >= 1"),
+        (lambda r: r["train"].update(image_size=100), "train.image_size: must be a multiple of 32"),
+        (lambda r: r["train"].update(loss="mse"), "train.loss: got 'mse', expected one of"),
+        (lambda r: r["train"].update(precision="fp8"), "train.precision"),
+        (lambda r: r["data"].update(source="s3"), "data.source: got 's3'"),
+        (lambda r: r["data"].update(classes=["only"]), "data.classes"),
+        (lambda r: r["data"]["synthetic"].update(n_images=0), "data.synthetic.n_images"),
+        (lambda r: r["split"].update(val_fraction=0.6, test_fraction=0.4), "must be below 1"),
+        (lambda r: r["split"].update(test_fraction=0), "split.test_fraction: must be in (0, 1)"),
+        (lambda r: r["evaluate"].update(threshold=1.5), "evaluate.threshold"),
+        (lambda r: r.update(model=[1, 2]), "model: expected a mapping"),
+        (lambda r: r["model"].update(encoder_weights=3), "model.encoder_weights: expected str"),
+    ],
+)
+def test_bad_params_name_the_key(tmp_path, edit, message):
+    with pytest.raises(SegpipeError) as err:
+        load_params(write_params(tmp_path, edit))
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_unknown_key_lists_valid_keys(tmp_path):
+    with pytest.raises(SegpipeError, match=r"valid keys in train: image_size, epochs"):
+        load_params(write_params(tmp_path, lambda r: r["train"].update(epoch=1)))
+
+
+def test_missing_and_broken_files(tmp_path):
+    with pytest.raises(SegpipeError, match="file not found"):
+        load_params(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(SegpipeError, match="not valid YAML"):
+        load_params(bad)
+
+
+def test_params_are_frozen():
+    p = load_params(REPO / "params.yaml")
+    with pytest.raises(AttributeError):
+        p.train.lr = 1.0  # type: ignore[misc]

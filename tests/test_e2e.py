@@ -1,0 +1,130 @@
+"""End to end: the real `dvc repro`, `dvc exp run -S` and `dvc metrics diff` in a fresh repo.
+
+The repository is copied (the files git would commit) into a temporary git repository and run
+with cut-down params, exactly as a user would run it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+CUT_DOWN = {
+    ("data", "synthetic", "n_images"): 24,
+    ("data", "synthetic", "min_size"): 48,
+    ("data", "synthetic", "max_size"): 80,
+    ("split", "val_fraction"): 0.25,
+    ("split", "test_fraction"): 0.25,
+    ("model", "encoder"): "resnet18",
+    ("train", "image_size"): 64,
+    ("train", "epochs"): 2,
+    ("train", "batch_size"): 4,
+    ("plot", "n_samples"): 2,
+}
+
+
+def run(cmd: list[str], cwd: Path, env: dict[str, str]) -> str:
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    root = tmp_path_factory.mktemp("e2e") / "repo"
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO, capture_output=True, text=True, check=True,
+    ).stdout.split()
+    for name in files:
+        if (REPO / name).is_file() and not name.startswith(("metrics/", "plots/", "dvc.lock")):
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, root / name)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    for keys, value in CUT_DOWN.items():
+        node = params
+        for key in keys[:-1]:
+            node = node[key]
+        node[keys[-1]] = value
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {
+        **os.environ,
+        # `python` in dvc.yaml must be this interpreter, with segpipe installed.
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.com",
+        "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.com",
+        "DVC_NO_ANALYTICS": "1",
+    }
+    run(["git", "init", "-q"], root, env)
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-qm", "template"], root, env)
+    return root, env
+
+
+def dvc(args: list[str], repo) -> str:
+    root, env = repo
+    return run([sys.executable, "-m", "dvc", *args], root, env)
+
+
+def test_pipeline_experiment_and_metrics_diff(repo):
+    root, env = repo
+
+    # 1. The whole pipeline.
+    out = dvc(["repro"], repo)
+    for stage in ("download", "split", "train", "evaluate", "plot"):
+        assert f"Running stage '{stage}'" in out
+    metrics = json.loads((root / "metrics" / "evaluate.json").read_text())
+    for key in ("dice", "iou", "pixel_accuracy", "dice_per_image", "iou_per_image"):
+        assert 0.0 <= metrics[key] <= 1.0
+    assert metrics["n_images"] == 6
+    assert (root / "plots" / "predictions.png").stat().st_size > 0
+    assert (root / "models" / "model.pt").stat().st_size > 0
+    assert len(list((root / "data" / "predictions").iterdir())) == 6
+
+    # 2. Nothing changed: nothing runs.
+    assert "Running stage" not in dvc(["repro"], repo)
+
+    # 3. A plot parameter reruns the plot stage only.
+    params = (root / "params.yaml").read_text()
+    (root / "params.yaml").write_text(params.replace("n_samples: 2", "n_samples: 1"))
+    status = dvc(["status", "--json"], repo)
+    assert list(json.loads(status)) == ["plot"]
+    out = dvc(["repro"], repo)
+    assert "Running stage 'plot'" in out
+    assert all(f"Running stage '{s}'" not in out for s in ("download", "split", "train"))
+
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-qm", "baseline"], root, env)
+    baseline = json.loads((root / "metrics" / "evaluate.json").read_text())
+
+    # 4. An experiment with lr written the way DVC writes it (1e-05, a string to PyYAML).
+    out = dvc(["exp", "run", "-S", "train.lr=1e-5"], repo)
+    assert "Running stage 'train'" in out and "Running stage 'download'" not in out
+    assert "lr: 1e-05" in (root / "params.yaml").read_text()
+    live = json.loads((root / "metrics" / "train" / "metrics.json").read_text())
+    assert live["lr"] == pytest.approx(1e-5)  # what the optimizer really used, as a float
+
+    # 5. dvc metrics diff compares the experiment with the baseline commit.
+    diff = json.loads(dvc(["metrics", "diff", "--json"], repo))
+    entry = diff["metrics/evaluate.json"]["dice"]
+    assert entry["old"] == pytest.approx(baseline["dice"])
+    new = json.loads((root / "metrics" / "evaluate.json").read_text())
+    assert entry["new"] == pytest.approx(new["dice"])
+    assert "metrics/train/metrics.json" in diff
+
+    # 6. dvc exp show lists the experiment with its params and metrics.
+    shown = json.loads(dvc(["exp", "show", "--json"], repo))
+    text = json.dumps(shown)
+    assert "1e-05" in text or "1e-5" in text
+    assert '"dice"' in text

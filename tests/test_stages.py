@@ -1,0 +1,87 @@
+"""train -> evaluate -> plot in-process on tiny data, and the stage scripts' error handling."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from segpipe import evaluate, plot, train
+from segpipe.model import load_checkpoint
+
+from .conftest import REPO
+
+
+@pytest.fixture
+def trained(tmp_path, params, splits_dir):
+    best = train.run(params, splits_dir, tmp_path / "model.pt", tmp_path / "live")
+    return tmp_path, best
+
+
+def test_train_writes_checkpoint_and_history(trained, params):
+    out, best = trained
+    model, meta = load_checkpoint(out / "model.pt")
+    assert meta["model_config"]["classes"] == list(params.data.classes)
+    assert meta["model_config"]["image_size"] == 64
+    assert meta["epoch"] == best["epoch"] == 1
+    assert 0.0 <= meta["val_dice"] == best["dice"] <= 1.0
+    history = out / "live" / "plots" / "metrics"
+    for name in ("train/loss", "val/loss", "val/dice", "val/iou", "val/pixel_accuracy", "lr"):
+        frame = pd.read_csv(history / f"{name}.tsv", sep="\t")
+        assert list(frame["step"]) == [0]
+    summary = json.loads((out / "live" / "metrics.json").read_text())
+    assert summary["lr"] == pytest.approx(params.train.lr)
+    assert summary["val"]["dice"] == pytest.approx(best["dice"])
+
+
+def test_training_is_reproducible(tmp_path, params, splits_dir):
+    a = train.run(params, splits_dir, tmp_path / "a.pt", tmp_path / "live_a")
+    b = train.run(params, splits_dir, tmp_path / "b.pt", tmp_path / "live_b")
+    assert a == b
+    sa = torch.load(tmp_path / "a.pt", weights_only=True)["state_dict"]
+    sb = torch.load(tmp_path / "b.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_evaluate_and_plot(trained, params, splits_dir):
+    out, _ = trained
+    metrics = evaluate.run(
+        params.evaluate, out / "model.pt", splits_dir / "test.csv", out / "eval.json",
+        out / "per_image.csv", out / "pred",
+    )
+    written = json.loads((out / "eval.json").read_text())
+    assert written == pytest.approx(metrics)
+    for key in ("dice", "iou", "pixel_accuracy", "dice_per_image", "iou_per_image"):
+        assert 0.0 <= written[key] <= 1.0
+    assert written["n_images"] == 6 and written["threshold"] == 0.5
+    per_image = pd.read_csv(out / "per_image.csv")
+    test = pd.read_csv(splits_dir / "test.csv")
+    assert list(per_image["stem"]) == list(test["stem"])
+    assert per_image["dice"].mean() == pytest.approx(written["dice_per_image"])
+    for _, row in test.iterrows():  # predictions come back at each image's own size
+        pred = Image.open(out / "pred" / f"{row['stem']}.png")
+        assert pred.size == (row["width"], row["height"])
+        assert set(pred.getdata()) <= {0, 255}
+
+    plot.run(2, splits_dir / "test.csv", out / "pred", out / "live", out / "plots")
+    for name in ("predictions.png", "training_curves.png"):
+        image = Image.open(out / "plots" / name)
+        assert image.size[0] > 300 and image.size[1] > 200
+
+
+def test_stage_script_errors_are_one_line(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text((REPO / "params.yaml").read_text().replace("lr: 0.001", "lr: -1"))
+    result = subprocess.run(
+        [sys.executable, str(REPO / "stages" / "split.py"), "--params", str(bad),
+         "--raw", str(tmp_path), "--out", str(tmp_path / "s")],
+        capture_output=True, text=True, check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip() == "error: train.lr: must be > 0, got -1.0"
+    assert not (tmp_path / "s").exists()
