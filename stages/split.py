@@ -1,4 +1,4 @@
-"""Stage: pair images and masks by stem and write train/val/test CSV files."""
+"""Stage: validate image/mask pairs, write train/val/test CSV files and a data report."""
 
 from pathlib import Path
 
@@ -10,12 +10,15 @@ if __name__ == "__main__":
     p = parser(__doc__)
     p.add_argument("--raw", type=Path, required=True, help="dataset folder from the download stage")
     p.add_argument(
-        "--out", type=Path, required=True, help="folder for train.csv, val.csv, test.csv"
+        "--out",
+        type=Path,
+        required=True,
+        help="folder for {train,val,test}.csv and report.{json,md}; replaced as a whole",
     )
     args = p.parse_args()
 
     def main() -> None:
         params = load_params(args.params)
-        split.run(params.split, params.seed, args.raw, args.out)
+        split.run(params.split, params.seed, args.raw, args.out, params.data.num_classes)
 
     raise SystemExit(run_stage(main, args.verbose))

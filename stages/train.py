@@ -8,13 +8,19 @@ from segpipe.config import load_params
 
 if __name__ == "__main__":
     p = parser(__doc__)
-    p.add_argument("--splits", type=Path, required=True, help="folder with train.csv and val.csv")
+    p.add_argument("--cache", type=Path, required=True, help="arrays from the cache stage")
     p.add_argument("--model", type=Path, required=True, help="checkpoint to write")
     p.add_argument("--live", type=Path, required=True, help="DVCLive folder for the history")
+    p.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        help="training state saved after every epoch; an interrupted run continues from it",
+    )
     args = p.parse_args()
 
     def main() -> None:
         params = load_params(args.params)
-        train.run(params, args.splits, args.model, args.live)
+        train.run(params, args.cache, args.model, args.live, args.resume)
 
     raise SystemExit(run_stage(main, args.verbose))

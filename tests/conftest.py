@@ -16,9 +16,7 @@ def tiny_params(**train_overrides: object) -> Params:
     """The repository's params.yaml with tiny data and one short epoch."""
     p = load_params(REPO / "params.yaml")
     synthetic = dataclasses.replace(p.data.synthetic, n_images=24, min_size=48, max_size=80)
-    train = dataclasses.replace(
-        p.train, image_size=64, epochs=1, batch_size=4, **train_overrides
-    )
+    train = dataclasses.replace(p.train, image_size=64, epochs=1, batch_size=4, **train_overrides)
     model = dataclasses.replace(p.model, encoder="resnet18", encoder_weights=None)
     return dataclasses.replace(
         p,
@@ -51,4 +49,13 @@ def splits_dir(tmp_path: Path, raw_dir: Path, params: Params) -> Path:
 
     out = tmp_path / "splits"
     split.run(params.split, params.seed, raw_dir, out)
+    return out
+
+
+@pytest.fixture
+def cache_dir(tmp_path: Path, splits_dir: Path, params: Params) -> Path:
+    from segpipe import cache
+
+    out = tmp_path / "cache"
+    cache.run(splits_dir, out, params.train.image_size, params.data.num_classes)
     return out

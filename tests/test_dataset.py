@@ -50,7 +50,10 @@ def test_workers_get_distinct_reproducible_augmentations(splits_dir):
 
     def batches():
         loader = DataLoader(
-            ds, batch_size=2, num_workers=2, worker_init_fn=seed_worker,
+            ds,
+            batch_size=2,
+            num_workers=2,
+            worker_init_fn=seed_worker,
             generator=torch.Generator().manual_seed(0),
         )
         return torch.cat([images for images, _ in loader])
@@ -105,7 +108,9 @@ def test_mask_size_mismatch(tmp_path):
 
     Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
     Image.new("L", (8, 6)).save(tmp_path / "a_mask.png")
-    frame = pd.DataFrame({"image": [str(tmp_path / "a.png")], "mask": [str(tmp_path / "a_mask.png")]})
+    frame = pd.DataFrame(
+        {"image": [str(tmp_path / "a.png")], "mask": [str(tmp_path / "a_mask.png")]}
+    )
     ds = SegmentationDataset(frame, build_transform(32, False, 0), 2)
     with pytest.raises(SegpipeError, match="a_mask.png: mask size 8x6 differs from image size 8x8"):
         ds[0]

@@ -30,6 +30,7 @@ CUT_DOWN = {
     ("train", "image_size"): 64,
     ("train", "epochs"): 2,
     ("train", "batch_size"): 4,
+    ("train", "scheduler"): "none",
     ("plot", "n_samples"): 2,
 }
 
@@ -45,7 +46,10 @@ def repo(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     root = tmp_path_factory.mktemp("e2e") / "repo"
     files = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO, capture_output=True, text=True, check=True,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.split()
     for name in files:
         if (REPO / name).is_file() and not name.startswith(("metrics/", "plots/", "dvc.lock")):
@@ -62,8 +66,10 @@ def repo(tmp_path_factory) -> tuple[Path, dict[str, str]]:
         **os.environ,
         # `python` in dvc.yaml must be this interpreter, with segpipe installed.
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.com",
-        "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.com",
+        "GIT_AUTHOR_NAME": "test",
+        "GIT_AUTHOR_EMAIL": "test@example.com",
+        "GIT_COMMITTER_NAME": "test",
+        "GIT_COMMITTER_EMAIL": "test@example.com",
         "DVC_NO_ANALYTICS": "1",
     }
     run(["git", "init", "-q"], root, env)

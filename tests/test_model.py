@@ -32,7 +32,9 @@ def test_default_architecture_builds():
 
 
 def test_unknown_names_list_valid_values():
-    with pytest.raises(SegpipeError, match=r"model.arch: unknown architecture 'Unett' \(valid: .*unet"):
+    with pytest.raises(
+        SegpipeError, match=r"model.arch: unknown architecture 'Unett' \(valid: .*unet"
+    ):
         build_model(dataclasses.replace(TINY, arch="Unett"), 2)
     with pytest.raises(SegpipeError, match=r"model.encoder: unknown encoder 'resnet19'.*resnet18"):
         build_model(dataclasses.replace(TINY, encoder="resnet19"), 2)

@@ -1,7 +1,10 @@
-"""The split stage: pairing by stem, deterministic and disjoint splits."""
+"""The split stage: pairing by stem, validation, deterministic and disjoint splits, the report."""
 
 from __future__ import annotations
 
+import json
+
+import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
@@ -9,6 +12,8 @@ from PIL import Image
 from segpipe import split
 from segpipe.config import SplitConfig
 from segpipe.errors import SegpipeError
+from segpipe.images import UnreadableImageError, image_size, open_image, read_image, read_mask
+from segpipe.validate import DatasetCheck
 
 
 def read_splits(folder):
@@ -18,20 +23,21 @@ def read_splits(folder):
 def test_deterministic_disjoint_complete(tmp_path, raw_dir, params):
     counts = split.run(params.split, params.seed, raw_dir, tmp_path / "a")
     split.run(params.split, params.seed, raw_dir, tmp_path / "b")
-    for name in split.SPLITS:
-        assert (tmp_path / "a" / f"{name}.csv").read_bytes() == (
-            tmp_path / "b" / f"{name}.csv"
-        ).read_bytes()
+    for name in (*(f"{s}.csv" for s in split.SPLITS), "report.json", "report.md"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     frames = read_splits(tmp_path / "a")
     stems = [set(f["stem"]) for f in frames.values()]
     assert sum(len(s) for s in stems) == 24 == len(set.union(*stems))
     assert counts == {name: len(f) for name, f in frames.items()}
     assert counts["test"] == 6 and counts["val"] == 6 and counts["train"] == 12
     test = frames["test"]
-    assert list(test.columns) == ["stem", "image", "mask", "height", "width"]
+    assert list(test.columns) == ["stem", "image", "mask", "height", "width", "fg_fraction"]
     first = test.iloc[0]
     assert Image.open(first["image"]).size == (first["width"], first["height"])
     assert first["mask"].endswith(f"masks/{first['stem']}.png")
+    fg = (np.asarray(Image.open(first["mask"])) >= 128).mean()
+    assert first["fg_fraction"] == pytest.approx(fg, abs=1e-6)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "raw"]  # no staging left
 
 
 def test_other_seed_other_split(tmp_path, raw_dir, params):
@@ -56,14 +62,27 @@ def test_too_few_images_for_the_fractions():
     assert len(split.assign_splits(3, cfg, seed=0)) == 3
 
 
+def test_too_few_counts_only_valid_pairs(tmp_path, raw_dir, params):
+    for path in sorted((raw_dir / "images").iterdir())[2:]:
+        path.write_bytes(b"")
+    with pytest.raises(SegpipeError, match=r"2 image\(s\) are too few.*22 file\(s\) skipped"):
+        split.run(params.split, params.seed, raw_dir, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_unpaired_files_are_skipped_with_a_warning(tmp_path, raw_dir, params, caplog):
     (raw_dir / "masks" / "syn_00000.png").unlink()
     Image.new("L", (8, 8)).save(raw_dir / "masks" / "orphan.png")
-    frame = split.pair_files(raw_dir)
+    check = DatasetCheck(2)
+    frame = split.pair_files(raw_dir, check)
     assert len(frame) == 23
     assert "syn_00000" not in set(frame["stem"])
     assert "no mask with the same stem" in caplog.text
     assert "no image with the same stem" in caplog.text
+    assert [(s.stem, s.kind) for s in check.skipped] == [
+        ("syn_00000", "no_mask"),
+        ("orphan", "no_image"),
+    ]
 
 
 def test_duplicate_stems_and_empty_dataset(tmp_path, raw_dir):
@@ -77,3 +96,162 @@ def test_duplicate_stems_and_empty_dataset(tmp_path, raw_dir):
         split.pair_files(empty)
     with pytest.raises(SegpipeError, match="folder not found"):
         split.pair_files(tmp_path / "missing")
+
+
+def break_dataset(raw_dir):
+    """Every kind of skippable problem, plus images in other colour modes."""
+    images, masks = raw_dir / "images", raw_dir / "masks"
+    (masks / "syn_00000.png").unlink()  # image without mask
+    Image.new("L", (8, 8)).save(masks / "orphan.png")  # mask without image
+    (images / "syn_00001.png").write_bytes(b"")  # zero-byte image
+    data = (masks / "syn_00002.png").read_bytes()
+    (masks / "syn_00002.png").write_bytes(data[: len(data) // 2])  # truncated mask
+    Image.new("L", (7, 5)).save(masks / "syn_00003.png")  # wrong size
+    (images / "syn_00004.png").write_text("not an image")
+    for stem, mode in (("syn_00005", "L"), ("syn_00006", "RGBA"), ("syn_00007", "P")):
+        path = images / f"{stem}.png"
+        Image.open(path).convert(mode).save(path)
+
+
+def test_report_counts_histogram_and_skipped(tmp_path, raw_dir, params, caplog):
+    break_dataset(raw_dir)
+    counts = split.run(params.split, params.seed, raw_dir, tmp_path / "out")
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["valid_pairs"] == 19 == sum(counts.values())
+    assert report["splits"] == counts == {"train": 9, "val": 5, "test": 5}
+    assert report["files"] == {"images": 24, "masks": 24}
+    assert report["num_classes"] == 2
+    assert report["image_modes"] == {"L": 1, "P": 1, "RGB": 16, "RGBA": 1}
+    assert report["mask_modes"] == {"L": 19}
+    assert list(report["mask_values"]) == ["0", "255"]
+    frames = pd.concat(read_splits(tmp_path / "out").values())
+    pixels = int((frames["height"] * frames["width"]).sum())
+    assert sum(report["mask_values"].values()) == pixels
+    assert report["mask_values"]["255"] == round(
+        (frames["fg_fraction"] * frames["height"] * frames["width"]).sum()
+    )
+    for side in ("height", "width"):
+        spread = report["image_size"][side]
+        assert spread["min"] == frames[side].min() and spread["max"] == frames[side].max()
+        assert spread["median"] == frames[side].median()
+    fg = report["foreground_fraction"]
+    assert (
+        fg["min"] <= fg["mean"] <= fg["max"]
+        and fg["empty_masks"] == (frames["fg_fraction"] == 0).sum()
+    )
+    skipped = {(s["stem"], s["kind"]): s for s in report["skipped"]}
+    assert sorted(skipped) == [
+        ("orphan", "no_image"),
+        ("syn_00000", "no_mask"),
+        ("syn_00001", "unreadable_image"),
+        ("syn_00002", "unreadable_mask"),
+        ("syn_00003", "size_mismatch"),
+        ("syn_00004", "unreadable_image"),
+    ]
+    assert report["skipped_count"] == 6
+    assert report["skipped_by_kind"] == {
+        "no_image": 1,
+        "no_mask": 1,
+        "size_mismatch": 1,
+        "unreadable_image": 2,
+        "unreadable_mask": 1,
+    }
+    assert (
+        skipped["syn_00001", "unreadable_image"]["reason"]
+        == "cannot read image (empty file, 0 bytes)"
+    )
+    assert "truncated" in skipped["syn_00002", "unreadable_mask"]["reason"]
+    assert skipped["syn_00002", "unreadable_mask"]["file"].endswith("masks/syn_00002.png")
+    assert "not a recognised image format" in skipped["syn_00004", "unreadable_image"]["reason"]
+    mismatch = skipped["syn_00003", "size_mismatch"]["reason"]
+    assert (
+        mismatch.startswith("mask size 7x5 differs from image size") and "syn_00003.png" in mismatch
+    )
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    assert (
+        "| valid pairs | 19 |" in markdown and "Image modes: L 1, P 1, RGB 16, RGBA 1" in markdown
+    )
+    assert "- `" + skipped["syn_00003", "size_mismatch"]["file"] + "`: mask size 7x5" in markdown
+    assert caplog.text.count("skipped ") == 7  # six files, then the summary
+
+
+def test_report_md_lists_at_most_50_skipped(tmp_path, raw_dir, params, caplog):
+    for i in range(60):
+        Image.new("L", (4, 4)).save(raw_dir / "masks" / f"orphan_{i:02d}.png")
+    split.run(params.split, params.seed, raw_dir, tmp_path / "out")
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert len(report["skipped"]) == 60
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    assert markdown.count("no image with the same stem") == 50
+    assert "and 10 more (see report.json)" in markdown
+    assert caplog.text.count("no image with the same stem") == 20  # then one line for the rest
+    assert caplog.text.count("more files skipped: not logged one by one") == 1
+
+
+def test_a_failed_run_leaves_the_earlier_output(tmp_path, raw_dir, params, monkeypatch):
+    out = tmp_path / "out"
+    split.run(params.split, params.seed, raw_dir, out)
+    (out / "extra.txt").write_text("from before")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def crash(report):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(split, "render_markdown", crash)  # after the CSVs are staged
+    with pytest.raises(KeyboardInterrupt):
+        split.run(params.split, params.seed + 1, raw_dir, out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "raw"]
+    monkeypatch.undo()
+    split.run(params.split, params.seed, raw_dir, out)  # a good run replaces the whole folder
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["report.json", "report.md", "test.csv", "train.csv", "val.csv"]
+    )
+
+
+def test_output_folder_must_not_hold_the_dataset(tmp_path, raw_dir, params):
+    with pytest.raises(SegpipeError, match="would replace the dataset"):
+        split.run(params.split, params.seed, raw_dir, tmp_path)
+    assert (raw_dir / "images").is_dir()
+
+
+def test_multiclass_values_must_fit_the_classes(tmp_path, raw_dir, params):
+    for path in (raw_dir / "masks").iterdir():
+        values = (np.asarray(Image.open(path)) > 0).astype(np.uint8) * 2
+        Image.fromarray(values).save(path)
+    counts = split.run(params.split, params.seed, raw_dir, tmp_path / "ok", num_classes=3)
+    assert sum(counts.values()) == 24
+    report = json.loads((tmp_path / "ok" / "report.json").read_text())
+    assert set(report["mask_values"]) == {"0", "2"} and report["num_classes"] == 3
+    Image.fromarray(np.array([[0, 1], [5, 9]], dtype=np.uint8)).save(
+        raw_dir / "masks" / "syn_00004.png"
+    )
+    with pytest.raises(
+        SegpipeError, match=r"syn_00004.png: mask values \[5, 9\] fit none of the 3"
+    ):
+        split.run(params.split, params.seed, raw_dir, tmp_path / "bad", num_classes=3)
+    assert not (tmp_path / "bad").exists()
+
+
+def test_binary_masks_accept_any_8bit_values(tmp_path):
+    values = np.array([[0, 3, 127], [128, 200, 255]], dtype=np.uint8)
+    Image.fromarray(values).save(tmp_path / "m.png")
+    assert read_mask(tmp_path / "m.png", 2).tolist() == [[0, 0, 0], [1, 1, 1]]
+
+
+def test_truncation_is_found_by_decoding(tmp_path):
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    data = (tmp_path / "a.png").read_bytes()
+    (tmp_path / "a.png").write_bytes(data[: len(data) // 2])
+    assert image_size(tmp_path / "a.png") == (32, 32)  # the header alone looks fine
+    with pytest.raises(UnreadableImageError, match="a.png: cannot read image") as err:
+        open_image(tmp_path / "a.png")
+    assert err.value.reason.startswith("truncated or corrupt")
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "P", "RGBA", "1", "I;16"])
+def test_other_modes_are_read_as_rgb(tmp_path, mode):
+    Image.new(mode, (5, 3)).save(tmp_path / "x.png")
+    image = read_image(tmp_path / "x.png")
+    assert image.shape == (3, 5, 3) and image.dtype == np.uint8

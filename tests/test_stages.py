@@ -18,8 +18,8 @@ from .conftest import REPO
 
 
 @pytest.fixture
-def trained(tmp_path, params, splits_dir):
-    best = train.run(params, splits_dir, tmp_path / "model.pt", tmp_path / "live")
+def trained(tmp_path, params, cache_dir):
+    best = train.run(params, cache_dir, tmp_path / "model.pt", tmp_path / "live")
     return tmp_path, best
 
 
@@ -37,11 +37,14 @@ def test_train_writes_checkpoint_and_history(trained, params):
     summary = json.loads((out / "live" / "metrics.json").read_text())
     assert summary["lr"] == pytest.approx(params.train.lr)
     assert summary["val"]["dice"] == pytest.approx(best["dice"])
+    perf = summary["perf"]
+    assert perf["epoch_seconds"] > 0 and perf["train_images_per_s"] > 0
+    assert 50 < perf["peak_rss_mb"] < 20_000
 
 
-def test_training_is_reproducible(tmp_path, params, splits_dir):
-    a = train.run(params, splits_dir, tmp_path / "a.pt", tmp_path / "live_a")
-    b = train.run(params, splits_dir, tmp_path / "b.pt", tmp_path / "live_b")
+def test_training_is_reproducible(tmp_path, params, cache_dir):
+    a = train.run(params, cache_dir, tmp_path / "a.pt", tmp_path / "live_a")
+    b = train.run(params, cache_dir, tmp_path / "b.pt", tmp_path / "live_b")
     assert a == b
     sa = torch.load(tmp_path / "a.pt", weights_only=True)["state_dict"]
     sb = torch.load(tmp_path / "b.pt", weights_only=True)["state_dict"]
@@ -51,8 +54,12 @@ def test_training_is_reproducible(tmp_path, params, splits_dir):
 def test_evaluate_and_plot(trained, params, splits_dir):
     out, _ = trained
     metrics = evaluate.run(
-        params.evaluate, out / "model.pt", splits_dir / "test.csv", out / "eval.json",
-        out / "per_image.csv", out / "pred",
+        params.evaluate,
+        out / "model.pt",
+        splits_dir / "test.csv",
+        out / "eval.json",
+        out / "per_image.csv",
+        out / "pred",
     )
     written = json.loads((out / "eval.json").read_text())
     assert written == pytest.approx(metrics)
@@ -78,9 +85,19 @@ def test_stage_script_errors_are_one_line(tmp_path):
     bad = tmp_path / "params.yaml"
     bad.write_text((REPO / "params.yaml").read_text().replace("lr: 0.001", "lr: -1"))
     result = subprocess.run(
-        [sys.executable, str(REPO / "stages" / "split.py"), "--params", str(bad),
-         "--raw", str(tmp_path), "--out", str(tmp_path / "s")],
-        capture_output=True, text=True, check=False,
+        [
+            sys.executable,
+            str(REPO / "stages" / "split.py"),
+            "--params",
+            str(bad),
+            "--raw",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "s"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 1
     assert result.stderr.strip() == "error: train.lr: must be > 0, got -1.0"

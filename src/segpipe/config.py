@@ -21,6 +21,7 @@ from segpipe.errors import SegpipeError
 Source = Literal["synthetic", "folder", "kaggle"]
 LossName = Literal["bce", "dice", "bce+dice"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
+Scheduler = Literal["none", "cosine"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +64,7 @@ class TrainConfig:
     epochs: int
     batch_size: int
     lr: float
+    scheduler: Scheduler
     loss: LossName
     augment: bool
     precision: Precision
@@ -214,7 +216,7 @@ def _check_values(p: Params) -> None:
     total = p.split.val_fraction + p.split.test_fraction
     _require(
         total < 1.0,
-        f"split: val_fraction + test_fraction must be below 1 to leave training images, got {total}",
+        f"split: val_fraction + test_fraction must be below 1 (leave training images), got {total}",
     )
     t = p.train
     _require(

@@ -80,6 +80,47 @@ class SegmentationDataset(Dataset):
         return to_tensor(out["image"]), torch.from_numpy(out["mask"].astype(np.int64))
 
 
+class CachedDataset(Dataset):
+    """Pairs from the cache stage's memory-mapped arrays (already resized to the model size).
+
+    The arrays are opened lazily in each process (DataLoader workers included), and only the
+    rows a batch needs are paged in.
+
+    Args:
+        images_path: ``(N, S, S, 3)`` uint8 ``.npy`` file.
+        masks_path: ``(N, S, S)`` uint8 ``.npy`` file of class indices.
+        transform: applied to image and mask together (its resize is then a no-op).
+        limit: use only the first ``limit`` items (benchmarks).
+    """
+
+    def __init__(
+        self, images_path: Path, masks_path: Path, transform: A.Compose, limit: int | None = None
+    ) -> None:
+        self.images_path, self.masks_path = Path(images_path), Path(masks_path)
+        self.transform = transform
+        self._images: np.ndarray | None = None
+        self._masks: np.ndarray | None = None
+        try:
+            n = len(np.load(self.images_path, mmap_mode="r"))
+        except FileNotFoundError:
+            raise SegpipeError(f"{images_path}: cache not found (run the cache stage)") from None
+        self.length = n if limit is None else min(limit, n)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._images is None:
+            self._images = np.load(self.images_path, mmap_mode="r")
+            self._masks = np.load(self.masks_path, mmap_mode="r")
+        out = self.transform(image=np.array(self._images[index]), mask=np.array(self._masks[index]))
+        return to_tensor(out["image"]), torch.from_numpy(out["mask"].astype(np.int64))
+
+    def __getstate__(self) -> dict:
+        # Workers reopen the memmaps themselves rather than receiving pickled arrays.
+        return {**self.__dict__, "_images": None, "_masks": None}
+
+
 class FullResolutionDataset(Dataset):
     """For evaluation: the resized, normalised image plus the mask at its original size.
 

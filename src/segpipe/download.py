@@ -1,7 +1,7 @@
 """The download stage: bring a dataset into the normalised layout later stages read.
 
 Whatever the source, the output is ``<out>/images/<stem>.<ext>`` and ``<out>/masks/<stem>.<ext>``.
-The new dataset is assembled in a temporary folder and swapped in only when complete.
+The new dataset is assembled in a staging folder and swapped in only when complete.
 """
 
 from __future__ import annotations
@@ -14,32 +14,35 @@ from pathlib import Path
 from segpipe.archive import find_image_mask_dirs
 from segpipe.config import DataConfig
 from segpipe.errors import SegpipeError
+from segpipe.files import staged_dir
 from segpipe.images import IMAGE_EXTENSIONS
 
 log = logging.getLogger(__name__)
 
 
 def run(cfg: DataConfig, seed: int, out_dir: Path) -> int:
-    """Produce the raw dataset for ``cfg.source`` in ``out_dir``. Returns the number of images."""
+    """Produce the raw dataset for ``cfg.source`` in ``out_dir``. Returns the number of images.
+
+    ``out_dir`` is replaced as a whole once the new dataset is complete; a failed run leaves it
+    as it was.
+    """
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}.") as tmp:
-        staging = Path(tmp) / "dataset"
+    with staged_dir(out_dir) as staging:
         if cfg.source == "synthetic":
             from segpipe.synthetic import generate
 
             generate(staging, cfg.synthetic, seed)
         elif cfg.source == "folder":
+            if not cfg.path.strip():
+                raise SegpipeError("data.path: empty; set it to a folder with images/ and masks/")
             copy_pairs(Path(cfg.path), staging, what="data.path")
         else:
             from segpipe.kaggle_source import download_kaggle
 
-            root = download_kaggle(cfg.kaggle_dataset, Path(tmp) / "kaggle")
-            copy_pairs(root, staging, what=f"Kaggle dataset {cfg.kaggle_dataset}", move=True)
+            with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=".kaggle.") as tmp:
+                root = download_kaggle(cfg.kaggle_dataset, Path(tmp))
+                copy_pairs(root, staging, what=f"Kaggle dataset {cfg.kaggle_dataset}", move=True)
         count = len(list((staging / "images").iterdir()))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
     log.info("%s source: %d images in %s", cfg.source, count, out_dir)
     return count
 
@@ -51,11 +54,15 @@ def copy_pairs(root: Path, dest: Path, what: str, move: bool = False) -> None:
     Kaggle archive does).
     """
     if not root.is_dir():
-        raise SegpipeError(f"{what}: folder {root} not found (it must hold images/ and masks/)")
+        problem = "is not a folder" if root.exists() else "not found"
+        raise SegpipeError(f"{what}: {root} {problem} (it must hold images/ and masks/)")
     if (root / "images").is_dir() and (root / "masks").is_dir():
         images, masks = root / "images", root / "masks"
     else:
-        images, masks = find_image_mask_dirs(root)
+        try:
+            images, masks = find_image_mask_dirs(root)
+        except SegpipeError as e:
+            raise SegpipeError(f"{what}: {e}") from None
     for src, name in ((images, "images"), (masks, "masks")):
         target = dest / name
         target.mkdir(parents=True)

@@ -1,4 +1,5 @@
-"""Atomic file writes: a crash never leaves a half-written file that a later stage trusts."""
+"""Atomic writes of files and folders: a crash never leaves a half-written output that a later
+stage trusts."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from segpipe.errors import SegpipeError
 
 
 @contextmanager
@@ -41,3 +44,29 @@ def atomic_save_image(image: Any, path: Path) -> None:
     """Save a PIL image atomically, in the format its suffix names."""
     fmt = {".jpg": "JPEG", ".jpeg": "JPEG"}.get(Path(path).suffix.lower(), "PNG")
     atomic_write(path, lambda tmp: image.save(tmp, format=fmt))
+
+
+@contextmanager
+def staged_dir(out_dir: Path) -> Iterator[Path]:
+    """Yield an empty folder next to ``out_dir``; when the block succeeds it becomes ``out_dir``.
+
+    On an error (or Ctrl-C) inside the block the staging folder is deleted and ``out_dir`` is
+    left untouched. The swap moves the old folder aside before renaming the new one in, so
+    ``out_dir`` holds either all old or all new files; the old ones are then deleted.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise SegpipeError(f"{out_dir}: exists and is not a folder")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}.") as tmp:
+        staging, old = Path(tmp) / "new", Path(tmp) / "old"
+        staging.mkdir()
+        yield staging
+        if out_dir.exists() or out_dir.is_symlink():
+            os.replace(out_dir, old)
+        try:
+            os.replace(staging, out_dir)
+        except BaseException:
+            if old.exists() or old.is_symlink():
+                os.replace(old, out_dir)
+            raise

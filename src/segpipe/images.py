@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -9,51 +11,121 @@ from PIL import Image, UnidentifiedImageError
 
 from segpipe.errors import SegpipeError
 
+log = logging.getLogger(__name__)
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+_MASK_MODES = ("L", "P", "1", "I", "I;16")
 
 
-def _open(path: Path) -> Image.Image:
+class UnreadableImageError(SegpipeError):
+    """A file that cannot be fully decoded as an image; ``reason`` says why, without the path."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        what = reason if reason == "file not found" else f"cannot read image ({reason})"
+        super().__init__(f"{path}: {what}")
+        self.path = Path(path)
+        self.reason = reason
+
+
+def _decode_failure(error: Exception) -> str:
+    """A short reason for a failed open or decode (PIL's messages repeat the path)."""
+    if isinstance(error, UnidentifiedImageError):
+        return "not a recognised image format"
+    if isinstance(error, Image.DecompressionBombError):
+        return f"too large, refused as a possible decompression bomb: {error}"
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror.lower()
+    if isinstance(error, OSError):
+        return f"truncated or corrupt: {error}"
+    return f"corrupt: {type(error).__name__}: {error}"
+
+
+def open_image(path: Path) -> Image.Image:
+    """Open and fully decode an image, so truncated files fail here rather than in training.
+
+    Raises:
+        UnreadableImageError: missing, empty, unrecognised, truncated or corrupt file.
+    """
+    path = Path(path)
     try:
-        image = Image.open(path)
-        image.load()
+        if path.stat().st_size == 0:
+            raise UnreadableImageError(path, "empty file, 0 bytes")
     except FileNotFoundError:
-        raise SegpipeError(f"{path}: file not found") from None
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise SegpipeError(f"{path}: cannot read image ({e})") from None
+        raise UnreadableImageError(path, "file not found") from None
+    except OSError as e:
+        raise UnreadableImageError(path, _decode_failure(e)) from None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            with Image.open(path) as image:
+                image.load()
+        except FileNotFoundError:
+            raise UnreadableImageError(path, "file not found") from None
+        except Exception as e:  # untrusted files make PIL's decoders raise many types
+            raise UnreadableImageError(path, _decode_failure(e)) from None
+    for warning in caught:
+        log.debug("%s: %s", path, warning.message)
     return image
+
+
+def to_rgb(image: Image.Image) -> np.ndarray:
+    """A decoded image as HxWx3 uint8 RGB (grayscale, palette and RGBA are converted)."""
+    if image.mode in ("P", "PA"):  # via RGBA: avoids PIL's palette-transparency warning
+        image = image.convert("RGBA")
+    return np.asarray(image.convert("RGB"))
 
 
 def read_image(path: Path) -> np.ndarray:
     """An image as HxWx3 uint8 RGB. Grayscale, palette and RGBA images are converted to RGB."""
-    return np.asarray(_open(path).convert("RGB"))
+    return to_rgb(open_image(path))
 
 
 def read_gray(path: Path) -> np.ndarray:
     """A single-channel HxW uint8 view of an image (for display)."""
-    return np.asarray(_open(path).convert("L"))
+    return np.asarray(open_image(path).convert("L"))
 
 
-def read_mask(path: Path, num_classes: int) -> np.ndarray:
-    """A mask as HxW uint8 class indices.
+def mask_values(image: Image.Image) -> np.ndarray:
+    """The raw HxW values of a decoded mask: indices of palette masks, gray level of RGB ones."""
+    if image.mode not in _MASK_MODES:
+        image = image.convert("L")
+    values = np.asarray(image)
+    return values.astype(np.uint8) if values.dtype == bool else values
+
+
+def to_class_indices(values: np.ndarray, num_classes: int, path: Path) -> np.ndarray:
+    """Raw mask values as HxW uint8 class indices.
 
     Binary (two classes): 0/1 masks are kept, anything else is thresholded at 128, so 0/255
     masks and slightly noisy JPEG masks both work. Multi-class masks must hold class indices.
+
+    Raises:
+        SegpipeError: a multi-class mask holds values outside ``0..num_classes-1``.
     """
-    image = _open(path)
-    if image.mode not in ("L", "P", "1", "I", "I;16"):
-        image = image.convert("L")
-    mask = np.asarray(image)
-    if mask.ndim != 2:
-        raise SegpipeError(f"{path}: a mask must have a single channel, got shape {mask.shape}")
     if num_classes == 2:
-        return (mask >= 128).astype(np.uint8) if mask.max(initial=0) > 1 else mask.astype(np.uint8)
-    found = np.unique(mask)
-    if found.max(initial=0) >= num_classes:
+        if values.max(initial=0) > 1:
+            return (values >= 128).astype(np.uint8)
+        return values.astype(np.uint8)
+    found = np.unique(values)
+    bad = found[(found < 0) | (found >= num_classes)]
+    if bad.size:
         raise SegpipeError(
-            f"{path}: mask values {found.tolist()[:10]} do not fit the {num_classes} classes "
-            f"of data.classes (expected 0..{num_classes - 1})"
+            f"{path}: mask values {_short_list(bad)} fit none of the {num_classes} classes of "
+            f"data.classes (expected 0..{num_classes - 1}; the mask holds {_short_list(found)})"
         )
-    return mask.astype(np.uint8)
+    return values.astype(np.uint8)
+
+
+def _short_list(values: np.ndarray, limit: int = 10) -> str:
+    items = [str(v) for v in values.tolist()[:limit]]
+    if len(values) > limit:
+        items.append(f"... {len(values) - limit} more")
+    return "[" + ", ".join(items) + "]"
+
+
+def read_mask(path: Path, num_classes: int) -> np.ndarray:
+    """A mask as HxW uint8 class indices (see :func:`to_class_indices`)."""
+    return to_class_indices(mask_values(open_image(path)), num_classes, path)
 
 
 def image_size(path: Path) -> tuple[int, int]:

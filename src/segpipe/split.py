@@ -1,7 +1,13 @@
-"""The split stage: pair images and masks by file stem and split them, deterministically."""
+"""The split stage: validate image/mask pairs, split them deterministically, report the data.
+
+Every pair is decoded once and checked (see :mod:`segpipe.validate`); bad pairs are skipped with
+a warning, problems that affect the whole dataset stop the stage. The CSVs and the report are
+built in a staging folder and swapped in together, so a failed run leaves ``out_dir`` as it was.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -10,12 +16,14 @@ import pandas as pd
 
 from segpipe.config import SplitConfig
 from segpipe.errors import SegpipeError
-from segpipe.files import atomic_write
-from segpipe.images import IMAGE_EXTENSIONS, image_size
+from segpipe.files import staged_dir
+from segpipe.images import IMAGE_EXTENSIONS
+from segpipe.validate import DatasetCheck, render_markdown
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+COLUMNS = ("stem", "image", "mask", "height", "width", "fg_fraction")
 
 
 def list_images(folder: Path) -> dict[str, Path]:
@@ -35,16 +43,19 @@ def list_images(folder: Path) -> dict[str, Path]:
     return found
 
 
-def pair_files(raw_dir: Path) -> pd.DataFrame:
+def pair_files(raw_dir: Path, check: DatasetCheck | None = None) -> pd.DataFrame:
     """Rows of (stem, image, mask) for every stem present in both ``images/`` and ``masks/``.
 
-    Unpaired files are skipped with a warning; an empty result is an error.
+    Unpaired files are skipped with a warning (recorded in ``check`` if given); no pair at all
+    is an error.
     """
+    check = check or DatasetCheck(num_classes=2)
     images, masks = list_images(raw_dir / "images"), list_images(raw_dir / "masks")
+    check.n_images, check.n_masks = len(images), len(masks)
     for stem in sorted(images.keys() - masks.keys()):
-        log.warning("skipped %s: no mask with the same stem", images[stem])
+        check.skip(stem, images[stem], "no_mask", "no mask with the same stem")
     for stem in sorted(masks.keys() - images.keys()):
-        log.warning("skipped %s: no image with the same stem", masks[stem])
+        check.skip(stem, masks[stem], "no_image", "no image with the same stem")
     stems = sorted(images.keys() & masks.keys())
     if not stems:
         raise SegpipeError(f"{raw_dir}: no image/mask pairs with matching file stems")
@@ -77,21 +88,50 @@ def assign_splits(n: int, cfg: SplitConfig, seed: int) -> np.ndarray:
     return names
 
 
-def run(cfg: SplitConfig, seed: int, raw_dir: Path, out_dir: Path) -> dict[str, int]:
-    """Write ``train.csv``, ``val.csv`` and ``test.csv`` to ``out_dir``; no image is copied.
+def validate_pairs(frame: pd.DataFrame, check: DatasetCheck) -> pd.DataFrame:
+    """The valid pairs of ``frame`` with their size and foreground share (see ``COLUMNS``)."""
+    rows = []
+    for i, (stem, image, mask) in enumerate(frame[["stem", "image", "mask"]].itertuples(False)):
+        row = check.check(stem, Path(image), Path(mask))
+        if row is not None:
+            rows.append(row)
+        if (i + 1) % 500 == 0:
+            log.info("checked %d of %d pairs", i + 1, len(frame))
+    return pd.DataFrame(rows, columns=list(COLUMNS))
+
+
+def run(
+    cfg: SplitConfig, seed: int, raw_dir: Path, out_dir: Path, num_classes: int = 2
+) -> dict[str, int]:
+    """Write ``train.csv``, ``val.csv``, ``test.csv``, ``report.json`` and ``report.md`` to
+    ``out_dir`` (replaced as a whole); no image is copied.
 
     Returns:
         The number of pairs in each split.
     """
-    frame = pair_files(raw_dir)
-    sizes = [image_size(Path(p)) for p in frame["image"]]
-    frame["height"] = [h for h, _ in sizes]
-    frame["width"] = [w for _, w in sizes]
-    frame["split"] = assign_splits(len(frame), cfg, seed)
-    counts = {}
-    for name in SPLITS:
-        part = frame[frame["split"] == name].drop(columns="split")
-        atomic_write(out_dir / f"{name}.csv", lambda tmp, part=part: part.to_csv(tmp, index=False))
-        counts[name] = len(part)
-    log.info("split %d pairs: %s", len(frame), counts)
+    raw_dir, out_dir = Path(raw_dir), Path(out_dir)
+    if raw_dir.resolve().is_relative_to(out_dir.resolve()):
+        raise SegpipeError(f"{out_dir}: the output folder would replace the dataset {raw_dir}")
+    check = DatasetCheck(num_classes)
+    frame = validate_pairs(pair_files(raw_dir, check), check)
+    skipped = f"{len(check.skipped)} file(s) skipped, see the warnings above"
+    if frame.empty:
+        raise SegpipeError(f"{raw_dir}: no valid image/mask pairs left ({skipped})")
+    try:
+        frame["split"] = assign_splits(len(frame), cfg, seed)
+    except SegpipeError as e:
+        raise SegpipeError(f"{e}; {skipped}" if check.skipped else str(e)) from None
+    parts = {name: frame[frame["split"] == name].drop(columns="split") for name in SPLITS}
+    counts = {name: len(part) for name, part in parts.items()}
+    report = check.report(raw_dir, counts)
+    with staged_dir(out_dir) as staging:
+        for name, part in parts.items():
+            part.to_csv(staging / f"{name}.csv", index=False)
+        (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        (staging / "report.md").write_text(render_markdown(report))
+    if check.skipped:
+        log.warning(
+            "skipped %d file(s); see %s", len(check.skipped), (out_dir / "report.md").as_posix()
+        )
+    log.info("split %d valid pairs: %s", len(frame), counts)
     return counts

@@ -49,7 +49,7 @@ def make_pair(rng: np.random.Generator, cfg: SyntheticConfig) -> tuple[np.ndarra
     n_objects = 0 if rng.random() < cfg.empty_fraction else int(rng.integers(1, 5))
     for _ in range(n_objects):
         shape = _shape_mask(rng, h, w)
-        texture = _texture(rng, h, w)
+        texture = _texture(rng, h, w, avoid=image[shape].mean(axis=0) if shape.any() else None)
         image = np.where(shape[..., None], texture, image)
         mask[shape] = 255
     noise = rng.normal(0.0, rng.uniform(4.0, 14.0), size=image.shape)
@@ -124,8 +124,14 @@ def _shape_mask(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return np.asarray(canvas) > 127
 
 
-def _texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+def _texture(rng: np.random.Generator, h: int, w: int, avoid: np.ndarray | None) -> np.ndarray:
+    # Objects are visible, as in a real annotated task: their colour differs from the
+    # background they cover (in Euclidean RGB distance), though clutter may share it.
     base = _random_colour(rng)
+    for _ in range(20):
+        if avoid is None or np.linalg.norm(base - avoid) > 90:
+            break
+        base = _random_colour(rng)
     kind = rng.integers(0, 3)
     if kind == 0:  # flat colour with a soft shading
         yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)

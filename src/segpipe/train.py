@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import resource
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -10,14 +12,17 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from segpipe import resume
+from segpipe.cache import cache_paths
 from segpipe.config import Params
-from segpipe.dataset import SegmentationDataset, build_transform, read_split
+from segpipe.dataset import CachedDataset, build_transform
 from segpipe.engine import (
     evaluate_epoch,
     pick_device,
     resolve_precision,
     train_one_epoch,
 )
+from segpipe.files import atomic_write
 from segpipe.losses import build_loss
 from segpipe.model import build_model, save_checkpoint
 from segpipe.seeding import seed_everything, seed_worker
@@ -27,6 +32,22 @@ log = logging.getLogger(__name__)
 # Validation during training thresholds at 0.5 (the tutorial's value), so the choice of the
 # best epoch does not depend on evaluate.threshold and changing that reruns only evaluate.
 VAL_THRESHOLD = 0.5
+
+
+def trim_history(live_dir: Path, epochs: int) -> None:
+    """Drop DVCLive history rows past ``epochs`` completed epochs (steps 0..epochs-1): an
+    interrupted epoch may have logged some before the kill."""
+    for tsv in (live_dir / "plots" / "metrics").rglob("*.tsv"):
+        lines = tsv.read_text().splitlines(keepends=True)
+        column = lines[0].rstrip("\n").split("\t").index("step")
+        kept = [lines[0]] + [ln for ln in lines[1:] if int(ln.split("\t")[column]) < epochs]
+        atomic_write(tsv, lambda tmp, kept=kept: tmp.write_text("".join(kept)))
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MiB."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
 
 
 def make_loader(
@@ -43,7 +64,9 @@ def make_loader(
         batch_size=batch_size,
         shuffle=shuffle,
         num_workers=num_workers,
-        persistent_workers=num_workers > 0,
+        # Not persistent: each epoch's workers are seeded from `generator`, whose state the
+        # resume file holds; persistent workers would carry RNG state that no file captures.
+        persistent_workers=False,
         pin_memory=torch.cuda.is_available(),
         worker_init_fn=seed_worker,
         generator=generator,
@@ -51,8 +74,18 @@ def make_loader(
     )
 
 
-def run(params: Params, splits_dir: Path, model_path: Path, live_dir: Path) -> dict[str, float]:
-    """Train, write the best checkpoint to ``model_path`` and the history to ``live_dir``.
+def run(
+    params: Params,
+    cache_dir: Path,
+    model_path: Path,
+    live_dir: Path,
+    resume_path: Path | None = None,
+) -> dict[str, float]:
+    """Train on the cache stage's arrays in ``cache_dir``; write the best checkpoint to
+    ``model_path`` and the history to ``live_dir``.
+
+    With ``resume_path``, the full training state is saved there after every epoch, and a run
+    interrupted earlier (same params and data) continues after its last completed epoch.
 
     Returns:
         The validation metrics of the best epoch.
@@ -65,15 +98,11 @@ def run(params: Params, splits_dir: Path, model_path: Path, live_dir: Path) -> d
     device = pick_device()
     dtype = resolve_precision(t.precision, device)
 
-    train_set = SegmentationDataset(
-        read_split(splits_dir / "train.csv"),
-        build_transform(t.image_size, t.augment, params.seed),
-        num_classes,
+    train_set = CachedDataset(
+        *cache_paths(cache_dir, "train"), build_transform(t.image_size, t.augment, params.seed)
     )
-    val_set = SegmentationDataset(
-        read_split(splits_dir / "val.csv"),
-        build_transform(t.image_size, augment=False, seed=params.seed),
-        num_classes,
+    val_set = CachedDataset(
+        *cache_paths(cache_dir, "val"), build_transform(t.image_size, False, params.seed)
     )
     train_loader = make_loader(train_set, t.batch_size, True, t.num_workers, generator)
     val_loader = make_loader(val_set, t.batch_size, False, t.num_workers)
@@ -83,6 +112,12 @@ def run(params: Params, splits_dir: Path, model_path: Path, live_dir: Path) -> d
         model = model.to(memory_format=torch.channels_last)
     loss_fn = build_loss(t.loss, num_classes)
     optimizer = torch.optim.Adam(model.parameters(), lr=t.lr)
+    # Stepped once per epoch: lr follows a half cosine from train.lr down to 0 at the last epoch.
+    scheduler = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=t.epochs)
+        if t.scheduler == "cosine"
+        else None
+    )
     scaler = (
         torch.amp.GradScaler("cuda") if dtype == torch.float16 and device.type == "cuda" else None
     )
@@ -105,9 +140,28 @@ def run(params: Params, splits_dir: Path, model_path: Path, live_dir: Path) -> d
         dtype or "off",
     )
 
+    data_files = [*cache_paths(cache_dir, "train"), *cache_paths(cache_dir, "val")]
+    run_id = resume.fingerprint(params, data_files) if resume_path else ""
+    state = resume.load(resume_path, run_id) if resume_path else None
     best: dict[str, float] = {"dice": -1.0}
-    with Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None) as live:
-        for epoch in range(1, t.epochs + 1):
+    done = 0  # completed epochs
+    if state is not None and state["epoch"] < t.epochs:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None:
+            scaler.load_state_dict(state["scaler"])
+        resume.restore_rng(state["rng"], train_set.transform, generator)
+        best, done = state["best"], state["epoch"]
+        trim_history(live_dir, done)
+        log.info("resuming after epoch %d/%d from %s", done, t.epochs, resume_path)
+
+    with Live(
+        dir=str(live_dir), resume=done > 0, save_dvc_exp=False, dvcyaml=None, report=None
+    ) as live:
+        live.step = done
+        for epoch in range(done + 1, t.epochs + 1):
             start = time.perf_counter()
             train_stats = train_one_epoch(
                 model,
@@ -136,6 +190,14 @@ def run(params: Params, splits_dir: Path, model_path: Path, live_dir: Path) -> d
             for key in ("loss", "dice", "iou", "pixel_accuracy"):
                 live.log_metric(f"val/{key}", val[key])
             live.log_metric("lr", optimizer.param_groups[0]["lr"])
+            # Cost next to quality in `dvc exp show`: this epoch's training time and speed.
+            live.log_metric("perf/epoch_seconds", round(seconds, 2), plot=False)
+            live.log_metric(
+                "perf/train_images_per_s", round(len(train_set) / seconds, 2), plot=False
+            )
+            live.log_metric("perf/peak_rss_mb", round(peak_rss_mb(), 1), plot=False)
+            if scheduler is not None:
+                scheduler.step()
             log.info(
                 "epoch %d/%d: train loss %.4f, val loss %.4f, val dice %.4f, %.1f s",
                 epoch,
@@ -149,5 +211,19 @@ def run(params: Params, splits_dir: Path, model_path: Path, live_dir: Path) -> d
                 best = {**val, "epoch": epoch}
                 save_checkpoint(model_path, model, model_config, epoch=epoch, val_dice=val["dice"])
             live.next_step()
+            if resume_path is not None:
+                resume.save(
+                    resume_path,
+                    {
+                        "fingerprint": run_id,
+                        "epoch": epoch,
+                        "best": best,
+                        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict() if scheduler else None,
+                        "scaler": scaler.state_dict() if scaler else None,
+                        "rng": resume.capture_rng(train_set.transform, generator),
+                    },
+                )
         live.summary["best"] = {"epoch": best["epoch"], "val_dice": best["dice"]}
     return best

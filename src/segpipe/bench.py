@@ -1,0 +1,235 @@
+"""Throughput benchmark: the pipeline vs. a naive tutorial-style loader vs. the model alone.
+
+    python -m segpipe.bench [--data DIR] [--image-size 256] [--batch-size 8]
+
+All three modes train and run inference with the same model, resolution and batch size, through
+the same loops (``segpipe.engine``); only the data source and the numeric settings differ:
+
+- ``naive``: like the tutorial: PIL decode of the full-size file and albumentations resize in
+  every ``__getitem__``, fp32, NCHW, ``num_workers=0``;
+- ``pipeline``: segpipe's path: the cache stage's memory-mapped arrays, ``train.precision:
+  auto`` and channels-last (the cache build time is reported separately: it is paid once);
+- ``model``: the same training step and inference on tensors already in memory, the bound no
+  data pipeline can beat.
+
+Each mode runs in its own process so that its peak RSS is its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from segpipe import cache
+from segpipe.config import ModelConfig, SplitConfig, SyntheticConfig
+from segpipe.dataset import CachedDataset, build_transform, to_tensor
+from segpipe.engine import evaluate_epoch, resolve_precision, train_one_epoch
+from segpipe.losses import build_loss
+from segpipe.model import build_model
+
+MODES = ("naive", "pipeline", "model")
+
+
+class NaiveDataset(Dataset):
+    """The tutorial's loader: decode the full-size file with PIL and resize, every time."""
+
+    def __init__(self, frame: pd.DataFrame, image_size: int, augment: bool) -> None:
+        self.frame = frame
+        self.transform = build_transform(image_size, augment, seed=0)
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        row = self.frame.iloc[i]
+        image = np.array(Image.open(row["image"]).convert("RGB"))
+        mask = (np.array(Image.open(row["mask"]).convert("L")) >= 128).astype(np.uint8)
+        out = self.transform(image=image, mask=mask)
+        return to_tensor(out["image"]), torch.from_numpy(out["mask"].astype(np.int64))
+
+
+def _timed_epochs(step, images_per_call: int, repeats: int) -> float:
+    """Images per second over ``repeats`` calls of ``step`` after one warm-up call."""
+    step()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        step()
+    return images_per_call * repeats / (time.perf_counter() - start)
+
+
+def run_mode(mode: str, splits_dir: Path, cache_dir: Path, args: argparse.Namespace) -> dict:
+    """Train and inference throughput of one mode (runs inside its own process)."""
+    torch.manual_seed(0)
+    device = torch.device("cpu")
+    fast = mode != "naive"
+    dtype = resolve_precision("auto", device) if fast else None
+    model = build_model(ModelConfig("Unet", args.encoder, None), 2)
+    if fast:
+        model = model.to(memory_format=torch.channels_last)
+    loss_fn = build_loss("bce", 2)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    n = args.batch_size * args.batches
+    train_frame = pd.read_csv(splits_dir / "train.csv").head(n)
+    if mode == "naive":
+        train_set = NaiveDataset(train_frame, args.image_size, augment=True)
+        eval_set = NaiveDataset(train_frame, args.image_size, augment=False)
+    elif mode == "pipeline":
+        images, masks = cache.cache_paths(cache_dir, "train")
+        train_set = CachedDataset(images, masks, build_transform(args.image_size, True, 0), n)
+        eval_set = CachedDataset(images, masks, build_transform(args.image_size, False, 0), n)
+    if mode == "model":
+        x = torch.randn(args.batch_size, 3, args.image_size, args.image_size)
+        y = (torch.rand(args.batch_size, args.image_size, args.image_size) > 0.5).long()
+        train_loader = eval_loader = [(x, y)] * args.batches
+    else:
+        train_loader = DataLoader(train_set, args.batch_size, shuffle=True, num_workers=0)
+        eval_loader = DataLoader(eval_set, args.batch_size, shuffle=False, num_workers=0)
+
+    def train_step() -> None:
+        train_one_epoch(model, train_loader, loss_fn, optimizer, device, dtype, fast, desc=mode)
+
+    def eval_step() -> None:
+        evaluate_epoch(model, eval_loader, loss_fn, 2, 0.5, device, dtype, fast, desc=mode)
+
+    return {
+        "mode": mode,
+        "train_images_per_s": _timed_epochs(train_step, n, args.repeats),
+        "eval_images_per_s": _timed_epochs(eval_step, n, args.repeats),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def prepare_data(data: Path | None, work: Path, image_size: int, num_images: int) -> Path:
+    """Split the benchmark data (a folder with images/ and masks/, or synthetic) and cache it."""
+    from segpipe import split, synthetic
+
+    if data is None:
+        data = work / "synthetic"
+        n = int(num_images / 0.8) + 2
+        cfg = SyntheticConfig(n_images=n, min_size=256, max_size=512, empty_fraction=0.1)
+        synthetic.generate(data, cfg, seed=0)
+    splits = work / "splits"
+    split.run(SplitConfig(val_fraction=0.1, test_fraction=0.1), 0, data, splits)
+    for name, rows in (("train", num_images), ("val", 2), ("test", 2)):  # cache what is timed
+        path = splits / f"{name}.csv"
+        pd.read_csv(path).head(rows).to_csv(path, index=False)
+    start = time.perf_counter()
+    cache.run(work / "splits", work / "cache", image_size, 2)
+    return time.perf_counter() - start
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (
+        f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), {platform.system()} {platform.release()}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="folder with images/ and masks/ (default: ../shared/data/kvasir_seg "
+        "next to the repository if present, else built-in synthetic data)",
+    )
+    p.add_argument("--image-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batches", type=int, default=6, help="batches per timed pass")
+    p.add_argument("--repeats", type=int, default=2, help="timed passes after one warm-up pass")
+    p.add_argument("--encoder", default="efficientnet-b3")
+    p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    p.add_argument("--mode", choices=MODES, help=argparse.SUPPRESS)
+    p.add_argument("--work", type=Path, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+
+    if args.mode:  # a child process: measure one mode, print JSON
+        work = args.work
+        print(json.dumps(run_mode(args.mode, work / "splits", work / "cache", args)))
+        return 0
+
+    data = args.data
+    if data is None:
+        shared = Path(__file__).resolve().parents[3] / "shared" / "data" / "kvasir_seg"
+        data = shared if shared.is_dir() else None
+    with tempfile.TemporaryDirectory(prefix="segpipe-bench-") as tmp:
+        work = Path(tmp)
+        needed = args.batch_size * args.batches
+        cache_seconds = prepare_data(data, work, args.image_size, needed)
+        results = {}
+        for mode in MODES:
+            child = [sys.executable, "-m", "segpipe.bench", "--mode", mode, "--work", str(work)]
+            for flag in ("image_size", "batch_size", "batches", "repeats", "encoder"):
+                child += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+            out = subprocess.run(child, capture_output=True, text=True, check=True).stdout
+            results[mode] = json.loads(out.strip().splitlines()[-1])
+    report = {
+        "machine": machine(),
+        "data": str(data) if data else "built-in synthetic (256-512 px)",
+        "encoder": args.encoder,
+        "image_size": args.image_size,
+        "batch_size": args.batch_size,
+        "images_per_pass": args.batch_size * args.batches,
+        "cache_build_seconds": round(cache_seconds, 2),
+        "results": results,
+        "ratios": {
+            f"{kind}_pipeline_over_{base}": round(
+                results["pipeline"][f"{kind}_images_per_s"] / results[base][f"{kind}_images_per_s"],
+                3,
+            )
+            for kind in ("train", "eval")
+            for base in ("naive", "model")
+        },
+    }
+    print(format_report(report))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+def format_report(report: dict) -> str:
+    """The results as a markdown table plus the ratios."""
+    lines = [
+        f"machine: {report['machine']}",
+        f"data: {report['data']}; Unet/{report['encoder']} at {report['image_size']}px, "
+        f"batch {report['batch_size']}, {report['images_per_pass']} images per timed pass; "
+        f"cache build (once): {report['cache_build_seconds']} s",
+        "",
+        "| mode | train images/s | eval images/s | peak RSS MiB |",
+        "|---|---:|---:|---:|",
+    ]
+    for mode, r in report["results"].items():
+        lines.append(
+            f"| {mode} | {r['train_images_per_s']:.2f} | {r['eval_images_per_s']:.2f} "
+            f"| {r['peak_rss_mb']:.0f} |"
+        )
+    lines.append("")
+    lines += [f"{name}: {value:.2f}" for name, value in report["ratios"].items()]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,120 @@
+"""Resumable training: the state saved after every epoch, and when it may be reused.
+
+After each completed epoch, training writes one file with the model, optimizer, scheduler and
+every RNG state (python, numpy, torch, the DataLoader's shuffling generator, albumentations).
+A new run resumes from it only if its fingerprint (the train stage's params plus the bytes of the
+training data) matches, so an interrupted run finishes with exactly the numbers an
+uninterrupted one would have; anything else starts over.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+from pathlib import Path
+from typing import Any
+
+import albumentations as A
+import numpy as np
+import torch
+from albumentations.core.composition import BaseCompose
+
+from segpipe.config import Params, to_dict
+from segpipe.files import atomic_write
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+
+
+def fingerprint(params: Params, data_files: list[Path]) -> str:
+    """A hash of what determines a training run: seed, classes, model and train params, data."""
+    digest = hashlib.sha256()
+    config = {
+        "seed": params.seed,
+        "classes": list(params.data.classes),
+        "model": to_dict(params.model),
+        "train": to_dict(params.train),
+    }
+    digest.update(json.dumps(config, sort_keys=True).encode())
+    for path in data_files:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def capture_rng(transform: A.Compose, generator: torch.Generator) -> dict[str, Any]:
+    """Every RNG state, as tensors and plain Python values (loadable with weights_only)."""
+    np_state = np.random.get_state(legacy=False)
+    return {
+        "python": random.getstate(),
+        "numpy": {
+            **np_state,
+            "state": {
+                "key": np_state["state"]["key"].tolist(),
+                "pos": int(np_state["state"]["pos"]),
+            },
+        },
+        "torch": torch.get_rng_state(),
+        "loader": generator.get_state(),
+        "albumentations": [
+            {"numpy": t.random_generator.bit_generator.state, "python": t.py_random.getstate()}
+            for t in _rng_owners(transform)
+        ],
+    }
+
+
+def _rng_owners(transform: Any) -> list[Any]:
+    """The pipeline and every transform in it: each keeps its own generators."""
+    if not isinstance(transform, BaseCompose):
+        return [transform]
+    return [transform] + [owner for child in transform.transforms for owner in _rng_owners(child)]
+
+
+def restore_rng(state: dict[str, Any], transform: A.Compose, generator: torch.Generator) -> None:
+    """Undo :func:`capture_rng`."""
+    random.setstate(_tuples(state["python"]))
+    np_state = dict(state["numpy"])
+    np_state["state"] = {
+        "key": np.array(np_state["state"]["key"], dtype=np.uint32),
+        "pos": np_state["state"]["pos"],
+    }
+    np.random.set_state(np_state)
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["loader"])
+    for owner, saved in zip(_rng_owners(transform), state["albumentations"], strict=True):
+        owner.random_generator.bit_generator.state = saved["numpy"]
+        owner.py_random.setstate(_tuples(saved["python"]))
+
+
+def _tuples(value: Any) -> Any:
+    """random.setstate wants tuples where a round trip may have produced lists."""
+    if isinstance(value, list | tuple):
+        return tuple(_tuples(v) for v in value)
+    return value
+
+
+def save(path: Path, state: dict[str, Any]) -> None:
+    """Write the resume state atomically: a kill mid-write leaves the previous one intact."""
+    atomic_write(path, lambda tmp: torch.save({"format": FORMAT, **state}, tmp))
+
+
+def load(path: Path, expected_fingerprint: str) -> dict[str, Any] | None:
+    """The saved state if it belongs to this exact run, else None (start over)."""
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a torn or foreign file: never unpickle it unsafely
+        log.warning("ignoring %s: not a readable resume state (%s)", path, type(e).__name__)
+        return None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        log.warning("ignoring %s: unknown format", path)
+        return None
+    if state.get("fingerprint") != expected_fingerprint:
+        log.info("params or data changed since %s was written: training from scratch", path)
+        return None
+    return state

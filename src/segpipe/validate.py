@@ -1,0 +1,184 @@
+"""Checks of every image/mask pair and the data-validation report of the split stage.
+
+Skipped (with a warning): unpaired files, unreadable/truncated/empty files, masks whose size
+differs from their image's. Fatal (:class:`SegpipeError`): mask values that fit no class of
+``data.classes``, since a wrong declaration affects every file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from segpipe.images import UnreadableImageError, mask_values, open_image, to_class_indices
+
+log = logging.getLogger(__name__)
+
+MAX_WARNINGS = 20
+"""Skipped files logged one by one; the rest are only counted (all are in report.json)."""
+MD_SKIPPED = 50
+"""Skipped files listed in report.md."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Skipped:
+    """A file left out of the splits: ``kind`` is a stable keyword, ``reason`` a sentence."""
+
+    stem: str
+    file: str
+    kind: str
+    reason: str
+
+
+class DatasetCheck:
+    """Validates pairs one at a time and gathers the statistics of the valid ones."""
+
+    def __init__(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.n_images = self.n_masks = 0
+        self.skipped: list[Skipped] = []
+        self.heights: list[int] = []
+        self.widths: list[int] = []
+        self.fg: list[float] = []
+        self.image_modes: Counter[str] = Counter()
+        self.mask_modes: Counter[str] = Counter()
+        self._hist8 = np.zeros(256, dtype=np.int64)
+        self._hist_other: Counter[int] = Counter()
+
+    def skip(self, stem: str, path: Path, kind: str, reason: str) -> None:
+        """Record a skipped file and warn (the first :data:`MAX_WARNINGS` times)."""
+        self.skipped.append(Skipped(stem, Path(path).as_posix(), kind, reason))
+        if len(self.skipped) <= MAX_WARNINGS:
+            log.warning("skipped %s: %s", path, reason)
+        elif len(self.skipped) == MAX_WARNINGS + 1:
+            log.warning("more files skipped: not logged one by one (report.json lists all)")
+
+    def check(self, stem: str, image_path: Path, mask_path: Path) -> dict[str, Any] | None:
+        """A CSV row (without split) for a valid pair, or None if the pair is skipped.
+
+        Each file is decoded once. Raises :class:`SegpipeError` for a mask whose values fit
+        none of the classes.
+        """
+        try:
+            image = open_image(image_path)
+        except UnreadableImageError as e:
+            self.skip(stem, image_path, "unreadable_image", f"cannot read image ({e.reason})")
+            return None
+        try:
+            mask_image = open_image(mask_path)
+        except UnreadableImageError as e:
+            self.skip(stem, mask_path, "unreadable_mask", f"cannot read mask ({e.reason})")
+            return None
+        raw = mask_values(mask_image)
+        classes = to_class_indices(raw, self.num_classes, mask_path)
+        width, height = image.size
+        if raw.shape != (height, width):
+            self.skip(
+                stem,
+                mask_path,
+                "size_mismatch",
+                f"mask size {raw.shape[1]}x{raw.shape[0]} differs from image size "
+                f"{width}x{height} of {image_path} (width x height)",
+            )
+            return None
+        fg = float(np.count_nonzero(classes)) / classes.size
+        self.heights.append(height)
+        self.widths.append(width)
+        self.fg.append(fg)
+        self.image_modes[image.mode] += 1
+        self.mask_modes[mask_image.mode] += 1
+        if raw.dtype == np.uint8:
+            self._hist8 += np.bincount(raw.ravel(), minlength=256)
+        else:
+            values, counts = np.unique(raw, return_counts=True)
+            self._hist_other.update(dict(zip(values.tolist(), counts.tolist(), strict=True)))
+        return {
+            "stem": stem,
+            "image": Path(image_path).as_posix(),
+            "mask": Path(mask_path).as_posix(),
+            "height": height,
+            "width": width,
+            "fg_fraction": round(fg, 6),
+        }
+
+    def mask_histogram(self) -> dict[str, int]:
+        """Pixel count per raw mask value over all valid masks, by ascending value."""
+        counts = Counter({v: int(c) for v, c in enumerate(self._hist8.tolist()) if c})
+        counts.update(self._hist_other)
+        return {str(v): counts[v] for v in sorted(counts)}
+
+    def report(self, raw_dir: Path, splits: dict[str, int]) -> dict[str, Any]:
+        """The report as JSON-ready data (see :func:`render_markdown`)."""
+        fg = np.asarray(self.fg, dtype=float)
+
+        def spread(values: list[int]) -> dict[str, float]:
+            return {
+                "min": int(min(values)),
+                "median": float(np.median(values)),
+                "max": int(max(values)),
+            }
+
+        return {
+            "raw_dir": Path(raw_dir).as_posix(),
+            "num_classes": self.num_classes,
+            "files": {"images": self.n_images, "masks": self.n_masks},
+            "valid_pairs": len(self.fg),
+            "splits": dict(splits),
+            "image_size": {"height": spread(self.heights), "width": spread(self.widths)},
+            "image_modes": dict(sorted(self.image_modes.items())),
+            "mask_modes": dict(sorted(self.mask_modes.items())),
+            "mask_values": self.mask_histogram(),
+            "foreground_fraction": {
+                "mean": round(float(fg.mean()), 6),
+                "min": round(float(fg.min()), 6),
+                "max": round(float(fg.max()), 6),
+                "empty_masks": int((fg == 0).sum()),
+            },
+            "skipped_count": len(self.skipped),
+            "skipped_by_kind": dict(sorted(Counter(s.kind for s in self.skipped).items())),
+            "skipped": [dataclasses.asdict(s) for s in self.skipped],
+        }
+
+
+def render_markdown(report: dict) -> str:
+    """A short human-readable version of the report."""
+    h, w = report["image_size"]["height"], report["image_size"]["width"]
+    fg = report["foreground_fraction"]
+    splits = report["splits"]
+    values = sorted(report["mask_values"].items(), key=lambda kv: -kv[1])
+    shown = ", ".join(f"{v}: {c}" for v, c in values[:10])
+    if len(values) > 10:
+        shown += f", ... ({len(values)} distinct values, all in report.json)"
+    modes = ", ".join(f"{m} {n}" for m, n in report["image_modes"].items())
+    lines = [
+        "# Data validation report",
+        "",
+        f"Dataset `{report['raw_dir']}`: {report['files']['images']} image files, "
+        f"{report['files']['masks']} mask files, {report['num_classes']} classes.",
+        "",
+        "| | count |",
+        "|---|---|",
+        f"| valid pairs | {report['valid_pairs']} |",
+        *(f"| {name} | {n} |" for name, n in splits.items()),
+        f"| skipped files | {report['skipped_count']} |",
+        "",
+        f"- Image size (height x width): min {h['min']} x {w['min']}, "
+        f"median {h['median']:g} x {w['median']:g}, max {h['max']} x {w['max']}.",
+        f"- Image modes: {modes} (all are read as RGB).",
+        f"- Mask values (pixels): {shown}.",
+        f"- Foreground share per mask: mean {fg['mean']:.3f}, min {fg['min']:.3f}, "
+        f"max {fg['max']:.3f}; {fg['empty_masks']} empty mask(s).",
+    ]
+    skipped = report["skipped"]
+    if skipped:
+        by_kind = ", ".join(f"{k} {n}" for k, n in report["skipped_by_kind"].items())
+        lines += ["", f"## Skipped files ({len(skipped)}: {by_kind})", ""]
+        lines += [f"- `{s['file']}`: {s['reason']}" for s in skipped[:MD_SKIPPED]]
+        if len(skipped) > MD_SKIPPED:
+            lines.append(f"- ... and {len(skipped) - MD_SKIPPED} more (see report.json)")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,343 @@
+"""Bad input through the real stage scripts: what the user sees, and what is left on disk.
+
+Fatal problems exit 1 with exactly one ``error: ...`` line naming the file or parameter and
+leave an earlier output folder byte-identical; skippable ones succeed with a warning.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from segpipe.config import read_yaml
+from segpipe.images import image_size
+from segpipe.kaggle_source import CREDENTIALS_HELP
+
+from .conftest import REPO
+
+N_PAIRS = 8
+
+
+def write_params(path: Path, **edits: object) -> Path:
+    """The repository's params.yaml with ``section__key=value`` edits, written to ``path``."""
+    raw = read_yaml(REPO / "params.yaml")
+    raw["split"].update(val_fraction=0.25, test_fraction=0.25)
+    for dotted, value in edits.items():
+        *sections, key = dotted.split("__")
+        target = raw
+        for section in sections:
+            target = target[section]
+        target[key] = value
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def make_pairs(root: Path, n: int = N_PAIRS) -> Path:
+    """``n`` random 16x16 RGB images with 0/255 square masks, as the download stage writes."""
+    rng = np.random.default_rng(0)
+    for sub in ("images", "masks"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(
+            root / "images" / f"p{i}.png"
+        )
+        mask = np.zeros((16, 16), dtype=np.uint8)
+        mask[2 : 4 + i, 3:9] = 255
+        Image.fromarray(mask).save(root / "masks" / f"p{i}.png")
+    return root
+
+
+def run_script(script: str, *args: object, env: dict[str, str] | None = None):
+    """Run ``stages/<script>`` as DVC would (from the repo root), capturing its output."""
+    env = dict(os.environ if env is None else env)
+    env.pop("SEGPIPE_VERBOSE", None)
+    return subprocess.run(
+        [sys.executable, str(REPO / "stages" / script), *map(str, args)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+
+
+def error_line(result: subprocess.CompletedProcess, *names: object) -> str:
+    """Check a fatal run: exit 1, no traceback, one ``error:`` line (the last) naming ``names``."""
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0], result.stderr
+    for name in names:
+        assert str(name) in errors[0], errors[0]
+    return errors[0]
+
+
+def warnings_of(result: subprocess.CompletedProcess) -> list[str]:
+    """The WARNING lines of a successful run."""
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr and "error:" not in result.stderr
+    return [line for line in result.stderr.splitlines() if " WARNING " in line]
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()
+    }
+
+
+class Case:
+    """A tiny dataset, a params file and a split output folder in ``tmp_path``."""
+
+    def __init__(self, tmp_path: Path, **edits: object) -> None:
+        self.tmp = tmp_path
+        self.raw = make_pairs(tmp_path / "raw")
+        self.out = tmp_path / "splits"
+        self.params = write_params(tmp_path / "params.yaml", **edits)
+
+    def split(self):
+        return run_script("split.py", "--params", self.params, "--raw", self.raw, "--out", self.out)
+
+    def first_run(self) -> dict[str, bytes]:
+        """A successful split; returns the output folder's content."""
+        result = self.split()
+        assert result.returncode == 0, result.stderr
+        assert sorted(snapshot(self.out)) == sorted(
+            ["report.json", "report.md", "test.csv", "train.csv", "val.csv"]
+        )
+        return snapshot(self.out)
+
+    def assert_unchanged(self, before: dict[str, bytes]) -> None:
+        assert snapshot(self.out) == before
+        assert sorted(p.name for p in self.tmp.iterdir()) == ["params.yaml", "raw", "splits"]
+
+    def report(self) -> dict:
+        return json.loads((self.out / "report.json").read_text())
+
+
+@pytest.fixture
+def case(tmp_path: Path) -> Case:
+    return Case(tmp_path)
+
+
+# --- split: skipped inputs -------------------------------------------------------------------
+
+
+def test_unpaired_files_are_skipped(case: Case) -> None:
+    (case.raw / "masks" / "p0.png").unlink()
+    Image.new("L", (16, 16)).save(case.raw / "masks" / "orphan.png")
+    warnings = warnings_of(case.split())
+    image, orphan = case.raw / "images" / "p0.png", case.raw / "masks" / "orphan.png"
+    assert f"skipped {image}: no mask with the same stem" in warnings[0]
+    assert f"skipped {orphan}: no image with the same stem" in warnings[1]
+    assert "skipped 2 file(s); see" in warnings[-1]
+    report = case.report()
+    assert report["valid_pairs"] == N_PAIRS - 1
+    assert report["skipped_by_kind"] == {"no_image": 1, "no_mask": 1}
+
+
+def test_mask_of_another_size_is_skipped(case: Case) -> None:
+    mask = case.raw / "masks" / "p3.png"
+    Image.new("L", (20, 16)).save(mask)
+    warnings = warnings_of(case.split())
+    image = case.raw / "images" / "p3.png"
+    assert (
+        f"skipped {mask}: mask size 20x16 differs from image size 16x16 of {image} "
+        "(width x height)" in warnings[0]
+    )
+    report = case.report()
+    assert report["valid_pairs"] == N_PAIRS - 1
+    assert report["skipped"][0]["kind"] == "size_mismatch"
+    assert "p3" not in (case.out / "train.csv").read_text() + (case.out / "test.csv").read_text()
+
+
+def test_unreadable_truncated_and_empty_files_are_skipped(case: Case) -> None:
+    images, masks = case.raw / "images", case.raw / "masks"
+    (images / "p0.png").write_bytes(b"")
+    data = (images / "p1.png").read_bytes()
+    (images / "p1.png").write_bytes(data[: len(data) // 2])
+    assert image_size(images / "p1.png") == (16, 16)  # the header alone looks fine
+    data = (masks / "p2.png").read_bytes()
+    (masks / "p2.png").write_bytes(data[: len(data) // 2])
+    (masks / "p3.png").write_text("<html>not an image</html>")
+    (masks / "p4.png").write_bytes(b"")
+    text = "\n".join(warnings_of(case.split()))
+    for line in (
+        f"skipped {images / 'p0.png'}: cannot read image (empty file, 0 bytes)",
+        f"skipped {images / 'p1.png'}: cannot read image (truncated or corrupt: ",
+        f"skipped {masks / 'p2.png'}: cannot read mask (truncated or corrupt: ",
+        f"skipped {masks / 'p3.png'}: cannot read mask (not a recognised image format)",
+        f"skipped {masks / 'p4.png'}: cannot read mask (empty file, 0 bytes)",
+    ):
+        assert line in text
+    report = case.report()
+    assert report["valid_pairs"] == N_PAIRS - 5
+    assert report["skipped_by_kind"] == {"unreadable_image": 2, "unreadable_mask": 3}
+
+
+def test_grayscale_rgba_and_palette_images_are_converted(case: Case) -> None:
+    for stem, mode in (("p0", "L"), ("p1", "RGBA"), ("p2", "P"), ("p3", "LA")):
+        path = case.raw / "images" / f"{stem}.png"
+        Image.open(path).convert(mode).save(path)
+    assert warnings_of(case.split()) == []
+    report = case.report()
+    assert report["valid_pairs"] == N_PAIRS and report["skipped"] == []
+    assert report["image_modes"] == {"L": 1, "LA": 1, "P": 1, "RGB": 4, "RGBA": 1}
+
+
+# --- split: fatal inputs ---------------------------------------------------------------------
+
+
+def test_duplicate_stems_are_fatal(case: Case) -> None:
+    before = case.first_run()
+    Image.new("RGB", (16, 16)).save(case.raw / "images" / "p1.jpg")
+    line = error_line(case.split(), case.raw / "images", "p1.jpg", "p1.png")
+    assert line == (
+        f"error: {case.raw / 'images'}: two files share the stem 'p1' (p1.jpg, p1.png); keep one"
+    )
+    case.assert_unchanged(before)
+
+
+def test_mask_values_outside_the_classes_are_fatal(tmp_path: Path) -> None:
+    case = Case(tmp_path, data__classes=["background", "road", "car"])
+    for mask in (case.raw / "masks").iterdir():  # 0/255 -> valid class indices 0/2
+        Image.fromarray((np.asarray(Image.open(mask)) > 0).astype(np.uint8) * 2).save(mask)
+    before = case.first_run()
+    assert case.report()["mask_values"].keys() == {"0", "2"}
+    bad = case.raw / "masks" / "p5.png"
+    values = np.zeros((16, 16), dtype=np.uint8)
+    values[0, :6] = [0, 2, 3, 7, 255, 1]
+    Image.fromarray(values).save(bad)
+    line = error_line(case.split(), bad)
+    assert line == (
+        f"error: {bad}: mask values [3, 7, 255] fit none of the 3 classes of data.classes "
+        "(expected 0..2; the mask holds [0, 1, 2, 3, 7, 255])"
+    )
+    case.assert_unchanged(before)
+
+
+def test_binary_masks_accept_any_8bit_values(case: Case) -> None:
+    noisy = np.zeros((16, 16), dtype=np.uint8)
+    noisy[:, 8:] = np.arange(120, 248, 16, dtype=np.uint8)  # JPEG-like noise around 128
+    Image.fromarray(noisy).save(case.raw / "masks" / "p0.png")
+    assert warnings_of(case.split()) == []
+    assert list(case.report()["mask_values"]) == ["0", *map(str, range(120, 248, 16)), "255"]
+
+
+def test_no_valid_pairs_left_is_fatal(case: Case) -> None:
+    before = case.first_run()
+    for path in (case.raw / "images").iterdir():
+        path.write_bytes(b"")
+    line = error_line(case.split(), case.raw)
+    assert line == (
+        f"error: {case.raw}: no valid image/mask pairs left "
+        f"({N_PAIRS} file(s) skipped, see the warnings above)"
+    )
+    case.assert_unchanged(before)
+    for path in (case.raw / "masks").iterdir():
+        path.rename(path.with_name("m_" + path.name))
+    line = error_line(case.split(), case.raw)
+    assert line == f"error: {case.raw}: no image/mask pairs with matching file stems"
+    case.assert_unchanged(before)
+
+
+def test_too_few_valid_pairs_is_fatal(case: Case) -> None:
+    before = case.first_run()
+    for i in range(6):  # 2 valid pairs left: too few for val 0.25 + test 0.25
+        (case.raw / "masks" / f"p{i}.png").write_bytes(b"")
+    line = error_line(case.split(), "val_fraction=0.25", "test_fraction=0.25")
+    assert line.startswith("error: split: 2 image(s) are too few")
+    assert line.endswith(
+        "each split needs at least one image); 6 file(s) skipped, see the warnings above"
+    )
+    case.assert_unchanged(before)
+
+
+# --- download --------------------------------------------------------------------------------
+
+
+def download(params: Path, out: Path, env: dict[str, str] | None = None):
+    return run_script("download.py", "--params", params, "--out", out, env=env)
+
+
+def test_folder_source_path_missing_or_without_images_and_masks(tmp_path: Path) -> None:
+    good = make_pairs(tmp_path / "good", n=3)
+    out = tmp_path / "raw"
+    result = download(
+        write_params(tmp_path / "p.yaml", data__source="folder", data__path=str(good)), out
+    )
+    assert result.returncode == 0, result.stderr
+    before = snapshot(out)
+    assert len(before) == 6
+
+    missing = tmp_path / "missing"
+    params = write_params(tmp_path / "p.yaml", data__source="folder", data__path=str(missing))
+    line = error_line(download(params, out), "data.path", missing)
+    assert line == f"error: data.path: {missing} not found (it must hold images/ and masks/)"
+    assert snapshot(out) == before
+
+    flat = tmp_path / "flat"
+    (flat / "pictures").mkdir(parents=True)
+    params = write_params(tmp_path / "p.yaml", data__source="folder", data__path=str(flat))
+    line = error_line(download(params, out), "data.path", flat)
+    assert "no folder with images/ and masks/ subfolders found" in line
+    assert snapshot(out) == before
+
+    (flat / "images").mkdir()
+    (flat / "masks").mkdir()
+    line = error_line(download(params, out), "data.path", flat / "images")
+    assert line.endswith("holds no image files (.png, .jpg, .jpeg, .bmp, .tif, .tiff)")
+    assert snapshot(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["flat", "good", "p.yaml", "raw"]
+
+
+def test_kaggle_without_credentials(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KAGGLE_")}
+    home = tmp_path / "home"
+    home.mkdir()
+    env.update(
+        HOME=str(home),
+        XDG_CONFIG_HOME=str(home / ".config"),
+        KAGGLE_CONFIG_DIR=str(tmp_path / "kaggle-config"),
+    )
+    params = write_params(tmp_path / "p.yaml", data__source="kaggle")
+    result = download(params, tmp_path / "raw", env=env)
+    assert result.stderr.strip() == f"error: {CREDENTIALS_HELP}"
+    assert result.returncode == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["home", "p.yaml"]
+
+
+# --- params.yaml -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("edits", "message"),
+    [
+        ({"train__lrr": 0.1}, "unknown parameter 'train.lrr' (valid keys in train: image_size,"),
+        ({"train__epochs": "ten"}, "train.epochs: expected int, got 'ten'"),
+        ({"train__lr": -0.001}, "train.lr: must be > 0, got -0.001"),
+        (
+            {"split__val_fraction": 0.5, "split__test_fraction": 0.5},
+            "split: val_fraction + test_fraction must be below 1 (leave training images), got 1.0",
+        ),
+        ({"train__batch_size": 0}, "train.batch_size: must be >= 1, got 0"),
+        ({"train__loss": "focal"}, "train.loss: got 'focal', expected one of 'bce' | 'dice'"),
+    ],
+    ids=["unknown-key", "wrong-type", "negative-lr", "fractions-sum", "batch-size-0", "loss"],
+)
+def test_params_errors_are_one_line(case: Case, edits: dict, message: str) -> None:
+    write_params(case.params, **edits)
+    result = case.split()
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {message}"), result.stderr
+    assert not case.out.exists()

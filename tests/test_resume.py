@@ -1,0 +1,113 @@
+"""Interrupted training resumes after its last completed epoch and ends with identical results."""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from segpipe import resume
+from segpipe.config import to_dict
+
+from .conftest import REPO, tiny_params
+
+EPOCHS = 4
+
+
+def train_cmd(params_file: Path, cache_dir: Path, out: Path) -> list[str]:
+    return [
+        sys.executable,
+        str(REPO / "stages" / "train.py"),
+        "--params",
+        str(params_file),
+        "--cache",
+        str(cache_dir),
+        "--model",
+        str(out / "model.pt"),
+        "--live",
+        str(out / "live"),
+        "--resume",
+        str(out / "resume.pt"),
+    ]
+
+
+def outcome(out: Path) -> dict:
+    """Everything a finished run leaves behind, in comparable form."""
+    model = torch.load(out / "model.pt", weights_only=True)
+    history = {
+        str(p.relative_to(out)): p.read_text()
+        for p in sorted((out / "live" / "plots").rglob("*.tsv"))
+    }
+    return {
+        "epoch": model["epoch"],
+        "val_dice": model["val_dice"],
+        "state": model["state_dict"],
+        "history": history,
+    }
+
+
+@pytest.fixture
+def params_file(tmp_path) -> Path:
+    p = tiny_params()
+    p = dataclasses.replace(p, train=dataclasses.replace(p.train, epochs=EPOCHS))
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(to_dict(p)))
+    return path
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_killed_training_resumes_to_identical_result(tmp_path, params_file, cache_dir, sig):
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    subprocess.run(train_cmd(params_file, cache_dir, straight), check=True, capture_output=True)
+
+    proc = subprocess.Popen(
+        train_cmd(params_file, cache_dir, interrupted),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    state_file = interrupted / "resume.pt"
+    deadline = time.monotonic() + 120
+    while not state_file.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=60)
+    saved = torch.load(state_file, weights_only=True)["epoch"]
+    assert 1 <= saved < EPOCHS, "killed mid-run, after at least one epoch"
+    if sig == signal.SIGKILL:
+        assert proc.returncode == -signal.SIGKILL
+    else:
+        assert proc.returncode == 130 and "interrupted" in stderr and "Traceback" not in stderr
+
+    again = subprocess.run(
+        train_cmd(params_file, cache_dir, interrupted), check=True, capture_output=True, text=True
+    )
+    assert f"resuming after epoch {saved}/{EPOCHS}" in again.stderr
+    a, b = outcome(straight), outcome(interrupted)
+    assert a["history"] == b["history"]
+    assert (a["epoch"], a["val_dice"]) == (b["epoch"], b["val_dice"])
+    assert all(torch.equal(a["state"][k], b["state"][k]) for k in a["state"])
+    assert not list(interrupted.glob(".*.pt*")), "no torn temporary files left"
+
+
+def test_changed_params_or_data_start_over(tmp_path, cache_dir):
+    p = tiny_params()
+    files = [cache_dir / "train_images.npy"]
+    base = resume.fingerprint(p, files)
+    assert resume.fingerprint(p, files) == base
+    other = dataclasses.replace(p, train=dataclasses.replace(p.train, lr=0.5))
+    assert resume.fingerprint(other, files) != base
+    assert resume.fingerprint(p, [cache_dir / "val_images.npy"]) != base
+    resume.save(tmp_path / "r.pt", {"fingerprint": base, "epoch": 1})
+    assert resume.load(tmp_path / "r.pt", base)["epoch"] == 1
+    assert resume.load(tmp_path / "r.pt", "something else") is None
+    (tmp_path / "torn.pt").write_bytes(b"\x80\x04garbage")
+    assert resume.load(tmp_path / "torn.pt", base) is None
+    assert resume.load(tmp_path / "missing.pt", base) is None
