@@ -9,11 +9,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from .conftest import REPO
@@ -28,7 +31,7 @@ CUT_DOWN = {
     ("split", "test_fraction"): 0.25,
     ("model", "encoder"): "resnet18",
     ("train", "image_size"): 64,
-    ("train", "epochs"): 2,
+    ("train", "epochs"): 3,
     ("train", "batch_size"): 4,
     ("train", "scheduler"): "none",
     ("plot", "n_samples"): 2,
@@ -98,8 +101,33 @@ def test_pipeline_experiment_and_metrics_diff(repo):
     assert (root / "models" / "model.pt").stat().st_size > 0
     assert len(list((root / "data" / "predictions").iterdir())) == 6
 
-    # 2. Nothing changed: nothing runs.
+    # 2. Nothing changed: nothing runs. Forcing a full rerun reproduces the metrics exactly.
     assert "Running stage" not in dvc(["repro"], repo)
+    first = (root / "metrics" / "evaluate.json").read_bytes()
+    dvc(["repro", "--force"], repo)
+    assert (root / "metrics" / "evaluate.json").read_bytes() == first
+
+    # 2b. Kill `dvc repro` during training: the next `dvc repro` resumes, same result.
+    state = root / "models" / "resume.pt"
+    seen = state.stat().st_mtime_ns
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dvc", "repro", "--force", "--single-item", "train"],
+        cwd=root,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while state.stat().st_mtime_ns == seen and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    saved = torch.load(state, weights_only=True)["epoch"]
+    assert 1 <= saved < 3
+    out = dvc(["repro"], repo)
+    assert f"resuming after epoch {saved}/3" in out
+    assert (root / "metrics" / "evaluate.json").read_bytes() == first
 
     # 3. A plot parameter reruns the plot stage only.
     params = (root / "params.yaml").read_text()

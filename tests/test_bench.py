@@ -1,0 +1,57 @@
+"""The throughput benchmark runs end to end (tiny settings) and reports consistent ratios."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from segpipe import bench
+
+from .conftest import REPO
+
+KVASIR = REPO.parent / "shared" / "data" / "kvasir_seg"
+
+
+def run_tiny(tmp_path: Path, data: Path) -> dict:
+    out = tmp_path / "bench.json"
+    args = [
+        "--data",
+        str(data),
+        "--image-size",
+        "64",
+        "--batch-size",
+        "2",
+        "--batches",
+        "2",
+        "--repeats",
+        "1",
+        "--encoder",
+        "resnet18",
+        "--json",
+        str(out),
+    ]
+    assert bench.main(args) == 0
+    return json.loads(out.read_text())
+
+
+def test_benchmark_on_synthetic_data(tmp_path, raw_dir):
+    report = run_tiny(tmp_path, raw_dir)
+    results = report["results"]
+    assert set(results) == {"naive", "pipeline", "model"}
+    for r in results.values():
+        assert r["train_images_per_s"] > 0 and r["eval_images_per_s"] > 0
+        assert r["peak_rss_mb"] > 50
+    ratio = results["pipeline"]["train_images_per_s"] / results["naive"]["train_images_per_s"]
+    assert report["ratios"]["train_pipeline_over_naive"] == pytest.approx(ratio, rel=1e-2)
+    assert "cores" in report["machine"]
+    table = bench.format_report(report)
+    assert "| naive |" in table and "train_pipeline_over_model" in table
+
+
+@pytest.mark.skipif(not KVASIR.is_dir(), reason="the shared Kvasir-SEG copy is not present")
+def test_benchmark_on_real_photos(tmp_path):
+    report = run_tiny(tmp_path, KVASIR)
+    assert report["data"] == str(KVASIR)
+    assert report["results"]["pipeline"]["train_images_per_s"] > 0
