@@ -345,3 +345,48 @@ def test_download_server_unreachable(
         download_kaggle(DATASET, tmp_path / "data")
     assert str(err.value).startswith(f"Kaggle dataset {DATASET}: cannot reach Kaggle")
     assert TOKEN not in str(err.value) and KEY not in str(err.value)
+
+
+def _kaggle_data_config(tmp_path: Path):
+    import dataclasses
+
+    from .conftest import tiny_params
+
+    return dataclasses.replace(tiny_params().data, source="kaggle", kaggle_dataset=DATASET)
+
+
+@needs_kaggle
+def test_download_stage_normalises_the_kaggle_archive(
+    fake_kaggle: FakeKaggle, kaggle_env: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from segpipe import download
+
+    _use_credentials("env", monkeypatch, kaggle_env)
+    fake_kaggle.datasets[DATASET] = _dataset_zip()
+    out = tmp_path / "raw"
+    assert download.run(_kaggle_data_config(tmp_path), 0, out) == len(STEMS)
+    assert sorted(p.name for p in (out / "images").iterdir()) == sorted(f"{s}.png" for s in STEMS)
+    assert sorted(p.name for p in (out / "masks").iterdir()) == sorted(f"{s}.png" for s in STEMS)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".raw")], "no temp left"
+
+
+@needs_kaggle
+def test_download_stage_rejects_an_archive_without_images_and_masks(
+    fake_kaggle: FakeKaggle, kaggle_env: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from segpipe import download
+
+    _use_credentials("env", monkeypatch, kaggle_env)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("photos/a.png", _png(1))
+        zf.writestr("README.txt", "no masks here")
+    fake_kaggle.datasets[DATASET] = buf.getvalue()
+    out = tmp_path / "raw"
+    (out / "images").mkdir(parents=True)
+    (out / "images" / "earlier.png").write_bytes(_png(3))
+    with pytest.raises(SegpipeError) as err:
+        download.run(_kaggle_data_config(tmp_path), 0, out)
+    assert "no folder with images/ and masks/ subfolders found" in str(err.value)
+    assert "\n" not in str(err.value)
+    assert (out / "images" / "earlier.png").read_bytes() == _png(3), "earlier output intact"

@@ -92,12 +92,20 @@ def run_mode(mode: str, splits_dir: Path, cache_dir: Path, args: argparse.Namesp
         train_set = CachedDataset(images, masks, build_transform(args.image_size, True, 0), n)
         eval_set = CachedDataset(images, masks, build_transform(args.image_size, False, 0), n)
     if mode == "model":
-        x = torch.randn(args.batch_size, 3, args.image_size, args.image_size)
-        y = (torch.rand(args.batch_size, args.image_size, args.image_size) > 0.5).long()
-        train_loader = eval_loader = [(x, y)] * args.batches
+        x = torch.randn(n, 3, args.image_size, args.image_size)
+        y = (torch.rand(n, args.image_size, args.image_size) > 0.5).long()
+        train_loader = [
+            (x[i : i + args.batch_size], y[i : i + args.batch_size])
+            for i in range(0, n, args.batch_size)
+        ]
+        # As many images as the other modes' eval pass (n), in evaluate.batch_size batches.
+        eval_loader = [
+            (x[i : i + args.eval_batch_size], y[i : i + args.eval_batch_size])
+            for i in range(0, n, args.eval_batch_size)
+        ]
     else:
         train_loader = DataLoader(train_set, args.batch_size, shuffle=True, num_workers=0)
-        eval_loader = DataLoader(eval_set, args.batch_size, shuffle=False, num_workers=0)
+        eval_loader = DataLoader(eval_set, args.eval_batch_size, shuffle=False, num_workers=0)
 
     def train_step() -> None:
         train_one_epoch(model, train_loader, loss_fn, optimizer, device, dtype, fast, desc=mode)
@@ -157,7 +165,10 @@ def main(argv: list[str] | None = None) -> int:
         "next to the repository if present, else built-in synthetic data)",
     )
     p.add_argument("--image-size", type=int, default=256)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8, help="training batch (train.batch_size)")
+    p.add_argument(
+        "--eval-batch-size", type=int, default=16, help="inference batch (evaluate.batch_size)"
+    )
     p.add_argument("--batches", type=int, default=6, help="batches per timed pass")
     p.add_argument("--repeats", type=int, default=2, help="timed passes after one warm-up pass")
     p.add_argument("--encoder", default="efficientnet-b3")
@@ -182,7 +193,14 @@ def main(argv: list[str] | None = None) -> int:
         results = {}
         for mode in MODES:
             child = [sys.executable, "-m", "segpipe.bench", "--mode", mode, "--work", str(work)]
-            for flag in ("image_size", "batch_size", "batches", "repeats", "encoder"):
+            for flag in (
+                "image_size",
+                "batch_size",
+                "eval_batch_size",
+                "batches",
+                "repeats",
+                "encoder",
+            ):
                 child += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
             out = subprocess.run(child, capture_output=True, text=True, check=True).stdout
             results[mode] = json.loads(out.strip().splitlines()[-1])
