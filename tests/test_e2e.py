@@ -162,3 +162,59 @@ def test_pipeline_experiment_and_metrics_diff(repo):
     text = json.dumps(shown)
     assert "1e-05" in text or "1e-5" in text
     assert '"dice"' in text
+
+
+def test_remote_push_pull_round_trip(repo, tmp_path):
+    """Push to a local-directory remote, lose cache and outputs, pull: all up to date."""
+    root, env = repo
+    remote = tmp_path / "remote"
+    dvc(["remote", "add", "--default", "store", str(remote)], repo)
+    dvc(["push"], repo)
+    assert any(p.is_file() for p in remote.rglob("*"))
+    shutil.rmtree(root / ".dvc" / "cache")
+    for out in ("data/raw", "data/splits", "data/cache", "data/predictions", "models"):
+        path = root / out
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    dvc(["pull"], repo)
+    assert (root / "models" / "model.pt").is_file()
+    assert len(list((root / "data" / "raw" / "images").iterdir())) == 24
+    out = dvc(["repro"], repo)
+    assert "Running stage" not in out and "up to date" in out
+
+
+def collect_runs(node, found):
+    """(train.lr, test dice) of every experiment or commit in `dvc exp show --json`."""
+    if isinstance(node, dict):
+        data = node.get("data") or {}
+        params = (data.get("params") or {}).get("params.yaml", {}).get("data", {})
+        metrics = (data.get("metrics") or {}).get("metrics/evaluate.json", {}).get("data", {})
+        if params and metrics:
+            found.append(
+                (node.get("name") or node.get("rev"), params["train"]["lr"], metrics["dice"])
+            )
+        for value in node.values():
+            collect_runs(value, found)
+    elif isinstance(node, list):
+        for value in node:
+            collect_runs(value, found)
+    return found
+
+
+def test_queued_experiments_run_in_parallel_copies(repo):
+    """A grid through DVC's queue: both experiments run from a copy of the last commit."""
+    root, env = repo
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-qm", "state to queue from"], root, env)
+    dvc(["exp", "run", "--queue", "-S", "train.lr=1e-3,1e-2"], repo)
+    dvc(["queue", "start", "-j", "1"], repo)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        status = dvc(["queue", "status"], repo)
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(2)
+    assert "Failed" not in status, status
+    runs = collect_runs(json.loads(dvc(["exp", "show", "--json"], repo)), [])
+    queued = {lr: dice for name, lr, dice in runs if name and lr in (1e-3, 1e-2)}
+    assert set(queued) == {1e-3, 1e-2}, runs
+    assert queued[1e-3] != queued[1e-2]

@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
             results[mode] = json.loads(out.strip().splitlines()[-1])
     report = {
         "machine": machine(),
-        "data": str(data) if data else "built-in synthetic (256-512 px)",
+        "data": data.name if data else "built-in synthetic (256-512 px)",
         "encoder": args.encoder,
         "image_size": args.image_size,
         "batch_size": args.batch_size,

@@ -70,6 +70,7 @@ class TrainConfig:
     precision: Precision
     channels_last: bool
     num_workers: int
+    sync_bn: bool
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,6 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from segpipe.distributed import sum_over_ranks
 from segpipe.losses import LossFn
 from segpipe.metrics import SegmentationMetrics
 
@@ -96,6 +97,7 @@ def train_one_epoch(
             optimizer.step()
         total += loss.item() * images.shape[0]
         seen += images.shape[0]
+    total, seen = sum_over_ranks(torch.tensor([total, seen], dtype=torch.float64)).tolist()
     return {"loss": total / max(seen, 1)}
 
 
@@ -123,6 +125,9 @@ def evaluate_epoch(
         total += loss_fn(logits, masks).item() * images.shape[0]
         seen += images.shape[0]
         metrics.update(logits_to_labels(logits, threshold), masks)
+    # Several processes: sum the counts of all ranks, then reduce once (never average scores).
+    total, seen = sum_over_ranks(torch.tensor([total, seen], dtype=torch.float64)).tolist()
+    metrics.merge_processes()
     return {"loss": total / max(seen, 1), **metrics.compute()}
 
 

@@ -77,6 +77,15 @@ class SegmentationMetrics:
         self.image_iou += iou
         return dice, iou
 
+    def merge_processes(self) -> None:
+        """Under torch.distributed: sum the confusion matrices of all ranks and gather their
+        per-image scores, so :meth:`compute` gives what one process would over all images."""
+        from segpipe.distributed import gather_lists, sum_over_ranks
+
+        self.confusion = sum_over_ranks(self.confusion)
+        self.image_dice = gather_lists(self.image_dice)
+        self.image_iou = gather_lists(self.image_iou)
+
     def compute(self) -> dict[str, float]:
         """Dataset-level and per-image scores (see the module docstring)."""
         tp, fp, fn, _ = stat_scores(self.confusion)

@@ -10,21 +10,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
 
-from segpipe import resume
+from segpipe import distributed, resume
 from segpipe.cache import cache_paths
 from segpipe.config import Params
 from segpipe.dataset import CachedDataset, build_transform
-from segpipe.engine import (
-    evaluate_epoch,
-    pick_device,
-    resolve_precision,
-    train_one_epoch,
-)
+from segpipe.engine import evaluate_epoch, resolve_precision, train_one_epoch
 from segpipe.files import atomic_write
 from segpipe.losses import build_loss
-from segpipe.model import build_model, save_checkpoint
+from segpipe.model import build_model, save_checkpoint, unwrap
 from segpipe.seeding import seed_everything, seed_worker
 
 log = logging.getLogger(__name__)
@@ -32,6 +28,25 @@ log = logging.getLogger(__name__)
 # Validation during training thresholds at 0.5 (the tutorial's value), so the choice of the
 # best epoch does not depend on evaluate.threshold and changing that reruns only evaluate.
 VAL_THRESHOLD = 0.5
+
+
+class NullLive:
+    """Stands in for DVCLive on ranks other than 0, which write nothing."""
+
+    step = 0
+    summary: dict[str, Any] = {}
+
+    def __enter__(self) -> NullLive:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def log_metric(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def next_step(self) -> None:
+        return None
 
 
 def trim_history(live_dir: Path, epochs: int) -> None:
@@ -57,12 +72,14 @@ def make_loader(
     num_workers: int,
     generator: torch.Generator | None = None,
     collate_fn: Any = None,
+    sampler: torch.utils.data.Sampler | None = None,
 ) -> DataLoader:
     """A DataLoader with seeded workers; pinned memory only where it helps (CUDA)."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,
         num_workers=num_workers,
         # Not persistent: each epoch's workers are seeded from `generator`, whose state the
         # resume file holds; persistent workers would carry RNG state that no file captures.
@@ -90,26 +107,67 @@ def run(
     Returns:
         The validation metrics of the best epoch.
     """
+
+    ctx = distributed.setup()
+    try:
+        return _fit(params, cache_dir, model_path, live_dir, resume_path, ctx)
+    finally:
+        distributed.cleanup(ctx)
+
+
+def _fit(
+    params: Params,
+    cache_dir: Path,
+    model_path: Path,
+    live_dir: Path,
+    resume_path: Path | None,
+    ctx: distributed.Context,
+) -> dict[str, float]:
     from dvclive import Live
 
     t = params.train
     num_classes = params.data.num_classes
     generator = seed_everything(params.seed)
-    device = pick_device()
+    device = ctx.device
     dtype = resolve_precision(t.precision, device)
+    if ctx.distributed and resume_path is not None:
+        log.warning(
+            "resuming is single-process only: this %d-process run starts over", ctx.world_size
+        )
+        resume_path = None
 
+    # Each process augments with its own stream; rank 0 alone is the single-process run.
     train_set = CachedDataset(
-        *cache_paths(cache_dir, "train"), build_transform(t.image_size, t.augment, params.seed)
+        *cache_paths(cache_dir, "train"),
+        build_transform(t.image_size, t.augment, params.seed + ctx.rank),
     )
     val_set = CachedDataset(
         *cache_paths(cache_dir, "val"), build_transform(t.image_size, False, params.seed)
     )
-    train_loader = make_loader(train_set, t.batch_size, True, t.num_workers, generator)
-    val_loader = make_loader(val_set, t.batch_size, False, t.num_workers)
+    train_sampler = (
+        DistributedSampler(train_set, ctx.world_size, ctx.rank, shuffle=True, seed=params.seed)
+        if ctx.distributed
+        else None
+    )
+    val_sampler = (
+        distributed.ShardSampler(len(val_set), ctx.rank, ctx.world_size)
+        if ctx.distributed
+        else None
+    )
+    train_loader = make_loader(
+        train_set, t.batch_size, True, t.num_workers, generator, sampler=train_sampler
+    )
+    val_loader = make_loader(val_set, t.batch_size, False, t.num_workers, sampler=val_sampler)
 
     model = build_model(params.model, num_classes).to(device)
     if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if ctx.distributed:
+        if t.sync_bn:
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
     loss_fn = build_loss(t.loss, num_classes)
     optimizer = torch.optim.Adam(model.parameters(), lr=t.lr)
     # Stepped once per epoch: lr follows a half cosine from train.lr down to 0 at the last epoch.
@@ -146,7 +204,7 @@ def run(
     best: dict[str, float] = {"dice": -1.0}
     done = 0  # completed epochs
     if state is not None and state["epoch"] < t.epochs:
-        model.load_state_dict(state["model"])
+        unwrap(model).load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None:
             scheduler.load_state_dict(state["scheduler"])
@@ -157,11 +215,16 @@ def run(
         trim_history(live_dir, done)
         log.info("resuming after epoch %d/%d from %s", done, t.epochs, resume_path)
 
-    with Live(
-        dir=str(live_dir), resume=done > 0, save_dvc_exp=False, dvcyaml=None, report=None
-    ) as live:
+    live_logger = (
+        Live(dir=str(live_dir), resume=done > 0, save_dvc_exp=False, dvcyaml=None, report=None)
+        if ctx.is_main
+        else NullLive()  # only rank 0 writes history, checkpoints and metrics
+    )
+    with live_logger as live:
         live.step = done
         for epoch in range(done + 1, t.epochs + 1):
+            if train_sampler is not None:
+                train_sampler.set_epoch(epoch)
             start = time.perf_counter()
             train_stats = train_one_epoch(
                 model,
@@ -195,6 +258,8 @@ def run(
             live.log_metric(
                 "perf/train_images_per_s", round(len(train_set) / seconds, 2), plot=False
             )
+            if ctx.distributed:
+                live.log_metric("perf/processes", ctx.world_size, plot=False)
             live.log_metric("perf/peak_rss_mb", round(peak_rss_mb(), 1), plot=False)
             if scheduler is not None:
                 scheduler.step()
@@ -209,7 +274,10 @@ def run(
             )
             if val["dice"] > best["dice"]:
                 best = {**val, "epoch": epoch}
-                save_checkpoint(model_path, model, model_config, epoch=epoch, val_dice=val["dice"])
+                if ctx.is_main:
+                    save_checkpoint(
+                        model_path, model, model_config, epoch=epoch, val_dice=val["dice"]
+                    )
             live.next_step()
             if resume_path is not None:
                 resume.save(
@@ -218,7 +286,9 @@ def run(
                         "fingerprint": run_id,
                         "epoch": epoch,
                         "best": best,
-                        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                        "model": {
+                            k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()
+                        },
                         "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict() if scheduler else None,
                         "scaler": scaler.state_dict() if scaler else None,
