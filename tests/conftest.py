@@ -28,6 +28,33 @@ def tiny_params(**train_overrides: object) -> Params:
     )
 
 
+def write_params(path: Path, params: Params) -> Path:
+    """Write ``params`` as a params.yaml file that stage scripts read."""
+    import yaml
+
+    from segpipe.config import to_dict
+
+    path.write_text(yaml.safe_dump(to_dict(params)))
+    return path
+
+
+def train_args(params_file: Path, cache_dir: Path, out: Path) -> list[str]:
+    """The train stage script and its arguments, with every output under ``out``."""
+    return [
+        str(REPO / "stages" / "train.py"),
+        "--params",
+        str(params_file),
+        "--cache",
+        str(cache_dir),
+        "--model",
+        str(out / "model.pt"),
+        "--live",
+        str(out / "live"),
+        "--resume",
+        str(out / "resume.pt"),
+    ]
+
+
 @pytest.fixture
 def params() -> Params:
     return tiny_params()

@@ -9,10 +9,8 @@ import sys
 
 import pytest
 import torch
-import yaml
 
 from segpipe.cache import cache_paths
-from segpipe.config import to_dict
 from segpipe.dataset import CachedDataset, build_transform
 from segpipe.distributed import ShardSampler
 from segpipe.engine import evaluate_epoch
@@ -20,7 +18,7 @@ from segpipe.losses import build_loss
 from segpipe.model import load_checkpoint
 from segpipe.train import VAL_THRESHOLD, make_loader
 
-from .conftest import REPO, tiny_params
+from .conftest import tiny_params, train_args, write_params
 
 pytestmark = pytest.mark.slow
 
@@ -37,29 +35,11 @@ def test_two_process_training_matches_single_process_metrics(tmp_path, cache_dir
     p = dataclasses.replace(
         p, train=dataclasses.replace(p.train, epochs=2, precision="fp32", channels_last=False)
     )
-    params_file = tmp_path / "params.yaml"
-    params_file.write_text(yaml.safe_dump(to_dict(p)))
+    params_file = write_params(tmp_path / "params.yaml", p)
     out = tmp_path / "out"
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node",
-            "2",
-            str(REPO / "stages" / "train.py"),
-            "--params",
-            str(params_file),
-            "--cache",
-            str(cache_dir),
-            "--model",
-            str(out / "model.pt"),
-            "--live",
-            str(out / "live"),
-            "--resume",
-            str(out / "resume.pt"),
-        ],
+        [*launcher, "--nproc_per_node", "2", *train_args(params_file, cache_dir, out)],
         capture_output=True,
         text=True,
         check=False,

@@ -172,7 +172,15 @@ def test_remote_push_pull_round_trip(repo, tmp_path):
     dvc(["push"], repo)
     assert any(p.is_file() for p in remote.rglob("*"))
     shutil.rmtree(root / ".dvc" / "cache")
-    for out in ("data/raw", "data/splits", "data/cache", "data/predictions", "models"):
+    outs = (
+        "data/raw",
+        "data/splits",
+        "data/cache",
+        "data/predictions",
+        "models/model.pt",
+        "models/resume.pt",
+    )
+    for out in outs:
         path = root / out
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     dvc(["pull"], repo)

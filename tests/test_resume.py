@@ -11,31 +11,16 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from segpipe import resume
-from segpipe.config import to_dict
 
-from .conftest import REPO, tiny_params
+from .conftest import tiny_params, train_args, write_params
 
 EPOCHS = 4
 
 
 def train_cmd(params_file: Path, cache_dir: Path, out: Path) -> list[str]:
-    return [
-        sys.executable,
-        str(REPO / "stages" / "train.py"),
-        "--params",
-        str(params_file),
-        "--cache",
-        str(cache_dir),
-        "--model",
-        str(out / "model.pt"),
-        "--live",
-        str(out / "live"),
-        "--resume",
-        str(out / "resume.pt"),
-    ]
+    return [sys.executable, *train_args(params_file, cache_dir, out)]
 
 
 def outcome(out: Path) -> dict:
@@ -57,9 +42,7 @@ def outcome(out: Path) -> dict:
 def params_file(tmp_path) -> Path:
     p = tiny_params()
     p = dataclasses.replace(p, train=dataclasses.replace(p.train, epochs=EPOCHS))
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(to_dict(p)))
-    return path
+    return write_params(tmp_path / "params.yaml", p)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
