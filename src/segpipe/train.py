@@ -165,8 +165,10 @@ def _fit(
     if ctx.distributed:
         if t.sync_bn:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        # static_graph: some encoders hold parameters the segmentation model never uses (e.g.
+        # efficientnet's classification head); a fixed graph lets DDP skip them at no cost.
         model = DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
+            model, device_ids=[device.index] if device.type == "cuda" else None, static_graph=True
         )
     loss_fn = build_loss(t.loss, num_classes)
     optimizer = torch.optim.Adam(model.parameters(), lr=t.lr)
