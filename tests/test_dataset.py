@@ -8,13 +8,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from segpipe.dataset import (
-    FullResolutionDataset,
-    SegmentationDataset,
-    build_transform,
-    collate_full_resolution,
-    read_split,
-)
+from segpipe.dataset import SegmentationDataset, build_transform, read_split
 from segpipe.errors import SegpipeError
 from segpipe.images import read_image, read_mask
 from segpipe.seeding import seed_worker
@@ -68,15 +62,6 @@ def test_validation_transform_is_deterministic(splits_dir):
     frame = read_split(splits_dir / "val.csv")
     ds = SegmentationDataset(frame, build_transform(64, augment=False, seed=0), 2)
     assert torch.equal(ds[0][0], ds[0][0])
-
-
-def test_full_resolution_items(splits_dir):
-    frame = read_split(splits_dir / "test.csv")
-    ds = FullResolutionDataset(frame, image_size=64, num_classes=2)
-    images, masks, indices = collate_full_resolution([ds[0], ds[1]])
-    assert images.shape == (2, 3, 64, 64)
-    for mask, i in zip(masks, indices, strict=True):
-        assert mask.shape == (frame.iloc[i]["height"], frame.iloc[i]["width"])
 
 
 @pytest.mark.parametrize("scale", [1, 255])

@@ -119,33 +119,3 @@ class CachedDataset(Dataset):
     def __getstate__(self) -> dict:
         # Workers reopen the memmaps themselves rather than receiving pickled arrays.
         return {**self.__dict__, "_images": None, "_masks": None}
-
-
-class FullResolutionDataset(Dataset):
-    """For evaluation: the resized, normalised image plus the mask at its original size.
-
-    Items are ``(image, mask, index)``; use :func:`collate_full_resolution` since masks differ
-    in size.
-    """
-
-    def __init__(self, frame: pd.DataFrame, image_size: int, num_classes: int) -> None:
-        self.images = frame["image"].tolist()
-        self.masks = frame["mask"].tolist()
-        self.transform = build_transform(image_size, augment=False, seed=0)
-        self.num_classes = num_classes
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-        image, mask = read_pair(Path(self.images[index]), Path(self.masks[index]), self.num_classes)
-        resized = self.transform(image=image)["image"]
-        return to_tensor(resized), torch.from_numpy(mask.astype(np.int64)), index
-
-
-def collate_full_resolution(
-    batch: list[tuple[torch.Tensor, torch.Tensor, int]],
-) -> tuple[torch.Tensor, list[torch.Tensor], list[int]]:
-    """Stack the images; keep the differently sized masks as a list."""
-    images, masks, indices = zip(*batch, strict=True)
-    return torch.stack(images), list(masks), list(indices)

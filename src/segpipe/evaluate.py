@@ -5,26 +5,17 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 
 from segpipe.config import EvaluateConfig
-from segpipe.dataset import FullResolutionDataset, collate_full_resolution, read_split
-from segpipe.engine import pick_device, predict_full_resolution, resolve_precision
+from segpipe.dataset import read_split
 from segpipe.files import atomic_save_image, atomic_write, write_json
+from segpipe.images import read_pair
+from segpipe.inference import Predictor
 from segpipe.metrics import SegmentationMetrics
-from segpipe.model import load_checkpoint
-from segpipe.train import make_loader
 
 log = logging.getLogger(__name__)
-
-
-def mask_to_png(labels: np.ndarray, num_classes: int) -> Image.Image:
-    """Binary masks are saved as 0/255, multi-class ones as class indices."""
-    scale = 255 if num_classes == 2 else 1
-    return Image.fromarray((labels * scale).astype(np.uint8))
 
 
 def run(
@@ -41,33 +32,21 @@ def run(
     Returns:
         The metrics written.
     """
-    model, meta = load_checkpoint(model_path)
-    model_config = meta["model_config"]
-    num_classes = len(model_config["classes"])
-    device = pick_device()
-    dtype = resolve_precision(model_config.get("precision", "fp32"), device)
-    channels_last = bool(model_config.get("channels_last", False))
-    model = model.to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-
+    predictor = Predictor(model_path, cfg.threshold)
     frame = read_split(test_csv)
-    dataset = FullResolutionDataset(frame, model_config["image_size"], num_classes)
-    loader = make_loader(dataset, cfg.batch_size, False, 0, collate_fn=collate_full_resolution)
-    metrics = SegmentationMetrics(num_classes)
+    metrics = SegmentationMetrics(predictor.num_classes)
     rows = []
     predictions_dir.mkdir(parents=True, exist_ok=True)
-    for images, masks, indices in loader:
-        sizes = [tuple(m.shape) for m in masks]
-        preds = predict_full_resolution(
-            model, images, sizes, cfg.threshold, device, dtype, channels_last
-        )
-        for pred, mask, index in zip(preds, masks, indices, strict=True):
-            dice, iou = metrics.update(pred[None], mask[None])
-            row = frame.iloc[index]
-            atomic_save_image(
-                mask_to_png(pred.numpy(), num_classes), predictions_dir / f"{row['stem']}.png"
-            )
+    for start in range(0, len(frame), cfg.batch_size):
+        batch = frame.iloc[start : start + cfg.batch_size]
+        pairs = [
+            read_pair(Path(i), Path(m), predictor.num_classes)
+            for i, m in zip(batch["image"], batch["mask"], strict=True)
+        ]
+        preds = predictor.predict([image for image, _ in pairs])
+        for pred, (_, mask), (_, row) in zip(preds, pairs, batch.iterrows(), strict=True):
+            dice, iou = metrics.update(torch.from_numpy(pred)[None], torch.from_numpy(mask)[None])
+            atomic_save_image(predictor.to_png(pred), predictions_dir / f"{row['stem']}.png")
             rows.append(
                 {
                     "stem": row["stem"],
@@ -75,8 +54,8 @@ def run(
                     "mask": row["mask"],
                     "dice": dice[0],
                     "iou": iou[0],
-                    "true_fg_fraction": (mask > 0).float().mean().item(),
-                    "pred_fg_fraction": (pred > 0).float().mean().item(),
+                    "true_fg_fraction": float((mask > 0).mean()),
+                    "pred_fg_fraction": float((pred > 0).mean()),
                 }
             )
     result = {**metrics.compute(), "n_images": len(rows), "threshold": cfg.threshold}

@@ -27,7 +27,7 @@ def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int)
     if pred.shape != target.shape:
         raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} differ")
     batch = pred.shape[0]
-    flat = (target.reshape(batch, -1) * num_classes + pred.reshape(batch, -1)).long()
+    flat = target.reshape(batch, -1).long() * num_classes + pred.reshape(batch, -1).long()
     offsets = torch.arange(batch, device=flat.device).unsqueeze(1) * num_classes**2
     counts = torch.bincount((flat + offsets).reshape(-1), minlength=batch * num_classes**2)
     return counts.reshape(batch, num_classes, num_classes)

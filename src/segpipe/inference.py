@@ -1,0 +1,56 @@
+"""A checkpoint ready to predict at each image's original resolution.
+
+The one code path from image to label map, shared by the evaluate stage and the predict
+command, so a mask written by ``predict`` is exactly the one evaluate scored.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from segpipe.dataset import build_transform, to_tensor
+from segpipe.engine import pick_device, predict_full_resolution, resolve_precision
+from segpipe.model import load_checkpoint
+
+
+class Predictor:
+    """Loads a checkpoint and turns RGB images (HxWx3 uint8) into label maps (HxW uint8).
+
+    Args:
+        model_path: a checkpoint written by the train stage.
+        threshold: foreground probability threshold (binary models).
+    """
+
+    def __init__(self, model_path: Path, threshold: float) -> None:
+        model, meta = load_checkpoint(model_path)
+        config = meta["model_config"]
+        self.classes: list[str] = list(config["classes"])
+        self.num_classes = len(self.classes)
+        self.image_size: int = config["image_size"]
+        self.threshold = threshold
+        self.device = pick_device()
+        self.dtype = resolve_precision(config.get("precision", "fp32"), self.device)
+        self.channels_last = bool(config.get("channels_last", False))
+        self.model = model.to(self.device)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.transform = build_transform(self.image_size, augment=False, seed=0)
+        self.meta = meta
+
+    def predict(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """Label maps at each image's own size: resize + ImageNet normalisation in, logits
+        resized back bilinearly, then thresholded (one channel) or argmax (several)."""
+        batch = torch.stack([to_tensor(self.transform(image=im)["image"]) for im in images])
+        sizes = [im.shape[:2] for im in images]
+        labels = predict_full_resolution(
+            self.model, batch, sizes, self.threshold, self.device, self.dtype, self.channels_last
+        )
+        return [lab.numpy().astype(np.uint8) for lab in labels]
+
+    def to_png(self, labels: np.ndarray) -> Image.Image:
+        """Binary masks as 0/255, multi-class ones as class indices."""
+        return Image.fromarray(labels * (255 if self.num_classes == 2 else 1))
