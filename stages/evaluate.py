@@ -9,16 +9,23 @@ from segpipe.config import load_params
 if __name__ == "__main__":
     p = parser(__doc__)
     p.add_argument("--model", type=Path, required=True, help="checkpoint to score")
-    p.add_argument("--test", type=Path, required=True, help="test split CSV")
+    p.add_argument("--splits", type=Path, required=True, help="folder with the split CSVs")
     p.add_argument("--metrics", type=Path, required=True, help="metrics JSON to write")
     p.add_argument("--per-image", type=Path, required=True, help="per-image CSV to write")
     p.add_argument("--predictions", type=Path, required=True, help="folder for predicted masks")
+    p.add_argument("--card", type=Path, default=None, help="model card (markdown) to write")
     args = p.parse_args()
 
     def main() -> None:
         params = load_params(args.params)
         evaluate.run(
-            params.evaluate, args.model, args.test, args.metrics, args.per_image, args.predictions
+            params,
+            args.model,
+            args.splits,
+            args.metrics,
+            args.per_image,
+            args.predictions,
+            args.card,
         )
 
     raise SystemExit(run_stage(main, args.verbose))

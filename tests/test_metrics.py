@@ -97,3 +97,30 @@ def test_multiclass_counts_match_smp():
     s_tp, s_fp, s_fn, s_tn = smp.metrics.get_stats(pred, target, mode="multiclass", num_classes=4)
     assert torch.equal(tp, s_tp) and torch.equal(fp, s_fp)
     assert torch.equal(fn, s_fn) and torch.equal(tn, s_tn)
+
+
+def test_bootstrap_interval_brackets_the_score_and_is_seeded():
+    g = torch.Generator().manual_seed(5)
+    m = SegmentationMetrics(2)
+    m.update(
+        (torch.rand(40, 16, 16, generator=g) > 0.5).long(),
+        (torch.rand(40, 16, 16, generator=g) > 0.6).long(),
+    )
+    out = m.compute()
+    ci = m.bootstrap_interval(resamples=300, seed=1)
+    assert ci == m.bootstrap_interval(resamples=300, seed=1)
+    assert ci["dice_ci95_low"] < out["dice"] < ci["dice_ci95_high"]
+    assert ci["iou_ci95_low"] < out["iou"] < ci["iou_ci95_high"]
+    assert ci["dice_ci95_high"] - ci["dice_ci95_low"] < 0.1
+
+
+def test_bootstrap_of_identical_images_has_no_spread():
+    m = SegmentationMetrics(2)
+    target = torch.zeros(10, 4, 4, dtype=torch.long)
+    target[:, :2] = 1
+    pred = target.clone()
+    pred[:, 0, 0] = 0
+    m.update(pred, target)
+    ci = m.bootstrap_interval(resamples=50)
+    assert ci["dice_ci95_low"] == pytest.approx(ci["dice_ci95_high"])
+    assert ci["dice_ci95_low"] == pytest.approx(m.compute()["dice"])

@@ -36,9 +36,9 @@ def predict_cmd(*args: str) -> subprocess.CompletedProcess:
 
 def test_predict_reproduces_evaluate_exactly(tmp_path, params, splits_dir, model_path):
     scores = evaluate.run(
-        params.evaluate,
+        params,
         model_path,
-        splits_dir / "test.csv",
+        splits_dir,
         tmp_path / "eval.json",
         tmp_path / "per_image.csv",
         tmp_path / "eval_pred",

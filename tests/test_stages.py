@@ -54,18 +54,31 @@ def test_training_is_reproducible(tmp_path, params, cache_dir):
 def test_evaluate_and_plot(trained, params, splits_dir):
     out, _ = trained
     metrics = evaluate.run(
-        params.evaluate,
+        params,
         out / "model.pt",
-        splits_dir / "test.csv",
+        splits_dir,
         out / "eval.json",
         out / "per_image.csv",
         out / "pred",
+        out / "card.md",
     )
     written = json.loads((out / "eval.json").read_text())
     assert written == pytest.approx(metrics)
     for key in ("dice", "iou", "pixel_accuracy", "dice_per_image", "iou_per_image"):
         assert 0.0 <= written[key] <= 1.0
     assert written["n_images"] == 6 and written["threshold"] == 0.5
+    for name in ("dice", "iou"):
+        assert written[f"{name}_ci95_low"] <= written[name] <= written[f"{name}_ci95_high"]
+
+    card = (out / "card.md").read_text()
+    assert "# Model card: Unet / resnet18" in card
+    assert "train 12, val 6, test 6 images" in card
+    assert (
+        f"| Dice (dataset-level) | {written['dice']:.4f} | {written['dice_ci95_low']:.4f}" in card
+    )
+    assert "dvc exp run -S 'seed=42' -S 'data.source=synthetic'" in card
+    assert "-S 'data.classes=[background, foreground]'" in card
+    assert "-S 'train.lr=0.001'" in card and "-S 'model.encoder_weights=null'" in card
     per_image = pd.read_csv(out / "per_image.csv")
     test = pd.read_csv(splits_dir / "test.csv")
     assert list(per_image["stem"]) == list(test["stem"])

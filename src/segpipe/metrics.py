@@ -14,6 +14,7 @@ Reductions:
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
@@ -64,12 +65,14 @@ class SegmentationMetrics:
         self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
         self.image_dice: list[float] = []
         self.image_iou: list[float] = []
+        self.image_counts: list[np.ndarray] = []  # (C, 3): tp, fp, fn of each class, per image
 
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> tuple[list[float], list[float]]:
         """Add a batch of label maps (B, H, W). Returns the batch's per-image Dice and IoU."""
         confusion = confusion_matrix(pred, target, self.num_classes).cpu()
         self.confusion += confusion.sum(dim=0)
         tp, fp, fn, _ = stat_scores(confusion)
+        self.image_counts += list(torch.stack([tp, fp, fn], dim=-1).numpy())
         # Foreground counts of each image, summed over the foreground classes.
         tp, fp, fn = tp[:, 1:].sum(-1), fp[:, 1:].sum(-1), fn[:, 1:].sum(-1)
         dice, iou = dice_score(tp, fp, fn).tolist(), iou_score(tp, fp, fn).tolist()
@@ -85,6 +88,7 @@ class SegmentationMetrics:
         self.confusion = sum_over_ranks(self.confusion)
         self.image_dice = gather_lists(self.image_dice)
         self.image_iou = gather_lists(self.image_iou)
+        self.image_counts = gather_lists(self.image_counts)
 
     def compute(self) -> dict[str, float]:
         """Dataset-level and per-image scores (see the module docstring)."""
@@ -98,3 +102,30 @@ class SegmentationMetrics:
             "dice_per_image": sum(self.image_dice) / n if n else float("nan"),
             "iou_per_image": sum(self.image_iou) / n if n else float("nan"),
         }
+
+    def bootstrap_interval(
+        self, resamples: int = 1000, seed: int = 0, level: float = 0.95
+    ) -> dict[str, float]:
+        """Percentile bootstrap interval of the dataset-level Dice and IoU over images.
+
+        Images are drawn with replacement ``resamples`` times; each draw's counts are summed and
+        reduced exactly like :meth:`compute`. Seeded, so the interval is reproducible.
+        """
+        counts = np.stack(self.image_counts).astype(np.int64)  # (N, C, 3)
+        n = len(counts)
+        rng = np.random.default_rng(seed)
+        dice, iou = [], []
+        for start in range(0, resamples, 100):  # chunks bound memory for large test sets
+            draws = min(100, resamples - start)
+            weights = rng.multinomial(n, np.full(n, 1.0 / n), size=draws)  # (R, N)
+            sums = torch.from_numpy(np.einsum("rn,nck->rck", weights, counts))
+            tp, fp, fn = sums[..., 0], sums[..., 1], sums[..., 2]
+            dice += dice_score(tp, fp, fn)[:, 1:].mean(-1).tolist()
+            iou += iou_score(tp, fp, fn)[:, 1:].mean(-1).tolist()
+        tail = (1 - level) / 2 * 100
+        pct = int(round(level * 100))
+        out = {}
+        for name, values in (("dice", dice), ("iou", iou)):
+            low, high = np.percentile(values, [tail, 100 - tail])
+            out[f"{name}_ci{pct}_low"], out[f"{name}_ci{pct}_high"] = float(low), float(high)
+        return out

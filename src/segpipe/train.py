@@ -278,7 +278,12 @@ def _fit(
                 best = {**val, "epoch": epoch}
                 if ctx.is_main:
                     save_checkpoint(
-                        model_path, model, model_config, epoch=epoch, val_dice=val["dice"]
+                        model_path,
+                        model,
+                        model_config,
+                        epoch=epoch,
+                        val_dice=val["dice"],
+                        train_images_per_s=len(train_set) / seconds,
                     )
             live.next_step()
             if resume_path is not None:

@@ -1,0 +1,119 @@
+"""The model card written by the evaluate stage: what was trained on what, how well, how fast,
+and the exact command that reproduces it."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from segpipe.config import Params, to_dict
+from segpipe.files import atomic_write
+
+
+def _leaves(tree: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = []
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out += _leaves(value, f"{prefix}{key}.")
+        else:
+            out.append((f"{prefix}{key}", value))
+    return out
+
+
+def _yaml_value(value: Any) -> str:
+    """A value as it would appear in params.yaml (``null``, ``1e-05``, ``[a, b]``)."""
+    text = yaml.safe_dump(value, default_flow_style=True).strip()
+    return text.removesuffix("...").strip()
+
+
+def reproduce_command(params: Params) -> str:
+    """``git checkout <commit> && dvc exp run -S key=value ...`` with every parameter set."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "<commit>"
+    sets = " ".join(
+        "-S "
+        + shlex.quote(f"{key}={yaml.safe_dump(value, default_flow_style=True).strip()}").replace(
+            "\n...", ""
+        )
+        for key, value in _leaves(to_dict(params))
+    )
+    return f"git checkout {commit} && dvc exp run {sets}"
+
+
+def write(
+    path: Path,
+    params: Params,
+    metrics: dict[str, float],
+    checkpoint: dict[str, Any],
+    split_counts: dict[str, int],
+    eval_images_per_s: float,
+) -> None:
+    """Write the card as markdown, atomically."""
+    config = checkpoint["model_config"]
+    d = params.data
+    source = {
+        "synthetic": f"built-in synthetic data ({d.synthetic.n_images} images, seed {params.seed})",
+        "folder": f"image folder `{d.path}`",
+        "kaggle": f"Kaggle dataset `{d.kaggle_dataset}`",
+    }[d.source]
+    m = metrics
+    rows = [
+        ("Dice (dataset-level)", m["dice"], m.get("dice_ci95_low"), m.get("dice_ci95_high")),
+        ("IoU (dataset-level)", m["iou"], m.get("iou_ci95_low"), m.get("iou_ci95_high")),
+        ("Pixel accuracy", m["pixel_accuracy"], None, None),
+        ("Dice (mean per image)", m["dice_per_image"], None, None),
+        ("IoU (mean per image)", m["iou_per_image"], None, None),
+    ]
+
+    def interval(low: float | None, high: float | None) -> str:
+        return f"{low:.4f} - {high:.4f}" if low is not None and high is not None else ""
+
+    lines = [
+        f"# Model card: {config['arch']} / {config['encoder']}",
+        "",
+        "## Model",
+        f"- Architecture `{config['arch']}`, encoder `{config['encoder']}` "
+        f"(initial weights: {params.model.encoder_weights or 'random'}), "
+        f"input {config['image_size']}x{config['image_size']}, "
+        f"classes {', '.join(config['classes'])}.",
+        f"- Best epoch {checkpoint.get('epoch')} of {params.train.epochs} by validation Dice "
+        f"({checkpoint.get('val_dice', float('nan')):.4f}, at the model's input size).",
+        "",
+        "## Data",
+        f"- Source: {source}.",
+        f"- Splits (seed {params.seed}): train {split_counts['train']}, "
+        f"val {split_counts['val']}, test {split_counts['test']} images.",
+        "",
+        "## Test metrics",
+        f"Scored at each image's original resolution, threshold {m['threshold']}, over "
+        f"{m['n_images']} test images; 95% intervals by bootstrap over test images.",
+        "",
+        "| metric | value | 95% interval |",
+        "|---|---:|---:|",
+        *(f"| {name} | {value:.4f} | {interval(low, high)} |" for name, value, low, high in rows),
+        "",
+        "## Cost",
+        f"- Training: {checkpoint.get('train_images_per_s', float('nan')):.1f} images/s "
+        f"({params.train.precision} precision, channels-last {params.train.channels_last}).",
+        f"- Evaluation: {eval_images_per_s:.1f} images/s, including decoding and resizing back.",
+        "",
+        "## Parameters",
+        "```yaml",
+        yaml.safe_dump(to_dict(params), sort_keys=False).rstrip(),
+        "```",
+        "",
+        "## Reproduce",
+        "```bash",
+        reproduce_command(params),
+        "```",
+        "",
+    ]
+    atomic_write(path, lambda tmp: tmp.write_text("\n".join(lines)))
