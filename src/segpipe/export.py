@@ -1,0 +1,266 @@
+"""ONNX export of a checkpoint, with a parity check against PyTorch in onnxruntime.
+
+The ONNX model takes ``image`` (float32 NCHW, RGB, ImageNet-normalised, any batch size, height
+and width multiples of the encoder's output stride) and returns ``logits`` (N, C', H, W). The
+checkpoint's ``model_config`` (arch, encoder, classes, image_size) travels in the file's
+``metadata_props``, so a deployer needs no other file.
+
+onnx, onnxruntime and onnxscript are imported lazily: the rest of the pipeline runs without them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import logging
+import math
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from segpipe.dataset import IMAGENET_MEAN, IMAGENET_STD
+from segpipe.engine import logits_to_labels
+from segpipe.errors import SegpipeError
+from segpipe.files import atomic_path, write_json
+from segpipe.model import load_checkpoint
+
+log = logging.getLogger(__name__)
+
+MIN_OPSET = DEFAULT_OPSET = 17
+# torch 2.14's torch.export-based exporter implements opset 18+ only; asking it for 17 runs a
+# down-conversion that fails for efficientnet encoders (Pad, ReduceMean) and silently keeps 18.
+# Opset 17 therefore goes through the TorchScript exporter, which still ships with torch 2.14.
+DYNAMO_MIN_OPSET = 18
+MAX_OPSET = 23
+DEFAULT_TOLERANCE = 1e-3
+THRESHOLD = 0.5
+INPUT_NAME = "image"
+OUTPUT_NAME = "logits"
+AXES = {0: "batch", 2: "height", 3: "width"}
+INSTALL_HINT = "pip install onnx onnxruntime onnxscript (exact versions in requirements.txt)"
+
+
+@dataclasses.dataclass(frozen=True)
+class Parity:
+    """How closely onnxruntime reproduces the PyTorch logits."""
+
+    shapes: list[list[int]]
+    max_abs_diff: float
+    label_mismatch_fraction: float
+
+
+def require(*modules: str) -> list[Any]:
+    """Import ``modules``, or fail with one line naming what is missing and how to install it."""
+    found, missing = [], []
+    for name in modules:
+        try:
+            found.append(importlib.import_module(name))
+        except ImportError as e:
+            missing.append(name if isinstance(e, ModuleNotFoundError) else f"{name} ({e})")
+    if missing:
+        raise SegpipeError(f"ONNX export needs {', '.join(missing)}: {INSTALL_HINT}")
+    return found
+
+
+def parity_shapes(size: int, stride: int) -> list[tuple[int, int, int, int]]:
+    """Two inputs that differ in batch size, height and width (e.g. 1x3x256x256, 2x3x192x320)."""
+    return [(1, 3, size, size), (2, 3, max(stride, size - 2 * stride), size + 2 * stride)]
+
+
+def export_onnx(model: nn.Module, path: Path, opset: int, example: torch.Tensor) -> str:
+    """Write ``model`` (eval mode) to ``path`` with dynamic batch, height and width axes.
+
+    Returns:
+        The exporter used: ``torchscript`` for opset 17, ``dynamo`` (torch.export) above.
+    """
+    model.eval()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if opset >= DYNAMO_MIN_OPSET:
+            require("onnxscript")
+            if not log.isEnabledFor(logging.DEBUG):  # its graph passes log every rewrite at INFO
+                for name in ("onnxscript", "onnx_ir"):
+                    logging.getLogger(name).setLevel(logging.WARNING)
+            program = torch.onnx.export(
+                model,
+                (example,),
+                dynamo=True,
+                opset_version=opset,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_shapes=(AXES,),
+                verbose=False,
+            )
+            assert program is not None
+            program.save(str(path), external_data=False)
+            exporter = "dynamo"
+        else:
+            torch.onnx.export(
+                model,
+                (example,),
+                str(path),
+                dynamo=False,
+                opset_version=opset,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_axes={INPUT_NAME: AXES, OUTPUT_NAME: AXES},
+            )
+            exporter = "torchscript"
+    for w in caught:  # exporter chatter (deprecation, tracer notes): visible with --verbose
+        log.debug("%s: %s", w.category.__name__, str(w.message).splitlines()[0])
+    return exporter
+
+
+def add_metadata(path: Path, model_config: dict[str, Any], stride: int, opset: int) -> None:
+    """Embed the model config and the input/output conventions as ``metadata_props``.
+
+    Also checks the file with ``onnx.checker`` and that it has the requested opset.
+    """
+    (onnx,) = require("onnx")
+    proto = onnx.load(str(path))
+    actual = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    if actual != opset:
+        raise SegpipeError(
+            f"--opset {opset}: the exporter produced opset {actual}; pass --opset {actual}"
+        )
+    props = {
+        "model_config": json.dumps(model_config, sort_keys=True),
+        "preprocessing": json.dumps(
+            {
+                "input": INPUT_NAME,
+                "layout": "NCHW",
+                "dtype": "float32",
+                "channels": "RGB",
+                "scale": 1 / 255,
+                "mean": IMAGENET_MEAN,
+                "std": IMAGENET_STD,
+                "size_multiple": stride,
+            }
+        ),
+        "postprocessing": (
+            f"{OUTPUT_NAME} (N, C', H, W): one channel = binary, foreground where "
+            f"sigmoid > threshold; several channels = class index by argmax (order of "
+            f"model_config.classes)"
+        ),
+    }
+    kept = [p for p in proto.metadata_props if p.key not in props]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    for key, value in props.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
+
+
+def check_parity(
+    path: Path, model: nn.Module, shapes: list[tuple[int, int, int, int]], seed: int = 0
+) -> Parity:
+    """Run random inputs through onnxruntime (CPU) and PyTorch (fp32, eval mode) and compare."""
+    (ort,) = require("onnxruntime")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only
+    session = ort.InferenceSession(
+        str(path), sess_options=options, providers=["CPUExecutionProvider"]
+    )
+    generator = torch.Generator().manual_seed(seed)
+    max_diff, mismatched, pixels = 0.0, 0, 0
+    for shape in shapes:
+        x = torch.randn(shape, generator=generator)
+        with torch.inference_mode():
+            expected = model.eval()(x).float()
+        (got,) = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})
+        got = torch.from_numpy(got)
+        if got.shape != expected.shape:
+            raise SegpipeError(
+                f"{path}: onnxruntime returned logits of shape {tuple(got.shape)} for input "
+                f"{shape}, PyTorch {tuple(expected.shape)}"
+            )
+        diff = (got - expected).abs().max().item()
+        max_diff = diff if math.isnan(diff) else max(max_diff, diff)
+        labels = logits_to_labels(got, THRESHOLD) != logits_to_labels(expected, THRESHOLD)
+        mismatched += int(labels.sum())
+        pixels += labels.numel()
+    return Parity([list(s) for s in shapes], max_diff, mismatched / pixels)
+
+
+def run(
+    model_path: Path,
+    out: Path,
+    opset: int = DEFAULT_OPSET,
+    check_size: int = 256,
+    tolerance: float = DEFAULT_TOLERANCE,
+) -> dict[str, Any]:
+    """Export ``model_path`` to ``out`` (ONNX) and ``<out>.json`` (the parity figures).
+
+    The ONNX file appears only once it passed the parity check.
+
+    Returns:
+        The report written to ``<out>.json``.
+    """
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise SegpipeError(f"--opset: must be {MIN_OPSET}..{MAX_OPSET}, got {opset}")
+    if not tolerance > 0:
+        raise SegpipeError(f"--tolerance: must be positive, got {tolerance}")
+    require("onnx", "onnxruntime")
+    model, meta = load_checkpoint(model_path)
+    stride = int(getattr(getattr(model, "encoder", None), "output_stride", 32))
+    if check_size < stride or check_size % stride:
+        raise SegpipeError(
+            f"--check-size: must be a positive multiple of {stride} (the encoder's output "
+            f"stride), got {check_size}"
+        )
+    model_config = meta["model_config"]
+    shapes = parity_shapes(check_size, stride)
+
+    with atomic_path(out) as tmp:
+        example = torch.randn(2, 3, check_size, check_size)
+        start = time.perf_counter()
+        exporter = export_onnx(model, tmp, opset, example)
+        add_metadata(tmp, model_config, stride, opset)
+        export_seconds = time.perf_counter() - start
+        parity = check_parity(tmp, model, shapes)
+        if not parity.max_abs_diff <= tolerance:
+            raise SegpipeError(
+                f"{out}: onnxruntime differs from PyTorch by max |diff| {parity.max_abs_diff:.3g}"
+                f" > tolerance {tolerance:g} (label mismatch "
+                f"{parity.label_mismatch_fraction:.4%}); not written"
+            )
+        size = tmp.stat().st_size
+
+    report = {
+        "onnx": str(out),
+        "opset": opset,
+        "exporter": exporter,
+        "file_size_bytes": size,
+        "export_seconds": round(export_seconds, 2),
+        "inputs_checked": parity.shapes,
+        "max_abs_diff": parity.max_abs_diff,
+        "label_mismatch_fraction": parity.label_mismatch_fraction,
+        "tolerance": tolerance,
+        "threshold": THRESHOLD,
+        "model_config": model_config,
+        "torch": torch.__version__,
+        "onnxruntime": require("onnxruntime")[0].__version__,
+    }
+    write_json(out.with_name(out.name + ".json"), report)
+    labels = (
+        "labels identical"
+        if parity.label_mismatch_fraction == 0
+        else f"labels differ on {parity.label_mismatch_fraction:.4%} of pixels"
+    )
+    log.info(
+        "exported %s (opset %d, %.1f MB); onnxruntime parity: max |diff| %.1e over %d inputs, %s",
+        out,
+        opset,
+        size / 1e6,
+        parity.max_abs_diff,
+        len(shapes),
+        labels,
+    )
+    return report

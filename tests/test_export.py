@@ -1,0 +1,184 @@
+"""ONNX export through the real stage script: dynamic axes, metadata, parity figures, errors."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from segpipe import export
+from segpipe.config import ModelConfig
+from segpipe.dataset import IMAGENET_MEAN, IMAGENET_STD
+from segpipe.engine import logits_to_labels
+from segpipe.errors import SegpipeError
+from segpipe.model import build_model, load_checkpoint, save_checkpoint
+
+from .conftest import REPO
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+TOLERANCE = 1e-3
+# id: (encoder, classes, opset). 17 goes through the TorchScript exporter, 18 through
+# torch.export; three classes exercise the argmax (multi-channel) path.
+CASES = {
+    "resnet18-opset17": ("resnet18", ["background", "person"], 17),
+    "efficientnet-b0-opset17": ("efficientnet-b0", ["background", "cat", "dog"], 17),
+    "resnet18-opset18": ("resnet18", ["background", "person"], 18),
+}
+
+
+@dataclass
+class Exported:
+    folder: Path
+    result: subprocess.CompletedProcess[str]
+    model_config: dict
+    opset: int
+
+    @property
+    def onnx(self) -> Path:
+        return self.folder / "model.onnx"
+
+
+def tiny_checkpoint(
+    path: Path, encoder: str = "resnet18", classes: list[str] | None = None
+) -> dict:
+    """A randomly initialised Unet checkpoint; returns its model_config."""
+    classes = classes or ["background", "foreground"]
+    torch.manual_seed(0)
+    model = build_model(ModelConfig("Unet", encoder, None), len(classes))
+    config = {"arch": "Unet", "encoder": encoder, "classes": classes, "image_size": 64}
+    save_checkpoint(path, model, config, epoch=1)
+    return config
+
+
+def run_stage(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(REPO / "stages" / "export.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.fixture(scope="module", params=list(CASES))
+def exported(request, tmp_path_factory) -> Exported:
+    encoder, classes, opset = CASES[request.param]
+    folder = tmp_path_factory.mktemp(request.param)
+    config = tiny_checkpoint(folder / "model.pt", encoder, classes)
+    result = run_stage(
+        "--model",
+        str(folder / "model.pt"),
+        "--out",
+        str(folder / "model.onnx"),
+        "--opset",
+        str(opset),
+        "--check-size",
+        "128",
+    )
+    return Exported(folder, result, config, opset)
+
+
+def test_stage_writes_onnx_and_figures(exported):
+    assert exported.result.returncode == 0, exported.result.stderr
+    assert re.search(
+        rf"exported \S*model\.onnx \(opset {exported.opset}, [\d.]+ MB\); onnxruntime parity: "
+        r"max \|diff\| \S+ over 2 inputs, labels (identical|differ on)",
+        exported.result.stderr,
+    ), exported.result.stderr
+    report = json.loads(exported.onnx.with_name("model.onnx.json").read_text())
+    assert report["opset"] == exported.opset
+    assert report["inputs_checked"] == [[1, 3, 128, 128], [2, 3, 64, 192]]
+    assert 0 <= report["max_abs_diff"] <= TOLERANCE
+    assert 0 <= report["label_mismatch_fraction"] <= 1e-3
+    assert report["file_size_bytes"] == exported.onnx.stat().st_size
+    import onnx
+
+    proto = onnx.load(str(exported.onnx), load_external_data=False)
+    assert [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")] == [
+        exported.opset
+    ]
+    assert sorted(p.name for p in exported.folder.iterdir()) == [
+        "model.onnx",
+        "model.onnx.json",
+        "model.pt",
+    ]
+
+
+def test_onnx_has_dynamic_axes_and_matches_pytorch(exported):
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(exported.onnx), providers=["CPUExecutionProvider"])
+    (inp,), (out,) = session.get_inputs(), session.get_outputs()
+    assert (inp.name, inp.type, inp.shape) == (
+        "image",
+        "tensor(float)",
+        ["batch", 3, "height", "width"],
+    )
+    assert out.name == "logits"
+    model, _ = load_checkpoint(exported.folder / "model.pt")
+    x = torch.randn(3, 3, 96, 160, generator=torch.Generator().manual_seed(1))  # not checked
+    with torch.inference_mode():
+        expected = model(x)
+    got = torch.from_numpy(session.run(["logits"], {"image": x.numpy()})[0])
+    channels = 1 if len(exported.model_config["classes"]) == 2 else 3
+    assert got.shape == expected.shape == (3, channels, 96, 160)
+    assert (got - expected).abs().max().item() <= TOLERANCE
+    labels_differ = logits_to_labels(got, 0.5) != logits_to_labels(expected, 0.5)
+    assert labels_differ.float().mean().item() <= 1e-3
+
+
+def test_metadata_describes_the_model(exported):
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(exported.onnx), providers=["CPUExecutionProvider"])
+    meta = session.get_modelmeta().custom_metadata_map
+    assert json.loads(meta["model_config"]) == exported.model_config
+    pre = json.loads(meta["preprocessing"])
+    assert (pre["mean"], pre["std"]) == (list(IMAGENET_MEAN), list(IMAGENET_STD))
+    assert pre["size_multiple"] == 32
+
+
+def test_bad_checkpoint_path_is_a_one_line_error(tmp_path):
+    result = run_stage("--model", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "m.onnx"))
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ") and "missing.pt: checkpoint not found" in lines[0]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_corrupt_checkpoint_and_bad_options(tmp_path):
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(SegpipeError, match="junk.pt: not a loadable segpipe checkpoint"):
+        export.run(tmp_path / "junk.pt", tmp_path / "m.onnx")
+    with pytest.raises(SegpipeError, match=r"--opset: must be 17\.\.23, got 16"):
+        export.run(tmp_path / "junk.pt", tmp_path / "m.onnx", opset=16)
+    tiny_checkpoint(tmp_path / "model.pt")
+    with pytest.raises(SegpipeError, match="--check-size: must be a positive multiple of 32"):
+        export.run(tmp_path / "model.pt", tmp_path / "m.onnx", check_size=100)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["junk.pt", "model.pt"]
+
+
+def test_parity_failure_writes_nothing(tmp_path):
+    tiny_checkpoint(tmp_path / "model.pt")
+    with pytest.raises(
+        SegpipeError, match=r"max \|diff\| \S+ > tolerance 1e-12 \(label mismatch .*\); not written"
+    ):
+        export.run(tmp_path / "model.pt", tmp_path / "m.onnx", check_size=64, tolerance=1e-12)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
+
+
+def test_missing_package_names_the_install_command(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails as if not installed
+    with pytest.raises(SegpipeError) as err:
+        export.run(tmp_path / "model.pt", tmp_path / "m.onnx")
+    message = str(err.value)
+    assert "\n" not in message
+    assert "needs onnxruntime" in message and "pip install onnx onnxruntime" in message
