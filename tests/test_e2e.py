@@ -101,6 +101,13 @@ def test_pipeline_experiment_and_metrics_diff(repo):
     assert (root / "models" / "model.pt").stat().st_size > 0
     assert len(list((root / "data" / "predictions").iterdir())) == 6
 
+    # 1b. `dvc plots show` writes a page that needs no network: Vega is inlined, not a CDN link.
+    dvc(["plots", "show"], repo)
+    page = (root / "dvc_plots" / "index.html").read_text()
+    assert "cdn.jsdelivr" not in page and "<script src=" not in page
+    assert "vegaEmbed" in page and page.count("vegaEmbed(") >= 5  # the 5 DVCLive curves
+    assert "predictions.png" in page and "training_curves.png" in page
+
     # 2. Nothing changed: nothing runs. Forcing a full rerun reproduces the metrics exactly.
     assert "Running stage" not in dvc(["repro"], repo)
     first = (root / "metrics" / "evaluate.json").read_bytes()
