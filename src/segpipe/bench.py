@@ -28,38 +28,18 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from segpipe import cache
 from segpipe.config import ModelConfig, SplitConfig, SyntheticConfig
-from segpipe.dataset import CachedDataset, build_transform, to_tensor
+from segpipe.dataset import CachedDataset, SegmentationDataset, build_transform
 from segpipe.engine import evaluate_epoch, resolve_precision, train_one_epoch
 from segpipe.losses import build_loss
 from segpipe.model import build_model
 
 MODES = ("naive", "pipeline", "model")
-
-
-class NaiveDataset(Dataset):
-    """The tutorial's loader: decode the full-size file with PIL and resize, every time."""
-
-    def __init__(self, frame: pd.DataFrame, image_size: int, augment: bool) -> None:
-        self.frame = frame
-        self.transform = build_transform(image_size, augment, seed=0)
-
-    def __len__(self) -> int:
-        return len(self.frame)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        row = self.frame.iloc[i]
-        image = np.array(Image.open(row["image"]).convert("RGB"))
-        mask = (np.array(Image.open(row["mask"]).convert("L")) >= 128).astype(np.uint8)
-        out = self.transform(image=image, mask=mask)
-        return to_tensor(out["image"]), torch.from_numpy(out["mask"].astype(np.int64))
 
 
 def _timed_epochs(step, images_per_call: int, repeats: int) -> float:
@@ -85,8 +65,9 @@ def run_mode(mode: str, splits_dir: Path, cache_dir: Path, args: argparse.Namesp
     n = args.batch_size * args.batches
     train_frame = pd.read_csv(splits_dir / "train.csv").head(n)
     if mode == "naive":
-        train_set = NaiveDataset(train_frame, args.image_size, augment=True)
-        eval_set = NaiveDataset(train_frame, args.image_size, augment=False)
+        # The tutorial's loader: PIL decode of the full-size files and resize, every item.
+        train_set = SegmentationDataset(train_frame, build_transform(args.image_size, True, 0), 2)
+        eval_set = SegmentationDataset(train_frame, build_transform(args.image_size, False, 0), 2)
     elif mode == "pipeline":
         images, masks = cache.cache_paths(cache_dir, "train")
         train_set = CachedDataset(images, masks, build_transform(args.image_size, True, 0), n)

@@ -57,7 +57,8 @@ def to_tensor(image: np.ndarray) -> torch.Tensor:
 
 
 class SegmentationDataset(Dataset):
-    """Pairs from a split frame, transformed for training or validation.
+    """Pairs from a split frame, decoded and transformed on every access (no cache): the
+    reference the cached path is tested against, and the benchmark's naive baseline.
 
     Args:
         frame: rows with ``image`` and ``mask`` paths.
