@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from segpipe.archive import IMAGE_EXTENSIONS, find_image_mask_dirs, safe_extract
+from segpipe.archive import find_image_mask_dirs, safe_extract
 from segpipe.errors import SegpipeError
+from segpipe.images import IMAGE_EXTENSIONS
 
 KAGGLE_NESTED = "supervisely_person_clean_2667_img/supervisely_person_clean_2667_img"
 

@@ -11,7 +11,7 @@ import zipfile
 from pathlib import Path
 
 from segpipe.errors import SegpipeError
-from segpipe.images import IMAGE_EXTENSIONS
+from segpipe.images import image_files
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def safe_extract(archive: Path, dest: Path) -> None:
 
 
 def _count_images(folder: Path) -> int:
-    return sum(1 for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    return len(image_files(folder))
 
 
 def _pick(subdirs: dict[str, Path], names: tuple[str, ...]) -> Path | None:

@@ -137,13 +137,6 @@ def load_params(path: Path | str = "params.yaml") -> Params:
     return params
 
 
-def params_from_dict(raw: dict[str, Any]) -> Params:
-    """Build and validate :class:`Params` from an already parsed mapping (used by tests)."""
-    params = _build(Params, raw, "")
-    _check_values(params)
-    return params
-
-
 def _type_name(tp: Any) -> str:
     if typing.get_origin(tp) is Literal:
         return " | ".join(repr(a) for a in typing.get_args(tp))

@@ -15,7 +15,7 @@ from segpipe.archive import find_image_mask_dirs
 from segpipe.config import DataConfig
 from segpipe.errors import SegpipeError
 from segpipe.files import staged_dir
-from segpipe.images import IMAGE_EXTENSIONS
+from segpipe.images import IMAGE_EXTENSIONS, image_files
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +66,7 @@ def copy_pairs(root: Path, dest: Path, what: str, move: bool = False) -> None:
     for src, name in ((images, "images"), (masks, "masks")):
         target = dest / name
         target.mkdir(parents=True)
-        files = [
-            p
-            for p in sorted(src.iterdir())
-            if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
-        ]
+        files = image_files(src)
         if not files:
             raise SegpipeError(
                 f"{what}: {src} holds no image files ({', '.join(IMAGE_EXTENSIONS)})"

@@ -17,6 +17,15 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 _MASK_MODES = ("L", "P", "1", "I", "I;16")
 
 
+def image_files(folder: Path) -> list[Path]:
+    """The image files directly in ``folder`` (by extension; hidden files skipped), sorted."""
+    return sorted(
+        p
+        for p in Path(folder).iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
+    )
+
+
 class UnreadableImageError(SegpipeError):
     """A file that cannot be fully decoded as an image; ``reason`` says why, without the path."""
 
@@ -126,16 +135,6 @@ def _short_list(values: np.ndarray, limit: int = 10) -> str:
 def read_mask(path: Path, num_classes: int) -> np.ndarray:
     """A mask as HxW uint8 class indices (see :func:`to_class_indices`)."""
     return to_class_indices(mask_values(open_image(path)), num_classes, path)
-
-
-def image_size(path: Path) -> tuple[int, int]:
-    """(height, width) from the file header, without decoding the pixels."""
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-    except (UnidentifiedImageError, OSError) as e:
-        raise SegpipeError(f"{path}: cannot read image ({e})") from None
-    return height, width
 
 
 def read_pair(image_path: Path, mask_path: Path, num_classes: int) -> tuple[np.ndarray, np.ndarray]:

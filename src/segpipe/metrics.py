@@ -57,14 +57,18 @@ def iou_score(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor) -> torch.Ten
     return torch.where(denom > 0, tp / denom.clamp(min=1), torch.ones_like(denom))
 
 
+def _per_image_scores(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image Dice and IoU from (N, C, 3) tp/fp/fn counts, summed over foreground classes."""
+    tp, fp, fn = (counts[:, 1:, k].sum(-1) for k in range(3))
+    return dice_score(tp, fp, fn), iou_score(tp, fp, fn)
+
+
 class SegmentationMetrics:
     """Accumulates counts over a whole dataset; :meth:`compute` reduces them once."""
 
     def __init__(self, num_classes: int) -> None:
         self.num_classes = num_classes
         self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
-        self.image_dice: list[float] = []
-        self.image_iou: list[float] = []
         self.image_counts: list[np.ndarray] = []  # (C, 3): tp, fp, fn of each class, per image
 
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> tuple[list[float], list[float]]:
@@ -72,35 +76,35 @@ class SegmentationMetrics:
         confusion = confusion_matrix(pred, target, self.num_classes).cpu()
         self.confusion += confusion.sum(dim=0)
         tp, fp, fn, _ = stat_scores(confusion)
-        self.image_counts += list(torch.stack([tp, fp, fn], dim=-1).numpy())
-        # Foreground counts of each image, summed over the foreground classes.
-        tp, fp, fn = tp[:, 1:].sum(-1), fp[:, 1:].sum(-1), fn[:, 1:].sum(-1)
-        dice, iou = dice_score(tp, fp, fn).tolist(), iou_score(tp, fp, fn).tolist()
-        self.image_dice += dice
-        self.image_iou += iou
-        return dice, iou
+        counts = torch.stack([tp, fp, fn], dim=-1)
+        self.image_counts += list(counts.numpy())
+        dice, iou = _per_image_scores(counts)
+        return dice.tolist(), iou.tolist()
 
     def merge_processes(self) -> None:
         """Under torch.distributed: sum the confusion matrices of all ranks and gather their
-        per-image scores, so :meth:`compute` gives what one process would over all images."""
+        per-image counts, so :meth:`compute` gives what one process would over all images."""
         from segpipe.distributed import gather_lists, sum_over_ranks
 
         self.confusion = sum_over_ranks(self.confusion)
-        self.image_dice = gather_lists(self.image_dice)
-        self.image_iou = gather_lists(self.image_iou)
         self.image_counts = gather_lists(self.image_counts)
 
     def compute(self) -> dict[str, float]:
         """Dataset-level and per-image scores (see the module docstring)."""
         tp, fp, fn, _ = stat_scores(self.confusion)
         total = self.confusion.sum().item()
-        n = len(self.image_dice)
+        nan = float("nan")
+        if self.image_counts:
+            dice, iou = _per_image_scores(torch.from_numpy(np.stack(self.image_counts)))
+            dice_per_image, iou_per_image = dice.mean().item(), iou.mean().item()
+        else:
+            dice_per_image = iou_per_image = nan
         return {
             "dice": dice_score(tp, fp, fn)[1:].mean().item(),
             "iou": iou_score(tp, fp, fn)[1:].mean().item(),
-            "pixel_accuracy": self.confusion.trace().item() / total if total else float("nan"),
-            "dice_per_image": sum(self.image_dice) / n if n else float("nan"),
-            "iou_per_image": sum(self.image_iou) / n if n else float("nan"),
+            "pixel_accuracy": self.confusion.trace().item() / total if total else nan,
+            "dice_per_image": dice_per_image,
+            "iou_per_image": iou_per_image,
         }
 
     def bootstrap_interval(

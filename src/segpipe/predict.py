@@ -11,7 +11,7 @@ from PIL import Image
 
 from segpipe.errors import SegpipeError
 from segpipe.files import atomic_save_image
-from segpipe.images import IMAGE_EXTENSIONS, read_image
+from segpipe.images import IMAGE_EXTENSIONS, image_files, read_image
 from segpipe.inference import Predictor
 
 log = logging.getLogger(__name__)
@@ -25,11 +25,7 @@ def list_inputs(path: Path) -> list[Path]:
         return [path]
     if not path.is_dir():
         raise SegpipeError(f"{path}: no such file or folder")
-    files = sorted(
-        p
-        for p in path.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
-    )
+    files = image_files(path)
     if not files:
         raise SegpipeError(f"{path}: holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
     return files

@@ -17,7 +17,7 @@ import pandas as pd
 from segpipe.config import SplitConfig
 from segpipe.errors import SegpipeError
 from segpipe.files import staged_dir
-from segpipe.images import IMAGE_EXTENSIONS
+from segpipe.images import image_files
 from segpipe.validate import DatasetCheck, render_markdown
 
 log = logging.getLogger(__name__)
@@ -31,9 +31,7 @@ def list_images(folder: Path) -> dict[str, Path]:
     if not folder.is_dir():
         raise SegpipeError(f"{folder}: folder not found")
     found: dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or path.suffix.lower() not in IMAGE_EXTENSIONS:
-            continue
+    for path in image_files(folder):
         if path.stem in found:
             raise SegpipeError(
                 f"{folder}: two files share the stem {path.stem!r} "
