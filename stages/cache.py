@@ -14,6 +14,12 @@ if __name__ == "__main__":
 
     def main() -> None:
         params = load_params(args.params)
-        cache.run(args.splits, args.out, params.train.image_size, params.data.num_classes)
+        cache.run(
+            args.splits,
+            args.out,
+            params.train.image_size,
+            params.data.num_classes,
+            params.data.ignore_index,
+        )
 
     raise SystemExit(run_stage(main, args.verbose))

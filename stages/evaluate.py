@@ -14,6 +14,8 @@ if __name__ == "__main__":
     p.add_argument("--per-image", type=Path, required=True, help="per-image CSV to write")
     p.add_argument("--predictions", type=Path, required=True, help="folder for predicted masks")
     p.add_argument("--card", type=Path, default=None, help="model card (markdown) to write")
+    p.add_argument("--sweep", type=Path, default=None, help="validation threshold sweep CSV")
+    p.add_argument("--confusion", type=Path, default=None, help="confusion matrix rows CSV")
     args = p.parse_args()
 
     def main() -> None:
@@ -26,6 +28,8 @@ if __name__ == "__main__":
             args.per_image,
             args.predictions,
             args.card,
+            args.sweep,
+            args.confusion,
         )
 
     raise SystemExit(run_stage(main, args.verbose))

@@ -1,4 +1,4 @@
-"""Stage: the image | prediction | ground truth grid and the training curves."""
+"""Stage: the prediction grid, the worst-case gallery, the Dice histogram, training curves."""
 
 from pathlib import Path
 
@@ -9,6 +9,7 @@ from segpipe.config import load_params
 if __name__ == "__main__":
     p = parser(__doc__)
     p.add_argument("--test", type=Path, required=True, help="test split CSV")
+    p.add_argument("--per-image", type=Path, required=True, help="evaluate's per-image CSV")
     p.add_argument("--predictions", type=Path, required=True, help="predicted masks folder")
     p.add_argument("--live", type=Path, required=True, help="DVCLive folder of the train stage")
     p.add_argument("--out", type=Path, required=True, help="folder for the PNG plots")
@@ -16,6 +17,15 @@ if __name__ == "__main__":
 
     def main() -> None:
         params = load_params(args.params)
-        plot.run(params.plot.n_samples, args.test, args.predictions, args.live, args.out)
+        plot.run(
+            params.plot,
+            args.test,
+            args.per_image,
+            args.predictions,
+            args.live,
+            args.out,
+            params.data.num_classes,
+            params.data.ignore_index,
+        )
 
     raise SystemExit(run_stage(main, args.verbose))

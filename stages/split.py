@@ -19,6 +19,13 @@ if __name__ == "__main__":
 
     def main() -> None:
         params = load_params(args.params)
-        split.run(params.split, params.seed, args.raw, args.out, params.data.num_classes)
+        split.run(
+            params.split,
+            params.seed,
+            args.raw,
+            args.out,
+            params.data.num_classes,
+            params.data.ignore_index,
+        )
 
     raise SystemExit(run_stage(main, args.verbose))

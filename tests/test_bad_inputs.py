@@ -329,7 +329,7 @@ def test_kaggle_without_credentials(tmp_path: Path) -> None:
             "split: val_fraction + test_fraction must be below 1 (leave training images), got 1.0",
         ),
         ({"train__batch_size": 0}, "train.batch_size: must be >= 1, got 0"),
-        ({"train__loss": "focal"}, "train.loss: got 'focal', expected one of 'bce' | 'dice'"),
+        ({"train__loss": "focus"}, "train.loss: unknown loss 'focus' in 'focus' (valid: ce, bce,"),
     ],
     ids=["unknown-key", "wrong-type", "negative-lr", "fractions-sum", "batch-size-0", "loss"],
 )

@@ -1,12 +1,17 @@
-"""Metrics against hand-computed values and against segmentation_models_pytorch.metrics."""
+"""Metrics against hand-computed values, textbook per-class definitions and
+segmentation_models_pytorch.metrics, including empty classes and ignored pixels."""
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import pytest
 import segmentation_models_pytorch as smp
 import torch
 
-from segpipe.metrics import SegmentationMetrics, confusion_matrix, stat_scores
+from segpipe.images import IGNORE
+from segpipe.metrics import SegmentationMetrics, ThresholdSweep, confusion_matrix, stat_scores
 
 
 def t(rows):
@@ -124,3 +129,185 @@ def test_bootstrap_of_identical_images_has_no_spread():
     ci = m.bootstrap_interval(resamples=50)
     assert ci["dice_ci95_low"] == pytest.approx(ci["dice_ci95_high"])
     assert ci["dice_ci95_low"] == pytest.approx(m.compute()["dice"])
+
+
+# --- multi-class, empty classes, ignore_index -------------------------------------------------
+
+NAN = float("nan")
+
+
+def test_hand_computed_three_classes():
+    # truth:      0 0 1 1 | 2 2 2 255      prediction: 0 1 1 1 | 2 2 0 2  (255 = ignored)
+    target = t([[[0, 0, 1, 1], [2, 2, 2, IGNORE]]])
+    pred = t([[[0, 1, 1, 1], [2, 2, 0, 2]]])
+    m = SegmentationMetrics(3)
+    dice, iou = m.update(pred, target)
+    # class 0: tp1 fp1 fn1; class 1: tp2 fp1 fn0; class 2: tp2 fp0 fn1 (the ignored pixel
+    # predicted as 2 counts nowhere)
+    out = m.compute(["bg", "road", "car"])
+    assert out["dice/bg"] == pytest.approx(2 / 4) and out["iou/bg"] == pytest.approx(1 / 3)
+    assert out["dice/road"] == pytest.approx(4 / 5) and out["iou/road"] == pytest.approx(2 / 3)
+    assert out["dice/car"] == pytest.approx(4 / 5) and out["iou/car"] == pytest.approx(2 / 3)
+    assert out["precision/road"] == pytest.approx(2 / 3) and out["recall/road"] == 1.0
+    assert out["precision/car"] == 1.0 and out["recall/car"] == pytest.approx(2 / 3)
+    assert out["precision/bg"] == pytest.approx(0.5) and out["recall/bg"] == pytest.approx(0.5)
+    # means over the foreground classes (road, car)
+    assert out["dice"] == pytest.approx(0.8) and out["iou"] == pytest.approx(2 / 3)
+    assert out["precision"] == pytest.approx((2 / 3 + 1) / 2)
+    assert out["recall"] == pytest.approx((1 + 2 / 3) / 2)
+    # micro over road+car: tp 4, fp 1, fn 1
+    assert out["dice_micro"] == pytest.approx(8 / 10) and out["iou_micro"] == pytest.approx(4 / 6)
+    assert dice == [pytest.approx(0.8)] and iou == [pytest.approx(4 / 6)]
+    assert out["pixel_accuracy"] == pytest.approx(5 / 7)
+    # with background in the means
+    with_bg = SegmentationMetrics(3, include_background=True)
+    with_bg.update(pred, target)
+    out_bg = with_bg.compute()
+    assert out_bg["dice"] == pytest.approx((0.5 + 0.8 + 0.8) / 3)
+    assert out_bg["iou"] == pytest.approx((1 / 3 + 2 / 3 + 2 / 3) / 3)
+    assert out_bg["dice_micro"] == pytest.approx(out_bg["pixel_accuracy"])  # all classes
+
+
+def test_empty_classes_are_left_out_of_the_means():
+    target = t([[[0, 0, 1, 1]]])
+    pred = t([[[0, 2, 1, 1]]])
+    m = SegmentationMetrics(4)
+    m.update(pred, target)
+    out = m.compute(["bg", "a", "b", "c"])
+    assert math.isnan(out["dice/c"]) and math.isnan(out["precision/c"])  # nowhere at all
+    assert out["dice/b"] == 0.0 and out["precision/b"] == 0.0  # predicted, never true
+    assert out["recall/b"] == 0.0  # 0/0 for a class that was predicted: 0, not NaN
+    assert out["dice/a"] == 1.0
+    assert out["dice"] == pytest.approx(0.5)  # (a 1.0 + b 0.0) / 2; c has no score
+
+
+def test_ignored_pixels_count_nowhere():
+    g = torch.Generator().manual_seed(11)
+    target = torch.randint(0, 3, (4, 16, 16), generator=g)
+    pred = torch.randint(0, 3, (4, 16, 16), generator=g)
+    ignored = torch.rand(4, 16, 16, generator=g) > 0.7
+    with_ignore = SegmentationMetrics(3)
+    with_ignore.update(pred, torch.where(ignored, IGNORE, target))
+    # Same as scoring only the kept pixels (flattened into one row per image is not needed:
+    # dataset-level counts do not depend on image shape).
+    kept = SegmentationMetrics(3)
+    kept.update(pred[~ignored][None], target[~ignored][None])
+    a, b = with_ignore.compute(["x", "y", "z"]), kept.compute(["x", "y", "z"])
+    for key in ("dice", "iou", "precision", "recall", "pixel_accuracy", "dice/z", "iou/x"):
+        assert a[key] == pytest.approx(b[key])
+    assert with_ignore.confusion.sum() == (~ignored).sum()
+
+
+def reference_scores(pred, target, num_classes, first, ignore=IGNORE):
+    """Textbook (torchmetrics-style) definitions with boolean masks, one class at a time."""
+    keep = target != ignore
+    p, y = pred[keep].numpy(), target[keep].numpy()
+    per_class = {name: [] for name in ("dice", "iou", "precision", "recall")}
+    for c in range(num_classes):
+        tp = np.sum((p == c) & (y == c))
+        fp = np.sum((p == c) & (y != c))
+        fn = np.sum((p != c) & (y == c))
+        if tp + fp + fn == 0:
+            for values in per_class.values():
+                values.append(np.nan)
+            continue
+        per_class["dice"].append(2 * tp / (2 * tp + fp + fn))
+        per_class["iou"].append(tp / (tp + fp + fn))
+        per_class["precision"].append(tp / (tp + fp) if tp + fp else 0.0)
+        per_class["recall"].append(tp / (tp + fn) if tp + fn else 0.0)
+    means = {k: float(np.nanmean(v[first:])) for k, v in per_class.items()}
+    return per_class, means, float(np.mean(p == y))
+
+
+@pytest.mark.parametrize("include_background", [False, True])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_multiclass_matches_smp_and_reference_definitions(seed, include_background):
+    g = torch.Generator().manual_seed(seed)
+    n, c = 6, 5
+    target = torch.randint(0, c - 1, (n, 24, 24), generator=g)  # class 4 never true...
+    pred = torch.randint(0, c - 1, (n, 24, 24), generator=g)  # ...nor predicted: empty
+    target[torch.rand(n, 24, 24, generator=g) > 0.8] = IGNORE
+    m = SegmentationMetrics(c, include_background)
+    for i in range(0, n, 4):
+        m.update(pred[i : i + 4], target[i : i + 4])
+    names = [f"k{i}" for i in range(c)]
+    out = m.compute(names)
+    first = 0 if include_background else 1
+
+    per_class, means, accuracy = reference_scores(pred, target, c, first)
+    for name, values in per_class.items():
+        for k, value in enumerate(values):
+            got = out[f"{name}/k{k}"]
+            assert (math.isnan(got) and math.isnan(value)) or got == pytest.approx(value)
+        assert out[name] == pytest.approx(means[name])
+    assert out["pixel_accuracy"] == pytest.approx(accuracy)
+
+    tp, fp, fn, tn = smp.metrics.get_stats(
+        pred, target, mode="multiclass", num_classes=c, ignore_index=IGNORE
+    )
+    present = slice(first, c - 1)  # smp scores the empty class 4 as 0 or 1, we leave it out
+    totals = [x.sum(0, keepdim=True) for x in (tp, fp, fn, tn)]
+    smp_iou = smp.metrics.iou_score(*totals, reduction="none")[0]
+    smp_f1 = smp.metrics.f1_score(*totals, reduction="none")[0]
+    for k in range(first, c - 1):
+        assert out[f"iou/k{k}"] == pytest.approx(smp_iou[k].item())
+        assert out[f"dice/k{k}"] == pytest.approx(smp_f1[k].item())
+    assert out["iou"] == pytest.approx(smp_iou[present].mean().item())
+    sub = [x[:, present] for x in (tp, fp, fn, tn)]
+    assert out["dice_micro"] == pytest.approx(smp.metrics.f1_score(*sub, "micro").item())
+    assert out["iou_micro"] == pytest.approx(smp.metrics.iou_score(*sub, "micro").item())
+    assert out["dice_per_image"] == pytest.approx(
+        smp.metrics.f1_score(*sub, "micro-imagewise").item()
+    )
+    assert out["iou_per_image"] == pytest.approx(
+        smp.metrics.iou_score(*sub, "micro-imagewise").item()
+    )
+
+
+def test_bootstrap_without_spread_multiclass_matches_compute():
+    target = t([[[0, 1, 2, 2]]] * 5)[:, 0]
+    pred = t([[[0, 1, 2, 1]]] * 5)[:, 0]
+    m = SegmentationMetrics(3)
+    m.update(pred, target)
+    ci = m.bootstrap_interval(resamples=20)
+    assert ci["iou_ci95_low"] == pytest.approx(m.compute()["iou"])
+
+
+# --- threshold sweep ---------------------------------------------------------------------------
+
+
+def test_threshold_sweep_counts_are_exact():
+    g = torch.Generator().manual_seed(4)
+    prob = torch.rand(2, 20, 20, generator=g)
+    prob[0, 0, :5] = torch.tensor([0.5, 0.01, 0.99, 0.0, 1.0])  # exactly on thresholds
+    target = (torch.rand(2, 20, 20, generator=g) > 0.6).long()
+    target[1, :3] = IGNORE
+    sweep = ThresholdSweep()
+    for i in range(2):
+        sweep.update(prob[i], target[i])
+    rows = sweep.curve()
+    assert [r["threshold"] for r in rows][:3] == [0.01, 0.02, 0.03] and len(rows) == 99
+    keep = target != IGNORE
+    p, y = prob[keep], target[keep] == 1
+    for row in rows:
+        predicted = p > row["threshold"]  # the rule prediction uses
+        tp = (predicted & y).sum().item()
+        fp = (predicted & ~y).sum().item()
+        fn = (~predicted & y).sum().item()
+        assert row["dice"] == pytest.approx(2 * tp / (2 * tp + fp + fn))
+        assert row["precision"] == pytest.approx(tp / (tp + fp) if tp + fp else 1.0)
+        assert row["recall"] == pytest.approx(tp / (tp + fn))
+    best = sweep.best()
+    assert best["dice"] == max(r["dice"] for r in rows)
+
+
+def test_threshold_sweep_at_half_equals_the_metrics_at_half():
+    g = torch.Generator().manual_seed(9)
+    logits = torch.randn(3, 16, 16, generator=g)
+    target = (torch.rand(3, 16, 16, generator=g) > 0.5).long()
+    sweep, m = ThresholdSweep(), SegmentationMetrics(2)
+    for i in range(3):
+        sweep.update(torch.sigmoid(logits[i]), target[i])
+        m.update((torch.sigmoid(logits[i]) > 0.5).long()[None], target[i][None])
+    at_half = next(r for r in sweep.curve() if r["threshold"] == 0.5)
+    assert at_half["dice"] == pytest.approx(m.compute()["dice"])

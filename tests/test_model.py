@@ -1,4 +1,4 @@
-"""Model and loss factories, offline behaviour, and self-describing checkpoints."""
+"""The model factory, offline behaviour, and self-describing checkpoints."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import torch
 
 from segpipe.config import ModelConfig
 from segpipe.errors import SegpipeError
-from segpipe.losses import build_loss
 from segpipe.model import build_model, load_checkpoint, save_checkpoint
 
 TINY = ModelConfig(arch="Unet", encoder="resnet18", encoder_weights=None)
@@ -54,28 +53,6 @@ def test_pretrained_weights_offline_fail_fast_with_one_line(tmp_path, monkeypatc
     message = str(err.value)
     assert "\n" not in message
     assert "model.encoder_weights" in message and "encoder_weights: null" in message
-
-
-@pytest.mark.parametrize("name", ["bce", "dice", "bce+dice"])
-def test_losses_decrease_towards_the_target(name):
-    loss = build_loss(name, 2)
-    labels = torch.zeros(2, 8, 8, dtype=torch.long)
-    labels[:, 2:6, 2:6] = 1
-    good = (labels.float() * 20 - 10).unsqueeze(1)
-    assert loss(good, labels) < loss(-good, labels)
-    assert loss(good, labels).ndim == 0
-
-
-def test_bce_is_the_tutorials_bce_with_logits():
-    logits = torch.randn(2, 1, 8, 8)
-    labels = (torch.rand(2, 8, 8) > 0.5).long()
-    expected = torch.nn.BCEWithLogitsLoss()(logits, labels.unsqueeze(1).float())
-    assert build_loss("bce", 2)(logits, labels) == pytest.approx(expected.item())
-
-
-def test_unknown_loss():
-    with pytest.raises(SegpipeError, match=r"train.loss: unknown loss 'mse' \(valid: bce, dice"):
-        build_loss("mse", 2)
 
 
 def test_checkpoint_round_trip(tmp_path):

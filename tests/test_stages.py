@@ -61,9 +61,29 @@ def test_evaluate_and_plot(trained, params, splits_dir):
         out / "per_image.csv",
         out / "pred",
         out / "card.md",
+        out / "sweep.csv",
+        out / "confusion.csv",
     )
     written = json.loads((out / "eval.json").read_text())
     assert written == pytest.approx(metrics)
+    for name in ("dice", "iou", "precision", "recall"):  # flat per-class keys
+        assert f"{name}/foreground" in written and f"{name}/background" in written
+        assert written[name] == pytest.approx(written[f"{name}/foreground"])  # no background
+    # The validation sweep: its best threshold is reported, the headline stays at 0.5.
+    sweep = pd.read_csv(out / "sweep.csv")
+    assert list(sweep.columns) == ["threshold", "precision", "recall", "dice", "iou"]
+    assert len(sweep) == 99 and sweep["dice"].between(0, 1).all()
+    best = sweep.loc[sweep["dice"].idxmax()]
+    assert written["val_best_threshold"] == pytest.approx(best["threshold"])
+    assert written["val_best_threshold_dice"] == pytest.approx(best["dice"])
+    # Confusion rows for DVC's template: 1000 per true class, in proportion to the pixels.
+    confusion = pd.read_csv(out / "confusion.csv")
+    assert list(confusion.columns) == ["actual", "predicted"]
+    assert confusion["actual"].value_counts().to_dict() == {"background": 1000, "foreground": 1000}
+    fg_rows = confusion[confusion["actual"] == "foreground"]
+    assert (fg_rows["predicted"] == "foreground").mean() == pytest.approx(
+        written["recall/foreground"], abs=1e-3
+    )
     for key in ("dice", "iou", "pixel_accuracy", "dice_per_image", "iou_per_image"):
         assert 0.0 <= written[key] <= 1.0
     assert written["n_images"] == 6 and written["threshold"] == 0.5
@@ -88,8 +108,15 @@ def test_evaluate_and_plot(trained, params, splits_dir):
         assert pred.size == (row["width"], row["height"])
         assert set(pred.getdata()) <= {0, 255}
 
-    plot.run(2, splits_dir / "test.csv", out / "pred", out / "live", out / "plots")
-    for name in ("predictions.png", "training_curves.png"):
+    plot.run(
+        params.plot,
+        splits_dir / "test.csv",
+        out / "per_image.csv",
+        out / "pred",
+        out / "live",
+        out / "plots",
+    )
+    for name in ("predictions.png", "worst.png", "dice_histogram.png", "training_curves.png"):
         image = Image.open(out / "plots" / name)
         assert image.size[0] > 300 and image.size[1] > 200
 

@@ -28,7 +28,12 @@ def cache_paths(cache_dir: Path, split: str) -> tuple[Path, Path]:
 
 
 def build_split_cache(
-    split_csv: Path, images_path: Path, masks_path: Path, image_size: int, num_classes: int
+    split_csv: Path,
+    images_path: Path,
+    masks_path: Path,
+    image_size: int,
+    num_classes: int,
+    ignore_index: int | None = None,
 ) -> int:
     """Resize every pair of ``split_csv`` exactly as training would (albumentations' Resize:
     bilinear for images, nearest for masks) and write both arrays. Returns the count."""
@@ -38,7 +43,7 @@ def build_split_cache(
     images = open_memmap(images_path, "w+", np.uint8, (n, image_size, image_size, 3))
     masks = open_memmap(masks_path, "w+", np.uint8, (n, image_size, image_size))
     for i, (image_file, mask_file) in enumerate(zip(frame["image"], frame["mask"], strict=True)):
-        image, mask = read_pair(Path(image_file), Path(mask_file), num_classes)
+        image, mask = read_pair(Path(image_file), Path(mask_file), num_classes, ignore_index)
         out = resize(image=image, mask=mask)
         images[i], masks[i] = out["image"], out["mask"]
     images.flush()
@@ -46,14 +51,26 @@ def build_split_cache(
     return n
 
 
-def run(splits_dir: Path, cache_dir: Path, image_size: int, num_classes: int) -> dict[str, int]:
-    """Cache the train, val and test splits at ``image_size``."""
+def run(
+    splits_dir: Path,
+    cache_dir: Path,
+    image_size: int,
+    num_classes: int,
+    ignore_index: int | None = None,
+) -> dict[str, int]:
+    """Cache the train, val and test splits at ``image_size``; masks hold class indices, with
+    :data:`~segpipe.images.IGNORE` where ``ignore_index`` was."""
     counts = {}
     with staged_dir(cache_dir) as staging:  # all six arrays appear together, or none
         for split in SPLITS:
             images_path, masks_path = cache_paths(staging, split)
             counts[split] = build_split_cache(
-                splits_dir / f"{split}.csv", images_path, masks_path, image_size, num_classes
+                splits_dir / f"{split}.csv",
+                images_path,
+                masks_path,
+                image_size,
+                num_classes,
+                ignore_index,
             )
     size_mb = sum(p.stat().st_size for p in cache_dir.glob("*.npy")) / 2**20
     log.info("cached %s at %dx%d (%.1f MiB)", counts, image_size, image_size, size_mb)

@@ -19,9 +19,11 @@ import yaml
 from segpipe.errors import SegpipeError
 
 Source = Literal["synthetic", "folder", "kaggle"]
-LossName = Literal["bce", "dice", "bce+dice"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Scheduler = Literal["none", "cosine"]
+
+LOSS_TERMS = ("ce", "bce", "dice", "focal", "lovasz")
+"""Loss names; ``train.loss`` is one of them or a weighted sum such as ``ce+dice``."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +40,7 @@ class DataConfig:
     path: str
     kaggle_dataset: str
     classes: tuple[str, ...]
+    ignore_index: int | None
     synthetic: SyntheticConfig
 
     @property
@@ -65,7 +68,8 @@ class TrainConfig:
     batch_size: int
     lr: float
     scheduler: Scheduler
-    loss: LossName
+    loss: str
+    class_weights: tuple[float, ...] | None
     augment: bool
     precision: Precision
     channels_last: bool
@@ -77,11 +81,13 @@ class TrainConfig:
 class EvaluateConfig:
     threshold: float
     batch_size: int
+    include_background: bool
 
 
 @dataclasses.dataclass(frozen=True)
 class PlotConfig:
     n_samples: int
+    n_worst: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,6 +201,25 @@ def _check_values(p: Params) -> None:
     s = p.data.synthetic
     _require(len(p.data.classes) >= 2, "data.classes: list at least two classes (background first)")
     _require(len(set(p.data.classes)) == len(p.data.classes), "data.classes: names must be unique")
+    _require(
+        len(p.data.classes) <= 255, f"data.classes: at most 255 classes, got {len(p.data.classes)}"
+    )
+    for name in p.data.classes:
+        _require(
+            bool(name.strip()) and "/" not in name,
+            f"data.classes: class names must be non-empty and hold no '/', got {name!r}",
+        )
+    n = p.data.num_classes
+    ignore = p.data.ignore_index
+    _require(
+        ignore is None or ignore >= n,
+        f"data.ignore_index: {ignore} is a class index (data.classes has {n} classes: 0..{n - 1})",
+    )
+    if p.data.source == "synthetic":
+        _require(
+            n <= 5,
+            f"data.classes: synthetic data draws at most 4 shape classes (+ background), got {n}",
+        )
     _require(s.n_images >= 1, f"data.synthetic.n_images: must be >= 1, got {s.n_images}")
     _require(
         16 <= s.min_size <= s.max_size,
@@ -221,10 +246,52 @@ def _check_values(p: Params) -> None:
     _require(t.batch_size >= 1, f"train.batch_size: must be >= 1, got {t.batch_size}")
     _require(t.lr > 0, f"train.lr: must be > 0, got {t.lr}")
     _require(t.num_workers >= 0, f"train.num_workers: must be >= 0, got {t.num_workers}")
+    terms = [name for _, name in parse_loss(t.loss)]
+    _require(
+        n == 2 or "bce" not in terms,
+        f"train.loss: 'bce' is the two-class loss; with {n} classes use 'ce' (e.g. ce+dice)",
+    )
+    if t.class_weights is not None:
+        _require(
+            len(t.class_weights) == n,
+            f"train.class_weights: expected {n} weights (one per class of data.classes), "
+            f"got {len(t.class_weights)}",
+        )
+        _require(
+            all(w >= 0 for w in t.class_weights) and sum(t.class_weights) > 0,
+            f"train.class_weights: must be >= 0 and not all 0, got {list(t.class_weights)}",
+        )
     e = p.evaluate
     _require(0.0 < e.threshold < 1.0, f"evaluate.threshold: must be in (0, 1), got {e.threshold}")
     _require(e.batch_size >= 1, f"evaluate.batch_size: must be >= 1, got {e.batch_size}")
     _require(p.plot.n_samples >= 1, f"plot.n_samples: must be >= 1, got {p.plot.n_samples}")
+    _require(p.plot.n_worst >= 1, f"plot.n_worst: must be >= 1, got {p.plot.n_worst}")
+
+
+def parse_loss(spec: str) -> tuple[tuple[float, str], ...]:
+    """``train.loss`` as (weight, name) terms: ``"ce+0.5*dice"`` is ``((1, "ce"), (0.5, "dice"))``.
+
+    Raises:
+        SegpipeError: an unknown name, a bad weight or an empty term.
+    """
+    terms = []
+    for part in str(spec).split("+"):
+        weight_text, _, name = part.strip().rpartition("*")
+        name = name.strip()
+        if name not in LOSS_TERMS:
+            raise SegpipeError(
+                f"train.loss: unknown loss {name!r} in {spec!r} (valid: {', '.join(LOSS_TERMS)}, "
+                "or a weighted sum such as ce+dice or 0.5*ce+dice)"
+            )
+        weight_text = weight_text.strip()
+        try:
+            weight = float(weight_text) if weight_text else 1.0
+        except ValueError:
+            raise SegpipeError(f"train.loss: bad weight {weight_text!r} in {spec!r}") from None
+        if not weight > 0:
+            raise SegpipeError(f"train.loss: weights must be > 0, got {weight_text} in {spec!r}")
+        terms.append((weight, name))
+    return tuple(terms)
 
 
 def to_dict(obj: Any) -> dict[str, Any]:

@@ -64,19 +64,29 @@ class SegmentationDataset(Dataset):
         frame: rows with ``image`` and ``mask`` paths.
         transform: applied to image and mask together.
         num_classes: number of classes, including background.
+        ignore_index: raw mask value to leave out (see :func:`~segpipe.images.to_class_indices`).
     """
 
-    def __init__(self, frame: pd.DataFrame, transform: A.Compose, num_classes: int) -> None:
+    def __init__(
+        self,
+        frame: pd.DataFrame,
+        transform: A.Compose,
+        num_classes: int,
+        ignore_index: int | None = None,
+    ) -> None:
         self.images = frame["image"].tolist()
         self.masks = frame["mask"].tolist()
         self.transform = transform
         self.num_classes = num_classes
+        self.ignore_index = ignore_index
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image, mask = read_pair(Path(self.images[index]), Path(self.masks[index]), self.num_classes)
+        image, mask = read_pair(
+            Path(self.images[index]), Path(self.masks[index]), self.num_classes, self.ignore_index
+        )
         out = self.transform(image=image, mask=mask)
         return to_tensor(out["image"]), torch.from_numpy(out["mask"].astype(np.int64))
 

@@ -31,7 +31,7 @@ def run(cfg: DataConfig, seed: int, out_dir: Path) -> int:
         if cfg.source == "synthetic":
             from segpipe.synthetic import generate
 
-            generate(staging, cfg.synthetic, seed)
+            generate(staging, cfg.synthetic, seed, cfg.num_classes)
         elif cfg.source == "folder":
             if not cfg.path.strip():
                 raise SegpipeError("data.path: empty; set it to a folder with images/ and masks/")

@@ -131,6 +131,14 @@ def evaluate_epoch(
     return {"loss": total / max(seen, 1), **metrics.compute()}
 
 
+def foreground_probability(logits: torch.Tensor) -> torch.Tensor:
+    """P(any foreground class) per pixel, (B, H, W), from logits (B, C', H, W): the sigmoid of
+    one channel, or 1 - softmax(background) for several."""
+    if logits.shape[1] == 1:
+        return torch.sigmoid(logits.float()[:, 0])
+    return 1.0 - torch.softmax(logits.float(), dim=1)[:, 0]
+
+
 @torch.inference_mode()
 def predict_full_resolution(
     model: nn.Module,
@@ -140,13 +148,17 @@ def predict_full_resolution(
     device: torch.device,
     dtype: torch.dtype | None,
     channels_last: bool,
-) -> list[torch.Tensor]:
+    with_probability: bool = False,
+) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
     """Label maps at each image's original (H, W): the logits are resized back bilinearly
-    before thresholding, so the result is what a user of the predictions gets."""
+    before thresholding, so the result is what a user of the predictions gets. With
+    ``with_probability``, each label map comes with its foreground probability map."""
     with autocast(device, dtype):
         logits = model(_to_device(images, device, channels_last)).float()
     out = []
     for i, size in enumerate(sizes):
         resized = F.interpolate(logits[i : i + 1], size=size, mode="bilinear", align_corners=False)
-        out.append(logits_to_labels(resized, threshold)[0].cpu())
+        labels = logits_to_labels(resized, threshold)[0].cpu()
+        probability = foreground_probability(resized)[0].cpu() if with_probability else None
+        out.append((labels, probability))
     return out

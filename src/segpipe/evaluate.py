@@ -1,24 +1,91 @@
-"""The evaluate stage: score the best checkpoint on the test split at original resolution."""
+"""The evaluate stage: score the best checkpoint on the test split at original resolution.
+
+Also sweeps the foreground threshold on the validation split (for two classes this picks the
+best ``evaluate.threshold``; the test score at the configured threshold stays the headline) and
+writes the confusion matrix in the row layout of DVC's confusion templates.
+"""
 
 from __future__ import annotations
 
 import logging
+import math
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
 from segpipe import model_card
 from segpipe.config import Params
 from segpipe.dataset import read_split
+from segpipe.errors import SegpipeError
 from segpipe.files import atomic_save_image, atomic_write, write_json
-from segpipe.images import read_pair
+from segpipe.images import IGNORE, read_pair
 from segpipe.inference import Predictor
-from segpipe.metrics import SegmentationMetrics
+from segpipe.metrics import SegmentationMetrics, ThresholdSweep
 from segpipe.split import SPLITS
 
 log = logging.getLogger(__name__)
+
+CONFUSION_ROWS_PER_CLASS = 1000
+"""Rows per true class in the confusion CSV: DVC's templates count rows, so each true class's
+pixels are spread over 1000 rows in proportion (exact to 0.1% of the row)."""
+
+
+def _pairs(
+    frame: pd.DataFrame, batch_size: int, params: Params
+) -> Iterator[tuple[pd.DataFrame, list[tuple[np.ndarray, np.ndarray]]]]:
+    data = params.data
+    for start in range(0, len(frame), batch_size):
+        batch = frame.iloc[start : start + batch_size]
+        yield (
+            batch,
+            [
+                read_pair(Path(i), Path(m), data.num_classes, data.ignore_index)
+                for i, m in zip(batch["image"], batch["mask"], strict=True)
+            ],
+        )
+
+
+def foreground_fraction(labels: np.ndarray) -> float:
+    """Share of the non-ignored pixels that hold any foreground class."""
+    valid = labels != IGNORE
+    return float((labels[valid] > 0).mean()) if valid.any() else 0.0
+
+
+def threshold_sweep(predictor: Predictor, frame: pd.DataFrame, params: Params) -> ThresholdSweep:
+    """Foreground-vs-background counts at every threshold over the images of ``frame``."""
+    sweep = ThresholdSweep()
+    for _, pairs in _pairs(frame, params.evaluate.batch_size, params):
+        outputs = predictor.predict_with_probability([image for image, _ in pairs])
+        for (_, probability), (_, mask) in zip(outputs, pairs, strict=True):
+            sweep.update(probability, torch.from_numpy(mask))
+    return sweep
+
+
+def confusion_rows(confusion: np.ndarray, classes: list[str]) -> pd.DataFrame:
+    """One (actual, predicted) row per 1/1000 of each true class's pixels (largest remainder
+    rounding, so each true class has exactly 1000 rows); classes absent from the truth have
+    none."""
+    rows = []
+    for actual, counts in zip(classes, confusion, strict=True):
+        total = counts.sum()
+        if total == 0:
+            continue
+        share = counts / total * CONFUSION_ROWS_PER_CLASS
+        whole = np.floor(share).astype(int)
+        rest = CONFUSION_ROWS_PER_CLASS - whole.sum()
+        whole[np.argsort(-(share - whole), kind="stable")[:rest]] += 1
+        for predicted, n in zip(classes, whole, strict=True):
+            rows += [(actual, predicted)] * int(n)
+    return pd.DataFrame(rows, columns=["actual", "predicted"])
+
+
+def _json_ready(metrics: dict[str, float]) -> dict[str, float | None]:
+    """NaN (a class with nothing to score) becomes null: JSON has no NaN."""
+    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in metrics.items()}
 
 
 def run(
@@ -29,26 +96,30 @@ def run(
     per_image_path: Path,
     predictions_dir: Path,
     card_path: Path | None = None,
+    sweep_path: Path | None = None,
+    confusion_path: Path | None = None,
 ) -> dict[str, float]:
     """Write ``metrics_path`` (JSON), ``per_image_path`` (CSV), one predicted mask per test
-    image (``predictions_dir/<stem>.png``, at the image's own size) and the model card.
+    image (``predictions_dir/<stem>.png``, at the image's own size), the model card, the
+    validation threshold sweep (CSV) and the test confusion rows (CSV).
 
     Returns:
         The metrics written.
     """
     cfg = params.evaluate
+    classes = list(params.data.classes)
     predictor = Predictor(model_path, cfg.threshold)
+    if predictor.classes != classes:
+        raise SegpipeError(
+            f"{model_path}: trained for classes {predictor.classes}, but data.classes is "
+            f"{classes}; retrain it (dvc repro)"
+        )
     frame = read_split(splits_dir / "test.csv")
     start_time = time.perf_counter()
-    metrics = SegmentationMetrics(predictor.num_classes)
+    metrics = SegmentationMetrics(len(classes), cfg.include_background)
     rows = []
     predictions_dir.mkdir(parents=True, exist_ok=True)
-    for start in range(0, len(frame), cfg.batch_size):
-        batch = frame.iloc[start : start + cfg.batch_size]
-        pairs = [
-            read_pair(Path(i), Path(m), predictor.num_classes)
-            for i, m in zip(batch["image"], batch["mask"], strict=True)
-        ]
+    for batch, pairs in _pairs(frame, cfg.batch_size, params):
         preds = predictor.predict([image for image, _ in pairs])
         for pred, (_, mask), (_, row) in zip(preds, pairs, batch.iterrows(), strict=True):
             dice, iou = metrics.update(torch.from_numpy(pred)[None], torch.from_numpy(mask)[None])
@@ -60,29 +131,50 @@ def run(
                     "mask": row["mask"],
                     "dice": dice[0],
                     "iou": iou[0],
-                    "true_fg_fraction": float((mask > 0).mean()),
-                    "pred_fg_fraction": float((pred > 0).mean()),
+                    "true_fg_fraction": foreground_fraction(mask),
+                    "pred_fg_fraction": foreground_fraction(pred),
                 }
             )
     images_per_s = len(rows) / (time.perf_counter() - start_time)
     result = {
-        **metrics.compute(),
+        **metrics.compute(classes),
         **metrics.bootstrap_interval(seed=params.seed),
         "n_images": len(rows),
         "threshold": cfg.threshold,
     }
+    sweep = threshold_sweep(predictor, read_split(splits_dir / "val.csv"), params)
+    if len(classes) == 2:
+        best = sweep.best()
+        result["val_best_threshold"] = best["threshold"]
+        result["val_best_threshold_dice"] = best["dice"]
+    result = _json_ready(result)
+
     per_image = pd.DataFrame(rows)
     atomic_write(
         per_image_path, lambda tmp: per_image.to_csv(tmp, index=False, float_format="%.6f")
     )
+    if sweep_path is not None:
+        curve = pd.DataFrame(sweep.curve())
+        atomic_write(sweep_path, lambda tmp: curve.to_csv(tmp, index=False, float_format="%.6f"))
+    if confusion_path is not None:
+        confusion = confusion_rows(metrics.confusion.numpy(), classes)
+        atomic_write(confusion_path, lambda tmp: confusion.to_csv(tmp, index=False))
     write_json(metrics_path, result)
     if card_path is not None:
         counts = {name: len(read_split(splits_dir / f"{name}.csv")) for name in SPLITS}
-        model_card.write(card_path, params, result, predictor.meta, counts, images_per_s)
+        model_card.write(
+            card_path,
+            params,
+            result,
+            predictor.meta,
+            counts,
+            images_per_s,
+            metrics.confusion.numpy(),
+        )
     log.info(
         "test: dice %.4f, iou %.4f, pixel accuracy %.4f over %d images",
-        result["dice"],
-        result["iou"],
+        result["dice"] if result["dice"] is not None else float("nan"),
+        result["iou"] if result["iou"] is not None else float("nan"),
         result["pixel_accuracy"],
         len(rows),
     )

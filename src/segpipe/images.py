@@ -102,27 +102,45 @@ def mask_values(image: Image.Image) -> np.ndarray:
     return values.astype(np.uint8) if values.dtype == bool else values
 
 
-def to_class_indices(values: np.ndarray, num_classes: int, path: Path) -> np.ndarray:
-    """Raw mask values as HxW uint8 class indices.
+IGNORE = 255
+"""Class index of pixels left out of loss and metrics; ``data.ignore_index`` maps to it."""
 
-    Binary (two classes): 0/1 masks are kept, anything else is thresholded at 128, so 0/255
-    masks and slightly noisy JPEG masks both work. Multi-class masks must hold class indices.
+
+def to_class_indices(
+    values: np.ndarray, num_classes: int, path: Path, ignore_index: int | None = None
+) -> np.ndarray:
+    """Raw mask values as HxW uint8 class indices, with :data:`IGNORE` for ignored pixels.
+
+    Pixels equal to ``ignore_index`` become :data:`IGNORE`. Binary (two classes): 0/1 masks
+    are kept, anything else is thresholded at 128, so 0/255 masks and slightly noisy JPEG masks
+    both work. Multi-class masks must hold class indices (class-index or palette PNGs).
 
     Raises:
         SegpipeError: a multi-class mask holds values outside ``0..num_classes-1``.
     """
+    ignored = values == ignore_index if ignore_index is not None else None
+    kept = values[~ignored] if ignored is not None else values
     if num_classes == 2:
-        if values.max(initial=0) > 1:
-            return (values >= 128).astype(np.uint8)
-        return values.astype(np.uint8)
-    found = np.unique(values)
-    bad = found[(found < 0) | (found >= num_classes)]
-    if bad.size:
-        raise SegpipeError(
-            f"{path}: mask values {_short_list(bad)} fit none of the {num_classes} classes of "
-            f"data.classes (expected 0..{num_classes - 1}; the mask holds {_short_list(found)})"
-        )
-    return values.astype(np.uint8)
+        labels = values >= 128 if kept.max(initial=0) > 1 else values != 0
+        labels = labels.astype(np.uint8)
+    else:
+        found = np.unique(kept)
+        bad = found[(found < 0) | (found >= num_classes)]
+        if bad.size:
+            hint = (
+                "; if it marks pixels to leave out, set data.ignore_index to it"
+                if bad.size == 1 and ignore_index is None
+                else ""
+            )
+            raise SegpipeError(
+                f"{path}: mask values {_short_list(bad)} fit none of the {num_classes} classes "
+                f"of data.classes (expected 0..{num_classes - 1}; the mask holds "
+                f"{_short_list(np.unique(values))}){hint}"
+            )
+        labels = values.astype(np.uint8)
+    if ignored is not None:
+        labels[ignored] = IGNORE
+    return labels
 
 
 def _short_list(values: np.ndarray, limit: int = 10) -> str:
@@ -132,14 +150,17 @@ def _short_list(values: np.ndarray, limit: int = 10) -> str:
     return "[" + ", ".join(items) + "]"
 
 
-def read_mask(path: Path, num_classes: int) -> np.ndarray:
+def read_mask(path: Path, num_classes: int, ignore_index: int | None = None) -> np.ndarray:
     """A mask as HxW uint8 class indices (see :func:`to_class_indices`)."""
-    return to_class_indices(mask_values(open_image(path)), num_classes, path)
+    return to_class_indices(mask_values(open_image(path)), num_classes, path, ignore_index)
 
 
-def read_pair(image_path: Path, mask_path: Path, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """An image and its mask, checked to have the same size."""
-    image, mask = read_image(image_path), read_mask(mask_path, num_classes)
+def read_pair(
+    image_path: Path, mask_path: Path, num_classes: int, ignore_index: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """An image and its mask (class indices), checked to have the same size."""
+    image = read_image(image_path)
+    mask = read_mask(mask_path, num_classes, ignore_index)
     if image.shape[:2] != mask.shape:
         raise SegpipeError(
             f"{mask_path}: mask size {mask.shape[1]}x{mask.shape[0]} differs from "

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from segpipe.colours import mask_to_png
 from segpipe.dataset import build_transform, to_tensor
 from segpipe.engine import pick_device, predict_full_resolution, resolve_precision
 from segpipe.model import load_checkpoint
@@ -44,13 +45,30 @@ class Predictor:
     def predict(self, images: list[np.ndarray]) -> list[np.ndarray]:
         """Label maps at each image's own size: resize + ImageNet normalisation in, logits
         resized back bilinearly, then thresholded (one channel) or argmax (several)."""
+        return [labels for labels, _ in self._run(images, with_probability=False)]
+
+    def predict_with_probability(
+        self, images: list[np.ndarray]
+    ) -> list[tuple[np.ndarray, torch.Tensor]]:
+        """As :meth:`predict`, each label map with its foreground probability (H, W) float32."""
+        return self._run(images, with_probability=True)
+
+    def _run(self, images: list[np.ndarray], with_probability: bool) -> list:
         batch = torch.stack([to_tensor(self.transform(image=im)["image"]) for im in images])
         sizes = [im.shape[:2] for im in images]
-        labels = predict_full_resolution(
-            self.model, batch, sizes, self.threshold, self.device, self.dtype, self.channels_last
+        outputs = predict_full_resolution(
+            self.model,
+            batch,
+            sizes,
+            self.threshold,
+            self.device,
+            self.dtype,
+            self.channels_last,
+            with_probability,
         )
-        return [lab.numpy().astype(np.uint8) for lab in labels]
+        return [(labels.numpy().astype(np.uint8), prob) for labels, prob in outputs]
 
     def to_png(self, labels: np.ndarray) -> Image.Image:
-        """Binary masks as 0/255, multi-class ones as class indices."""
-        return Image.fromarray(labels * (255 if self.num_classes == 2 else 1))
+        """Binary masks as 0/255; multi-class ones as palette PNGs whose pixel values are the
+        class indices (and whose palette colours them for viewers)."""
+        return mask_to_png(labels, self.num_classes)

@@ -1,25 +1,38 @@
-"""Segmentation metrics: count tp/fp/fn/tn per class, then reduce. The only implementation.
+"""Segmentation metrics: count tp/fp/fn per class, then reduce. The only implementation.
 
 Used by validation during training and by the evaluate stage, so both report the same Dice.
+Pixels labelled :data:`~segpipe.images.IGNORE` in the truth are left out of every count.
 
-Reductions:
-- dataset level (``dice``, ``iou``, ``pixel_accuracy``): counts are summed over every pixel of
-  every image first, then reduced once (per class, then averaged over the foreground classes;
-  for binary that is the foreground class alone);
-- per image (``dice_per_image``, ``iou_per_image``): each image's foreground counts give one
-  score, and the scores are averaged. An image whose truth and prediction are both empty
-  scores 1.0 (a correct "nothing here"); one with an empty truth and any predicted foreground
-  scores 0.0.
+Per class c (counts summed over every pixel of every image, "dataset level"):
+  dice/c = 2tp / (2tp + fp + fn), iou/c = tp / (tp + fp + fn),
+  precision/c = tp / (tp + fp), recall/c = tp / (tp + fn).
+A class absent from both truth and prediction (tp + fp + fn = 0) has no score (NaN, written as
+null) and is left out of the means; otherwise a 0/0 precision or recall is 0.
+
+Reductions over the "averaged classes" (the foreground classes, or all classes with
+``include_background``; for two classes without background that is the foreground alone):
+- ``dice``, ``iou``, ``precision``, ``recall``: the mean of the per-class scores (macro);
+- ``dice_micro``, ``iou_micro``: tp, fp and fn summed over the averaged classes, then one score;
+- ``dice_per_image``, ``iou_per_image`` (imagewise): each image's tp, fp and fn summed over the
+  averaged classes give one score per image, and the scores are averaged over images. An image
+  with nothing to find and nothing predicted scores 1.0 (a correct "nothing here");
+- ``pixel_accuracy``: the share of (non-ignored) pixels whose class is right.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 
+from segpipe.images import IGNORE
+
+SCORES = ("dice", "iou", "precision", "recall")
+
 
 def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Per-image confusion matrices.
+    """Per-image confusion matrices; target pixels equal to IGNORE are not counted.
 
     Shape:
         pred, target: (B, H, W) integer class indices.
@@ -27,11 +40,13 @@ def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int)
     """
     if pred.shape != target.shape:
         raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} differ")
-    batch = pred.shape[0]
-    flat = target.reshape(batch, -1).long() * num_classes + pred.reshape(batch, -1).long()
-    offsets = torch.arange(batch, device=flat.device).unsqueeze(1) * num_classes**2
-    counts = torch.bincount((flat + offsets).reshape(-1), minlength=batch * num_classes**2)
-    return counts.reshape(batch, num_classes, num_classes)
+    batch, cells = pred.shape[0], num_classes**2
+    target, pred = target.reshape(batch, -1).long(), pred.reshape(batch, -1).long()
+    # Ignored pixels go to an extra bin per image, dropped below.
+    flat = torch.where(target == IGNORE, cells, target * num_classes + pred)
+    offsets = torch.arange(batch, device=flat.device).unsqueeze(1) * (cells + 1)
+    counts = torch.bincount((flat + offsets).reshape(-1), minlength=batch * (cells + 1))
+    return counts.reshape(batch, cells + 1)[:, :cells].reshape(batch, num_classes, num_classes)
 
 
 def stat_scores(confusion: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -43,33 +58,58 @@ def stat_scores(confusion: torch.Tensor) -> tuple[torch.Tensor, ...]:
     return tp, fp, fn, tn
 
 
+def _ratio(num: torch.Tensor, den: torch.Tensor, empty: float) -> torch.Tensor:
+    num, den = num.double(), den.double()
+    return torch.where(den > 0, num / den.clamp(min=1), torch.full_like(den, empty))
+
+
 def dice_score(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor) -> torch.Tensor:
     """2tp / (2tp + fp + fn); 1.0 where truth and prediction are both empty."""
-    tp, fp, fn = tp.double(), fp.double(), fn.double()
-    denom = 2 * tp + fp + fn
-    return torch.where(denom > 0, 2 * tp / denom.clamp(min=1), torch.ones_like(denom))
+    return _ratio(2 * tp, 2 * tp + fp + fn, 1.0)
 
 
 def iou_score(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor) -> torch.Tensor:
     """tp / (tp + fp + fn); 1.0 where truth and prediction are both empty."""
-    tp, fp, fn = tp.double(), fp.double(), fn.double()
-    denom = tp + fp + fn
-    return torch.where(denom > 0, tp / denom.clamp(min=1), torch.ones_like(denom))
+    return _ratio(tp, tp + fp + fn, 1.0)
 
 
-def _per_image_scores(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-image Dice and IoU from (N, C, 3) tp/fp/fn counts, summed over foreground classes."""
-    tp, fp, fn = (counts[:, 1:, k].sum(-1) for k in range(3))
-    return dice_score(tp, fp, fn), iou_score(tp, fp, fn)
+def class_scores(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Dice, IoU, precision and recall per class (last dim); NaN for a class absent from both
+    truth and prediction, 0 for any other 0/0 (see the module docstring)."""
+    absent = (tp + fp + fn) == 0
+    nan = float("nan")
+    scores = {
+        "dice": dice_score(tp, fp, fn),
+        "iou": iou_score(tp, fp, fn),
+        "precision": _ratio(tp, tp + fp, 0.0),
+        "recall": _ratio(tp, tp + fn, 0.0),
+    }
+    return {name: torch.where(absent, nan, value) for name, value in scores.items()}
+
+
+def _nanmean(values: torch.Tensor) -> torch.Tensor:
+    """Mean over the last dim, skipping NaN (NaN if all are)."""
+    return values.nanmean(dim=-1)
 
 
 class SegmentationMetrics:
-    """Accumulates counts over a whole dataset; :meth:`compute` reduces them once."""
+    """Accumulates counts over a whole dataset; :meth:`compute` reduces them once.
 
-    def __init__(self, num_classes: int) -> None:
+    Args:
+        num_classes: classes including background (class 0).
+        include_background: average class 0 into the means too.
+    """
+
+    def __init__(self, num_classes: int, include_background: bool = False) -> None:
         self.num_classes = num_classes
+        self.first = 0 if include_background else 1  # the averaged classes are first..C-1
         self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
         self.image_counts: list[np.ndarray] = []  # (C, 3): tp, fp, fn of each class, per image
+
+    def _per_image(self, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-image Dice and IoU from (N, C, 3) counts summed over the averaged classes."""
+        tp, fp, fn = (counts[:, self.first :, k].sum(-1) for k in range(3))
+        return dice_score(tp, fp, fn), iou_score(tp, fp, fn)
 
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> tuple[list[float], list[float]]:
         """Add a batch of label maps (B, H, W). Returns the batch's per-image Dice and IoU."""
@@ -78,7 +118,7 @@ class SegmentationMetrics:
         tp, fp, fn, _ = stat_scores(confusion)
         counts = torch.stack([tp, fp, fn], dim=-1)
         self.image_counts += list(counts.numpy())
-        dice, iou = _per_image_scores(counts)
+        dice, iou = self._per_image(counts)
         return dice.tolist(), iou.tolist()
 
     def merge_processes(self) -> None:
@@ -89,28 +129,32 @@ class SegmentationMetrics:
         self.confusion = sum_over_ranks(self.confusion)
         self.image_counts = gather_lists(self.image_counts)
 
-    def compute(self) -> dict[str, float]:
-        """Dataset-level and per-image scores (see the module docstring)."""
+    def compute(self, class_names: Sequence[str] | None = None) -> dict[str, float]:
+        """The reductions of the module docstring; with ``class_names``, also the per-class
+        scores as flat keys such as ``iou/road``."""
         tp, fp, fn, _ = stat_scores(self.confusion)
+        per_class = class_scores(tp, fp, fn)
+        averaged = slice(self.first, None)
+        out = {name: _nanmean(per_class[name][averaged]).item() for name in SCORES}
+        sums = [x[averaged].sum() for x in (tp, fp, fn)]
+        out["dice_micro"] = class_scores(*sums)["dice"].item()
+        out["iou_micro"] = class_scores(*sums)["iou"].item()
         total = self.confusion.sum().item()
-        nan = float("nan")
+        out["pixel_accuracy"] = self.confusion.trace().item() / total if total else float("nan")
         if self.image_counts:
-            dice, iou = _per_image_scores(torch.from_numpy(np.stack(self.image_counts)))
-            dice_per_image, iou_per_image = dice.mean().item(), iou.mean().item()
+            dice, iou = self._per_image(torch.from_numpy(np.stack(self.image_counts)))
+            out["dice_per_image"], out["iou_per_image"] = dice.mean().item(), iou.mean().item()
         else:
-            dice_per_image = iou_per_image = nan
-        return {
-            "dice": dice_score(tp, fp, fn)[1:].mean().item(),
-            "iou": iou_score(tp, fp, fn)[1:].mean().item(),
-            "pixel_accuracy": self.confusion.trace().item() / total if total else nan,
-            "dice_per_image": dice_per_image,
-            "iou_per_image": iou_per_image,
-        }
+            out["dice_per_image"] = out["iou_per_image"] = float("nan")
+        for name in SCORES if class_names is not None else ():
+            for c, class_name in enumerate(class_names):
+                out[f"{name}/{class_name}"] = per_class[name][c].item()
+        return out
 
     def bootstrap_interval(
         self, resamples: int = 1000, seed: int = 0, level: float = 0.95
     ) -> dict[str, float]:
-        """Percentile bootstrap interval of the dataset-level Dice and IoU over images.
+        """Percentile bootstrap interval of the dataset-level mean Dice and IoU over images.
 
         Images are drawn with replacement ``resamples`` times; each draw's counts are summed and
         reduced exactly like :meth:`compute`. Seeded, so the interval is reproducible.
@@ -118,18 +162,71 @@ class SegmentationMetrics:
         counts = np.stack(self.image_counts).astype(np.int64)  # (N, C, 3)
         n = len(counts)
         rng = np.random.default_rng(seed)
-        dice, iou = [], []
+        draws_by_name: dict[str, list[float]] = {"dice": [], "iou": []}
         for start in range(0, resamples, 100):  # chunks bound memory for large test sets
             draws = min(100, resamples - start)
             weights = rng.multinomial(n, np.full(n, 1.0 / n), size=draws)  # (R, N)
             sums = torch.from_numpy(np.einsum("rn,nck->rck", weights, counts))
-            tp, fp, fn = sums[..., 0], sums[..., 1], sums[..., 2]
-            dice += dice_score(tp, fp, fn)[:, 1:].mean(-1).tolist()
-            iou += iou_score(tp, fp, fn)[:, 1:].mean(-1).tolist()
+            scores = class_scores(sums[..., 0], sums[..., 1], sums[..., 2])
+            for name, values in draws_by_name.items():
+                values += _nanmean(scores[name][:, self.first :]).tolist()
         tail = (1 - level) / 2 * 100
         pct = int(round(level * 100))
         out = {}
-        for name, values in (("dice", dice), ("iou", iou)):
+        for name, values in draws_by_name.items():
             low, high = np.percentile(values, [tail, 100 - tail])
             out[f"{name}_ci{pct}_low"], out[f"{name}_ci{pct}_high"] = float(low), float(high)
         return out
+
+
+class ThresholdSweep:
+    """Foreground-vs-background counts at every threshold in 0.01..0.99, from probabilities.
+
+    Each pixel's foreground probability is bucketed once, so the counts at every threshold are
+    exact for the rule ``probability > threshold`` that prediction uses.
+    """
+
+    THRESHOLDS = tuple(round(0.01 * k, 2) for k in range(1, 100))
+
+    def __init__(self) -> None:
+        self._edges = torch.tensor(self.THRESHOLDS, dtype=torch.float32)
+        size = len(self.THRESHOLDS) + 1
+        self.positive = torch.zeros(size, dtype=torch.int64)  # by number of thresholds below p
+        self.negative = torch.zeros(size, dtype=torch.int64)
+
+    def update(self, probability: torch.Tensor, target: torch.Tensor) -> None:
+        """Add one image: foreground probability (H, W) float32 and class indices (H, W)."""
+        valid = target != IGNORE
+        # bucketize: the number of thresholds strictly below p, so p > t_k  <=>  bucket > k.
+        bucket = torch.bucketize(probability[valid].float(), self._edges, right=False)
+        truth = target[valid] > 0
+        size = len(self.positive)
+        self.positive += torch.bincount(bucket[truth], minlength=size)
+        self.negative += torch.bincount(bucket[~truth], minlength=size)
+
+    def curve(self) -> list[dict[str, float]]:
+        """Rows of threshold, precision, recall, dice and iou. Precision is 1.0 where nothing
+        is predicted (the usual end point of a precision-recall curve)."""
+        # predicted positive at threshold k: bucket >= k + 1 (a suffix sum)
+        tp = self.positive.flip(0).cumsum(0).flip(0)[1:]
+        fp = self.negative.flip(0).cumsum(0).flip(0)[1:]
+        fn = self.positive.sum() - tp
+        precision = _ratio(tp, tp + fp, 1.0)
+        recall = _ratio(tp, tp + fn, 0.0)
+        dice, iou = dice_score(tp, fp, fn), iou_score(tp, fp, fn)
+        return [
+            {
+                "threshold": t,
+                "precision": precision[k].item(),
+                "recall": recall[k].item(),
+                "dice": dice[k].item(),
+                "iou": iou[k].item(),
+            }
+            for k, t in enumerate(self.THRESHOLDS)
+        ]
+
+    def best(self) -> dict[str, float]:
+        """The threshold with the highest Dice (the lowest such threshold on ties)."""
+        rows = self.curve()
+        top = max(rows, key=lambda r: (r["dice"], -r["threshold"]))
+        return {"threshold": top["threshold"], "dice": top["dice"]}

@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from segpipe.config import Params, to_dict
@@ -55,8 +56,10 @@ def write(
     checkpoint: dict[str, Any],
     split_counts: dict[str, int],
     eval_images_per_s: float,
+    confusion: np.ndarray | None = None,
 ) -> None:
-    """Write the card as markdown, atomically."""
+    """Write the card as markdown, atomically. ``confusion``: test pixel counts (C, C), rows
+    the true class."""
     config = checkpoint["model_config"]
     d = params.data
     source = {
@@ -68,6 +71,8 @@ def write(
     rows = [
         ("Dice (dataset-level)", m["dice"], m.get("dice_ci95_low"), m.get("dice_ci95_high")),
         ("IoU (dataset-level)", m["iou"], m.get("iou_ci95_low"), m.get("iou_ci95_high")),
+        ("Precision (dataset-level)", m["precision"], None, None),
+        ("Recall (dataset-level)", m["recall"], None, None),
         ("Pixel accuracy", m["pixel_accuracy"], None, None),
         ("Dice (mean per image)", m["dice_per_image"], None, None),
         ("IoU (mean per image)", m["iou_per_image"], None, None),
@@ -75,6 +80,48 @@ def write(
 
     def interval(low: float | None, high: float | None) -> str:
         return f"{low:.4f} - {high:.4f}" if low is not None and high is not None else ""
+
+    def number(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.4f}"
+
+    classes = list(config["classes"])
+    averaged = "all classes" if params.evaluate.include_background else "the foreground classes"
+    threshold_note = (
+        [
+            f"- Threshold sweep on the validation split: the best threshold is "
+            f"{m['val_best_threshold']} (validation Dice {m['val_best_threshold_dice']:.4f}); "
+            f"the test scores above use the configured {m['threshold']}.",
+        ]
+        if "val_best_threshold" in m
+        else []
+    )
+    per_class = [
+        "",
+        "### Per class (dataset level; n/a: class absent from truth and prediction)",
+        "",
+        "| class | Dice | IoU | precision | recall |",
+        "|---|---:|---:|---:|---:|",
+        *(
+            f"| {c} | {number(m.get(f'dice/{c}'))} | {number(m.get(f'iou/{c}'))} | "
+            f"{number(m.get(f'precision/{c}'))} | {number(m.get(f'recall/{c}'))} |"
+            for c in classes
+        ),
+    ]
+    confusion_table = (
+        [
+            "",
+            "### Confusion matrix (test pixels; rows: truth, columns: prediction)",
+            "",
+            "| truth \\ prediction | " + " | ".join(classes) + " |",
+            "|---|" + "---:|" * len(classes),
+            *(
+                f"| {c} | " + " | ".join(str(int(v)) for v in row) + " |"
+                for c, row in zip(classes, confusion, strict=True)
+            ),
+        ]
+        if confusion is not None
+        else []
+    )
 
     lines = [
         f"# Model card: {config['arch']} / {config['encoder']}",
@@ -98,7 +145,16 @@ def write(
         "",
         "| metric | value | 95% interval |",
         "|---|---:|---:|",
-        *(f"| {name} | {value:.4f} | {interval(low, high)} |" for name, value, low, high in rows),
+        *(
+            f"| {name} | {number(value)} | {interval(low, high)} |"
+            for name, value, low, high in rows
+        ),
+        "",
+        f"Means are over {averaged} (`evaluate.include_background: "
+        f"{str(params.evaluate.include_background).lower()}`).",
+        *threshold_note,
+        *per_class,
+        *confusion_table,
         "",
         "## Cost",
         f"- Training: {checkpoint.get('train_images_per_s', float('nan')):.1f} images/s "

@@ -1,4 +1,5 @@
-"""The plot stage: a picture grid of image | prediction | ground truth, and training curves."""
+"""The plot stage: the image | prediction | ground truth grid, the worst test images with their
+errors coloured, the per-image Dice histogram, and the training curves."""
 
 from __future__ import annotations
 
@@ -9,12 +10,15 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from segpipe.colours import colourize  # noqa: E402
+from segpipe.config import PlotConfig  # noqa: E402
 from segpipe.dataset import read_split  # noqa: E402
 from segpipe.errors import SegpipeError  # noqa: E402
 from segpipe.files import atomic_write  # noqa: E402
-from segpipe.images import read_gray, read_image  # noqa: E402
+from segpipe.images import IGNORE, read_image, read_mask  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +35,41 @@ def _save(fig: plt.Figure, path: Path) -> None:
     plt.close(fig)
 
 
-def prediction_grid(test_csv: Path, predictions_dir: Path, n_samples: int, out_path: Path) -> int:
+ERROR_COLOURS = {"TP": (44, 160, 44), "FP": (214, 39, 40), "FN": (31, 119, 180)}
+
+
+def _labels(path: Path, num_classes: int, ignore_index: int | None = None) -> np.ndarray:
+    if not path.exists():
+        raise SegpipeError(f"{path}: prediction not found (run the evaluate stage first)")
+    return read_mask(path, num_classes, ignore_index)
+
+
+def error_overlay(
+    image: np.ndarray, truth: np.ndarray, pred: np.ndarray, alpha: float = 0.55
+) -> np.ndarray:
+    """The image tinted by outcome: TP green (right foreground class), FP red (foreground
+    predicted where the truth is background or another class), FN blue (foreground predicted
+    as background). Background hits and ignored pixels stay untinted."""
+    valid = truth != IGNORE
+    outcome = {
+        "TP": valid & (truth > 0) & (pred == truth),
+        "FP": valid & (pred > 0) & (pred != truth),
+        "FN": valid & (truth > 0) & (pred == 0),
+    }
+    out = image.astype(np.float32)
+    for name, where in outcome.items():
+        out[where] = (1 - alpha) * out[where] + alpha * np.array(ERROR_COLOURS[name], np.float32)
+    return out.clip(0, 255).astype(np.uint8)
+
+
+def prediction_grid(
+    test_csv: Path,
+    predictions_dir: Path,
+    n_samples: int,
+    out_path: Path,
+    num_classes: int = 2,
+    ignore_index: int | None = None,
+) -> int:
     """Draw the first ``n_samples`` test images: image | prediction | ground truth.
 
     Returns:
@@ -40,23 +78,79 @@ def prediction_grid(test_csv: Path, predictions_dir: Path, n_samples: int, out_p
     frame = read_split(test_csv).head(n_samples)
     fig, axes = plt.subplots(len(frame), 3, figsize=(9, 3 * len(frame)), squeeze=False)
     for row, (_, item) in zip(axes, frame.iterrows(), strict=True):
-        prediction = predictions_dir / f"{item['stem']}.png"
-        if not prediction.exists():
-            raise SegpipeError(f"{prediction}: prediction not found (run the evaluate stage first)")
+        pred = _labels(predictions_dir / f"{item['stem']}.png", num_classes)
+        truth = read_mask(Path(item["mask"]), num_classes, ignore_index)
         panels = (
             read_image(Path(item["image"])),
-            read_gray(prediction),
-            read_gray(Path(item["mask"])),
+            colourize(pred, num_classes),
+            colourize(truth, num_classes),
         )
         for ax, panel, title in zip(
             row, panels, ("image", "prediction", "ground truth"), strict=True
         ):
-            ax.imshow(panel, cmap=None if panel.ndim == 3 else "gray", interpolation="nearest")
+            ax.imshow(panel, interpolation="nearest")
             ax.set_title(f"{title}: {item['stem']}" if title == "image" else title, fontsize=9)
             ax.axis("off")
     fig.tight_layout()
     _save(fig, out_path)
     return len(frame)
+
+
+def worst_gallery(
+    per_image_csv: Path,
+    predictions_dir: Path,
+    n_worst: int,
+    out_path: Path,
+    num_classes: int = 2,
+    ignore_index: int | None = None,
+) -> list[str]:
+    """The ``n_worst`` test images by per-image Dice: image | ground truth | prediction |
+    TP/FP/FN overlay. Returns their stems, worst first."""
+    frame = _read_per_image(per_image_csv)
+    worst = frame.sort_values(["dice", "stem"], kind="stable").head(n_worst)
+    fig, axes = plt.subplots(len(worst), 4, figsize=(12, 3 * len(worst)), squeeze=False)
+    for row, (_, item) in zip(axes, worst.iterrows(), strict=True):
+        image = read_image(Path(item["image"]))
+        truth = read_mask(Path(item["mask"]), num_classes, ignore_index)
+        pred = _labels(predictions_dir / f"{item['stem']}.png", num_classes)
+        panels = (
+            (image, f"{item['stem']}: Dice {item['dice']:.3f}"),
+            (colourize(truth, num_classes), "ground truth"),
+            (colourize(pred, num_classes), "prediction"),
+            (error_overlay(image, truth, pred), "TP green, FP red, FN blue"),
+        )
+        for ax, (panel, title) in zip(row, panels, strict=True):
+            ax.imshow(panel, interpolation="nearest")
+            ax.set_title(title, fontsize=9)
+            ax.axis("off")
+    fig.tight_layout()
+    _save(fig, out_path)
+    return worst["stem"].tolist()
+
+
+def dice_histogram(per_image_csv: Path, out_path: Path) -> None:
+    """Histogram of per-image Dice over the test images, with its mean."""
+    dice = _read_per_image(per_image_csv)["dice"]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.hist(dice, bins=np.linspace(0, 1, 21), color="#1f77b4", edgecolor="white")
+    ax.axvline(dice.mean(), color="#d62728", linestyle="--", label=f"mean {dice.mean():.3f}")
+    ax.set_xlabel("per-image Dice")
+    ax.set_ylabel("test images")
+    ax.set_title(f"Per-image Dice over {len(dice)} test images")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, out_path)
+
+
+def _read_per_image(path: Path) -> pd.DataFrame:
+    try:
+        frame = pd.read_csv(path)
+    except FileNotFoundError:
+        raise SegpipeError(f"{path}: per-image scores not found (run the evaluate stage)") from None
+    missing = {"stem", "image", "mask", "dice"} - set(frame.columns)
+    if missing:
+        raise SegpipeError(f"{path}: missing column(s) {sorted(missing)}")
+    return frame
 
 
 def training_curves(live_dir: Path, out_path: Path) -> None:
@@ -79,9 +173,40 @@ def training_curves(live_dir: Path, out_path: Path) -> None:
 
 
 def run(
-    n_samples: int, test_csv: Path, predictions_dir: Path, live_dir: Path, out_dir: Path
+    cfg: PlotConfig,
+    test_csv: Path,
+    per_image_csv: Path,
+    predictions_dir: Path,
+    live_dir: Path,
+    out_dir: Path,
+    num_classes: int = 2,
+    ignore_index: int | None = None,
 ) -> None:
-    """Write ``predictions.png`` and ``training_curves.png`` to ``out_dir``."""
-    drawn = prediction_grid(test_csv, predictions_dir, n_samples, out_dir / "predictions.png")
+    """Write ``predictions.png``, ``worst.png``, ``dice_histogram.png`` and
+    ``training_curves.png`` to ``out_dir``."""
+    drawn = prediction_grid(
+        test_csv,
+        predictions_dir,
+        cfg.n_samples,
+        out_dir / "predictions.png",
+        num_classes,
+        ignore_index,
+    )
+    worst = worst_gallery(
+        per_image_csv,
+        predictions_dir,
+        cfg.n_worst,
+        out_dir / "worst.png",
+        num_classes,
+        ignore_index,
+    )
+    dice_histogram(per_image_csv, out_dir / "dice_histogram.png")
     training_curves(live_dir, out_dir / "training_curves.png")
-    log.info("plotted %d test images and the training curves to %s", drawn, out_dir)
+    log.info(
+        "plotted %d test images, the %d worst (%s), the per-image Dice histogram and the "
+        "training curves to %s",
+        drawn,
+        len(worst),
+        ", ".join(worst),
+        out_dir,
+    )

@@ -9,14 +9,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from segpipe.colours import palette
 from segpipe.errors import SegpipeError
 from segpipe.files import atomic_save_image
 from segpipe.images import IMAGE_EXTENSIONS, image_files, read_image
 from segpipe.inference import Predictor
 
 log = logging.getLogger(__name__)
-
-OVERLAY_COLOUR = np.array([255, 0, 0], dtype=np.float32)
 
 
 def list_inputs(path: Path) -> list[Path]:
@@ -31,11 +30,14 @@ def list_inputs(path: Path) -> list[Path]:
     return files
 
 
-def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.45) -> Image.Image:
-    """The image with its foreground tinted red."""
+def overlay(
+    image: np.ndarray, labels: np.ndarray, num_classes: int = 2, alpha: float = 0.45
+) -> Image.Image:
+    """The image with each foreground class tinted in its colour (red for binary)."""
+    colours = palette(max(num_classes, 2)).astype(np.float32)
     out = image.astype(np.float32)
     fg = labels > 0
-    out[fg] = (1 - alpha) * out[fg] + alpha * OVERLAY_COLOUR
+    out[fg] = (1 - alpha) * out[fg] + alpha * colours[labels[fg]]
     return Image.fromarray(out.clip(0, 255).astype(np.uint8))
 
 
@@ -84,7 +86,10 @@ def run(
         ):
             atomic_save_image(predictor.to_png(labels), out_dir / f"{path.stem}.png")
             if with_overlay:
-                atomic_save_image(overlay(image, labels), out_dir / f"{path.stem}_overlay.png")
+                atomic_save_image(
+                    overlay(image, labels, predictor.num_classes),
+                    out_dir / f"{path.stem}_overlay.png",
+                )
             written += 1
     seconds = time.perf_counter() - start
     log.info(

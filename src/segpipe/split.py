@@ -99,7 +99,12 @@ def validate_pairs(frame: pd.DataFrame, check: DatasetCheck) -> pd.DataFrame:
 
 
 def run(
-    cfg: SplitConfig, seed: int, raw_dir: Path, out_dir: Path, num_classes: int = 2
+    cfg: SplitConfig,
+    seed: int,
+    raw_dir: Path,
+    out_dir: Path,
+    num_classes: int = 2,
+    ignore_index: int | None = None,
 ) -> dict[str, int]:
     """Write ``train.csv``, ``val.csv``, ``test.csv``, ``report.json`` and ``report.md`` to
     ``out_dir`` (replaced as a whole); no image is copied.
@@ -110,7 +115,7 @@ def run(
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     if raw_dir.resolve().is_relative_to(out_dir.resolve()):
         raise SegpipeError(f"{out_dir}: the output folder would replace the dataset {raw_dir}")
-    check = DatasetCheck(num_classes)
+    check = DatasetCheck(num_classes, ignore_index)
     frame = validate_pairs(pair_files(raw_dir, check), check)
     skipped = f"{len(check.skipped)} file(s) skipped, see the warnings above"
     if frame.empty:

@@ -4,6 +4,10 @@ Foreground objects are filled shapes (ellipses, rotated boxes, triangles, blobs)
 colour and texture. The background is cluttered on purpose: colour gradients, soft blotches,
 thin lines, outlined rings and sensor noise, so the model must learn shape and edges rather
 than "anything that is not flat". Some images hold no object at all.
+
+With two classes the mask is 0/255 (any shape is foreground). With N > 2 classes (at most 5)
+it holds class indices: class k (1..N-1) is the k-th shape kind (ellipse, box, triangle, blob),
+so the model must tell shapes apart, not only find them.
 """
 
 from __future__ import annotations
@@ -15,16 +19,21 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from segpipe.config import SyntheticConfig
+from segpipe.errors import SegpipeError
 from segpipe.files import atomic_save_image
 
 log = logging.getLogger(__name__)
 
 
-def generate(out_dir: Path, cfg: SyntheticConfig, seed: int) -> int:
+SHAPE_KINDS = ("ellipse", "box", "triangle", "blob")
+
+
+def generate(out_dir: Path, cfg: SyntheticConfig, seed: int, num_classes: int = 2) -> int:
     """Write ``cfg.n_images`` pairs to ``out_dir/images/*.png`` and ``out_dir/masks/*.png``.
 
-    Masks are 8-bit PNGs with 0 = background and 255 = foreground. The output depends only
-    on ``cfg`` and ``seed``: each image has its own generator seeded from ``(seed, index)``.
+    Masks are 8-bit PNGs: 0 = background and 255 = foreground for two classes, class indices
+    for more. The output depends only on ``cfg``, ``seed`` and ``num_classes``: each image has
+    its own generator seeded from ``(seed, index)``.
 
     Returns:
         The number of pairs written.
@@ -34,24 +43,32 @@ def generate(out_dir: Path, cfg: SyntheticConfig, seed: int) -> int:
     masks.mkdir(parents=True, exist_ok=True)
     for i in range(cfg.n_images):
         rng = np.random.default_rng([seed, i])
-        image, mask = make_pair(rng, cfg)
+        image, mask = make_pair(rng, cfg, num_classes)
         atomic_save_image(Image.fromarray(image), images / f"syn_{i:05d}.png")
         atomic_save_image(Image.fromarray(mask), masks / f"syn_{i:05d}.png")
     log.info("wrote %d synthetic pairs to %s", cfg.n_images, out_dir)
     return cfg.n_images
 
 
-def make_pair(rng: np.random.Generator, cfg: SyntheticConfig) -> tuple[np.ndarray, np.ndarray]:
-    """One image (HxWx3 uint8) and its mask (HxW uint8, 0/255)."""
+def make_pair(
+    rng: np.random.Generator, cfg: SyntheticConfig, num_classes: int = 2
+) -> tuple[np.ndarray, np.ndarray]:
+    """One image (HxWx3 uint8) and its mask (HxW uint8: 0/255, or class indices)."""
+    if not 2 <= num_classes <= len(SHAPE_KINDS) + 1:
+        raise SegpipeError(
+            f"data.classes: synthetic data has at most {len(SHAPE_KINDS)} shape classes "
+            f"(+ background), got {num_classes} classes"
+        )
+    kinds = len(SHAPE_KINDS) if num_classes == 2 else num_classes - 1
     h, w = (int(v) for v in rng.integers(cfg.min_size, cfg.max_size + 1, size=2))
     image = _background(rng, h, w)
     mask = np.zeros((h, w), dtype=np.uint8)
     n_objects = 0 if rng.random() < cfg.empty_fraction else int(rng.integers(1, 5))
     for _ in range(n_objects):
-        shape = _shape_mask(rng, h, w)
+        shape, kind = _shape_mask(rng, h, w, kinds)
         texture = _texture(rng, h, w, avoid=image[shape].mean(axis=0) if shape.any() else None)
         image = np.where(shape[..., None], texture, image)
-        mask[shape] = 255
+        mask[shape] = 255 if num_classes == 2 else kind + 1
     noise = rng.normal(0.0, rng.uniform(4.0, 14.0), size=image.shape)
     image = np.clip(image + noise, 0, 255).astype(np.uint8)
     return image, mask
@@ -97,12 +114,13 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return np.asarray(clutter, dtype=np.float32)
 
 
-def _shape_mask(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+def _shape_mask(rng: np.random.Generator, h: int, w: int, kinds: int) -> tuple[np.ndarray, int]:
+    """A filled shape of one of the first ``kinds`` of SHAPE_KINDS, and its kind."""
     canvas = Image.new("L", (w, h), 0)
     draw = ImageDraw.Draw(canvas)
     size = rng.uniform(0.08, 0.35) * min(h, w)
     cx, cy = rng.uniform(0.1 * w, 0.9 * w), rng.uniform(0.1 * h, 0.9 * h)
-    kind = rng.integers(0, 4)
+    kind = int(rng.integers(0, kinds))
     if kind == 0:  # ellipse
         rx, ry = size * rng.uniform(0.5, 1.0), size * rng.uniform(0.5, 1.0)
         draw.ellipse([cx - rx, cy - ry, cx + rx, cy + ry], fill=255)
@@ -121,7 +139,7 @@ def _shape_mask(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
         rot = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
         points = corners @ rot.T + [cx, cy]
         draw.polygon([tuple(p) for p in points], fill=255)
-    return np.asarray(canvas) > 127
+    return np.asarray(canvas) > 127, kind
 
 
 def _texture(rng: np.random.Generator, h: int, w: int, avoid: np.ndarray | None) -> np.ndarray:

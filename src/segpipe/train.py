@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import resource
 import sys
 import time
@@ -57,6 +58,13 @@ def trim_history(live_dir: Path, epochs: int) -> None:
         column = lines[0].rstrip("\n").split("\t").index("step")
         kept = [lines[0]] + [ln for ln in lines[1:] if int(ln.split("\t")[column]) < epochs]
         atomic_write(tsv, lambda tmp, kept=kept: tmp.write_text("".join(kept)))
+
+
+def _selection_score(metrics: dict[str, float]) -> float:
+    """Validation Dice for choosing the best epoch; a NaN (no foreground in truth or
+    prediction anywhere) ranks below every score."""
+    dice = metrics["dice"]
+    return -1.0 if math.isnan(dice) else dice  # best starts at -inf: epoch 1 is always kept
 
 
 def peak_rss_mb() -> float:
@@ -170,7 +178,7 @@ def _fit(
         model = DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None, static_graph=True
         )
-    loss_fn = build_loss(t.loss, num_classes)
+    loss_fn = build_loss(t.loss, num_classes, t.class_weights)
     optimizer = torch.optim.Adam(model.parameters(), lr=t.lr)
     # Stepped once per epoch: lr follows a half cosine from train.lr down to 0 at the last epoch.
     scheduler = (
@@ -203,7 +211,7 @@ def _fit(
     data_files = [*cache_paths(cache_dir, "train"), *cache_paths(cache_dir, "val")]
     run_id = resume.fingerprint(params, data_files) if resume_path else ""
     state = resume.load(resume_path, run_id) if resume_path else None
-    best: dict[str, float] = {"dice": -1.0}
+    best: dict[str, float] = {"dice": -math.inf}
     done = 0  # completed epochs
     if state is not None and state["epoch"] < t.epochs:
         unwrap(model).load_state_dict(state["model"])
@@ -274,7 +282,7 @@ def _fit(
                 val["dice"],
                 seconds,
             )
-            if val["dice"] > best["dice"]:
+            if _selection_score(val) > _selection_score(best):
                 best = {**val, "epoch": epoch}
                 if ctx.is_main:
                     save_checkpoint(

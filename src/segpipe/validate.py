@@ -15,7 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from segpipe.images import UnreadableImageError, mask_values, open_image, to_class_indices
+from segpipe.images import (
+    IGNORE,
+    UnreadableImageError,
+    mask_values,
+    open_image,
+    to_class_indices,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +44,10 @@ class Skipped:
 class DatasetCheck:
     """Validates pairs one at a time and gathers the statistics of the valid ones."""
 
-    def __init__(self, num_classes: int) -> None:
+    def __init__(self, num_classes: int, ignore_index: int | None = None) -> None:
         self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self._class_pixels = np.zeros(IGNORE + 1, dtype=np.int64)
         self.n_images = self.n_masks = 0
         self.skipped: list[Skipped] = []
         self.heights: list[int] = []
@@ -75,7 +83,7 @@ class DatasetCheck:
             self.skip(stem, mask_path, "unreadable_mask", f"cannot read mask ({e.reason})")
             return None
         raw = mask_values(mask_image)
-        classes = to_class_indices(raw, self.num_classes, mask_path)
+        classes = to_class_indices(raw, self.num_classes, mask_path, self.ignore_index)
         width, height = image.size
         if raw.shape != (height, width):
             self.skip(
@@ -86,7 +94,10 @@ class DatasetCheck:
                 f"{width}x{height} of {image_path} (width x height)",
             )
             return None
-        fg = float(np.count_nonzero(classes)) / classes.size
+        pixels = np.bincount(classes.ravel(), minlength=IGNORE + 1)
+        labelled = classes.size - pixels[IGNORE]
+        fg = float(labelled - pixels[0]) / labelled if labelled else 0.0
+        self._class_pixels += pixels
         self.heights.append(height)
         self.widths.append(width)
         self.fg.append(fg)
@@ -133,6 +144,8 @@ class DatasetCheck:
             "image_modes": dict(sorted(self.image_modes.items())),
             "mask_modes": dict(sorted(self.mask_modes.items())),
             "mask_values": self.mask_histogram(),
+            "class_pixels": {str(c): int(self._class_pixels[c]) for c in range(self.num_classes)},
+            "ignored_pixels": int(self._class_pixels[IGNORE]),
             "foreground_fraction": {
                 "mean": round(float(fg.mean()), 6),
                 "min": round(float(fg.min()), 6),
@@ -171,8 +184,11 @@ def render_markdown(report: dict) -> str:
         f"median {h['median']:g} x {w['median']:g}, max {h['max']} x {w['max']}.",
         f"- Image modes: {modes} (all are read as RGB).",
         f"- Mask values (pixels): {shown}.",
-        f"- Foreground share per mask: mean {fg['mean']:.3f}, min {fg['min']:.3f}, "
-        f"max {fg['max']:.3f}; {fg['empty_masks']} empty mask(s).",
+        "- Pixels per class index: "
+        + ", ".join(f"{c}: {n}" for c, n in report["class_pixels"].items())
+        + f"; ignored: {report['ignored_pixels']}.",
+        f"- Foreground share per mask (ignored pixels left out): mean {fg['mean']:.3f}, "
+        f"min {fg['min']:.3f}, max {fg['max']:.3f}; {fg['empty_masks']} empty mask(s).",
     ]
     skipped = report["skipped"]
     if skipped:
