@@ -106,7 +106,8 @@ def test_pipeline_experiment_and_metrics_diff(repo):
     page = (root / "dvc_plots" / "index.html").read_text()
     assert "cdn.jsdelivr" not in page and "<script src=" not in page
     assert "vegaEmbed" in page and page.count("vegaEmbed(") >= 5  # the 5 DVCLive curves
-    assert "predictions.png" in page and "training_curves.png" in page
+    for name in ("predictions.png", "worst.png", "dice_histogram.png", "training_curves.png"):
+        assert name in page
 
     # 2. Nothing changed: nothing runs. Forcing a full rerun reproduces the metrics exactly.
     assert "Running stage" not in dvc(["repro"], repo)
@@ -169,6 +170,35 @@ def test_pipeline_experiment_and_metrics_diff(repo):
     text = json.dumps(shown)
     assert "1e-05" in text or "1e-5" in text
     assert '"dice"' in text
+
+
+# The pipeline's plots: 6 DVCLive curves (train/loss, val/loss, val/dice, val/iou,
+# val/pixel_accuracy, lr), precision-recall, Dice vs threshold and the confusion matrix; and
+# the prediction grid, worst-case gallery, Dice histogram and training-curve images.
+VEGA_CHARTS, IMAGES = 9, 4
+
+
+def test_plots_page_renders_in_a_browser(repo):
+    """`dvc plots show` and `dvc plots diff` pages open offline in headless Chromium with no
+    console errors, and every chart and image renders."""
+    from .browser import find_chromium, render_page
+
+    if find_chromium() is None:
+        pytest.skip("no Chromium found (install the chromium package or set CHROMIUM)")
+    root, _ = repo
+    dvc(["repro"], repo)  # a no-op after the pipeline test
+    dvc(["plots", "show", "--out", "shown"], repo)
+    report = render_page(root / "shown" / "index.html")
+    assert report.errors == []
+    assert report.charts == VEGA_CHARTS and report.images == IMAGES
+    assert report.broken_images == []
+
+    # The workspace against the last commit: every plot once per revision, side by side.
+    dvc(["plots", "diff", "HEAD", "--out", "diffed"], repo)
+    report = render_page(root / "diffed" / "index.html")
+    assert report.errors == []
+    assert report.charts == VEGA_CHARTS and report.images == 2 * IMAGES
+    assert report.broken_images == []
 
 
 def test_remote_push_pull_round_trip(repo, tmp_path):

@@ -175,3 +175,19 @@ def test_error_overlay_colours():
     assert out[0, 1].tolist() == list(plot.ERROR_COLOURS["FN"])
     assert out[0, 2].tolist() == list(plot.ERROR_COLOURS["FP"])
     assert out[0, 3].tolist() == list(plot.ERROR_COLOURS["FP"])  # wrong foreground class
+
+
+def test_predict_reproduces_multiclass_predictions(multiclass_run, tmp_path):
+    from segpipe import predict
+
+    root, _, _, _ = multiclass_run
+    test = pd.read_csv(root / "splits" / "test.csv")
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for image in test["image"]:
+        (inputs / Path(image).name).symlink_to(image)
+    predict.run(root / "model.pt", inputs, tmp_path / "out", with_overlay=True)
+    for stem in test["stem"]:
+        ours = np.asarray(Image.open(tmp_path / "out" / f"{stem}.png"))
+        assert np.array_equal(ours, np.asarray(Image.open(root / "pred" / f"{stem}.png")))
+        assert (tmp_path / "out" / f"{stem}_overlay.png").exists()
