@@ -89,11 +89,6 @@ def read_image(path: Path) -> np.ndarray:
     return to_rgb(open_image(path))
 
 
-def read_gray(path: Path) -> np.ndarray:
-    """A single-channel HxW uint8 view of an image (for display)."""
-    return np.asarray(open_image(path).convert("L"))
-
-
 def mask_values(image: Image.Image) -> np.ndarray:
     """The raw HxW values of a decoded mask: indices of palette masks, gray level of RGB ones."""
     if image.mode not in _MASK_MODES:

@@ -85,6 +85,7 @@ def write(
         return "n/a" if value is None else f"{value:.4f}"
 
     classes = list(config["classes"])
+    decision = f"threshold {m['threshold']}" if len(classes) == 2 else "argmax over the classes"
     averaged = "all classes" if params.evaluate.include_background else "the foreground classes"
     threshold_note = (
         [
@@ -140,7 +141,7 @@ def write(
         f"val {split_counts['val']}, test {split_counts['test']} images.",
         "",
         "## Test metrics",
-        f"Scored at each image's original resolution, threshold {m['threshold']}, over "
+        f"Scored at each image's original resolution, {decision}, over "
         f"{m['n_images']} test images; 95% intervals by bootstrap over test images.",
         "",
         "| metric | value | 95% interval |",
