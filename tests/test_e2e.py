@@ -163,6 +163,7 @@ def test_pipeline_experiment_and_metrics_diff(repo):
     assert entry["old"] == pytest.approx(baseline["dice"])
     new = json.loads((root / "metrics" / "evaluate.json").read_text())
     assert entry["new"] == pytest.approx(new["dice"])
+    assert "iou/foreground" in diff["metrics/evaluate.json"]  # per-class keys, flat
     assert "metrics/train/metrics.json" in diff
 
     # 6. dvc exp show lists the experiment with its params and metrics.
