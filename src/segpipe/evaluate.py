@@ -155,7 +155,7 @@ def run(
     )
     if sweep_path is not None:
         curve = pd.DataFrame(sweep.curve())
-        atomic_write(sweep_path, lambda tmp: curve.to_csv(tmp, index=False, float_format="%.6f"))
+        atomic_write(sweep_path, lambda tmp: curve.to_csv(tmp, index=False, float_format="%.6g"))
     if confusion_path is not None:
         confusion = confusion_rows(metrics.confusion.numpy(), classes)
         atomic_write(confusion_path, lambda tmp: confusion.to_csv(tmp, index=False))

@@ -89,7 +89,8 @@ def write(
     averaged = "all classes" if params.evaluate.include_background else "the foreground classes"
     threshold_note = (
         [
-            f"- Threshold sweep on the validation split: the best threshold is "
+            "",
+            f"Threshold sweep on the validation split: the best threshold is "
             f"{m['val_best_threshold']} (validation Dice {m['val_best_threshold_dice']:.4f}); "
             f"the test scores above use the configured {m['threshold']}.",
         ]
