@@ -264,3 +264,25 @@ def test_queued_experiments_run_in_parallel_copies(repo):
     queued = {lr: dice for name, lr, dice in runs if name and lr in (1e-3, 1e-2)}
     assert set(queued) == {1e-3, 1e-2}, runs
     assert queued[1e-3] != queued[1e-2]
+
+
+def test_multiclass_experiment_as_the_readme_says(repo):
+    """The README's multi-class try-out: one `dvc exp run -S data.classes=[...]` reruns the
+    pipeline from download, and every metric and plot follows the classes."""
+    root, _ = repo
+    out = dvc(["exp", "run", "-S", "data.classes=[background,ellipse,box,triangle,blob]"], repo)
+    assert "Running stage 'download'" in out
+    metrics = json.loads((root / "metrics" / "evaluate.json").read_text())
+    for name in ("ellipse", "box", "triangle", "blob"):
+        assert f"iou/{name}" in metrics and f"dice/{name}" in metrics
+    assert "val_best_threshold" not in metrics
+    actual = {line.split(",")[0] for line in (root / "metrics" / "confusion.csv").open()}
+    assert "background" in actual and len(actual - {"actual"}) >= 3
+
+    from .browser import find_chromium, render_page
+
+    if find_chromium() is not None:
+        dvc(["plots", "show", "--out", "multiclass"], repo)
+        report = render_page(root / "multiclass" / "index.html")
+        assert report.errors == []
+        assert report.charts == VEGA_CHARTS and report.images == IMAGES

@@ -191,3 +191,20 @@ def test_predict_reproduces_multiclass_predictions(multiclass_run, tmp_path):
         ours = np.asarray(Image.open(tmp_path / "out" / f"{stem}.png"))
         assert np.array_equal(ours, np.asarray(Image.open(root / "pred" / f"{stem}.png")))
         assert (tmp_path / "out" / f"{stem}_overlay.png").exists()
+
+
+def test_a_model_for_other_classes_is_refused(multiclass_run, tmp_path):
+    root, _, _, _ = multiclass_run
+    with pytest.raises(SegpipeError) as err:
+        evaluate.run(
+            tiny_params(),
+            root / "model.pt",
+            root / "splits",
+            tmp_path / "e.json",
+            tmp_path / "pi.csv",
+            tmp_path / "pred",
+        )
+    assert "model.pt: trained for classes ['background', 'ellipse', 'box', 'triangle']" in str(
+        err.value
+    )
+    assert "retrain it (dvc repro)" in str(err.value) and not (tmp_path / "e.json").exists()
