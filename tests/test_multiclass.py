@@ -208,3 +208,9 @@ def test_a_model_for_other_classes_is_refused(multiclass_run, tmp_path):
         err.value
     )
     assert "retrain it (dvc repro)" in str(err.value) and not (tmp_path / "e.json").exists()
+
+
+def test_ignoring_the_foreground_value_warns(tmp_path, raw_dir, caplog):
+    p = tiny_params()  # raw_dir holds 0/255 masks: ignore_index 255 leaves no foreground
+    split.run(p.split, p.seed, raw_dir, tmp_path / "s", num_classes=2, ignore_index=255)
+    assert "no mask has a foreground pixel (data.ignore_index 255 ignores" in caplog.text

@@ -38,10 +38,10 @@ def _save(fig: plt.Figure, path: Path) -> None:
 ERROR_COLOURS = {"TP": (44, 160, 44), "FP": (214, 39, 40), "FN": (31, 119, 180)}
 
 
-def _labels(path: Path, num_classes: int, ignore_index: int | None = None) -> np.ndarray:
+def _read_prediction(path: Path, num_classes: int) -> np.ndarray:
     if not path.exists():
         raise SegpipeError(f"{path}: prediction not found (run the evaluate stage first)")
-    return read_mask(path, num_classes, ignore_index)
+    return read_mask(path, num_classes)
 
 
 def error_overlay(
@@ -78,7 +78,7 @@ def prediction_grid(
     frame = read_split(test_csv).head(n_samples)
     fig, axes = plt.subplots(len(frame), 3, figsize=(9, 3 * len(frame)), squeeze=False)
     for row, (_, item) in zip(axes, frame.iterrows(), strict=True):
-        pred = _labels(predictions_dir / f"{item['stem']}.png", num_classes)
+        pred = _read_prediction(predictions_dir / f"{item['stem']}.png", num_classes)
         truth = read_mask(Path(item["mask"]), num_classes, ignore_index)
         panels = (
             read_image(Path(item["image"])),
@@ -112,7 +112,7 @@ def worst_gallery(
     for row, (_, item) in zip(axes, worst.iterrows(), strict=True):
         image = read_image(Path(item["image"]))
         truth = read_mask(Path(item["mask"]), num_classes, ignore_index)
-        pred = _labels(predictions_dir / f"{item['stem']}.png", num_classes)
+        pred = _read_prediction(predictions_dir / f"{item['stem']}.png", num_classes)
         panels = (
             (image, f"{item['stem']}: Dice {item['dice']:.3f}"),
             (colourize(truth, num_classes), "ground truth"),

@@ -132,6 +132,15 @@ def run(
             part.to_csv(staging / f"{name}.csv", index=False)
         (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         (staging / "report.md").write_text(render_markdown(report))
+    foreground = sum(n for c, n in report["class_pixels"].items() if c != "0")
+    if foreground == 0:
+        log.warning(
+            "no mask has a foreground pixel%s",
+            f" (data.ignore_index {ignore_index} ignores {report['ignored_pixels']} pixels: "
+            "0/255 masks need ignore_index null)"
+            if ignore_index is not None
+            else "",
+        )
     if check.skipped:
         log.warning(
             "skipped %d file(s); see %s", len(check.skipped), (out_dir / "report.md").as_posix()
