@@ -14,9 +14,10 @@ from .conftest import REPO
 KVASIR = REPO.parent / "shared" / "data" / "kvasir_seg"
 
 
-def run_tiny(tmp_path: Path, data: Path) -> dict:
+def run_tiny(tmp_path: Path, data: Path, *extra: str) -> dict:
     out = tmp_path / "bench.json"
     args = [
+        *extra,
         "--data",
         str(data),
         "--image-size",
@@ -52,6 +53,6 @@ def test_benchmark_on_synthetic_data(tmp_path, raw_dir):
 
 @pytest.mark.skipif(not KVASIR.is_dir(), reason="the shared Kvasir-SEG copy is not present")
 def test_benchmark_on_real_photos(tmp_path):
-    report = run_tiny(tmp_path, KVASIR)
-    assert report["data"] == KVASIR.name
+    report = run_tiny(tmp_path, KVASIR, "--num-workers", "1")  # the pipeline with a worker
+    assert report["data"] == KVASIR.name and report["num_workers"] == 1
     assert report["results"]["pipeline"]["train_images_per_s"] > 0

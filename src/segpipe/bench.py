@@ -85,8 +85,11 @@ def run_mode(mode: str, splits_dir: Path, cache_dir: Path, args: argparse.Namesp
             for i in range(0, n, args.eval_batch_size)
         ]
     else:
-        train_loader = DataLoader(train_set, args.batch_size, shuffle=True, num_workers=0)
-        eval_loader = DataLoader(eval_set, args.eval_batch_size, shuffle=False, num_workers=0)
+        # The naive loader keeps the tutorial's 0 workers; the pipeline takes --num-workers.
+        workers = args.num_workers if mode == "pipeline" else 0
+        loader = {"num_workers": workers, "persistent_workers": workers > 0}
+        train_loader = DataLoader(train_set, args.batch_size, shuffle=True, **loader)
+        eval_loader = DataLoader(eval_set, args.eval_batch_size, shuffle=False, **loader)
 
     def train_step() -> None:
         train_one_epoch(model, train_loader, loss_fn, optimizer, device, dtype, fast, desc=mode)
@@ -153,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batches", type=int, default=6, help="batches per timed pass")
     p.add_argument("--repeats", type=int, default=2, help="timed passes after one warm-up pass")
     p.add_argument("--encoder", default="efficientnet-b3")
+    p.add_argument(
+        "--num-workers", type=int, default=0, help="pipeline DataLoader workers (train.num_workers)"
+    )
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     p.add_argument("--mode", choices=MODES, help=argparse.SUPPRESS)
     p.add_argument("--work", type=Path, help=argparse.SUPPRESS)
@@ -181,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
                 "batches",
                 "repeats",
                 "encoder",
+                "num_workers",
             ):
                 child += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
             out = subprocess.run(child, capture_output=True, text=True, check=True).stdout
@@ -191,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         "encoder": args.encoder,
         "image_size": args.image_size,
         "batch_size": args.batch_size,
+        "num_workers": args.num_workers,
         "images_per_pass": args.batch_size * args.batches,
         "cache_build_seconds": round(cache_seconds, 2),
         "results": results,
@@ -214,7 +222,8 @@ def format_report(report: dict) -> str:
     lines = [
         f"machine: {report['machine']}",
         f"data: {report['data']}; Unet/{report['encoder']} at {report['image_size']}px, "
-        f"batch {report['batch_size']}, {report['images_per_pass']} images per timed pass; "
+        f"batch {report['batch_size']}, pipeline workers {report['num_workers']}, "
+        f"{report['images_per_pass']} images per timed pass; "
         f"cache build (once): {report['cache_build_seconds']} s",
         "",
         "| mode | train images/s | eval images/s | peak RSS MiB |",
