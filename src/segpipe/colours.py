@@ -56,3 +56,8 @@ def mask_to_png(labels: np.ndarray, num_classes: int) -> Image.Image:
     image = Image.fromarray(labels.astype(np.uint8), mode="P")
     image.putpalette(palette(num_classes).ravel().tolist())
     return image
+
+
+def blend(image: np.ndarray, where: np.ndarray, colour: np.ndarray, alpha: float) -> None:
+    """Tint ``image`` (HxWx3 float32) in place at ``where``: one colour, or one per pixel."""
+    image[where] = (1 - alpha) * image[where] + alpha * np.asarray(colour, np.float32)

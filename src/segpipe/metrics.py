@@ -87,11 +87,6 @@ def class_scores(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor) -> dict[s
     return {name: torch.where(absent, nan, value) for name, value in scores.items()}
 
 
-def _nanmean(values: torch.Tensor) -> torch.Tensor:
-    """Mean over the last dim, skipping NaN (NaN if all are)."""
-    return values.nanmean(dim=-1)
-
-
 class SegmentationMetrics:
     """Accumulates counts over a whole dataset; :meth:`compute` reduces them once.
 
@@ -135,10 +130,10 @@ class SegmentationMetrics:
         tp, fp, fn, _ = stat_scores(self.confusion)
         per_class = class_scores(tp, fp, fn)
         averaged = slice(self.first, None)
-        out = {name: _nanmean(per_class[name][averaged]).item() for name in SCORES}
-        sums = [x[averaged].sum() for x in (tp, fp, fn)]
-        out["dice_micro"] = class_scores(*sums)["dice"].item()
-        out["iou_micro"] = class_scores(*sums)["iou"].item()
+        # nanmean: classes with no score (NaN) are left out of the means
+        out = {name: per_class[name][averaged].nanmean().item() for name in SCORES}
+        micro = class_scores(*(x[averaged].sum() for x in (tp, fp, fn)))
+        out["dice_micro"], out["iou_micro"] = micro["dice"].item(), micro["iou"].item()
         total = self.confusion.sum().item()
         out["pixel_accuracy"] = self.confusion.trace().item() / total if total else float("nan")
         if self.image_counts:
@@ -146,8 +141,8 @@ class SegmentationMetrics:
             out["dice_per_image"], out["iou_per_image"] = dice.mean().item(), iou.mean().item()
         else:
             out["dice_per_image"] = out["iou_per_image"] = float("nan")
-        for name in SCORES if class_names is not None else ():
-            for c, class_name in enumerate(class_names):
+        for c, class_name in enumerate(class_names or ()):
+            for name in SCORES:
                 out[f"{name}/{class_name}"] = per_class[name][c].item()
         return out
 
@@ -169,7 +164,7 @@ class SegmentationMetrics:
             sums = torch.from_numpy(np.einsum("rn,nck->rck", weights, counts))
             scores = class_scores(sums[..., 0], sums[..., 1], sums[..., 2])
             for name, values in draws_by_name.items():
-                values += _nanmean(scores[name][:, self.first :]).tolist()
+                values += scores[name][:, self.first :].nanmean(dim=-1).tolist()
         tail = (1 - level) / 2 * 100
         pct = int(round(level * 100))
         out = {}

@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from segpipe.colours import colourize  # noqa: E402
+from segpipe.colours import blend, colourize  # noqa: E402
 from segpipe.config import PlotConfig  # noqa: E402
 from segpipe.dataset import read_split  # noqa: E402
 from segpipe.errors import SegpipeError  # noqa: E402
@@ -58,7 +58,7 @@ def error_overlay(
     }
     out = image.astype(np.float32)
     for name, where in outcome.items():
-        out[where] = (1 - alpha) * out[where] + alpha * np.array(ERROR_COLOURS[name], np.float32)
+        blend(out, where, ERROR_COLOURS[name], alpha)
     return out.clip(0, 255).astype(np.uint8)
 
 

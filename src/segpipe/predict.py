@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from segpipe.colours import palette
+from segpipe.colours import blend, palette
 from segpipe.errors import SegpipeError
 from segpipe.files import atomic_save_image
 from segpipe.images import IMAGE_EXTENSIONS, image_files, read_image
@@ -37,7 +37,7 @@ def overlay(
     colours = palette(max(num_classes, 2)).astype(np.float32)
     out = image.astype(np.float32)
     fg = labels > 0
-    out[fg] = (1 - alpha) * out[fg] + alpha * colours[labels[fg]]
+    blend(out, fg, colours[labels[fg]], alpha)
     return Image.fromarray(out.clip(0, 255).astype(np.uint8))
 
 
