@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import pickle
 import time
@@ -80,3 +81,79 @@ def test_malicious_checkpoint_is_not_executed(tmp_path, monkeypatch):
     assert not (tmp_path / "pwned").exists()
     with pytest.raises(SegpipeError, match="checkpoint not found"):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+def _patched_depthwise(model: torch.nn.Module) -> list[torch.nn.Conv2d]:
+    return [m for m in model.modules() if "forward" in vars(m)]
+
+
+def test_slow_depthwise_convolutions_train_in_fp32_under_cpu_autocast():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig("Unet", "efficientnet-b0", None), 2)
+    patched = _patched_depthwise(model)
+    depthwise = [
+        m
+        for m in model.modules()
+        if isinstance(m, torch.nn.Conv2d) and 1 < m.groups == m.in_channels
+    ]
+    # Exactly the 5x5 or strided depthwise convolutions; 3x3 stride-1 ones stay as they are.
+    assert patched == [m for m in depthwise if m.kernel_size == (5, 5) or max(m.stride) == 2]
+    assert 0 < len(patched) < len(depthwise)
+
+    conv = next(m for m in patched if max(m.stride) == 2)  # with explicit "same" padding
+    x = torch.randn(2, conv.in_channels, 16, 16).bfloat16()
+    plain = type(conv).forward
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        trained = conv(x)
+    fp32_reference = plain(conv, x.float()).bfloat16()  # outside autocast
+    assert trained.dtype == torch.bfloat16
+    assert torch.equal(trained, fp32_reference)
+    # Inference keeps the bf16 convolution.
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(conv(x), plain(conv, x))
+
+
+def test_depthwise_fp32_changes_nothing_without_autocast():
+    torch.manual_seed(0)
+    patched = build_model(ModelConfig("Unet", "efficientnet-b0", None), 2)
+    torch.manual_seed(0)
+    plain = build_model(ModelConfig("Unet", "efficientnet-b0", None), 2)
+    for m in _patched_depthwise(plain):
+        del m.forward
+    assert patched.state_dict().keys() == plain.state_dict().keys()
+    x = torch.rand(2, 3, 64, 64)
+    outs = []
+    for model in (patched, plain):
+        torch.manual_seed(1)  # the same drop-connect draws
+        out = model.train()(x)
+        out.sum().backward()
+        outs.append((out, model.encoder._conv_stem.weight.grad))
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+    # A deep copy (e.g. for weight averaging) is a working model with the same output.
+    copied = copy.deepcopy(patched).eval()
+    with torch.no_grad():
+        assert torch.equal(copied(x), patched.eval()(x))
+
+
+def test_symmetric_same_padding_is_folded_into_the_convolution():
+    import segmentation_models_pytorch as smp
+
+    torch.manual_seed(0)
+    reference = smp.Unet("efficientnet-b0", encoder_weights=None, classes=1).eval()
+    model = build_model(ModelConfig("Unet", "efficientnet-b0", None), 2).eval()
+    model.load_state_dict(reference.state_dict())
+    pads = [m.static_padding for m in model.modules() if hasattr(m, "static_padding")]
+    explicit = [p for p in pads if isinstance(p, torch.nn.ZeroPad2d)]
+    # Only the asymmetric "same" pads of strided convolutions remain explicit.
+    assert explicit and len(explicit) < len(pads)
+    assert all(p.padding[0] != p.padding[1] for p in explicit)
+    x = torch.rand(2, 3, 96, 128)
+    with torch.no_grad():
+        assert torch.equal(model(x), reference(x))
+
+
+def test_adam_is_fused_on_cpu():
+    from segpipe.engine import adam
+
+    opt = adam(torch.nn.Linear(2, 2).parameters(), 1e-3, torch.device("cpu"))
+    assert opt.defaults["fused"] is True

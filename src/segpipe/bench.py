@@ -35,7 +35,13 @@ from torch.utils.data import DataLoader
 from segpipe import cache
 from segpipe.config import ModelConfig, SplitConfig, SyntheticConfig
 from segpipe.dataset import CachedDataset, SegmentationDataset, build_transform
-from segpipe.engine import evaluate_epoch, resolve_precision, train_one_epoch
+from segpipe.engine import (
+    adam,
+    evaluate_epoch,
+    resolve_precision,
+    reuse_freed_memory,
+    train_one_epoch,
+)
 from segpipe.losses import build_loss
 from segpipe.model import build_model
 
@@ -57,11 +63,21 @@ def run_mode(mode: str, splits_dir: Path, cache_dir: Path, args: argparse.Namesp
     device = torch.device("cpu")
     fast = mode != "naive"
     dtype = resolve_precision("auto", device) if fast else None
-    model = build_model(ModelConfig("Unet", args.encoder, None), 2)
-    if fast:
+    if fast:  # what the train and evaluate stages do; the tutorial-style loop does not
+        reuse_freed_memory()
+    if fast:  # segpipe's model, with its CPU fast paths
+        model = build_model(ModelConfig("Unet", args.encoder, None), 2)
         model = model.to(memory_format=torch.channels_last)
+    else:  # the tutorial's model, as smp builds it
+        import segmentation_models_pytorch as smp
+
+        model = smp.Unet(args.encoder, encoder_weights=None, classes=1)
     loss_fn = build_loss("bce", 2)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    optimizer = (
+        adam(model.parameters(), 1e-4, device)
+        if fast
+        else torch.optim.Adam(model.parameters(), lr=1e-4)  # the tutorial's
+    )
     n = args.batch_size * args.batches
     train_frame = pd.read_csv(splits_dir / "train.csv").head(n)
     if mode == "naive":

@@ -20,6 +20,7 @@ import torch
 from segpipe import model_card
 from segpipe.config import Params
 from segpipe.dataset import read_split
+from segpipe.engine import reuse_freed_memory
 from segpipe.errors import SegpipeError
 from segpipe.files import atomic_save_image, atomic_write, write_json
 from segpipe.images import IGNORE, read_pair
@@ -108,6 +109,7 @@ def run(
     """
     cfg = params.evaluate
     classes = list(params.data.classes)
+    reuse_freed_memory()
     predictor = Predictor(model_path, cfg.threshold)
     if predictor.classes != classes:
         raise SegpipeError(

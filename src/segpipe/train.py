@@ -18,7 +18,13 @@ from segpipe import distributed, resume
 from segpipe.cache import cache_paths
 from segpipe.config import Params
 from segpipe.dataset import CachedDataset, build_transform
-from segpipe.engine import evaluate_epoch, resolve_precision, train_one_epoch
+from segpipe.engine import (
+    adam,
+    evaluate_epoch,
+    resolve_precision,
+    reuse_freed_memory,
+    train_one_epoch,
+)
 from segpipe.files import atomic_write
 from segpipe.losses import build_loss
 from segpipe.model import build_model, save_checkpoint, unwrap
@@ -138,6 +144,8 @@ def _fit(
     generator = seed_everything(params.seed)
     device = ctx.device
     dtype = resolve_precision(t.precision, device)
+    if device.type == "cpu":
+        reuse_freed_memory()
     if ctx.distributed and resume_path is not None:
         log.warning(
             "resuming is single-process only: this %d-process run starts over", ctx.world_size
@@ -179,7 +187,7 @@ def _fit(
             model, device_ids=[device.index] if device.type == "cuda" else None, static_graph=True
         )
     loss_fn = build_loss(t.loss, num_classes, t.class_weights)
-    optimizer = torch.optim.Adam(model.parameters(), lr=t.lr)
+    optimizer = adam(model.parameters(), t.lr, device)
     # Stepped once per epoch: lr follows a half cosine from train.lr down to 0 at the last epoch.
     scheduler = (
         torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=t.epochs)
