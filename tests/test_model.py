@@ -150,10 +150,3 @@ def test_symmetric_same_padding_is_folded_into_the_convolution():
     x = torch.rand(2, 3, 96, 128)
     with torch.no_grad():
         assert torch.equal(model(x), reference(x))
-
-
-def test_adam_is_fused_on_cpu():
-    from segpipe.engine import adam
-
-    opt = adam(torch.nn.Linear(2, 2).parameters(), 1e-3, torch.device("cpu"))
-    assert opt.defaults["fused"] is True

@@ -128,7 +128,7 @@ def _depthwise_trains_in_fp32_on_cpu(model: nn.Module) -> nn.Module:
     (per layer of efficientnet-b3; 3x3 stride-1 ones are fine), so under bf16 autocast these
     few layers cost more than the rest of the encoder. Computing them in fp32, with their
     output cast back to bf16 for the layers after them, makes the efficientnet-b3 Unet
-    training step ~1.25x faster (BENCHMARKS.md). Inference (no gradients) and fp32 training
+    training step ~1.2x faster (BENCHMARKS.md). Inference (no gradients) and fp32 training
     are untouched.
     """
     for module in model.modules():

@@ -1,0 +1,33 @@
+"""The CPU training settings of the engine: fused Adam and the allocator."""
+
+from __future__ import annotations
+
+import ctypes
+import platform
+
+import pytest
+import torch
+
+from segpipe.engine import adam, reuse_freed_memory
+
+
+def test_adam_is_fused_on_cpu():
+    opt = adam(torch.nn.Linear(2, 2).parameters(), 1e-3, torch.device("cpu"))
+    assert opt.defaults["fused"] is True
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's mallopt only")
+def test_reuse_freed_memory_sets_glibc_malloc_options():
+    assert reuse_freed_memory() is True
+    assert reuse_freed_memory() is True  # idempotent
+    big = torch.empty(64 * 2**20, dtype=torch.uint8).fill_(1)  # 64 MiB, now from the heap
+    assert int(big.sum()) == 64 * 2**20
+
+
+def test_reuse_freed_memory_is_a_no_op_without_mallopt(monkeypatch):
+    class NoMallopt:
+        def __init__(self, name):
+            pass
+
+    monkeypatch.setattr(ctypes, "CDLL", NoMallopt)
+    assert reuse_freed_memory() is False
