@@ -26,6 +26,7 @@ if __name__ == "__main__":
             args.out,
             params.data.num_classes,
             params.data.ignore_index,
+            params.data.mask_suffix,
         )
 
     raise SystemExit(run_stage(main, args.verbose))

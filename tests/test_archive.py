@@ -58,7 +58,7 @@ def _touch(folder: Path, *names: str) -> None:
 
 
 def test_image_extensions_constant() -> None:
-    assert IMAGE_EXTENSIONS == (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+    assert IMAGE_EXTENSIONS == (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 
 
 def test_safe_extract_normal_zip(tmp_path: Path) -> None:

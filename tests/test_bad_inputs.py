@@ -294,7 +294,7 @@ def test_folder_source_path_missing_or_without_images_and_masks(tmp_path: Path) 
     (flat / "images").mkdir()
     (flat / "masks").mkdir()
     line = error_line(download(params, out), "data.path", flat / "images")
-    assert line.endswith("holds no image files (.png, .jpg, .jpeg, .bmp, .tif, .tiff)")
+    assert line.endswith("holds no image files (.png, .jpg, .jpeg, .bmp, .tif, .tiff, .webp, .gif)")
     assert snapshot(out) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["flat", "good", "p.yaml", "raw"]
 

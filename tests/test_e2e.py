@@ -17,9 +17,8 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
-from .conftest import REPO
+from .helpers import copy_repo, run
 
 pytestmark = pytest.mark.slow
 
@@ -38,47 +37,10 @@ CUT_DOWN = {
 }
 
 
-def run(cmd: list[str], cwd: Path, env: dict[str, str]) -> str:
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, check=False)
-    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout}\n{result.stderr}"
-    return result.stdout + result.stderr
-
-
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     root = tmp_path_factory.mktemp("e2e") / "repo"
-    files = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    for name in files:
-        if (REPO / name).is_file() and not name.startswith(("metrics/", "plots/", "dvc.lock")):
-            (root / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, root / name)
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    for keys, value in CUT_DOWN.items():
-        node = params
-        for key in keys[:-1]:
-            node = node[key]
-        node[keys[-1]] = value
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {
-        **os.environ,
-        # `python` in dvc.yaml must be this interpreter, with segpipe installed.
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        "GIT_AUTHOR_NAME": "test",
-        "GIT_AUTHOR_EMAIL": "test@example.com",
-        "GIT_COMMITTER_NAME": "test",
-        "GIT_COMMITTER_EMAIL": "test@example.com",
-        "DVC_NO_ANALYTICS": "1",
-    }
-    run(["git", "init", "-q"], root, env)
-    run(["git", "add", "-A"], root, env)
-    run(["git", "commit", "-qm", "template"], root, env)
-    return root, env
+    return root, copy_repo(root, CUT_DOWN)
 
 
 def dvc(args: list[str], repo) -> str:

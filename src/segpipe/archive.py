@@ -11,7 +11,7 @@ import zipfile
 from pathlib import Path
 
 from segpipe.errors import SegpipeError
-from segpipe.images import image_files
+from segpipe.images import scan_folder
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def safe_extract(archive: Path, dest: Path) -> None:
 
 
 def _count_images(folder: Path) -> int:
-    return len(image_files(folder))
+    return len(scan_folder(folder).images)
 
 
 def _pick(subdirs: dict[str, Path], names: tuple[str, ...]) -> Path | None:

@@ -28,13 +28,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
 from segpipe import cache
 from segpipe.config import ModelConfig, SplitConfig, SyntheticConfig
-from segpipe.dataset import CachedDataset, SegmentationDataset, build_transform
+from segpipe.dataset import CachedDataset, SegmentationDataset, build_transform, read_split
 from segpipe.engine import (
     adam,
     evaluate_epoch,
@@ -79,7 +78,7 @@ def run_mode(mode: str, splits_dir: Path, cache_dir: Path, args: argparse.Namesp
         else torch.optim.Adam(model.parameters(), lr=1e-4)  # the tutorial's
     )
     n = args.batch_size * args.batches
-    train_frame = pd.read_csv(splits_dir / "train.csv").head(n)
+    train_frame = read_split(splits_dir / "train.csv").head(n)
     if mode == "naive":
         # The tutorial's loader: PIL decode of the full-size files and resize, every item.
         train_set = SegmentationDataset(train_frame, build_transform(args.image_size, True, 0), 2)
@@ -121,8 +120,14 @@ def run_mode(mode: str, splits_dir: Path, cache_dir: Path, args: argparse.Namesp
     }
 
 
-def prepare_data(data: Path | None, work: Path, image_size: int, num_images: int) -> Path:
-    """Split the benchmark data (a folder with images/ and masks/, or synthetic) and cache it."""
+def prepare_data(
+    data: Path | None, work: Path, image_size: int, num_images: int, mask_suffix: str = ""
+) -> float:
+    """Split the benchmark data (a folder with images/ and masks/, or synthetic) and cache it.
+
+    Returns:
+        The seconds the cache build took.
+    """
     from segpipe import split, synthetic
 
     if data is None:
@@ -131,10 +136,12 @@ def prepare_data(data: Path | None, work: Path, image_size: int, num_images: int
         cfg = SyntheticConfig(n_images=n, min_size=256, max_size=512, empty_fraction=0.1)
         synthetic.generate(data, cfg, seed=0)
     splits = work / "splits"
-    split.run(SplitConfig(val_fraction=0.1, test_fraction=0.1), 0, data, splits)
+    split.run(
+        SplitConfig(val_fraction=0.1, test_fraction=0.1), 0, data, splits, mask_suffix=mask_suffix
+    )
     for name, rows in (("train", num_images), ("val", 2), ("test", 2)):  # cache what is timed
         path = splits / f"{name}.csv"
-        pd.read_csv(path).head(rows).to_csv(path, index=False)
+        read_split(path).head(rows).to_csv(path, index=False)
     start = time.perf_counter()
     cache.run(work / "splits", work / "cache", image_size, 2)
     return time.perf_counter() - start
@@ -164,6 +171,9 @@ def main(argv: list[str] | None = None) -> int:
         help="folder with images/ and masks/ (default: ../shared/data/kvasir_seg "
         "next to the repository if present, else built-in synthetic data)",
     )
+    p.add_argument(
+        "--mask-suffix", default="", help="masks/<stem><suffix>.<ext> (data.mask_suffix)"
+    )
     p.add_argument("--image-size", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=8, help="training batch (train.batch_size)")
     p.add_argument(
@@ -192,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="segpipe-bench-") as tmp:
         work = Path(tmp)
         needed = args.batch_size * args.batches
-        cache_seconds = prepare_data(data, work, args.image_size, needed)
+        cache_seconds = prepare_data(data, work, args.image_size, needed, args.mask_suffix)
         results = {}
         for mode in MODES:
             child = [sys.executable, "-m", "segpipe.bench", "--mode", mode, "--work", str(work)]

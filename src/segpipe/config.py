@@ -38,6 +38,7 @@ class SyntheticConfig:
 class DataConfig:
     source: Source
     path: str
+    mask_suffix: str
     kaggle_dataset: str
     classes: tuple[str, ...]
     ignore_index: int | None
@@ -209,6 +210,12 @@ def _check_values(p: Params) -> None:
             bool(name.strip()) and "/" not in name,
             f"data.classes: class names must be non-empty and hold no '/', got {name!r}",
         )
+    suffix = p.data.mask_suffix
+    _require(
+        not any(c in suffix for c in "/\\") and suffix == suffix.strip(),
+        "data.mask_suffix: the end of a mask's file name before its extension (e.g. _mask); "
+        f"no '/', '\\' or surrounding spaces, got {suffix!r}",
+    )
     n = p.data.num_classes
     ignore = p.data.ignore_index
     _require(

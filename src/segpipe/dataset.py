@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 
 from segpipe.errors import SegpipeError
 from segpipe.images import read_pair
+from segpipe.tables import read_table
 
 # Hard-coded on purpose: smp's get_preprocessing_params needs the network.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -38,14 +39,8 @@ def build_transform(image_size: int, augment: bool, seed: int) -> A.Compose:
 
 
 def read_split(path: Path) -> pd.DataFrame:
-    """Read a split CSV written by the split stage."""
-    try:
-        frame = pd.read_csv(path)
-    except FileNotFoundError:
-        raise SegpipeError(f"{path}: split file not found (run the split stage first)") from None
-    missing = {"image", "mask"} - set(frame.columns)
-    if missing:
-        raise SegpipeError(f"{path}: missing column(s) {sorted(missing)}")
+    """Read a split CSV written by the split stage (stems and paths as text)."""
+    frame = read_table(path, ("stem", "image", "mask"), "split file", "run the split stage first")
     if frame.empty:
         raise SegpipeError(f"{path}: the split is empty")
     return frame

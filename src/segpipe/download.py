@@ -15,7 +15,7 @@ from segpipe.archive import find_image_mask_dirs
 from segpipe.config import DataConfig
 from segpipe.errors import SegpipeError
 from segpipe.files import staged_dir
-from segpipe.images import IMAGE_EXTENSIONS, image_files
+from segpipe.images import IMAGE_EXTENSIONS, scan_folder
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +42,14 @@ def run(cfg: DataConfig, seed: int, out_dir: Path) -> int:
             with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=".kaggle.") as tmp:
                 root = download_kaggle(cfg.kaggle_dataset, Path(tmp))
                 copy_pairs(root, staging, what=f"Kaggle dataset {cfg.kaggle_dataset}", move=True)
-        count = len(list((staging / "images").iterdir()))
+        count = len(scan_folder(staging / "images").images)
     log.info("%s source: %d images in %s", cfg.source, count, out_dir)
     return count
 
 
 def copy_pairs(root: Path, dest: Path, what: str, move: bool = False) -> None:
-    """Copy the image files of ``root``'s images and masks folders into ``dest``.
+    """Copy the image files of ``root``'s images and masks folders into ``dest``, keeping
+    their names and subfolders; other files are named in a warning.
 
     ``root`` either holds ``images/`` and ``masks/`` or contains them somewhere below (as the
     Kaggle archive does).
@@ -66,10 +67,14 @@ def copy_pairs(root: Path, dest: Path, what: str, move: bool = False) -> None:
     for src, name in ((images, "images"), (masks, "masks")):
         target = dest / name
         target.mkdir(parents=True)
-        files = image_files(src)
-        if not files:
+        scan = scan_folder(src)
+        if not scan.images:
             raise SegpipeError(
                 f"{what}: {src} holds no image files ({', '.join(IMAGE_EXTENSIONS)})"
             )
-        for path in files:
-            (shutil.move if move else shutil.copy2)(path, target / path.name)
+        scan.require_unique_stems()
+        scan.warn_others(f"{what}: {src}")
+        for path in scan.images.values():
+            copy = target / path.relative_to(src)
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            (shutil.move if move else shutil.copy2)(path, copy)

@@ -2,28 +2,109 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from segpipe.errors import SegpipeError
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-_MASK_MODES = ("L", "P", "1", "I", "I;16")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
+"""File name endings read as images, in any letter case."""
+_MASK_MODES = ("L", "P", "1", "I", "I;16", "I;16B", "I;16L", "I;16N")
+_HIGH_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+"""Greyscale modes with more than 8 bits per pixel: scaled to 0..255 by each image's range."""
+_ORIENTATION = ExifTags.Base.Orientation
 
 
-def image_files(folder: Path) -> list[Path]:
-    """The image files directly in ``folder`` (by extension; hidden files skipped), sorted."""
-    return sorted(
-        p
-        for p in Path(folder).iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
-    )
+@dataclasses.dataclass(frozen=True)
+class FolderScan:
+    """What a folder holds, walked recursively: ``images`` by stem; ``duplicates``, image
+    files whose stem an earlier file (in sorted order) has; ``others``, the files that are not
+    images (by extension). Hidden files and folders (``.name``) are left out."""
+
+    root: Path
+    images: dict[str, Path]
+    duplicates: list[Path]
+    others: list[Path]
+
+    def require_unique_stems(self) -> None:
+        """Raise :class:`SegpipeError` naming the first two files that share a stem."""
+        if self.duplicates:
+            path = self.duplicates[0]
+            stem = stem_of(path, self.root)
+            raise SegpipeError(
+                f"{self.root}: two files share the stem {stem!r} "
+                f"({self.images[stem].name}, {path.name}); keep one"
+            )
+
+    def warn_others(self, what: str) -> None:
+        """One warning naming the files that are not read as images (if any)."""
+        if self.others:
+            log.warning(
+                "%s: ignored %d file(s) that are not supported images (%s): %s",
+                what,
+                len(self.others),
+                ", ".join(IMAGE_EXTENSIONS),
+                short_list([p.relative_to(self.root).as_posix() for p in self.others]),
+            )
+
+
+def stem_of(path: Path, root: Path) -> str:
+    """A file's name without its extension, prefixed by its subfolders below ``root``
+    (``root/a/b/0001.jpg`` -> ``a/b/0001``): the text that names its outputs."""
+    relative = Path(path).relative_to(root)
+    return relative.with_suffix("").as_posix() if relative.suffix else relative.as_posix()
+
+
+def is_image_file(path: Path) -> bool:
+    """Whether ``path``'s name ends with an image extension (any letter case)."""
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def scan_folder(root: Path, exclude: Path | None = None) -> FolderScan:
+    """The image files below ``root`` by stem (see :func:`stem_of`), in sorted order.
+
+    Subfolders are walked (links to folders are not followed); ``exclude`` (a folder inside
+    ``root``) is skipped.
+    """
+    root = Path(root)
+    skip = exclude.resolve() if exclude is not None else None
+    images: dict[str, Path] = {}
+    duplicates: list[Path] = []
+    others: list[Path] = []
+    for parent, dirnames, filenames in os.walk(root):
+        here = Path(parent)
+        dirnames[:] = sorted(
+            d for d in dirnames if not d.startswith(".") and (here / d).resolve() != skip
+        )
+        for name in sorted(filenames):
+            path = here / name
+            if name.startswith(".") or not path.is_file():
+                continue
+            if not is_image_file(path):
+                others.append(path)
+                continue
+            stem = stem_of(path, root)
+            if stem in images:
+                duplicates.append(path)
+            else:
+                images[stem] = path
+    return FolderScan(root, dict(sorted(images.items())), duplicates, others)
+
+
+def short_list(items: list, limit: int = 10) -> str:
+    """``a, b, c, ... and N more``: a list that stays one readable line."""
+    shown = [str(i) for i in items[:limit]]
+    if len(items) > limit:
+        shown.append(f"... and {len(items) - limit} more")
+    return ", ".join(shown)
 
 
 class UnreadableImageError(SegpipeError):
@@ -49,8 +130,12 @@ def _decode_failure(error: Exception) -> str:
     return f"corrupt: {type(error).__name__}: {error}"
 
 
-def open_image(path: Path) -> Image.Image:
+def open_image(path: Path, *, upright: bool = True) -> Image.Image:
     """Open and fully decode an image, so truncated files fail here rather than in training.
+
+    Args:
+        upright: apply the EXIF orientation (see :func:`make_upright`), as viewers and
+            annotation tools show the photo. Masks are read as stored (``upright=False``).
 
     Raises:
         UnreadableImageError: missing, empty, unrecognised, truncated or corrupt file.
@@ -68,6 +153,8 @@ def open_image(path: Path) -> Image.Image:
         try:
             with Image.open(path) as image:
                 image.load()
+            if upright:
+                make_upright(image)
         except FileNotFoundError:
             raise UnreadableImageError(path, "file not found") from None
         except Exception as e:  # untrusted files make PIL's decoders raise many types
@@ -77,15 +164,53 @@ def open_image(path: Path) -> Image.Image:
     return image
 
 
+def exif_orientation(image: Image.Image) -> int:
+    """The EXIF Orientation tag (1 = as stored, 2-8 = mirrored and/or turned); 1 if absent or
+    unreadable (as viewers treat it)."""
+    try:
+        value = image.getexif().get(_ORIENTATION, 1)
+    except Exception:  # malformed EXIF in an untrusted file: PIL raises many types
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def make_upright(image: Image.Image) -> bool:
+    """Turn ``image`` (in place) as its EXIF orientation says; True if it had to be turned.
+
+    Phones store photos in the sensor's orientation with a tag that every viewer applies, so
+    ``Orientation: 6`` stored 90x60 is shown, annotated and predicted 60x90.
+    """
+    if exif_orientation(image) == 1:
+        return False
+    ImageOps.exif_transpose(image, in_place=True)
+    return True
+
+
 def to_rgb(image: Image.Image) -> np.ndarray:
-    """A decoded image as HxWx3 uint8 RGB (grayscale, palette and RGBA are converted)."""
+    """A decoded image as HxWx3 uint8 RGB.
+
+    Grayscale, palette, RGBA and CMYK images are converted. Greyscale images with more than 8
+    bits (16-bit PNG/TIFF, 32-bit integer or float TIFF) are scaled linearly from their own
+    minimum..maximum to 0..255, not clipped (12-bit data would otherwise saturate).
+    """
+    if image.mode in _HIGH_BIT_MODES:
+        values = np.asarray(image, dtype=np.float64)
+        low, high = float(values.min(initial=0.0)), float(values.max(initial=0.0))
+        scale = 255.0 / (high - low) if high > low else 0.0
+        grey = np.rint((values - low) * scale).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
     if image.mode in ("P", "PA"):  # via RGBA: avoids PIL's palette-transparency warning
         image = image.convert("RGBA")
     return np.asarray(image.convert("RGB"))
 
 
+def is_high_bit_depth(image: Image.Image) -> bool:
+    """Whether :func:`to_rgb` scales ``image`` by its range (more than 8 bits per pixel)."""
+    return image.mode in _HIGH_BIT_MODES
+
+
 def read_image(path: Path) -> np.ndarray:
-    """An image as HxWx3 uint8 RGB. Grayscale, palette and RGBA images are converted to RGB."""
+    """An image as HxWx3 uint8 RGB, upright as its EXIF orientation says (see :func:`to_rgb`)."""
     return to_rgb(open_image(path))
 
 
@@ -128,9 +253,9 @@ def to_class_indices(
                 else ""
             )
             raise SegpipeError(
-                f"{path}: mask values {_short_list(bad)} fit none of the {num_classes} classes "
-                f"of data.classes (expected 0..{num_classes - 1}; the mask holds "
-                f"{_short_list(np.unique(values))}){hint}"
+                f"{path}: mask values [{short_list(bad.tolist())}] fit none of the "
+                f"{num_classes} classes of data.classes (expected 0..{num_classes - 1}; the mask "
+                f"holds [{short_list(np.unique(values).tolist())}]){hint}"
             )
         labels = values.astype(np.uint8)
     if ignored is not None:
@@ -138,16 +263,12 @@ def to_class_indices(
     return labels
 
 
-def _short_list(values: np.ndarray, limit: int = 10) -> str:
-    items = [str(v) for v in values.tolist()[:limit]]
-    if len(values) > limit:
-        items.append(f"... {len(values) - limit} more")
-    return "[" + ", ".join(items) + "]"
-
-
 def read_mask(path: Path, num_classes: int, ignore_index: int | None = None) -> np.ndarray:
-    """A mask as HxW uint8 class indices (see :func:`to_class_indices`)."""
-    return to_class_indices(mask_values(open_image(path)), num_classes, path, ignore_index)
+    """A mask as HxW uint8 class indices (see :func:`to_class_indices`), read as stored: masks
+    are drawn on the photo as shown, so no EXIF orientation applies to them."""
+    return to_class_indices(
+        mask_values(open_image(path, upright=False)), num_classes, path, ignore_index
+    )
 
 
 def read_pair(

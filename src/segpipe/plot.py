@@ -19,6 +19,7 @@ from segpipe.dataset import read_split  # noqa: E402
 from segpipe.errors import SegpipeError  # noqa: E402
 from segpipe.files import atomic_write  # noqa: E402
 from segpipe.images import IGNORE, read_image, read_mask  # noqa: E402
+from segpipe.tables import read_table  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -143,14 +144,9 @@ def dice_histogram(per_image_csv: Path, out_path: Path) -> None:
 
 
 def _read_per_image(path: Path) -> pd.DataFrame:
-    try:
-        frame = pd.read_csv(path)
-    except FileNotFoundError:
-        raise SegpipeError(f"{path}: per-image scores not found (run the evaluate stage)") from None
-    missing = {"stem", "image", "mask", "dice"} - set(frame.columns)
-    if missing:
-        raise SegpipeError(f"{path}: missing column(s) {sorted(missing)}")
-    return frame
+    return read_table(
+        path, ("stem", "image", "mask", "dice"), "per-image scores", "run the evaluate stage"
+    )
 
 
 def training_curves(live_dir: Path, out_path: Path) -> None:

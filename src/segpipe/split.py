@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ import pandas as pd
 from segpipe.config import SplitConfig
 from segpipe.errors import SegpipeError
 from segpipe.files import staged_dir
-from segpipe.images import image_files
+from segpipe.images import scan_folder
 from segpipe.validate import DatasetCheck, render_markdown
 
 log = logging.getLogger(__name__)
@@ -27,36 +28,52 @@ COLUMNS = ("stem", "image", "mask", "height", "width", "fg_fraction")
 
 
 def list_images(folder: Path) -> dict[str, Path]:
-    """Image files of ``folder`` by stem; two files with one stem are an error."""
+    """Image files below ``folder`` by stem (see :func:`~segpipe.images.scan_folder`); other
+    files are named in a warning, two files with one stem are an error."""
     if not folder.is_dir():
         raise SegpipeError(f"{folder}: folder not found")
-    found: dict[str, Path] = {}
-    for path in image_files(folder):
-        if path.stem in found:
-            raise SegpipeError(
-                f"{folder}: two files share the stem {path.stem!r} "
-                f"({found[path.stem].name}, {path.name}); keep one"
-            )
-        found[path.stem] = path
-    return found
+    scan = scan_folder(folder)
+    scan.require_unique_stems()
+    scan.warn_others(folder.as_posix())
+    return scan.images
 
 
-def pair_files(raw_dir: Path, check: DatasetCheck | None = None) -> pd.DataFrame:
-    """Rows of (stem, image, mask) for every stem present in both ``images/`` and ``masks/``.
+def pair_files(
+    raw_dir: Path, check: DatasetCheck | None = None, mask_suffix: str = ""
+) -> pd.DataFrame:
+    """Rows of (stem, image, mask): the mask of ``images/<stem>.<ext>`` is
+    ``masks/<stem><mask_suffix>.<ext>``.
 
     Unpaired files are skipped with a warning (recorded in ``check`` if given); no pair at all
     is an error.
     """
     check = check or DatasetCheck(num_classes=2)
-    images, masks = list_images(raw_dir / "images"), list_images(raw_dir / "masks")
-    check.n_images, check.n_masks = len(images), len(masks)
+    images = list_images(raw_dir / "images")
+    mask_files = list_images(raw_dir / "masks")
+    check.n_images, check.n_masks = len(images), len(mask_files)
+    masks: dict[str, Path] = {}
+    for mask_stem, path in mask_files.items():
+        stem = mask_stem.removesuffix(mask_suffix) if mask_suffix else mask_stem
+        if stem == mask_stem and mask_suffix:
+            check.skip(
+                mask_stem,
+                path,
+                "no_image",
+                f"no image for it: mask names end with data.mask_suffix {mask_suffix!r}",
+            )
+        else:
+            masks[stem] = path
     for stem in sorted(images.keys() - masks.keys()):
-        check.skip(stem, images[stem], "no_mask", "no mask with the same stem")
+        missing = f"named {stem}{mask_suffix}.<ext>" if mask_suffix else "with the same stem"
+        check.skip(stem, images[stem], "no_mask", f"no mask {missing}")
     for stem in sorted(masks.keys() - images.keys()):
         check.skip(stem, masks[stem], "no_image", "no image with the same stem")
     stems = sorted(images.keys() & masks.keys())
     if not stems:
-        raise SegpipeError(f"{raw_dir}: no image/mask pairs with matching file stems")
+        raise SegpipeError(
+            f"{raw_dir}: no image/mask pairs with matching file stems"
+            + _suffix_hint(images.keys(), mask_files.keys(), mask_suffix)
+        )
     return pd.DataFrame(
         {
             "stem": stems,
@@ -64,6 +81,24 @@ def pair_files(raw_dir: Path, check: DatasetCheck | None = None) -> pd.DataFrame
             "mask": [masks[s].as_posix() for s in stems],
         }
     )
+
+
+def _suffix_hint(image_stems: Iterable[str], mask_stems: Iterable[str], mask_suffix: str) -> str:
+    """A hint naming the ``data.mask_suffix`` the masks seem to use (``0001_mask.png`` next to
+    ``0001.jpg``), or ''."""
+    images = set(image_stems)
+    for mask in sorted(mask_stems):
+        for i in range(len(mask) - 1, 0, -1):  # the longest image stem first
+            if mask[i] in "_-. " and mask[:i] in images:
+                found = mask[i:]
+                if found != mask_suffix:
+                    return (
+                        f" (masks such as {mask!r} look like <stem>{found}: "
+                        f"set data.mask_suffix: {found!r})"
+                    )
+    if mask_suffix:
+        return f" (data.mask_suffix is {mask_suffix!r}: mask names must be <stem>{mask_suffix})"
+    return ""
 
 
 def assign_splits(n: int, cfg: SplitConfig, seed: int) -> np.ndarray:
@@ -105,6 +140,7 @@ def run(
     out_dir: Path,
     num_classes: int = 2,
     ignore_index: int | None = None,
+    mask_suffix: str = "",
 ) -> dict[str, int]:
     """Write ``train.csv``, ``val.csv``, ``test.csv``, ``report.json`` and ``report.md`` to
     ``out_dir`` (replaced as a whole); no image is copied.
@@ -116,7 +152,7 @@ def run(
     if raw_dir.resolve().is_relative_to(out_dir.resolve()):
         raise SegpipeError(f"{out_dir}: the output folder would replace the dataset {raw_dir}")
     check = DatasetCheck(num_classes, ignore_index)
-    frame = validate_pairs(pair_files(raw_dir, check), check)
+    frame = validate_pairs(pair_files(raw_dir, check, mask_suffix), check)
     skipped = f"{len(check.skipped)} file(s) skipped, see the warnings above"
     if frame.empty:
         raise SegpipeError(f"{raw_dir}: no valid image/mask pairs left ({skipped})")

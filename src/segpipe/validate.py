@@ -18,6 +18,9 @@ import numpy as np
 from segpipe.images import (
     IGNORE,
     UnreadableImageError,
+    exif_orientation,
+    is_high_bit_depth,
+    make_upright,
     mask_values,
     open_image,
     to_class_indices,
@@ -54,6 +57,9 @@ class DatasetCheck:
         self.widths: list[int] = []
         self.fg: list[float] = []
         self.image_modes: Counter[str] = Counter()
+        self.exif_turned = 0  # photos turned upright by their EXIF orientation
+        self.range_scaled = 0  # >8-bit greyscale photos scaled by their range
+        self.mask_orientation_tags = 0
         self.mask_modes: Counter[str] = Counter()
         self._hist8 = np.zeros(256, dtype=np.int64)
         self._hist_other: Counter[int] = Counter()
@@ -73,25 +79,32 @@ class DatasetCheck:
         none of the classes.
         """
         try:
-            image = open_image(image_path)
+            image = open_image(image_path, upright=False)
         except UnreadableImageError as e:
             self.skip(stem, image_path, "unreadable_image", f"cannot read image ({e.reason})")
             return None
         try:
-            mask_image = open_image(mask_path)
+            mask_image = open_image(mask_path, upright=False)
         except UnreadableImageError as e:
             self.skip(stem, mask_path, "unreadable_mask", f"cannot read mask ({e.reason})")
             return None
+        turned = make_upright(image)
         raw = mask_values(mask_image)
         classes = to_class_indices(raw, self.num_classes, mask_path, self.ignore_index)
         width, height = image.size
         if raw.shape != (height, width):
+            hint = (
+                "; the photo is shown turned by its EXIF orientation and the mask matches it as "
+                "stored: draw masks on the photo as viewers show it"
+                if turned and raw.shape == (width, height)
+                else ""
+            )
             self.skip(
                 stem,
                 mask_path,
                 "size_mismatch",
                 f"mask size {raw.shape[1]}x{raw.shape[0]} differs from image size "
-                f"{width}x{height} of {image_path} (width x height)",
+                f"{width}x{height} of {image_path} (width x height){hint}",
             )
             return None
         pixels = np.bincount(classes.ravel(), minlength=IGNORE + 1)
@@ -103,6 +116,15 @@ class DatasetCheck:
         self.fg.append(fg)
         self.image_modes[image.mode] += 1
         self.mask_modes[mask_image.mode] += 1
+        self.exif_turned += turned
+        self.range_scaled += is_high_bit_depth(image)
+        if exif_orientation(mask_image) != 1:
+            self.mask_orientation_tags += 1
+            log.warning(
+                "%s: the mask has an EXIF orientation tag; it is read as stored (masks are "
+                "taken as drawn on the photo as shown)",
+                mask_path,
+            )
         if raw.dtype == np.uint8:
             self._hist8 += np.bincount(raw.ravel(), minlength=256)
         else:
@@ -142,6 +164,9 @@ class DatasetCheck:
             "splits": dict(splits),
             "image_size": {"height": spread(self.heights), "width": spread(self.widths)},
             "image_modes": dict(sorted(self.image_modes.items())),
+            "exif_turned_images": self.exif_turned,
+            "range_scaled_images": self.range_scaled,
+            "masks_with_orientation_tag": self.mask_orientation_tags,
             "mask_modes": dict(sorted(self.mask_modes.items())),
             "mask_values": self.mask_histogram(),
             "class_pixels": {str(c): int(self._class_pixels[c]) for c in range(self.num_classes)},
@@ -183,6 +208,9 @@ def render_markdown(report: dict) -> str:
         f"- Image size (height x width): min {h['min']} x {w['min']}, "
         f"median {h['median']:g} x {w['median']:g}, max {h['max']} x {w['max']}.",
         f"- Image modes: {modes} (all are read as RGB).",
+        f"- Photos turned upright by their EXIF orientation tag: {report['exif_turned_images']}"
+        f"; greyscale photos of more than 8 bits scaled by their range to 0..255: "
+        f"{report['range_scaled_images']}.",
         f"- Mask values (pixels): {shown}.",
         "- Pixels per class index: "
         + ", ".join(f"{c}: {n}" for c, n in report["class_pixels"].items())
