@@ -56,3 +56,23 @@ def test_benchmark_on_real_photos(tmp_path):
     report = run_tiny(tmp_path, KVASIR, "--num-workers", "1")  # the pipeline with a worker
     assert report["data"] == KVASIR.name and report["num_workers"] == 1
     assert report["results"]["pipeline"]["train_images_per_s"] > 0
+
+
+def test_benchmark_data_keeps_awkward_names(tmp_path):
+    """The benchmark's split and its cut-down CSVs keep names such as 0003 and NA, and it
+    pairs suffixed masks (--mask-suffix)."""
+    from segpipe.dataset import read_split
+
+    from .realdata import AWKWARD_STEMS, write_folder_dataset
+
+    data = write_folder_dataset(tmp_path / "data", list(AWKWARD_STEMS), rotated=("0003",))
+    for mask in sorted((data / "masks").iterdir()):
+        mask.rename(mask.with_name(f"{mask.stem}_mask.png"))
+    seconds = bench.prepare_data(data, tmp_path / "work", 64, 4, mask_suffix="_mask")
+    assert seconds > 0
+    stems = [
+        stem
+        for name in ("train", "val", "test")
+        for stem in read_split(tmp_path / "work" / "splits" / f"{name}.csv")["stem"]
+    ]
+    assert len(stems) == 4 + 1 + 1 and set(stems) <= set(AWKWARD_STEMS)  # 10% val and test
