@@ -13,9 +13,11 @@ import pytest
 from PIL import Image
 
 from segpipe import cache, download, evaluate, plot, split, train
+from segpipe.dataset import read_split
 from segpipe.errors import SegpipeError
 from segpipe.images import IGNORE, read_mask
 from segpipe.synthetic import make_pair
+from segpipe.tables import read_table
 
 from .conftest import tiny_params
 
@@ -119,7 +121,7 @@ def test_multiclass_train_evaluate_plot(multiclass_run):
         fg = [written[f"{name}/{c}"] for c in CLASSES[1:] if written[f"{name}/{c}"] is not None]
         assert written[name] == pytest.approx(np.mean(fg))  # the mean over foreground classes
     assert "val_best_threshold" not in written  # argmax: no threshold to choose
-    for _, row in pd.read_csv(root / "splits" / "test.csv").iterrows():
+    for _, row in read_split(root / "splits" / "test.csv").iterrows():
         pred = Image.open(root / "pred" / f"{row['stem']}.png")
         assert pred.mode == "P" and pred.size == (row["width"], row["height"])
         assert set(np.unique(np.asarray(pred)).tolist()) <= {0, 1, 2, 3}
@@ -162,7 +164,9 @@ def test_include_background_changes_only_the_means(multiclass_run, tmp_path):
 def test_worst_gallery_orders_by_dice(multiclass_run, tmp_path):
     root, p, _, _ = multiclass_run
     stems = plot.worst_gallery(root / "per_image.csv", root / "pred", 3, tmp_path / "w.png", 4)
-    frame = pd.read_csv(root / "per_image.csv").sort_values(["dice", "stem"])
+    frame = read_table(root / "per_image.csv", ("stem",), "per-image scores", "").sort_values(
+        ["dice", "stem"]
+    )
     assert stems == frame["stem"].head(3).tolist()
 
 
@@ -181,7 +185,7 @@ def test_predict_reproduces_multiclass_predictions(multiclass_run, tmp_path):
     from segpipe import predict
 
     root, _, _, _ = multiclass_run
-    test = pd.read_csv(root / "splits" / "test.csv")
+    test = read_split(root / "splits" / "test.csv")
     inputs = tmp_path / "in"
     inputs.mkdir()
     for image in test["image"]:

@@ -7,12 +7,12 @@ import shutil
 import subprocess
 import sys
 
-import pandas as pd
 import pytest
 import torch
 from PIL import Image
 
 from segpipe import evaluate, train
+from segpipe.dataset import read_split
 from segpipe.images import read_mask
 from segpipe.metrics import SegmentationMetrics
 
@@ -43,7 +43,7 @@ def test_predict_reproduces_evaluate_exactly(tmp_path, params, splits_dir, model
         tmp_path / "per_image.csv",
         tmp_path / "eval_pred",
     )
-    test = pd.read_csv(splits_dir / "test.csv")
+    test = read_split(splits_dir / "test.csv")
     inputs = tmp_path / "new_images"
     inputs.mkdir()
     for image in test["image"]:
@@ -86,7 +86,7 @@ def test_predict_reproduces_evaluate_exactly(tmp_path, params, splits_dir, model
 
 
 def test_predict_single_file_and_errors(tmp_path, splits_dir, model_path):
-    image = pd.read_csv(splits_dir / "test.csv")["image"][0]
+    image = read_split(splits_dir / "test.csv")["image"][0]
     result = predict_cmd(
         "--model", str(model_path), "--input", image, "--output", str(tmp_path / "one")
     )

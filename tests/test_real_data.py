@@ -188,6 +188,8 @@ def test_image_formats_become_rgb(tmp_path):
     assert len(np.unique(grey)) == 48  # scaled by the range, not clipped at 255
     tiff = _write(Image.fromarray(twelve_bit), tmp_path / "f.TIF")
     assert (read_image(tiff) == grey).all()
+    offset = _write(Image.fromarray(twelve_bit + 1000), tmp_path / "g.png")  # 1000..4995
+    assert (read_image(offset) == grey).all()  # its own range, not 0..max
 
 
 def test_mask_formats(tmp_path):

@@ -11,13 +11,14 @@ from PIL import Image
 
 from segpipe import split
 from segpipe.config import SplitConfig
+from segpipe.dataset import read_split
 from segpipe.errors import SegpipeError
 from segpipe.images import UnreadableImageError, open_image, read_image, read_mask
 from segpipe.validate import DatasetCheck
 
 
 def read_splits(folder):
-    return {name: pd.read_csv(folder / f"{name}.csv") for name in split.SPLITS}
+    return {name: read_split(folder / f"{name}.csv") for name in split.SPLITS}
 
 
 def test_deterministic_disjoint_complete(tmp_path, raw_dir, params):

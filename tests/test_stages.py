@@ -12,7 +12,9 @@ import torch
 from PIL import Image
 
 from segpipe import evaluate, plot, train
+from segpipe.dataset import read_split
 from segpipe.model import load_checkpoint
+from segpipe.tables import read_table
 
 from .conftest import REPO
 
@@ -99,8 +101,8 @@ def test_evaluate_and_plot(trained, params, splits_dir):
     assert "dvc exp run -S 'seed=42' -S 'data.source=synthetic'" in card
     assert "-S 'data.classes=[background, foreground]'" in card
     assert "-S 'train.lr=0.001'" in card and "-S 'model.encoder_weights=null'" in card
-    per_image = pd.read_csv(out / "per_image.csv")
-    test = pd.read_csv(splits_dir / "test.csv")
+    per_image = read_table(out / "per_image.csv", ("stem",), "per-image scores", "")
+    test = read_split(splits_dir / "test.csv")
     assert list(per_image["stem"]) == list(test["stem"])
     assert per_image["dice"].mean() == pytest.approx(written["dice_per_image"])
     for _, row in test.iterrows():  # predictions come back at each image's own size

@@ -194,8 +194,8 @@ def to_rgb(image: Image.Image) -> np.ndarray:
     minimum..maximum to 0..255, not clipped (12-bit data would otherwise saturate).
     """
     if image.mode in _HIGH_BIT_MODES:
-        values = np.asarray(image, dtype=np.float64)
-        low, high = float(values.min(initial=0.0)), float(values.max(initial=0.0))
+        values = np.nan_to_num(np.asarray(image, dtype=np.float64))
+        low, high = float(values.min()), float(values.max())
         scale = 255.0 / (high - low) if high > low else 0.0
         grey = np.rint((values - low) * scale).astype(np.uint8)
         return np.repeat(grey[:, :, None], 3, axis=2)
