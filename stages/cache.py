@@ -22,4 +22,4 @@ if __name__ == "__main__":
             params.data.ignore_index,
         )
 
-    raise SystemExit(run_stage(main, args.verbose))
+    raise SystemExit(run_stage(main, args.verbose, params=args.params))

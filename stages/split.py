@@ -29,4 +29,4 @@ if __name__ == "__main__":
             params.data.mask_suffix,
         )
 
-    raise SystemExit(run_stage(main, args.verbose))
+    raise SystemExit(run_stage(main, args.verbose, params=args.params))

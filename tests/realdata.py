@@ -57,18 +57,23 @@ def save_rotated_photo(photo: np.ndarray, path: Path) -> None:
 
 
 def write_folder_dataset(
-    root: Path, stems: list[str], size: tuple[int, int] = (48, 64), rotated: tuple[str, ...] = ()
+    root: Path,
+    stems: list[str],
+    size: tuple[int, int] = (48, 64),
+    rotated: tuple[str, ...] = (),
+    first_seed: int = 0,
 ) -> Path:
     """``root/images/<stem>.jpg`` and ``root/masks/<stem>.png`` for every stem; the
     ``rotated`` stems are stored sideways with an EXIF orientation tag (the first non-square,
-    the others square), their masks drawn upright."""
+    the others square), their masks drawn upright. Photo ``i`` is drawn with seed
+    ``first_seed + i``."""
     (root / "images").mkdir(parents=True, exist_ok=True)
     (root / "masks").mkdir(parents=True, exist_ok=True)
     for i, stem in enumerate(stems):
         height, width = size
         if stem in rotated and stem != rotated[0]:
             height = width = max(size)
-        photo, mask = photo_and_mask(height, width, seed=i)
+        photo, mask = photo_and_mask(height, width, seed=first_seed + i)
         image_path = root / "images" / f"{stem}.jpg"
         if stem in rotated:
             save_rotated_photo(photo, image_path)

@@ -144,24 +144,31 @@ def test_find_dirs_kaggle_nested_layout(tmp_path: Path) -> None:
     # macOS resource forks must not win even though they hold more "images".
     _touch(root / "__MACOSX" / KAGGLE_NESTED / "images", *[f"._{i}.png" for i in range(9)])
     _touch(root / "__MACOSX" / KAGGLE_NESTED / "masks", "._0.png")
-    assert find_image_mask_dirs(root) == (nested / "images", nested / "masks")
+    assert find_image_mask_dirs(root) == [(nested / "images", nested / "masks")]
 
 
 def test_find_dirs_flat_case_insensitive(tmp_path: Path) -> None:
     _touch(tmp_path / "Images", "a.JPG", "b.jpeg")
     _touch(tmp_path / "MASKS", "a.png", "b.png")
-    assert find_image_mask_dirs(tmp_path) == (tmp_path / "Images", tmp_path / "MASKS")
+    assert find_image_mask_dirs(tmp_path) == [(tmp_path / "Images", tmp_path / "MASKS")]
 
 
-def test_find_dirs_name_variants_and_most_images(tmp_path: Path) -> None:
+def test_find_dirs_name_variants_all_pairs(tmp_path: Path) -> None:
+    """Every folder pair is found (no longer only the one with the most images: the others
+    were dropped in silence); pairs without images only when no pair has any."""
     _touch(tmp_path / "small" / "img", "a.bmp")
     _touch(tmp_path / "small" / "labels", "a.png")
     _touch(tmp_path / "big" / "imgs", "a.tif", "b.tiff", "notes.txt")
     _touch(tmp_path / "big" / "annotations", "a.png", "b.png")
-    assert find_image_mask_dirs(tmp_path) == (
-        tmp_path / "big" / "imgs",
-        tmp_path / "big" / "annotations",
-    )
+    (tmp_path / "empty" / "images").mkdir(parents=True)
+    (tmp_path / "empty" / "masks").mkdir(parents=True)
+    assert find_image_mask_dirs(tmp_path) == [
+        (tmp_path / "big" / "imgs", tmp_path / "big" / "annotations"),
+        (tmp_path / "small" / "img", tmp_path / "small" / "labels"),
+    ]
+    assert find_image_mask_dirs(tmp_path / "empty") == [
+        (tmp_path / "empty" / "images", tmp_path / "empty" / "masks")
+    ]
 
 
 def test_find_dirs_none_found(tmp_path: Path) -> None:

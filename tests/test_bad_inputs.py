@@ -340,3 +340,57 @@ def test_params_errors_are_one_line(case: Case, edits: dict, message: str) -> No
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {message}"), result.stderr
     assert not case.out.exists()
+
+
+def test_check_command_reports_a_misspelt_section(tmp_path: Path) -> None:
+    """A section no stage reads (`modle:`) is reported by the check stage and command."""
+    good = write_params(tmp_path / "p.yaml")
+    result = run_script("check.py", "--params", good)
+    assert result.returncode == 0 and f"{good}: valid" in result.stderr
+    raw = yaml.safe_load(good.read_text())
+    raw["modle"] = {"arch": "Unet"}
+    good.write_text(yaml.safe_dump(raw))
+    line = error_line(run_script("check.py", "--params", good), "modle")
+    assert line.startswith("error: unknown parameter 'modle' (valid keys in params: seed, data")
+    line = error_line(
+        run_script("check.py", "--params", write_params(tmp_path / "q.yaml", model__encoder="x"))
+    )
+    assert line.startswith("error: model.encoder: unknown encoder 'x' (valid: ")
+
+
+def test_params_changed_while_a_stage_ran(tmp_path: Path, capsys) -> None:
+    """Two `dvc exp run` in one workspace: the second rewrites params.yaml under the first."""
+    from segpipe.cli import run_stage
+
+    params = write_params(tmp_path / "params.yaml")
+    assert run_stage(lambda: None, params=params) == 0
+
+    def edit() -> None:
+        params.write_text(params.read_text().replace("lr: 0.001", "lr: 0.01"))
+
+    assert run_stage(edit, params=params) == 1
+    line = capsys.readouterr().err.strip()
+    assert line.startswith(f"error: {params}: changed while this stage ran (another `dvc exp run`")
+
+
+def test_data_path_missing_in_dvc_temporary_copy(tmp_path: Path) -> None:
+    """`dvc exp run --temp` and `dvc queue` run in a copy that lacks the git-ignored data."""
+    for sub in ("images", "masks"):  # the user's workspace has the data
+        (tmp_path / "repo" / "data" / "external" / sub).mkdir(parents=True)
+    work = tmp_path / "repo" / ".dvc" / "tmp" / "exps" / "tmpabc"
+    (work / "data" / "external").mkdir(parents=True)
+    (work / "data" / "external" / "README.md").write_text("put your data here")
+    params = write_params(work / "params.yaml", data__source="folder")
+    env = {k: v for k, v in os.environ.items() if k != "SEGPIPE_VERBOSE"}
+    result = subprocess.run(
+        [sys.executable, str(REPO / "stages" / "download.py"), "--params", params, "--out", "raw"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    line = error_line(result, "data.path", "data/external")
+    assert "DVC's temporary copy of the repository" in line
+    assert "dvc add data/external" in line
+    assert "dvc exp run --temp -C data/external/images -C data/external/masks" in line

@@ -131,3 +131,42 @@ def test_params_are_frozen():
     p = load_params(REPO / "params.yaml")
     with pytest.raises(AttributeError):
         p.train.lr = 1.0  # type: ignore[misc]
+
+
+def _set(*keys: str, value: object):
+    def edit(raw: dict) -> None:
+        node = raw
+        for key in keys[:-1]:
+            node = node[key]
+        node[keys[-1]] = value
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("keys", "value", "message"),
+    [
+        (("seed",), -1, r"seed: must be an integer in 0\.\.4294967295 \(2\*\*32 - 1\), got -1"),
+        (("seed",), 2**64 + 1, r"seed: must be an integer in 0\.\.4294967295"),
+        (("train", "lr"), float("inf"), r"train\.lr: must be a finite number, got inf"),
+        (("train", "class_weights"), [1.0, float("nan")], r"train\.class_weights\[1\]: must"),
+        (("evaluate", "threshold"), float("-inf"), r"evaluate\.threshold: must be a finite"),
+    ],
+)
+def test_out_of_range_seeds_and_non_finite_numbers(tmp_path, keys, value, message):
+    """Caught before any work (a seed of -1 used to fail after the split validated every
+    pair; an infinite lr trained a NaN model and saved it as the best)."""
+    with pytest.raises(SegpipeError, match=message):
+        load_params(write_params(tmp_path, _set(*keys, value=value)))
+
+
+def test_yes_and_no_are_strings_as_in_dvc(tmp_path):
+    """YAML 1.2 (DVC) reads yes/no/on/off as strings; only true/false are booleans."""
+    text = (REPO / "params.yaml").read_text()
+    path = tmp_path / "params.yaml"
+    path.write_text(text.replace("classes: [background, foreground]", "classes: [background, yes]"))
+    assert load_params(path).data.classes == ("background", "yes")
+    path.write_text(text.replace("augment: true", "augment: yes"))
+    with pytest.raises(SegpipeError, match=r"train\.augment: expected bool, got 'yes'"):
+        load_params(path)
+    assert read_yaml(path)["train"]["channels_last"] is True

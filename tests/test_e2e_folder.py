@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import sys
 
 import numpy as np
@@ -104,3 +105,38 @@ def test_awkward_names_and_rotated_photos_end_to_end(tmp_path):
     truth = read_mask_file(external / "masks" / f"{square}.png")
     sideways = dice(read_mask_file(predicted / f"{square}.png"), np.rot90(truth, k=1))
     assert sideways < scores[square] - 0.4, (sideways, scores[square])
+
+
+def dvc_fails(args: list[str], root, env) -> str:
+    """Run dvc, assert it failed, return its output."""
+    result = subprocess.run(
+        [sys.executable, "-m", "dvc", *args], cwd=root, env=env, capture_output=True, text=True
+    )
+    assert result.returncode != 0, result.stdout + result.stderr
+    return result.stdout + result.stderr
+
+
+def test_misspelt_section_and_temporary_copies(tmp_path):
+    """A section no stage reads stops `dvc repro`; `dvc exp run --temp` explains the missing
+    git-ignored data folder, and works with --copy-paths as the README says."""
+    root = tmp_path / "repo"
+    env = copy_repo(root, {**EDITS, ("train", "epochs"): 1})
+    write_folder_dataset(root / "data" / "external", list(STEMS))
+    run([sys.executable, "-m", "dvc", "repro"], root, env)
+
+    params = (root / "params.yaml").read_text()
+    (root / "params.yaml").write_text(params + "modle:\n  arch: Unet\n")
+    out = dvc_fails(["repro"], root, env)
+    assert "error: unknown parameter 'modle'" in out
+    (root / "params.yaml").write_text(params)
+    assert "Running stage" not in run([sys.executable, "-m", "dvc", "repro"], root, env)
+
+    out = dvc_fails(["exp", "run", "--temp", "-S", "train.lr=0.002"], root, env)
+    assert "DVC's temporary copy of the repository" in out
+    assert "dvc exp run --temp -C data/external/images -C data/external/masks" in out
+    copied = ["exp", "run", "--temp", "-C", "data/external/images", "-C", "data/external/masks"]
+    copied += ["-S", "train.lr=0.002"]
+    out = run([sys.executable, "-m", "dvc", *copied], root, env)
+    assert "Running stage 'train'" in out
+    shown = run([sys.executable, "-m", "dvc", "exp", "show", "--json"], root, env)
+    assert "0.002" in shown

@@ -273,7 +273,7 @@ def test_download_with_real_client(
     root = download_kaggle(DATASET, dest)
 
     assert root == dest / "supervisely-filtered-segmentation-person-dataset"
-    images, masks = find_image_mask_dirs(root)
+    ((images, masks),) = find_image_mask_dirs(root)
     assert (images, masks) == (root / NESTED / "images", root / NESTED / "masks")
     assert sorted(p.stem for p in images.iterdir()) == sorted(STEMS)
     assert sorted(p.stem for p in masks.iterdir()) == sorted(STEMS)

@@ -304,3 +304,45 @@ def test_scan_folder_names_duplicates_and_skips_the_output(tmp_path):
     assert [p.name for p in scan.duplicates] == ["a.jpg"]
     with pytest.raises(SegpipeError, match=r"two files share the stem 'a' \(a.PNG, a.jpg\)"):
         scan.require_unique_stems()
+
+
+def test_links_leaving_the_folder_are_skipped(tmp_path, params, caplog):
+    """`masks/passwd.png -> /etc/passwd` used to copy that file into data/raw (and a remote)."""
+    ext = write_folder_dataset(tmp_path / "ext", [f"{i:04d}" for i in range(6)])
+    secret = tmp_path / "secret.png"
+    Image.new("L", (64, 48)).save(secret)
+    (ext / "masks" / "0006.png").symlink_to(secret)
+    (ext / "images" / "0006.jpg").symlink_to("0000.jpg")  # inside the folder: read
+    (ext / "masks" / "linked").symlink_to(tmp_path, target_is_directory=True)
+    data = dataclasses.replace(params.data, source="folder", path=str(ext))
+    with caplog.at_level(logging.WARNING):
+        download.run(data, params.seed, tmp_path / "raw")
+    (line,) = [r.getMessage() for r in caplog.records if "symbolic link" in r.getMessage()]
+    assert "skipped 2 symbolic link(s)" in line and "0006.png" in line and "linked" in line
+    raw = tmp_path / "raw"
+    assert not (raw / "masks" / "0006.png").exists() and not (raw / "masks" / "linked").exists()
+    assert (raw / "images" / "0006.jpg").read_bytes() == (ext / "images" / "0000.jpg").read_bytes()
+
+
+def test_train_val_test_folders_are_all_used(tmp_path, params, caplog):
+    """A public layout with train/, val/ and test/ used to keep only the largest subset."""
+    ext = tmp_path / "ext"
+    for first, (subset, n) in enumerate((("train", 6), ("val", 3), ("test", 3))):
+        write_folder_dataset(ext / subset, [f"{i:04d}" for i in range(n)], first_seed=10 * first)
+    shutil.copytree(ext / "val", ext / "val_copy")  # the same file names: a copy, skipped
+    data = dataclasses.replace(params.data, source="folder", path=str(ext))
+    with caplog.at_level(logging.WARNING):
+        assert download.run(data, params.seed, tmp_path / "raw") == 12
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("3 image/mask folder pairs found, all are used" in m for m in messages)
+    assert any(
+        "val_copy/images: a copy of" in m and m.endswith("val/images (the same files)")
+        for m in messages
+    )
+    split.run(params.split, params.seed, tmp_path / "raw", tmp_path / "splits")
+    found = sorted(s for part in split_stems(tmp_path / "splits").values() for s in part)
+    assert found == sorted(
+        f"{subset}/{i:04d}"
+        for subset, n in (("train", 6), ("val", 3), ("test", 3))
+        for i in range(n)
+    )

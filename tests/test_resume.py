@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,7 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
+import segpipe
 from segpipe import resume
+from segpipe.imports import import_closure
 
 from .conftest import tiny_params, train_args, write_params
 
@@ -94,3 +97,36 @@ def test_changed_params_or_data_start_over(tmp_path, cache_dir):
     (tmp_path / "torn.pt").write_bytes(b"\x80\x04garbage")
     assert resume.load(tmp_path / "torn.pt", base) is None
     assert resume.load(tmp_path / "missing.pt", base) is None
+
+
+def test_changed_code_starts_over(tmp_path, cache_dir):
+    """Editing a module the train stage runs (the loss) changes the fingerprint, so a
+    resumed run never mixes epochs of old and new code; a plot-only module does not."""
+    package = tmp_path / "segpipe"
+    shutil.copytree(
+        Path(segpipe.__file__).parent, package, ignore=shutil.ignore_patterns("__pycache__")
+    )
+    closure = import_closure("segpipe.train", package)
+    names = {p.name for p in closure}
+    assert {"train.py", "losses.py", "engine.py", "model.py"} <= names
+    assert "plot.py" not in names and "predict.py" not in names
+    p, files = tiny_params(), [cache_dir / "train_images.npy"]
+    base = resume.fingerprint(p, files, closure)
+    assert resume.fingerprint(p, files) == resume.fingerprint(p, files)  # the installed code
+    (package / "plot.py").write_text((package / "plot.py").read_text() + "\n# edited\n")
+    assert resume.fingerprint(p, files, import_closure("segpipe.train", package)) == base
+    (package / "losses.py").write_text((package / "losses.py").read_text() + "\n# edited\n")
+    assert resume.fingerprint(p, files, import_closure("segpipe.train", package)) != base
+
+
+def test_import_closure_follows_lazy_and_relative_imports(tmp_path):
+    package = tmp_path / "segpipe"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "a.py").write_text("def f():\n    from segpipe import b\n")
+    (package / "b.py").write_text("from segpipe.c import thing\nimport os\n")
+    (package / "c.py").write_text("from . import d\nthing = 1\n")
+    (package / "d.py").write_text("")
+    (package / "unused.py").write_text("")
+    closure = import_closure("segpipe.a", package)
+    assert [p.name for p in closure] == ["__init__.py", "a.py", "b.py", "c.py", "d.py"]

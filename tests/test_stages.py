@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from PIL import Image
 
 from segpipe import evaluate, plot, train
 from segpipe.dataset import read_split
+from segpipe.errors import SegpipeError
 from segpipe.model import load_checkpoint
 from segpipe.tables import read_table
 
@@ -144,3 +146,45 @@ def test_stage_script_errors_are_one_line(tmp_path):
     assert result.returncode == 1
     assert result.stderr.strip() == "error: train.lr: must be > 0, got -1.0"
     assert not (tmp_path / "s").exists()
+
+
+def test_non_finite_loss_stops_training_and_keeps_the_best(
+    tmp_path, params, cache_dir, monkeypatch
+):
+    """A NaN loss used to train on, exit 0 and save a NaN model as the best."""
+    p = dataclasses.replace(params, train=dataclasses.replace(params.train, epochs=3))
+    real_build_loss = train.build_loss
+
+    def nan_from_epoch_2(*args, **kwargs):
+        loss_fn, calls = real_build_loss(*args, **kwargs), [0]
+
+        def loss(logits, masks):
+            value = loss_fn(logits, masks)
+            if torch.is_grad_enabled():  # training batches only, 3 per epoch
+                calls[0] += 1
+                return value * float("nan") if calls[0] > 3 else value
+            return value
+
+        return loss
+
+    monkeypatch.setattr(train, "build_loss", nan_from_epoch_2)
+    model, resume_path = tmp_path / "model.pt", tmp_path / "resume.pt"
+    with pytest.raises(SegpipeError) as error:
+        train.run(p, cache_dir, model, tmp_path / "live", resume_path)
+    message = str(error.value)
+    assert message.startswith("train: the loss is nan at batch 1 of 3 in epoch 2; training stopped")
+    assert f"{model} keeps the best epoch so far (1, val dice" in message
+    assert torch.load(model, weights_only=True)["epoch"] == 1
+    assert torch.load(resume_path, weights_only=True)["epoch"] == 1
+
+
+def test_a_last_batch_of_one_image_is_dropped(tmp_path, params, cache_dir):
+    """DeepLabV3Plus's image pooling cannot train batch norm on a single image: a train split
+    of 12 with batch size 11 failed with "Expected more than 1 value per channel"."""
+    p = dataclasses.replace(
+        params,
+        model=dataclasses.replace(params.model, arch="DeepLabV3Plus"),
+        train=dataclasses.replace(params.train, batch_size=11),
+    )
+    best = train.run(p, cache_dir, tmp_path / "model.pt", tmp_path / "live")
+    assert best["epoch"] == 1 and 0.0 <= best["dice"] <= 1.0

@@ -103,20 +103,20 @@ def _pick(subdirs: dict[str, Path], names: tuple[str, ...]) -> Path | None:
     return next((subdirs[n] for n in names if n in subdirs), None)
 
 
-def find_image_mask_dirs(root: Path) -> tuple[Path, Path]:
-    """Find the images folder and the masks folder in an extracted dataset tree.
+def find_image_mask_dirs(root: Path) -> list[tuple[Path, Path]]:
+    """Find the image folders and their mask folders in a dataset tree.
 
-    A candidate is any folder (``root`` included, at any depth) holding both an
-    image subfolder (images/image/imgs/img) and a mask subfolder
-    (masks/mask/labels/annotations), names compared case-insensitively.
-    ``__MACOSX`` folders are skipped. The candidate with the most image files wins;
-    ties go to the first one in sorted walk order.
+    A candidate is any folder (``root`` included, at any depth) holding both an image
+    subfolder (images/image/imgs/img) and a mask subfolder (masks/mask/labels/annotations),
+    names compared case-insensitively; those without images are dropped when others have
+    some. ``__MACOSX`` folders are skipped. A public layout such as ``train/``, ``val/``,
+    ``test/`` (each with images and masks) gives three candidates.
 
     Args:
         root: Root of the extracted tree.
 
     Returns:
-        ``(images_dir, masks_dir)``.
+        ``(images_dir, masks_dir)`` of every candidate, in sorted walk order.
 
     Raises:
         SegpipeError: ``root`` is not a folder, or no candidate is found.
@@ -124,7 +124,7 @@ def find_image_mask_dirs(root: Path) -> tuple[Path, Path]:
     root = Path(root)
     if not root.is_dir():
         raise SegpipeError(f"{root}: dataset folder not found")
-    best: tuple[int, Path, Path] | None = None
+    found: list[tuple[int, Path, Path]] = []
     for parent, dirnames, _ in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if d.lower() not in _SKIPPED_DIRS)
         subdirs = {d.lower(): Path(parent) / d for d in dirnames}
@@ -133,12 +133,12 @@ def find_image_mask_dirs(root: Path) -> tuple[Path, Path]:
             continue
         count = _count_images(images)
         logger.debug("Candidate %s / %s with %d images", images, masks, count)
-        if best is None or count > best[0]:
-            best = (count, images, masks)
-    if best is None:
+        found.append((count, images, masks))
+    if not found:
         raise SegpipeError(
             f"{root}: no folder with images/ and masks/ subfolders found (looked for "
             f"{'/'.join(IMAGE_DIR_NAMES)} next to {'/'.join(MASK_DIR_NAMES)}, any depth, "
             "case-insensitive)"
         )
-    return best[1], best[2]
+    with_images = [(images, masks) for count, images, masks in found if count]
+    return with_images or [(images, masks) for _, images, masks in found]

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from segpipe.errors import SegpipeError
+
+
+def _digest(path: str | Path | None) -> str | None:
+    """The SHA-256 of a file's bytes; None when there is no such file."""
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest() if path else None
+    except OSError:
+        return None
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -23,8 +33,14 @@ def parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
-def run_stage(main: Callable[[], object], verbose: bool = False) -> int:
+def run_stage(
+    main: Callable[[], object], verbose: bool = False, params: str | Path | None = None
+) -> int:
     """Run a stage; a :class:`SegpipeError` becomes ``error: <message>`` and exit code 1.
+
+    With ``params`` (the stage's parameters file), a file that changed while the stage ran is
+    an error too: the outputs may not match the parameters DVC records for them (two
+    ``dvc exp run`` at once in one workspace do this).
 
     Unexpected exceptions keep their traceback: they are bugs, not user errors.
     """
@@ -35,7 +51,15 @@ def run_stage(main: Callable[[], object], verbose: bool = False) -> int:
         datefmt="%H:%M:%S",
     )
     try:
+        before = _digest(params)
         main()
+        if before != _digest(params):
+            raise SegpipeError(
+                f"{params}: changed while this stage ran (another `dvc exp run` or an edit in "
+                "this workspace?), so its outputs may not match the parameters now in the "
+                "file; run it again, one run at a time (`dvc exp run --queue` or `--temp` "
+                "runs experiments side by side)"
+            )
     except SegpipeError as e:
         if verbose:
             raise

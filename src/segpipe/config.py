@@ -8,6 +8,7 @@ experiment (``dvc exp run -S train.lrr=1e-4``) stops before any work is done.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -103,8 +104,8 @@ class Params:
 
 
 class _Yaml12Loader(yaml.SafeLoader):
-    """PyYAML reads ``1e-05`` (what ``dvc exp run -S`` writes) as a string; YAML 1.2 and DVC
-    read it as a float. This resolver makes both agree."""
+    """PyYAML reads ``1e-05`` (what ``dvc exp run -S`` writes) as a string and ``yes`` as a
+    boolean; YAML 1.2 and DVC read a float and a string. These resolvers make both agree."""
 
 
 _Yaml12Loader.add_implicit_resolver(
@@ -119,6 +120,20 @@ _Yaml12Loader.add_implicit_resolver(
     ),
     list("-+0123456789."),
 )
+
+
+# YAML 1.1 (PyYAML) reads yes/no/on/off as booleans; YAML 1.2 (DVC) reads them as strings,
+# so `classes: [background, yes]` names a class "yes" for DVC and must for segpipe too.
+for _first, _resolvers in _Yaml12Loader.yaml_implicit_resolvers.items():
+    _resolvers[:] = [(tag, rx) for tag, rx in _resolvers if tag != "tag:yaml.org,2002:bool"]
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool",
+    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    list("tTfF"),
+)
+
+MAX_SEED = 2**32 - 1
+"""Seeds are 32-bit: numpy's global seed takes no more."""
 
 
 def read_yaml(path: Path) -> Any:
@@ -188,6 +203,8 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
         return tuple(_convert(inner, v, f"{key}[{i}]") for i, v in enumerate(value))
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, float) and not math.isfinite(value):
+        raise SegpipeError(f"{key}: must be a finite number, got {value!r}")
     if tp is int and isinstance(value, bool) or not isinstance(value, tp):
         raise SegpipeError(f"{key}: expected {_type_name(tp)}, got {value!r}")
     return value
@@ -199,6 +216,10 @@ def _require(ok: bool, message: str) -> None:
 
 
 def _check_values(p: Params) -> None:
+    _require(
+        0 <= p.seed <= MAX_SEED,
+        f"seed: must be an integer in 0..{MAX_SEED} (2**32 - 1), got {p.seed}",
+    )
     s = p.data.synthetic
     _require(len(p.data.classes) >= 2, "data.classes: list at least two classes (background first)")
     _require(len(set(p.data.classes)) == len(p.data.classes), "data.classes: names must be unique")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
+import math
 from collections.abc import Iterable, Iterator
 
 import torch
@@ -14,10 +15,15 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from segpipe.distributed import sum_over_ranks
+from segpipe.errors import SegpipeError
 from segpipe.losses import LossFn
 from segpipe.metrics import SegmentationMetrics
 
 log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(SegpipeError):
+    """Training produced a NaN or infinite loss: the run cannot go on."""
 
 
 def pick_device() -> torch.device:
@@ -104,15 +110,22 @@ def train_one_epoch(
     scaler: torch.amp.GradScaler | None = None,
     desc: str = "train",
 ) -> dict[str, float]:
-    """One pass over ``loader``. Returns ``{"loss": mean loss over images}``."""
+    """One pass over ``loader``. Returns ``{"loss": mean loss over images}``.
+
+    Raises:
+        NonFiniteLossError: a batch's loss is NaN or infinite (checked before the weights
+            are updated with it).
+    """
     model.train()
     total, seen = 0.0, 0
-    for images, masks in _batches(loader, desc):
+    for batch, (images, masks) in enumerate(_batches(loader, desc), start=1):
         images = _to_device(images, device, channels_last)
         masks = masks.to(device, non_blocking=True)
         with autocast(device, dtype):
             logits = model(images)
         loss = loss_fn(logits.float(), masks)
+        if not math.isfinite(value := loss.item()):
+            raise NonFiniteLossError(f"the loss is {value} at batch {batch} of {len(loader)}")
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -121,7 +134,7 @@ def train_one_epoch(
         else:
             loss.backward()
             optimizer.step()
-        total += loss.item() * images.shape[0]
+        total += value * images.shape[0]
         seen += images.shape[0]
     total, seen = sum_over_ranks(torch.tensor([total, seen], dtype=torch.float64)).tolist()
     return {"loss": total / max(seen, 1)}

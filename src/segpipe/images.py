@@ -27,12 +27,14 @@ _ORIENTATION = ExifTags.Base.Orientation
 class FolderScan:
     """What a folder holds, walked recursively: ``images`` by stem; ``duplicates``, image
     files whose stem an earlier file (in sorted order) has; ``others``, the files that are not
-    images (by extension). Hidden files and folders (``.name``) are left out."""
+    images (by extension); ``links``, symbolic links that are not followed (to a folder, or to
+    a file outside the folder). Hidden files and folders (``.name``) are left out."""
 
     root: Path
     images: dict[str, Path]
     duplicates: list[Path]
     others: list[Path]
+    links: list[Path]
 
     def require_unique_stems(self) -> None:
         """Raise :class:`SegpipeError` naming the first two files that share a stem."""
@@ -45,7 +47,7 @@ class FolderScan:
             )
 
     def warn_others(self, what: str) -> None:
-        """One warning naming the files that are not read as images (if any)."""
+        """Warnings naming the files that are not read as images and the links not followed."""
         if self.others:
             log.warning(
                 "%s: ignored %d file(s) that are not supported images (%s): %s",
@@ -53,6 +55,13 @@ class FolderScan:
                 len(self.others),
                 ", ".join(IMAGE_EXTENSIONS),
                 short_list([p.relative_to(self.root).as_posix() for p in self.others]),
+            )
+        if self.links:
+            log.warning(
+                "%s: skipped %d symbolic link(s) to folders or to files outside it: %s",
+                what,
+                len(self.links),
+                short_list([p.relative_to(self.root).as_posix() for p in self.links]),
             )
 
 
@@ -71,22 +80,32 @@ def is_image_file(path: Path) -> bool:
 def scan_folder(root: Path, exclude: Path | None = None) -> FolderScan:
     """The image files below ``root`` by stem (see :func:`stem_of`), in sorted order.
 
-    Subfolders are walked (links to folders are not followed); ``exclude`` (a folder inside
-    ``root``) is skipped.
+    Subfolders are walked; ``exclude`` (a folder inside ``root``) is skipped. Symbolic links
+    to files inside ``root`` are read; links to folders, and to files outside ``root`` (which
+    could bring any file of the machine into a dataset), are not.
     """
     root = Path(root)
+    inside = root.resolve()
     skip = exclude.resolve() if exclude is not None else None
     images: dict[str, Path] = {}
     duplicates: list[Path] = []
     others: list[Path] = []
+    links: list[Path] = []
     for parent, dirnames, filenames in os.walk(root):
         here = Path(parent)
         dirnames[:] = sorted(
             d for d in dirnames if not d.startswith(".") and (here / d).resolve() != skip
         )
+        links += [here / d for d in dirnames if (here / d).is_symlink()]
+        dirnames[:] = [d for d in dirnames if not (here / d).is_symlink()]
         for name in sorted(filenames):
             path = here / name
-            if name.startswith(".") or not path.is_file():
+            if name.startswith("."):
+                continue
+            if path.is_symlink() and not (path.exists() and path.resolve().is_relative_to(inside)):
+                links.append(path)  # outside root, or broken
+                continue
+            if not path.is_file():
                 continue
             if not is_image_file(path):
                 others.append(path)
@@ -96,7 +115,7 @@ def scan_folder(root: Path, exclude: Path | None = None) -> FolderScan:
                 duplicates.append(path)
             else:
                 images[stem] = path
-    return FolderScan(root, dict(sorted(images.items())), duplicates, others)
+    return FolderScan(root, dict(sorted(images.items())), duplicates, others, links)
 
 
 def short_list(items: list, limit: int = 10) -> str:

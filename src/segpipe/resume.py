@@ -2,14 +2,16 @@
 
 After each completed epoch, training writes one file with the model, optimizer, scheduler and
 every RNG state (python, numpy, torch, the DataLoader's shuffling generator, albumentations).
-A new run resumes from it only if its fingerprint (the train stage's params plus the bytes of the
-training data) matches, so an interrupted run finishes with exactly the numbers an
-uninterrupted one would have; anything else starts over.
+A new run resumes from it only if its fingerprint (the train stage's params, the bytes of the
+training data and of the code the stage runs, and the library versions) matches, so an
+interrupted run finishes with exactly the numbers an uninterrupted one would have; anything
+else starts over.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import logging
 import random
@@ -23,27 +25,46 @@ from albumentations.core.composition import BaseCompose
 
 from segpipe.config import Params, to_dict
 from segpipe.files import atomic_write
+from segpipe.imports import import_closure
 
 log = logging.getLogger(__name__)
 
 FORMAT = 1
 
 
-def fingerprint(params: Params, data_files: list[Path]) -> str:
-    """A hash of what determines a training run: seed, classes, model and train params, data."""
+def fingerprint(
+    params: Params, data_files: list[Path], code_files: list[Path] | None = None
+) -> str:
+    """A hash of what determines a training run: seed, classes, model and train params, the
+    training data, the code (by default the train stage's import closure in segpipe) and the
+    versions of the libraries that compute it."""
     digest = hashlib.sha256()
     config = {
         "seed": params.seed,
         "classes": list(params.data.classes),
         "model": to_dict(params.model),
         "train": to_dict(params.train),
+        "libraries": {name: _version(name) for name in LIBRARIES},
     }
     digest.update(json.dumps(config, sort_keys=True).encode())
-    for path in data_files:
+    code = import_closure("segpipe.train") if code_files is None else code_files
+    for path in [*code, *data_files]:
+        digest.update(Path(path).name.encode())
         with open(path, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()
+
+
+LIBRARIES = ("torch", "segmentation-models-pytorch", "timm", "albumentations", "numpy")
+"""Libraries whose version changes the numbers a training epoch produces."""
+
+
+def _version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "none"
 
 
 def capture_rng(transform: A.Compose, generator: torch.Generator) -> dict[str, Any]:
@@ -115,6 +136,6 @@ def load(path: Path, expected_fingerprint: str) -> dict[str, Any] | None:
         log.warning("ignoring %s: unknown format", path)
         return None
     if state.get("fingerprint") != expected_fingerprint:
-        log.info("params or data changed since %s was written: training from scratch", path)
+        log.info("params, data or code changed since %s was written: training from scratch", path)
         return None
     return state

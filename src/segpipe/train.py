@@ -19,12 +19,14 @@ from segpipe.cache import cache_paths
 from segpipe.config import Params
 from segpipe.dataset import CachedDataset, build_transform
 from segpipe.engine import (
+    NonFiniteLossError,
     adam,
     evaluate_epoch,
     resolve_precision,
     reuse_freed_memory,
     train_one_epoch,
 )
+from segpipe.errors import SegpipeError
 from segpipe.files import atomic_write
 from segpipe.losses import build_loss
 from segpipe.model import build_model, save_checkpoint, unwrap
@@ -73,6 +75,39 @@ def _selection_score(metrics: dict[str, float]) -> float:
     return -1.0 if math.isnan(dice) else dice  # best starts at -inf: epoch 1 is always kept
 
 
+def _last_batch_is_single(n_images: int, batch_size: int) -> bool:
+    """Whether an epoch would end with a batch of one image, which training drops: batch norm
+    cannot normalise a single value per channel (DeepLabV3Plus's image pooling, or any model
+    at 32 px). With shuffling, a different image sits out each epoch.
+
+    Raises:
+        SegpipeError: the training split (per process) holds a single image.
+    """
+    if n_images == 1:
+        raise SegpipeError(
+            "train: the train split holds 1 image (per process): batch norm needs at least 2 "
+            "per batch; add images or lower split.val_fraction / split.test_fraction"
+        )
+    if n_images % batch_size == 1:
+        log.info("the last training batch would hold 1 image: it is dropped each epoch")
+        return True
+    return False
+
+
+def _non_finite_message(
+    error: NonFiniteLossError, epoch: int, best: dict[str, float], model_path: Path
+) -> str:
+    kept = (
+        f"{model_path} keeps the best epoch so far ({best['epoch']}, val dice {best['dice']:.4f})"
+        if "epoch" in best
+        else f"no checkpoint was written to {model_path}"
+    )
+    return (
+        f"train: {error} in epoch {epoch}; training stopped ({kept}). Lower train.lr, "
+        "or check train.class_weights and the data"
+    )
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far, in MiB."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -87,6 +122,8 @@ def make_loader(
     generator: torch.Generator | None = None,
     collate_fn: Any = None,
     sampler: torch.utils.data.Sampler | None = None,
+    *,
+    drop_last: bool = False,
 ) -> DataLoader:
     """A DataLoader with seeded workers; pinned memory only where it helps (CUDA)."""
     return DataLoader(
@@ -94,6 +131,7 @@ def make_loader(
         batch_size=batch_size,
         shuffle=shuffle and sampler is None,
         sampler=sampler,
+        drop_last=drop_last,
         num_workers=num_workers,
         # Not persistent: each epoch's workers are seeded from `generator`, whose state the
         # resume file holds; persistent workers would carry RNG state that no file captures.
@@ -171,7 +209,13 @@ def _fit(
         else None
     )
     train_loader = make_loader(
-        train_set, t.batch_size, True, t.num_workers, generator, sampler=train_sampler
+        train_set,
+        t.batch_size,
+        True,
+        t.num_workers,
+        generator,
+        sampler=train_sampler,
+        drop_last=_last_batch_is_single(len(train_sampler or train_set), t.batch_size),
     )
     val_loader = make_loader(val_set, t.batch_size, False, t.num_workers, sampler=val_sampler)
 
@@ -244,17 +288,20 @@ def _fit(
             if train_sampler is not None:
                 train_sampler.set_epoch(epoch)
             start = time.perf_counter()
-            train_stats = train_one_epoch(
-                model,
-                train_loader,
-                loss_fn,
-                optimizer,
-                device,
-                dtype,
-                t.channels_last,
-                scaler,
-                desc=f"epoch {epoch}/{t.epochs} train",
-            )
+            try:
+                train_stats = train_one_epoch(
+                    model,
+                    train_loader,
+                    loss_fn,
+                    optimizer,
+                    device,
+                    dtype,
+                    t.channels_last,
+                    scaler,
+                    desc=f"epoch {epoch}/{t.epochs} train",
+                )
+            except NonFiniteLossError as e:
+                raise SegpipeError(_non_finite_message(e, epoch, best, model_path)) from None
             seconds = time.perf_counter() - start
             val = evaluate_epoch(
                 model,

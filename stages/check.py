@@ -1,0 +1,8 @@
+"""Stage and command: check params.yaml (every key, type and range, model names)."""
+
+from segpipe import check
+from segpipe.cli import parser, run_stage
+
+if __name__ == "__main__":
+    args = parser(__doc__).parse_args()
+    raise SystemExit(run_stage(lambda: check.run(args.params), args.verbose))
