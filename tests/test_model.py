@@ -47,6 +47,7 @@ def test_pretrained_weights_offline_fail_fast_with_one_line(tmp_path, monkeypatc
     import huggingface_hub
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")
     start = time.monotonic()
     with pytest.raises(SegpipeError) as err:
         build_model(dataclasses.replace(TINY, encoder_weights="imagenet"), 2)
@@ -150,3 +151,26 @@ def test_symmetric_same_padding_is_folded_into_the_convolution():
     x = torch.rand(2, 3, 96, 128)
     with torch.no_grad():
         assert torch.equal(model(x), reference(x))
+
+
+def test_hub_check_goes_through_huggingface_hub(monkeypatch):
+    """The reachability check uses huggingface_hub's client (its proxies, endpoint, timeout and
+    offline switch), not a raw socket."""
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    from segpipe import model as model_module
+
+    asked = []
+
+    class Session:
+        def head(self, url, timeout):
+            asked.append((url, timeout))
+
+    monkeypatch.setattr(huggingface_hub, "get_session", Session)
+    monkeypatch.setattr(constants, "ENDPOINT", "https://mirror.example")
+    monkeypatch.setattr(constants, "HF_HUB_ETAG_TIMEOUT", 4)
+    assert model_module._hub_reachable() is True
+    assert asked == [("https://mirror.example", 4)]
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert model_module._hub_reachable() is False and len(asked) == 1

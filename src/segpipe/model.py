@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import types
 from pathlib import Path
 from typing import Any
 from unittest import mock
-from urllib.parse import urlparse
 
 import torch
 from torch import nn
@@ -149,15 +146,21 @@ def _fp32_forward_when_training_on_cpu(conv: nn.Conv2d, x: torch.Tensor) -> torc
     return plain_forward(conv, x)
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """A quick TCP check of the Hugging Face endpoint (honours HF_ENDPOINT and HF_HUB_OFFLINE)."""
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+def _hub_reachable() -> bool:
+    """Whether the Hugging Face hub answers, asked through huggingface_hub's own HTTP client,
+    so its settings apply: ``HF_HUB_OFFLINE``, ``HF_ENDPOINT`` (a mirror), proxies
+    (``HTTPS_PROXY``) and ``HF_HUB_ETAG_TIMEOUT``. Offline, the download itself would retry for
+    about half a minute before giving up."""
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
         return False
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    port = url.port or (443 if url.scheme == "https" else 80)
     try:
-        socket.create_connection((url.hostname or "", port), timeout=timeout).close()
-    except OSError:
+        huggingface_hub.get_session().head(
+            constants.ENDPOINT, timeout=constants.HF_HUB_ETAG_TIMEOUT
+        )
+    except Exception:  # any transport failure; the HTTP client's error types vary by version
         return False
     return True
 
