@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -140,3 +141,18 @@ def test_misspelt_section_and_temporary_copies(tmp_path):
     assert "Running stage 'train'" in out
     shown = run([sys.executable, "-m", "dvc", "exp", "show", "--json"], root, env)
     assert "0.002" in shown
+
+    # The queue runs from the last commit, in a copy of its own: the same -C options.
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-qm", "baseline"], root, env)
+    queued = ["exp", "run", "--queue", "-C", "data/external/images", "-C", "data/external/masks"]
+    run([sys.executable, "-m", "dvc", *queued, "-S", "train.lr=0.003"], root, env)
+    run([sys.executable, "-m", "dvc", "queue", "start", "-j", "1"], root, env)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        status = run([sys.executable, "-m", "dvc", "queue", "status"], root, env)
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(2)
+    assert "Success" in status and "Failed" not in status, status
+    assert "0.003" in run([sys.executable, "-m", "dvc", "exp", "show", "--json"], root, env)

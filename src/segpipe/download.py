@@ -127,7 +127,7 @@ def _same_files(files: dict[str, Path], folder: Path) -> bool:
 
 
 def _copy_images(src: Path, target: Path, what: str, move: bool) -> None:
-    scan = scan_folder(src)
+    scan = scan_folder(src, confine_links=True)
     if not scan.images:
         raise SegpipeError(f"{what}: {src} holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
     scan.require_unique_stems()

@@ -27,8 +27,9 @@ _ORIENTATION = ExifTags.Base.Orientation
 class FolderScan:
     """What a folder holds, walked recursively: ``images`` by stem; ``duplicates``, image
     files whose stem an earlier file (in sorted order) has; ``others``, the files that are not
-    images (by extension); ``links``, symbolic links that are not followed (to a folder, or to
-    a file outside the folder). Hidden files and folders (``.name``) are left out."""
+    images (by extension); ``links``, symbolic links that are not followed (to a folder, broken,
+    or to a file outside the folder where links are confined). Hidden files and folders
+    (``.name``) are left out."""
 
     root: Path
     images: dict[str, Path]
@@ -58,7 +59,7 @@ class FolderScan:
             )
         if self.links:
             log.warning(
-                "%s: skipped %d symbolic link(s) to folders or to files outside it: %s",
+                "%s: skipped %d symbolic link(s) to folders, broken, or to files outside it: %s",
                 what,
                 len(self.links),
                 short_list([p.relative_to(self.root).as_posix() for p in self.links]),
@@ -77,12 +78,15 @@ def is_image_file(path: Path) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 
 
-def scan_folder(root: Path, exclude: Path | None = None) -> FolderScan:
+def scan_folder(
+    root: Path, exclude: Path | None = None, *, confine_links: bool = False
+) -> FolderScan:
     """The image files below ``root`` by stem (see :func:`stem_of`), in sorted order.
 
     Subfolders are walked; ``exclude`` (a folder inside ``root``) is skipped. Symbolic links
-    to files inside ``root`` are read; links to folders, and to files outside ``root`` (which
-    could bring any file of the machine into a dataset), are not.
+    to folders are not followed. With ``confine_links``, neither are links to files outside
+    ``root``: a dataset copied into the pipeline (and pushed to a remote) must not pick up any
+    file of the machine, such as ``masks/x.png -> /etc/passwd``.
     """
     root = Path(root)
     inside = root.resolve()
@@ -102,8 +106,10 @@ def scan_folder(root: Path, exclude: Path | None = None) -> FolderScan:
             path = here / name
             if name.startswith("."):
                 continue
-            if path.is_symlink() and not (path.exists() and path.resolve().is_relative_to(inside)):
-                links.append(path)  # outside root, or broken
+            if path.is_symlink() and not (
+                path.exists() and (not confine_links or path.resolve().is_relative_to(inside))
+            ):
+                links.append(path)  # broken, or outside root where links are confined
                 continue
             if not path.is_file():
                 continue
