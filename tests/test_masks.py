@@ -362,6 +362,9 @@ def test_a_stale_or_missing_rule_is_refused(tmp_path, splits_dir, params):
         )
     with pytest.raises(SegpipeError, match="mask rule not found \\(run the split stage first\\)"):
         load_rule(tmp_path / RULE_FILE)
+    Image.new("RGB", (4, 4), RED).save(tmp_path / "red.png")  # a colour mask since the split
+    with pytest.raises(SegpipeError, match="red.png: a colour mask, but the split stage read"):
+        MaskRule("0/255", 2).read(tmp_path / "red.png")
     (tmp_path / RULE_FILE).write_text('{"rule": "guess"}')
     with pytest.raises(SegpipeError, match="not a mask rule written by the split stage"):
         load_rule(tmp_path / RULE_FILE)

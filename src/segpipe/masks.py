@@ -140,7 +140,9 @@ class MaskRule:
             labels[ignored] = IGNORE
         return labels
 
-    def _index_classes(self, values: np.ndarray, ignored: np.ndarray | None, path: Path):
+    def _index_classes(
+        self, values: np.ndarray, ignored: np.ndarray | None, path: Path
+    ) -> np.ndarray:
         kept = values[~ignored] if ignored is not None else values
         n = self.num_classes
         if kept.size and (kept.min() < 0 or kept.max() >= n):
@@ -197,7 +199,12 @@ class MaskRule:
     def read(self, path: Path) -> np.ndarray:
         """A mask file as HxW uint8 class indices, read as stored: masks are drawn on the photo
         as shown, so no EXIF orientation applies to them."""
-        values, _ = mask_values(open_image(path, upright=False), self.rule == "colours")
+        values, colour = mask_values(open_image(path, upright=False), self.rule == "colours")
+        if colour and self.rule != "colours":  # changed since the split stage decided
+            raise SegpipeError(
+                f"{path}: a colour mask, but the split stage read the masks as {self.rule}; "
+                "rerun it (dvc repro)"
+            )
         return self.to_classes(values, path)
 
     def describe(self) -> str:
