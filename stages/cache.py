@@ -5,6 +5,7 @@ from pathlib import Path
 from segpipe import cache
 from segpipe.cli import parser, run_stage
 from segpipe.config import load_params
+from segpipe.masks import RULE_FILE, load_rule
 
 if __name__ == "__main__":
     p = parser(__doc__)
@@ -14,12 +15,7 @@ if __name__ == "__main__":
 
     def main() -> None:
         params = load_params(args.params)
-        cache.run(
-            args.splits,
-            args.out,
-            params.train.image_size,
-            params.data.num_classes,
-            params.data.ignore_index,
-        )
+        rule = load_rule(args.splits / RULE_FILE, params.data)
+        cache.run(args.splits, args.out, params.train.image_size, rule)
 
     raise SystemExit(run_stage(main, args.verbose, params=args.params))

@@ -5,10 +5,12 @@ from pathlib import Path
 from segpipe import plot
 from segpipe.cli import parser, run_stage
 from segpipe.config import load_params
+from segpipe.masks import load_rule
 
 if __name__ == "__main__":
     p = parser(__doc__)
     p.add_argument("--test", type=Path, required=True, help="test split CSV")
+    p.add_argument("--mask-rule", type=Path, required=True, help="the split stage's mask_rule.json")
     p.add_argument("--per-image", type=Path, required=True, help="evaluate's per-image CSV")
     p.add_argument("--predictions", type=Path, required=True, help="predicted masks folder")
     p.add_argument("--live", type=Path, required=True, help="DVCLive folder of the train stage")
@@ -24,8 +26,7 @@ if __name__ == "__main__":
             args.predictions,
             args.live,
             args.out,
-            params.data.num_classes,
-            params.data.ignore_index,
+            load_rule(args.mask_rule, params.data),
         )
 
     raise SystemExit(run_stage(main, args.verbose, params=args.params))

@@ -27,6 +27,7 @@ if __name__ == "__main__":
             params.data.num_classes,
             params.data.ignore_index,
             params.data.mask_suffix,
+            params.data.mask_colours,
         )
 
     raise SystemExit(run_stage(main, args.verbose, params=args.params))

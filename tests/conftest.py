@@ -84,5 +84,8 @@ def cache_dir(tmp_path: Path, splits_dir: Path, params: Params) -> Path:
     from segpipe import cache
 
     out = tmp_path / "cache"
-    cache.run(splits_dir, out, params.train.image_size, params.data.num_classes)
+    from segpipe.masks import RULE_FILE, load_rule
+
+    rule = load_rule(splits_dir / RULE_FILE, params.data)
+    cache.run(splits_dir, out, params.train.image_size, rule)
     return out

@@ -8,9 +8,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import yaml
 
+from segpipe.masks import rule_of_files
+
 from .conftest import REPO
+
+
+def read_mask(path: Path, num_classes: int = 2, ignore_index: int | None = None) -> np.ndarray:
+    """One mask file as class indices, by the rule the split stage would decide for it alone."""
+    return rule_of_files([Path(path)], num_classes, ignore_index).read(Path(path))
 
 
 def run(cmd: list[str], cwd: Path, env: dict[str, str]) -> str:

@@ -111,7 +111,7 @@ class Case:
         result = self.split()
         assert result.returncode == 0, result.stderr
         assert sorted(snapshot(self.out)) == sorted(
-            ["report.json", "report.md", "test.csv", "train.csv", "val.csv"]
+            ["mask_rule.json", "report.json", "report.md", "test.csv", "train.csv", "val.csv"]
         )
         return snapshot(self.out)
 
@@ -220,6 +220,149 @@ def test_mask_values_outside_the_classes_are_fatal(tmp_path: Path) -> None:
     assert line == (
         f"error: {bad}: mask values [3, 7, 255] fit none of the 3 classes of data.classes "
         "(expected 0..2; the mask holds [0, 1, 2, 3, 7, 255])"
+    )
+    case.assert_unchanged(before)
+
+
+# --- split: masks that no one rule reads ------------------------------------------------------
+# The split stage decides one mask rule from all masks (data/splits/mask_rule.json); before, each
+# file was read by a rule of its own and these datasets lost objects without a word.
+
+
+def recolour(case: Case, colour: tuple[int, int, int], stems: range = range(N_PAIRS)) -> None:
+    """The 0/255 masks of ``stems`` as RGB files: the object in ``colour`` on black."""
+    for i in stems:
+        path = case.raw / "masks" / f"p{i}.png"
+        grey = np.asarray(Image.open(path))
+        rgb = np.zeros((*grey.shape, 3), dtype=np.uint8)
+        rgb[grey == 255] = colour
+        Image.fromarray(rgb).save(path)
+
+
+def rewrite_masks(case: Case, values: dict[int, int], stems: range = range(N_PAIRS)) -> None:
+    """Map the mask values of ``stems`` through ``values`` (e.g. {255: 1} for 0/1 masks)."""
+    for i in stems:
+        path = case.raw / "masks" / f"p{i}.png"
+        grey = np.asarray(Image.open(path)).copy()
+        Image.fromarray(np.vectorize(lambda v: values.get(v, v))(grey).astype(np.uint8)).save(path)
+
+
+OBJECT_PIXELS = sum((2 + i) * 6 for i in range(N_PAIRS))  # make_pairs' squares
+ALL_PIXELS = N_PAIRS * 16 * 16
+
+
+@pytest.mark.parametrize("colour", [(255, 0, 0), (0, 0, 255)], ids=["red", "blue"])
+def test_colour_masks_need_data_mask_colours(case: Case, colour) -> None:
+    before = case.first_run()
+    recolour(case, colour)
+    masks, name = case.raw / "masks", f"[{colour[0]}, {colour[1]}, {colour[2]}]"
+    line = error_line(case.split(), masks, "data.mask_colours")
+    assert line == (
+        f"error: {masks}: 8 of 8 masks are colour images (e.g. {(masks / 'p0.png').as_posix()}; "
+        f"colours by pixels: [0, 0, 0] {1 - OBJECT_PIXELS / ALL_PIXELS:.1%}, {name} "
+        f"{OBJECT_PIXELS / ALL_PIXELS:.1%}); set data.mask_colours to one [r, g, b] per class of "
+        f"data.classes, in class order, e.g. [[0, 0, 0], {name}]"
+    )
+    case.assert_unchanged(before)
+    write_params(case.params, data__mask_colours=[[0, 0, 0], list(colour)])
+    assert warnings_of(case.split()) == []
+    report = case.report()
+    assert report["class_pixels"]["1"] == OBJECT_PIXELS  # before: every mask read as empty
+    assert (
+        f"colour masks (data.mask_colours): [0, 0, 0] is class 0, {name} is class 1"
+        in (case.out / "report.md").read_text()
+    )
+
+
+def test_a_colour_outside_data_mask_colours_is_fatal(case: Case) -> None:
+    write_params(case.params, data__mask_colours=[[0, 0, 0], [255, 0, 0]])
+    recolour(case, (255, 0, 0))
+    before = case.first_run()
+    bad = case.raw / "masks" / "p3.png"
+    rgb = np.asarray(Image.open(bad)).copy()
+    rgb[rgb[..., 0] == 255] = (0, 0, 255)
+    Image.fromarray(rgb).save(bad)
+    assert error_line(case.split(), bad) == (
+        f"error: {bad}: colours [0, 0, 255] (30 px) are not in data.mask_colours ([0, 0, 0], "
+        "[255, 0, 0]); add each with its class to data.classes, or fix the mask"
+    )
+    case.assert_unchanged(before)
+
+
+def test_voc_style_borders_need_ignore_index(case: Case) -> None:
+    before = case.first_run()
+    for i in range(N_PAIRS):  # 0/1 objects with a 255 border
+        path = case.raw / "masks" / f"p{i}.png"
+        inside = np.asarray(Image.open(path)) == 255
+        border = np.zeros_like(inside)
+        border[1 : 5 + i, 2:10] = True
+        Image.fromarray(np.where(inside, 1, np.where(border, 255, 0)).astype(np.uint8)).save(path)
+    masks = case.raw / "masks"
+    assert error_line(case.split(), masks, "data.ignore_index: 255") == (
+        f"error: {masks}: mask values 0 (8 files), 1 (8 files), 255 (8 files) fit no two-class "
+        "rule (0/1, 0/255, or grey levels near 0 and 255 as in JPEG masks); if 255 marks "
+        "borders or unlabelled pixels, set data.ignore_index: 255"
+    )
+    case.assert_unchanged(before)
+    write_params(case.params, data__ignore_index=255)
+    assert warnings_of(case.split()) == []
+    report = case.report()
+    assert report["class_pixels"]["1"] == OBJECT_PIXELS  # before: 0 object pixels kept
+    assert report["mask_rule"]["rule"] == "0/1"
+
+
+@pytest.mark.parametrize(
+    ("values", "stems", "found", "hint"),
+    [
+        (
+            {255: 1, 0: 0},
+            None,
+            "0 (8 files), 1 (8 files), 2 (1 file: {p5})",
+            "for class-index masks, list 3 classes in data.classes (background first)",
+        ),
+        (
+            {255: 2},
+            range(0, 8, 2),
+            "0 (8 files), 1 (4 files), 2 (4 files)",
+            "for class-index masks, list 3 classes in data.classes (background first)",
+        ),
+        (
+            {255: 76},
+            range(8),
+            "0 (8 files), 76 (8 files)",
+            "if 76 marks the foreground, set data.mask_colours: [[0, 0, 0], [76, 76, 76]]",
+        ),
+    ],
+    ids=["stray-2", "0-1-2", "grey-76"],
+)
+def test_mask_values_no_two_class_rule_reads(case: Case, values, stems, found, hint) -> None:
+    before = case.first_run()
+    rewrite_masks(case, {255: 1})  # 0/1 masks
+    if stems is None:  # one stray 2
+        path = case.raw / "masks" / "p5.png"
+        mask = np.asarray(Image.open(path)).copy()
+        mask[15, 15] = 2
+        Image.fromarray(mask).save(path)
+    else:
+        rewrite_masks(case, {1: values[255]}, stems)
+    masks = case.raw / "masks"
+    found = found.format(p5=(masks / "p5.png").as_posix())
+    assert error_line(case.split(), masks) == (
+        f"error: {masks}: mask values {found} fit no two-class rule (0/1, 0/255, or grey levels "
+        f"near 0 and 255 as in JPEG masks); {hint}"
+    )
+    case.assert_unchanged(before)
+
+
+def test_masks_that_disagree_are_fatal(case: Case) -> None:
+    before = case.first_run()
+    rewrite_masks(case, {255: 1}, range(0, 8, 2))  # half 0/1, half 0/255
+    masks = case.raw / "masks"
+    assert error_line(case.split(), masks) == (
+        f"error: {masks}: the masks disagree: 4 masks hold only 0 and 1 (e.g. "
+        f"{(masks / 'p0.png').as_posix()}), 4 hold values up to 255 (e.g. "
+        f"{(masks / 'p1.png').as_posix()}); one rule reads every mask: make them all 0/1 or all "
+        "0/255"
     )
     case.assert_unchanged(before)
 

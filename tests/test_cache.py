@@ -7,6 +7,7 @@ import torch
 
 from segpipe import cache
 from segpipe.dataset import CachedDataset, SegmentationDataset, build_transform, read_split
+from segpipe.masks import RULE_FILE, load_rule
 
 
 def test_cache_matches_decoding_on_the_fly(splits_dir, cache_dir, params):
@@ -19,7 +20,8 @@ def test_cache_matches_decoding_on_the_fly(splits_dir, cache_dir, params):
         assert masks.shape == (len(frame), size, size) and set(np.unique(masks)) <= {0, 1}
     transform = build_transform(size, augment=False, seed=0)
     cached = CachedDataset(*cache.cache_paths(cache_dir, "val"), transform)
-    direct = SegmentationDataset(read_split(splits_dir / "val.csv"), transform, 2)
+    rule = load_rule(splits_dir / RULE_FILE, params.data)
+    direct = SegmentationDataset(read_split(splits_dir / "val.csv"), transform, rule)
     assert len(cached) == len(direct)
     for i in range(len(cached)):
         (ci, cm), (di, dm) = cached[i], direct[i]

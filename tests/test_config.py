@@ -113,6 +113,70 @@ def test_bad_params_name_the_key(tmp_path, edit, message):
     assert "\n" not in str(err.value)
 
 
+def _colours(value: object, **data: object):
+    return lambda r: r["data"].update(mask_colours=value, **data)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            _colours([[0, 0, 0]]),
+            "data.mask_colours: expected 2 colours, one [r, g, b] per class of data.classes in "
+            "class order, got 1",
+        ),
+        (
+            _colours([[0, 0, 0], [255, 0, 0], [0, 0, 255]]),
+            "data.mask_colours: expected 2 colours, one [r, g, b] per class of data.classes in "
+            "class order, got 3",
+        ),
+        (
+            _colours([[0, 0, 0], [256, 0, 0]]),
+            "data.mask_colours[1]: expected [r, g, b] with values in 0..255 (the colour of class "
+            "'foreground'), got [256, 0, 0]",
+        ),
+        (
+            _colours([[0, 0, -1], [255, 0, 0]]),
+            "data.mask_colours[0]: expected [r, g, b] with values in 0..255 (the colour of class "
+            "'background'), got [0, 0, -1]",
+        ),
+        (
+            _colours([[0, 0, 0], [255, 0]]),
+            "data.mask_colours[1]: expected [r, g, b] with values in 0..255",
+        ),
+        (_colours([[0, 0, 0], "red"]), "data.mask_colours[1]: expected a list, got 'red'"),
+        (_colours([[0, 0, 0], [255, 0.5, 0]]), "data.mask_colours[1][1]: expected int, got 0.5"),
+        (_colours([[0, 0, 0], [255, True, 0]]), "data.mask_colours[1][1]: expected int, got True"),
+        (_colours("red"), "data.mask_colours: expected a list, got 'red'"),
+        (
+            _colours([[255, 0, 0], [255, 0, 0]]),
+            "data.mask_colours: classes 'background' and 'foreground' have the same colour "
+            "[255, 0, 0]; each class needs its own",
+        ),
+        (
+            _colours([[0, 0, 0], [255, 255, 255]], ignore_index=255),
+            "data.ignore_index: with data.mask_colours it leaves out the grey colour "
+            "[255, 255, 255], which must be in 0..255 and no class's colour",
+        ),
+        (
+            _colours([[0, 0, 0], [255, 0, 0]], ignore_index=300),
+            "data.ignore_index: with data.mask_colours it leaves out the grey colour",
+        ),
+    ],
+)
+def test_bad_mask_colours_name_the_key(tmp_path, edit, message):
+    with pytest.raises(SegpipeError) as err:
+        load_params(write_params(tmp_path, edit))
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_mask_colours_load_as_tuples(tmp_path):
+    p = load_params(write_params(tmp_path, _colours([[0, 0, 0], [255, 0, 0]], ignore_index=255)))
+    assert p.data.mask_colours == ((0, 0, 0), (255, 0, 0)) and p.data.ignore_index == 255
+    assert load_params(REPO / "params.yaml").data.mask_colours is None
+
+
 def test_unknown_key_lists_valid_keys(tmp_path):
     with pytest.raises(SegpipeError, match=r"valid keys in train: image_size, epochs"):
         load_params(write_params(tmp_path, lambda r: r["train"].update(epoch=1)))

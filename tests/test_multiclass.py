@@ -15,11 +15,13 @@ from PIL import Image
 from segpipe import cache, download, evaluate, plot, split, train
 from segpipe.dataset import read_split
 from segpipe.errors import SegpipeError
-from segpipe.images import IGNORE, read_mask
+from segpipe.images import IGNORE
+from segpipe.masks import RULE_FILE, MaskRule, load_rule
 from segpipe.synthetic import make_pair
 from segpipe.tables import read_table
 
 from .conftest import tiny_params
+from .helpers import read_mask
 
 CLASSES = ("background", "ellipse", "box", "triangle")
 
@@ -84,8 +86,10 @@ def test_binary_masks_with_an_ignore_value(tmp_path):
     path = tmp_path / "m.png"
     Image.fromarray(np.array([[0, 1, 255, 1]], dtype=np.uint8)).save(path)
     assert read_mask(path, 2, ignore_index=255).tolist() == [[0, 1, IGNORE, 1]]
-    # Without it, a mask holding values above 1 is a 0/255 mask: thresholded at 128.
-    assert read_mask(path, 2).tolist() == [[0, 0, 1, 0]]
+    # Without it, 0/1 with a 255 border fits no two-class rule (before, the mask was read as
+    # 0/255 and its object became background): the error names the fix.
+    with pytest.raises(SegpipeError, match="set data.ignore_index: 255"):
+        read_mask(path, 2)
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +98,8 @@ def multiclass_run(tmp_path_factory):
     p = multiclass_params()
     download.run(p.data, p.seed, root / "raw")
     split.run(p.split, p.seed, root / "raw", root / "splits", p.data.num_classes)
-    cache.run(root / "splits", root / "cache", p.train.image_size, p.data.num_classes)
+    rule = load_rule(root / "splits" / RULE_FILE, p.data)
+    cache.run(root / "splits", root / "cache", p.train.image_size, rule)
     best = train.run(p, root / "cache", root / "model.pt", root / "live")
     result = evaluate.run(
         p,
@@ -138,7 +143,7 @@ def test_multiclass_train_evaluate_plot(multiclass_run):
         root / "pred",
         root / "live",
         root / "plots",
-        p.data.num_classes,
+        load_rule(root / "splits" / RULE_FILE, p.data),
     )
     for name in ("predictions.png", "worst.png", "dice_histogram.png", "training_curves.png"):
         assert Image.open(root / "plots" / name).size[0] > 300
@@ -163,7 +168,8 @@ def test_include_background_changes_only_the_means(multiclass_run, tmp_path):
 
 def test_worst_gallery_orders_by_dice(multiclass_run, tmp_path):
     root, p, _, _ = multiclass_run
-    stems = plot.worst_gallery(root / "per_image.csv", root / "pred", 3, tmp_path / "w.png", 4)
+    rule = MaskRule("indices", 4)
+    stems = plot.worst_gallery(root / "per_image.csv", root / "pred", 3, tmp_path / "w.png", rule)
     frame = read_table(root / "per_image.csv", ("stem",), "per-image scores", "").sort_values(
         ["dice", "stem"]
     )

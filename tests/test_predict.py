@@ -13,7 +13,7 @@ from PIL import Image
 
 from segpipe import evaluate, train
 from segpipe.dataset import read_split
-from segpipe.images import read_mask
+from segpipe.masks import RULE_FILE, MaskRule, load_rule
 from segpipe.metrics import SegmentationMetrics
 
 from .conftest import REPO
@@ -71,9 +71,9 @@ def test_predict_reproduces_evaluate_exactly(tmp_path, params, splits_dir, model
         assert (
             mask_file.read_bytes() == (tmp_path / "eval_pred" / f"{row['stem']}.png").read_bytes()
         )
-        pred = read_mask(mask_file, 2)
+        pred = MaskRule.predictions(2).read(mask_file)
         assert pred.shape == (row["height"], row["width"])  # the input's own resolution
-        truth = read_mask(row["mask"], 2)
+        truth = load_rule(splits_dir / RULE_FILE).read(row["mask"])
         metrics.update(torch.from_numpy(pred)[None], torch.from_numpy(truth)[None])
         assert Image.open(tmp_path / "out" / f"{row['stem']}_overlay.png").size == (
             row["width"],

@@ -17,10 +17,12 @@ from segpipe import cache, download, plot, split
 from segpipe.config import load_params
 from segpipe.dataset import read_split
 from segpipe.errors import SegpipeError
-from segpipe.images import open_image, read_image, read_mask, read_pair, scan_folder
+from segpipe.images import open_image, read_image, scan_folder
+from segpipe.masks import RULE_FILE, MaskRule, load_rule, read_pair
 from segpipe.tables import read_table
 
 from .conftest import REPO, tiny_params, write_params
+from .helpers import read_mask
 from .realdata import (
     AWKWARD_STEMS,
     photo_and_mask,
@@ -100,10 +102,11 @@ def test_plot_titles_and_log_keep_names(tmp_path, monkeypatch, caplog):
         titles.extend(ax.get_title() for ax in fig.axes)
 
     monkeypatch.setattr(plot, "_save", keep_titles)
-    plot.prediction_grid(tmp_path / "test.csv", preds, 3, tmp_path / "grid.png")
+    rule = MaskRule("0/255", 2)
+    plot.prediction_grid(tmp_path / "test.csv", preds, 3, tmp_path / "grid.png", rule)
     assert [t for t in titles if ":" in t] == ["image: 0003", "image: NA", "image: 1e5"]
     titles.clear()
-    worst = plot.worst_gallery(tmp_path / "per_image.csv", preds, 3, tmp_path / "worst.png")
+    worst = plot.worst_gallery(tmp_path / "per_image.csv", preds, 3, tmp_path / "worst.png", rule)
     assert worst == ["NA", "1e5", "0003"]
     assert [t for t in titles if "Dice" in t] == [
         "NA: Dice 0.100",
@@ -123,7 +126,7 @@ def test_exif_rotated_photo_is_read_upright(tmp_path):
     shown = read_image(tmp_path / "phone.jpg")
     assert shown.shape == (48, 64, 3)
     Image.fromarray(mask).save(tmp_path / "phone.png")
-    image, labels = read_pair(tmp_path / "phone.jpg", tmp_path / "phone.png", 2)
+    image, labels = read_pair(tmp_path / "phone.jpg", tmp_path / "phone.png", MaskRule("0/255", 2))
     red = (image[..., 0] > 180) & (image[..., 1] < 90)
     assert mask_dice(red, labels) > 0.9
 
@@ -138,7 +141,9 @@ def test_split_counts_turned_photos_and_cache_aligns_them(tmp_path, params):
         "turned upright by their EXIF orientation tag: 2"
         in (tmp_path / "splits" / "report.md").read_text()
     )
-    cache.run(tmp_path / "splits", tmp_path / "cache", 64, 2)
+    cache.run(
+        tmp_path / "splits", tmp_path / "cache", 64, load_rule(tmp_path / "splits" / RULE_FILE)
+    )
     for name in split.SPLITS:
         frame = read_split(tmp_path / "splits" / f"{name}.csv")
         images = np.load(tmp_path / "cache" / f"{name}_images.npy")
@@ -220,10 +225,13 @@ def test_formats_pair_and_split(tmp_path, params):
                 raw / "masks" / f"{i:03d}.gif",
             )
         else:
-            _write(Image.fromarray(mask.astype(np.uint16) * 257), raw / "masks" / f"{i:03d}.png")
+            # 16-bit 0/1, as the GIFs: one rule reads all masks, so they must agree
+            indices = (mask > 0).astype(np.uint16)
+            _write(Image.fromarray(indices), raw / "masks" / f"{i:03d}.png")
     split.run(params.split, params.seed, raw, tmp_path / "splits")
     report = json.loads((tmp_path / "splits" / "report.json").read_text())
     assert report["valid_pairs"] == 8 and report["skipped"] == []
+    assert report["mask_modes"] == {"I;16": 4, "P": 4} and report["mask_rule"]["rule"] == "0/1"
     assert report["class_pixels"]["1"] > 0
 
 

@@ -13,8 +13,11 @@ from segpipe import split
 from segpipe.config import SplitConfig
 from segpipe.dataset import read_split
 from segpipe.errors import SegpipeError
-from segpipe.images import UnreadableImageError, open_image, read_image, read_mask
+from segpipe.images import UnreadableImageError, open_image, read_image
+from segpipe.masks import MaskRule
 from segpipe.validate import DatasetCheck
+
+from .helpers import read_mask
 
 
 def read_splits(folder):
@@ -24,7 +27,7 @@ def read_splits(folder):
 def test_deterministic_disjoint_complete(tmp_path, raw_dir, params):
     counts = split.run(params.split, params.seed, raw_dir, tmp_path / "a")
     split.run(params.split, params.seed, raw_dir, tmp_path / "b")
-    for name in (*(f"{s}.csv" for s in split.SPLITS), "report.json", "report.md"):
+    for name in (*(f"{s}.csv" for s in split.SPLITS), "mask_rule.json", "report.json", "report.md"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     frames = read_splits(tmp_path / "a")
     stems = [set(f["stem"]) for f in frames.values()]
@@ -206,7 +209,7 @@ def test_a_failed_run_leaves_the_earlier_output(tmp_path, raw_dir, params, monke
     monkeypatch.undo()
     split.run(params.split, params.seed, raw_dir, out)  # a good run replaces the whole folder
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["report.json", "report.md", "test.csv", "train.csv", "val.csv"]
+        ["mask_rule.json", "report.json", "report.md", "test.csv", "train.csv", "val.csv"]
     )
 
 
@@ -224,9 +227,10 @@ def test_multiclass_values_must_fit_the_classes(tmp_path, raw_dir, params):
     assert sum(counts.values()) == 24
     report = json.loads((tmp_path / "ok" / "report.json").read_text())
     assert set(report["mask_values"]) == {"0", "2"} and report["num_classes"] == 3
-    Image.fromarray(np.array([[0, 1], [5, 9]], dtype=np.uint8)).save(
-        raw_dir / "masks" / "syn_00004.png"
-    )
+    bad = raw_dir / "masks" / "syn_00004.png"
+    values = np.zeros_like(np.asarray(Image.open(bad)))  # the image's size: a pair in use
+    values[0, :4] = [0, 1, 5, 9]
+    Image.fromarray(values).save(bad)
     with pytest.raises(
         SegpipeError, match=r"syn_00004.png: mask values \[5, 9\] fit none of the 3"
     ):
@@ -234,10 +238,14 @@ def test_multiclass_values_must_fit_the_classes(tmp_path, raw_dir, params):
     assert not (tmp_path / "bad").exists()
 
 
-def test_binary_masks_accept_any_8bit_values(tmp_path):
+def test_the_grey_rule_reads_any_8bit_value(tmp_path):
     values = np.array([[0, 3, 127], [128, 200, 255]], dtype=np.uint8)
     Image.fromarray(values).save(tmp_path / "m.png")
-    assert read_mask(tmp_path / "m.png", 2).tolist() == [[0, 0, 0], [1, 1, 1]]
+    assert MaskRule("grey", 2).read(tmp_path / "m.png").tolist() == [[0, 0, 0], [1, 1, 1]]
+    # Six levels, a third of them in the middle, are no 0/255 mask with noise: no rule reads
+    # them (before, each file was thresholded at 128 on its own).
+    with pytest.raises(SegpipeError, match="fit no two-class rule"):
+        read_mask(tmp_path / "m.png", 2)
 
 
 def test_truncation_is_found_by_decoding(tmp_path):

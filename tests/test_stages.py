@@ -15,6 +15,7 @@ from PIL import Image
 from segpipe import evaluate, plot, train
 from segpipe.dataset import read_split
 from segpipe.errors import SegpipeError
+from segpipe.masks import RULE_FILE, load_rule
 from segpipe.model import load_checkpoint
 from segpipe.tables import read_table
 
@@ -119,6 +120,7 @@ def test_evaluate_and_plot(trained, params, splits_dir):
         out / "pred",
         out / "live",
         out / "plots",
+        load_rule(splits_dir / RULE_FILE, params.data),
     )
     for name in ("predictions.png", "worst.png", "dice_histogram.png", "training_curves.png"):
         image = Image.open(out / "plots" / name)

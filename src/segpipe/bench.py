@@ -42,6 +42,7 @@ from segpipe.engine import (
     train_one_epoch,
 )
 from segpipe.losses import build_loss
+from segpipe.masks import RULE_FILE, load_rule
 from segpipe.model import build_model
 
 MODES = ("naive", "pipeline", "model")
@@ -81,8 +82,13 @@ def run_mode(mode: str, splits_dir: Path, cache_dir: Path, args: argparse.Namesp
     train_frame = read_split(splits_dir / "train.csv").head(n)
     if mode == "naive":
         # The tutorial's loader: PIL decode of the full-size files and resize, every item.
-        train_set = SegmentationDataset(train_frame, build_transform(args.image_size, True, 0), 2)
-        eval_set = SegmentationDataset(train_frame, build_transform(args.image_size, False, 0), 2)
+        rule = load_rule(splits_dir / RULE_FILE)
+        train_set = SegmentationDataset(
+            train_frame, build_transform(args.image_size, True, 0), rule
+        )
+        eval_set = SegmentationDataset(
+            train_frame, build_transform(args.image_size, False, 0), rule
+        )
     elif mode == "pipeline":
         images, masks = cache.cache_paths(cache_dir, "train")
         train_set = CachedDataset(images, masks, build_transform(args.image_size, True, 0), n)
@@ -143,7 +149,7 @@ def prepare_data(
         path = splits / f"{name}.csv"
         read_split(path).head(rows).to_csv(path, index=False)
     start = time.perf_counter()
-    cache.run(work / "splits", work / "cache", image_size, 2)
+    cache.run(splits, work / "cache", image_size, load_rule(splits / RULE_FILE))
     return time.perf_counter() - start
 
 

@@ -16,7 +16,7 @@ from numpy.lib.format import open_memmap
 
 from segpipe.dataset import read_split
 from segpipe.files import staged_dir
-from segpipe.images import read_pair
+from segpipe.masks import MaskRule, read_pair
 from segpipe.split import SPLITS
 
 log = logging.getLogger(__name__)
@@ -32,18 +32,18 @@ def build_split_cache(
     images_path: Path,
     masks_path: Path,
     image_size: int,
-    num_classes: int,
-    ignore_index: int | None = None,
+    rule: MaskRule,
 ) -> int:
     """Resize every pair of ``split_csv`` exactly as training would (albumentations' Resize:
-    bilinear for images, nearest for masks) and write both arrays. Returns the count."""
+    bilinear for images, nearest for masks; masks read by ``rule``) and write both arrays.
+    Returns the count."""
     frame = read_split(split_csv)
     resize = A.Resize(image_size, image_size)
     n = len(frame)
     images = open_memmap(images_path, "w+", np.uint8, (n, image_size, image_size, 3))
     masks = open_memmap(masks_path, "w+", np.uint8, (n, image_size, image_size))
     for i, (image_file, mask_file) in enumerate(zip(frame["image"], frame["mask"], strict=True)):
-        image, mask = read_pair(Path(image_file), Path(mask_file), num_classes, ignore_index)
+        image, mask = read_pair(Path(image_file), Path(mask_file), rule)
         out = resize(image=image, mask=mask)
         images[i], masks[i] = out["image"], out["mask"]
     images.flush()
@@ -51,14 +51,9 @@ def build_split_cache(
     return n
 
 
-def run(
-    splits_dir: Path,
-    cache_dir: Path,
-    image_size: int,
-    num_classes: int,
-    ignore_index: int | None = None,
-) -> dict[str, int]:
-    """Cache the train, val and test splits at ``image_size``; masks hold class indices, with
+def run(splits_dir: Path, cache_dir: Path, image_size: int, rule: MaskRule) -> dict[str, int]:
+    """Cache the train, val and test splits at ``image_size``; masks hold class indices by the
+    split stage's ``rule`` (see :func:`~segpipe.masks.load_rule`), with
     :data:`~segpipe.images.IGNORE` where ``ignore_index`` was."""
     counts = {}
     with staged_dir(cache_dir) as staging:  # all six arrays appear together, or none
@@ -69,8 +64,7 @@ def run(
                 images_path,
                 masks_path,
                 image_size,
-                num_classes,
-                ignore_index,
+                rule,
             )
     size_mb = sum(p.stat().st_size for p in cache_dir.glob("*.npy")) / 2**20
     log.info("cached %s at %dx%d (%.1f MiB)", counts, image_size, image_size, size_mb)

@@ -43,6 +43,7 @@ class DataConfig:
     kaggle_dataset: str
     classes: tuple[str, ...]
     ignore_index: int | None
+    mask_colours: tuple[tuple[int, ...], ...] | None
     synthetic: SyntheticConfig
 
     @property
@@ -243,6 +244,8 @@ def _check_values(p: Params) -> None:
         ignore is None or ignore >= n,
         f"data.ignore_index: {ignore} is a class index (data.classes has {n} classes: 0..{n - 1})",
     )
+    if p.data.mask_colours is not None:
+        _check_mask_colours(p.data)
     if p.data.source == "synthetic":
         _require(
             n <= 5,
@@ -294,6 +297,36 @@ def _check_values(p: Params) -> None:
     _require(e.batch_size >= 1, f"evaluate.batch_size: must be >= 1, got {e.batch_size}")
     _require(p.plot.n_samples >= 1, f"plot.n_samples: must be >= 1, got {p.plot.n_samples}")
     _require(p.plot.n_worst >= 1, f"plot.n_worst: must be >= 1, got {p.plot.n_worst}")
+
+
+def _check_mask_colours(data: DataConfig) -> None:
+    """One distinct [r, g, b] (0..255) per class; ``ignore_index`` v is the grey [v, v, v]."""
+    colours, n = data.mask_colours or (), data.num_classes
+    _require(
+        len(colours) == n,
+        f"data.mask_colours: expected {n} colours, one [r, g, b] per class of data.classes in "
+        f"class order, got {len(colours)}",
+    )
+    for i, colour in enumerate(colours):
+        _require(
+            len(colour) == 3 and all(0 <= v <= 255 for v in colour),
+            f"data.mask_colours[{i}]: expected [r, g, b] with values in 0..255 (the colour of "
+            f"class {data.classes[i]!r}), got {list(colour)}",
+        )
+    for i, colour in enumerate(colours):
+        j = colours.index(colour)
+        _require(
+            j == i,
+            f"data.mask_colours: classes {data.classes[j]!r} and {data.classes[i]!r} have the "
+            f"same colour {list(colour)}; each class needs its own",
+        )
+    v = data.ignore_index
+    if v is not None:
+        _require(
+            v <= 255 and (v, v, v) not in colours,
+            f"data.ignore_index: with data.mask_colours it leaves out the grey colour [{v}, {v}, "
+            f"{v}], which must be in 0..255 and no class's colour",
+        )
 
 
 def parse_loss(spec: str) -> tuple[tuple[float, str], ...]:

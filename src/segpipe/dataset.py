@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from segpipe.errors import SegpipeError
-from segpipe.images import read_pair
+from segpipe.masks import MaskRule, read_pair
 from segpipe.tables import read_table
 
 # Hard-coded on purpose: smp's get_preprocessing_params needs the network.
@@ -58,30 +58,20 @@ class SegmentationDataset(Dataset):
     Args:
         frame: rows with ``image`` and ``mask`` paths.
         transform: applied to image and mask together.
-        num_classes: number of classes, including background.
-        ignore_index: raw mask value to leave out (see :func:`~segpipe.images.to_class_indices`).
+        rule: the split stage's mask rule (see :func:`~segpipe.masks.load_rule`).
     """
 
-    def __init__(
-        self,
-        frame: pd.DataFrame,
-        transform: A.Compose,
-        num_classes: int,
-        ignore_index: int | None = None,
-    ) -> None:
+    def __init__(self, frame: pd.DataFrame, transform: A.Compose, rule: MaskRule) -> None:
         self.images = frame["image"].tolist()
         self.masks = frame["mask"].tolist()
         self.transform = transform
-        self.num_classes = num_classes
-        self.ignore_index = ignore_index
+        self.rule = rule
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image, mask = read_pair(
-            Path(self.images[index]), Path(self.masks[index]), self.num_classes, self.ignore_index
-        )
+        image, mask = read_pair(Path(self.images[index]), Path(self.masks[index]), self.rule)
         out = self.transform(image=image, mask=mask)
         return to_tensor(out["image"]), torch.from_numpy(out["mask"].astype(np.int64))
 

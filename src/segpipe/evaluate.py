@@ -23,8 +23,9 @@ from segpipe.dataset import read_split
 from segpipe.engine import reuse_freed_memory
 from segpipe.errors import SegpipeError
 from segpipe.files import atomic_save_image, atomic_write, write_json
-from segpipe.images import IGNORE, read_pair
+from segpipe.images import IGNORE
 from segpipe.inference import Predictor
+from segpipe.masks import RULE_FILE, MaskRule, load_rule, read_pair
 from segpipe.metrics import SegmentationMetrics, ThresholdSweep
 from segpipe.split import SPLITS
 
@@ -36,15 +37,14 @@ pixels are spread over 1000 rows in proportion (exact to 0.1% of the row)."""
 
 
 def _pairs(
-    frame: pd.DataFrame, batch_size: int, params: Params
+    frame: pd.DataFrame, batch_size: int, rule: MaskRule
 ) -> Iterator[tuple[pd.DataFrame, list[tuple[np.ndarray, np.ndarray]]]]:
-    data = params.data
     for start in range(0, len(frame), batch_size):
         batch = frame.iloc[start : start + batch_size]
         yield (
             batch,
             [
-                read_pair(Path(i), Path(m), data.num_classes, data.ignore_index)
+                read_pair(Path(i), Path(m), rule)
                 for i, m in zip(batch["image"], batch["mask"], strict=True)
             ],
         )
@@ -56,10 +56,12 @@ def foreground_fraction(labels: np.ndarray) -> float:
     return float((labels[valid] > 0).mean()) if valid.any() else 0.0
 
 
-def threshold_sweep(predictor: Predictor, frame: pd.DataFrame, params: Params) -> ThresholdSweep:
+def threshold_sweep(
+    predictor: Predictor, frame: pd.DataFrame, batch_size: int, rule: MaskRule
+) -> ThresholdSweep:
     """Foreground-vs-background counts at every threshold over the images of ``frame``."""
     sweep = ThresholdSweep()
-    for _, pairs in _pairs(frame, params.evaluate.batch_size, params):
+    for _, pairs in _pairs(frame, batch_size, rule):
         outputs = predictor.predict_with_probability([image for image, _ in pairs])
         for (_, probability), (_, mask) in zip(outputs, pairs, strict=True):
             sweep.update(probability, torch.from_numpy(mask))
@@ -116,12 +118,13 @@ def run(
             f"{model_path}: trained for classes {predictor.classes}, but data.classes is "
             f"{classes}; retrain it (dvc repro)"
         )
+    rule = load_rule(splits_dir / RULE_FILE, params.data)
     frame = read_split(splits_dir / "test.csv")
     start_time = time.perf_counter()
     metrics = SegmentationMetrics(len(classes), cfg.include_background)
     rows = []
     predictions_dir.mkdir(parents=True, exist_ok=True)
-    for batch, pairs in _pairs(frame, cfg.batch_size, params):
+    for batch, pairs in _pairs(frame, cfg.batch_size, rule):
         preds = predictor.predict([image for image, _ in pairs])
         for pred, (_, mask), (_, row) in zip(preds, pairs, batch.iterrows(), strict=True):
             dice, iou = metrics.update(torch.from_numpy(pred)[None], torch.from_numpy(mask)[None])
@@ -144,7 +147,7 @@ def run(
         "n_images": len(rows),
         "threshold": cfg.threshold,
     }
-    sweep = threshold_sweep(predictor, read_split(splits_dir / "val.csv"), params)
+    sweep = threshold_sweep(predictor, read_split(splits_dir / "val.csv"), cfg.batch_size, rule)
     if len(classes) == 2:
         best = sweep.best()
         result["val_best_threshold"] = best["threshold"]

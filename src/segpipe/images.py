@@ -1,4 +1,5 @@
-"""Reading images and masks from disk into numpy arrays, with errors that name the file."""
+"""Reading image files into numpy arrays (formats, EXIF orientation, folder scans), with errors
+that name the file. Masks are read through :mod:`segpipe.masks`."""
 
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 """File name endings read as images, in any letter case."""
-_MASK_MODES = ("L", "P", "1", "I", "I;16", "I;16B", "I;16L", "I;16N")
 _HIGH_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 """Greyscale modes with more than 8 bits per pixel: scaled to 0..255 by each image's range."""
 _ORIENTATION = ExifTags.Base.Orientation
@@ -239,72 +239,5 @@ def read_image(path: Path) -> np.ndarray:
     return to_rgb(open_image(path))
 
 
-def mask_values(image: Image.Image) -> np.ndarray:
-    """The raw HxW values of a decoded mask: indices of palette masks, gray level of RGB ones."""
-    if image.mode not in _MASK_MODES:
-        image = image.convert("L")
-    values = np.asarray(image)
-    return values.astype(np.uint8) if values.dtype == bool else values
-
-
 IGNORE = 255
 """Class index of pixels left out of loss and metrics; ``data.ignore_index`` maps to it."""
-
-
-def to_class_indices(
-    values: np.ndarray, num_classes: int, path: Path, ignore_index: int | None = None
-) -> np.ndarray:
-    """Raw mask values as HxW uint8 class indices, with :data:`IGNORE` for ignored pixels.
-
-    Pixels equal to ``ignore_index`` become :data:`IGNORE`. Binary (two classes): 0/1 masks
-    are kept, anything else is thresholded at 128, so 0/255 masks and slightly noisy JPEG masks
-    both work. Multi-class masks must hold class indices (class-index or palette PNGs).
-
-    Raises:
-        SegpipeError: a multi-class mask holds values outside ``0..num_classes-1``.
-    """
-    ignored = values == ignore_index if ignore_index is not None else None
-    kept = values[~ignored] if ignored is not None else values
-    if num_classes == 2:
-        labels = values >= 128 if kept.max(initial=0) > 1 else values != 0
-        labels = labels.astype(np.uint8)
-    else:
-        found = np.unique(kept)
-        bad = found[(found < 0) | (found >= num_classes)]
-        if bad.size:
-            hint = (
-                "; if it marks pixels to leave out, set data.ignore_index to it"
-                if bad.size == 1 and ignore_index is None
-                else ""
-            )
-            raise SegpipeError(
-                f"{path}: mask values [{short_list(bad.tolist())}] fit none of the "
-                f"{num_classes} classes of data.classes (expected 0..{num_classes - 1}; the mask "
-                f"holds [{short_list(np.unique(values).tolist())}]){hint}"
-            )
-        labels = values.astype(np.uint8)
-    if ignored is not None:
-        labels[ignored] = IGNORE
-    return labels
-
-
-def read_mask(path: Path, num_classes: int, ignore_index: int | None = None) -> np.ndarray:
-    """A mask as HxW uint8 class indices (see :func:`to_class_indices`), read as stored: masks
-    are drawn on the photo as shown, so no EXIF orientation applies to them."""
-    return to_class_indices(
-        mask_values(open_image(path, upright=False)), num_classes, path, ignore_index
-    )
-
-
-def read_pair(
-    image_path: Path, mask_path: Path, num_classes: int, ignore_index: int | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """An image and its mask (class indices), checked to have the same size."""
-    image = read_image(image_path)
-    mask = read_mask(mask_path, num_classes, ignore_index)
-    if image.shape[:2] != mask.shape:
-        raise SegpipeError(
-            f"{mask_path}: mask size {mask.shape[1]}x{mask.shape[0]} differs from "
-            f"image size {image.shape[1]}x{image.shape[0]} ({image_path})"
-        )
-    return image, mask

@@ -18,7 +18,8 @@ from segpipe.config import PlotConfig  # noqa: E402
 from segpipe.dataset import read_split  # noqa: E402
 from segpipe.errors import SegpipeError  # noqa: E402
 from segpipe.files import atomic_write  # noqa: E402
-from segpipe.images import IGNORE, read_image, read_mask  # noqa: E402
+from segpipe.images import IGNORE, read_image  # noqa: E402
+from segpipe.masks import MaskRule  # noqa: E402
 from segpipe.tables import read_table  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ ERROR_COLOURS = {"TP": (44, 160, 44), "FP": (214, 39, 40), "FN": (31, 119, 180)}
 def _read_prediction(path: Path, num_classes: int) -> np.ndarray:
     if not path.exists():
         raise SegpipeError(f"{path}: prediction not found (run the evaluate stage first)")
-    return read_mask(path, num_classes)
+    return MaskRule.predictions(num_classes).read(path)
 
 
 def error_overlay(
@@ -68,19 +69,20 @@ def prediction_grid(
     predictions_dir: Path,
     n_samples: int,
     out_path: Path,
-    num_classes: int = 2,
-    ignore_index: int | None = None,
+    rule: MaskRule,
 ) -> int:
-    """Draw the first ``n_samples`` test images: image | prediction | ground truth.
+    """Draw the first ``n_samples`` test images: image | prediction | ground truth (read by
+    the split stage's mask ``rule``).
 
     Returns:
         The number of rows drawn.
     """
+    num_classes = rule.num_classes
     frame = read_split(test_csv).head(n_samples)
     fig, axes = plt.subplots(len(frame), 3, figsize=(9, 3 * len(frame)), squeeze=False)
     for row, (_, item) in zip(axes, frame.iterrows(), strict=True):
         pred = _read_prediction(predictions_dir / f"{item['stem']}.png", num_classes)
-        truth = read_mask(Path(item["mask"]), num_classes, ignore_index)
+        truth = rule.read(Path(item["mask"]))
         panels = (
             read_image(Path(item["image"])),
             colourize(pred, num_classes),
@@ -102,17 +104,17 @@ def worst_gallery(
     predictions_dir: Path,
     n_worst: int,
     out_path: Path,
-    num_classes: int = 2,
-    ignore_index: int | None = None,
+    rule: MaskRule,
 ) -> list[str]:
-    """The ``n_worst`` test images by per-image Dice: image | ground truth | prediction |
-    TP/FP/FN overlay. Returns their stems, worst first."""
+    """The ``n_worst`` test images by per-image Dice: image | ground truth (read by ``rule``) |
+    prediction | TP/FP/FN overlay. Returns their stems, worst first."""
+    num_classes = rule.num_classes
     frame = _read_per_image(per_image_csv)
     worst = frame.sort_values(["dice", "stem"], kind="stable").head(n_worst)
     fig, axes = plt.subplots(len(worst), 4, figsize=(12, 3 * len(worst)), squeeze=False)
     for row, (_, item) in zip(axes, worst.iterrows(), strict=True):
         image = read_image(Path(item["image"]))
-        truth = read_mask(Path(item["mask"]), num_classes, ignore_index)
+        truth = rule.read(Path(item["mask"]))
         pred = _read_prediction(predictions_dir / f"{item['stem']}.png", num_classes)
         panels = (
             (image, f"{item['stem']}: Dice {item['dice']:.3f}"),
@@ -175,27 +177,15 @@ def run(
     predictions_dir: Path,
     live_dir: Path,
     out_dir: Path,
-    num_classes: int = 2,
-    ignore_index: int | None = None,
+    rule: MaskRule,
 ) -> None:
     """Write ``predictions.png``, ``worst.png``, ``dice_histogram.png`` and
-    ``training_curves.png`` to ``out_dir``."""
+    ``training_curves.png`` to ``out_dir``; ground-truth masks are read by the split stage's
+    ``rule`` (see :func:`~segpipe.masks.load_rule`)."""
     drawn = prediction_grid(
-        test_csv,
-        predictions_dir,
-        cfg.n_samples,
-        out_dir / "predictions.png",
-        num_classes,
-        ignore_index,
+        test_csv, predictions_dir, cfg.n_samples, out_dir / "predictions.png", rule
     )
-    worst = worst_gallery(
-        per_image_csv,
-        predictions_dir,
-        cfg.n_worst,
-        out_dir / "worst.png",
-        num_classes,
-        ignore_index,
-    )
+    worst = worst_gallery(per_image_csv, predictions_dir, cfg.n_worst, out_dir / "worst.png", rule)
     dice_histogram(per_image_csv, out_dir / "dice_histogram.png")
     training_curves(live_dir, out_dir / "training_curves.png")
     log.info(

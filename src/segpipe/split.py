@@ -1,8 +1,10 @@
 """The split stage: validate image/mask pairs, split them deterministically, report the data.
 
 Every pair is decoded once and checked (see :mod:`segpipe.validate`); bad pairs are skipped with
-a warning, problems that affect the whole dataset stop the stage. The CSVs and the report are
-built in a staging folder and swapped in together, so a failed run leaves ``out_dir`` as it was.
+a warning, problems that affect the whole dataset stop the stage. One mask rule is decided from
+the value histograms of all masks and written to ``mask_rule.json`` (see :mod:`segpipe.masks`),
+which every later reader of masks applies. The CSVs, the rule and the report are built in a
+staging folder and swapped in together, so a failed run leaves ``out_dir`` as it was.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from segpipe.config import SplitConfig
 from segpipe.errors import SegpipeError
 from segpipe.files import staged_dir
 from segpipe.images import scan_folder
+from segpipe.masks import RULE_FILE
 from segpipe.validate import DatasetCheck, render_markdown
 
 log = logging.getLogger(__name__)
@@ -122,7 +125,8 @@ def assign_splits(n: int, cfg: SplitConfig, seed: int) -> np.ndarray:
 
 
 def validate_pairs(frame: pd.DataFrame, check: DatasetCheck) -> pd.DataFrame:
-    """The valid pairs of ``frame`` with their size and foreground share (see ``COLUMNS``)."""
+    """The valid pairs of ``frame`` with their size (``COLUMNS`` but ``fg_fraction``, which
+    needs the mask rule that ``check.decide`` takes from all masks)."""
     rows = []
     for i, (stem, image, mask) in enumerate(frame[["stem", "image", "mask"]].itertuples(False)):
         row = check.check(stem, Path(image), Path(mask))
@@ -130,7 +134,7 @@ def validate_pairs(frame: pd.DataFrame, check: DatasetCheck) -> pd.DataFrame:
             rows.append(row)
         if (i + 1) % 500 == 0:
             log.info("checked %d of %d pairs", i + 1, len(frame))
-    return pd.DataFrame(rows, columns=list(COLUMNS))
+    return pd.DataFrame(rows, columns=list(COLUMNS[:-1]))
 
 
 def run(
@@ -141,9 +145,10 @@ def run(
     num_classes: int = 2,
     ignore_index: int | None = None,
     mask_suffix: str = "",
+    mask_colours: tuple[tuple[int, ...], ...] | None = None,
 ) -> dict[str, int]:
-    """Write ``train.csv``, ``val.csv``, ``test.csv``, ``report.json`` and ``report.md`` to
-    ``out_dir`` (replaced as a whole); no image is copied.
+    """Write ``train.csv``, ``val.csv``, ``test.csv``, ``mask_rule.json``, ``report.json`` and
+    ``report.md`` to ``out_dir`` (replaced as a whole); no image is copied.
 
     Returns:
         The number of pairs in each split.
@@ -151,11 +156,13 @@ def run(
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     if raw_dir.resolve().is_relative_to(out_dir.resolve()):
         raise SegpipeError(f"{out_dir}: the output folder would replace the dataset {raw_dir}")
-    check = DatasetCheck(num_classes, ignore_index)
+    check = DatasetCheck(num_classes, ignore_index, mask_colours)
     frame = validate_pairs(pair_files(raw_dir, check, mask_suffix), check)
     skipped = f"{len(check.skipped)} file(s) skipped, see the warnings above"
     if frame.empty:
         raise SegpipeError(f"{raw_dir}: no valid image/mask pairs left ({skipped})")
+    rule = check.decide(raw_dir / "masks")
+    frame["fg_fraction"] = [round(fg, 6) for fg in check.fg]
     try:
         frame["split"] = assign_splits(len(frame), cfg, seed)
     except SegpipeError as e:
@@ -166,6 +173,7 @@ def run(
     with staged_dir(out_dir) as staging:
         for name, part in parts.items():
             part.to_csv(staging / f"{name}.csv", index=False)
+        (staging / RULE_FILE).write_text(json.dumps(rule.to_json(), indent=2) + "\n")
         (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         (staging / "report.md").write_text(render_markdown(report))
     foreground = sum(n for c, n in report["class_pixels"].items() if c != "0")
@@ -181,5 +189,6 @@ def run(
         log.warning(
             "skipped %d file(s); see %s", len(check.skipped), (out_dir / "report.md").as_posix()
         )
+    log.info("masks: %s", rule.describe())
     log.info("split %d valid pairs: %s", len(frame), counts)
     return counts

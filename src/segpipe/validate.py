@@ -1,8 +1,9 @@
 """Checks of every image/mask pair and the data-validation report of the split stage.
 
 Skipped (with a warning): unpaired files, unreadable/truncated/empty files, masks whose size
-differs from their image's. Fatal (:class:`SegpipeError`): mask values that fit no class of
-``data.classes``, since a wrong declaration affects every file.
+differs from their image's. Fatal (:class:`SegpipeError`): masks that no one rule reads (see
+:mod:`segpipe.masks`) and values that fit no class of ``data.classes``, since a wrong
+declaration affects every file.
 """
 
 from __future__ import annotations
@@ -21,10 +22,9 @@ from segpipe.images import (
     exif_orientation,
     is_high_bit_depth,
     make_upright,
-    mask_values,
     open_image,
-    to_class_indices,
 )
+from segpipe.masks import MaskRule, MaskValues, colour_text, decide_rule, mask_values
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +45,20 @@ class Skipped:
 
 
 class DatasetCheck:
-    """Validates pairs one at a time and gathers the statistics of the valid ones."""
+    """Validates pairs one at a time and gathers the statistics of the valid ones; then
+    :meth:`decide` chooses the one mask rule from the value histograms of all masks."""
 
-    def __init__(self, num_classes: int, ignore_index: int | None = None) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        ignore_index: int | None = None,
+        mask_colours: tuple[tuple[int, ...], ...] | None = None,
+    ) -> None:
         self.num_classes = num_classes
         self.ignore_index = ignore_index
+        self.mask_colours = mask_colours
+        self.masks: list[MaskValues] = []  # one histogram per valid mask, in row order
+        self.rule: MaskRule | None = None
         self._class_pixels = np.zeros(IGNORE + 1, dtype=np.int64)
         self.n_images = self.n_masks = 0
         self.skipped: list[Skipped] = []
@@ -61,8 +70,6 @@ class DatasetCheck:
         self.range_scaled = 0  # >8-bit greyscale photos scaled by their range
         self.mask_orientation_tags = 0
         self.mask_modes: Counter[str] = Counter()
-        self._hist8 = np.zeros(256, dtype=np.int64)
-        self._hist_other: Counter[int] = Counter()
 
     def skip(self, stem: str, path: Path, kind: str, reason: str) -> None:
         """Record a skipped file and warn (the first :data:`MAX_WARNINGS` times)."""
@@ -73,10 +80,10 @@ class DatasetCheck:
             log.warning("more files skipped: not logged one by one (report.json lists all)")
 
     def check(self, stem: str, image_path: Path, mask_path: Path) -> dict[str, Any] | None:
-        """A CSV row (without split) for a valid pair, or None if the pair is skipped.
+        """A CSV row (without split and ``fg_fraction``, which need the mask rule: see
+        :meth:`decide`) for a valid pair, or None if the pair is skipped.
 
-        Each file is decoded once. Raises :class:`SegpipeError` for a mask whose values fit
-        none of the classes.
+        Each file is decoded once; the mask's value histogram is kept.
         """
         try:
             image = open_image(image_path, upright=False)
@@ -89,8 +96,7 @@ class DatasetCheck:
             self.skip(stem, mask_path, "unreadable_mask", f"cannot read mask ({e.reason})")
             return None
         turned = make_upright(image)
-        raw = mask_values(mask_image)
-        classes = to_class_indices(raw, self.num_classes, mask_path, self.ignore_index)
+        raw, colour = mask_values(mask_image, self.mask_colours is not None)
         width, height = image.size
         if raw.shape != (height, width):
             hint = (
@@ -107,13 +113,9 @@ class DatasetCheck:
                 f"{width}x{height} of {image_path} (width x height){hint}",
             )
             return None
-        pixels = np.bincount(classes.ravel(), minlength=IGNORE + 1)
-        labelled = classes.size - pixels[IGNORE]
-        fg = float(labelled - pixels[0]) / labelled if labelled else 0.0
-        self._class_pixels += pixels
+        self.masks.append(MaskValues.of(Path(mask_path), raw, colour))
         self.heights.append(height)
         self.widths.append(width)
-        self.fg.append(fg)
         self.image_modes[image.mode] += 1
         self.mask_modes[mask_image.mode] += 1
         self.exif_turned += turned
@@ -125,28 +127,47 @@ class DatasetCheck:
                 "taken as drawn on the photo as shown)",
                 mask_path,
             )
-        if raw.dtype == np.uint8:
-            self._hist8 += np.bincount(raw.ravel(), minlength=256)
-        else:
-            values, counts = np.unique(raw, return_counts=True)
-            self._hist_other.update(dict(zip(values.tolist(), counts.tolist(), strict=True)))
         return {
             "stem": stem,
             "image": Path(image_path).as_posix(),
             "mask": Path(mask_path).as_posix(),
             "height": height,
             "width": width,
-            "fg_fraction": round(fg, 6),
         }
 
+    def decide(self, folder: Path) -> MaskRule:
+        """The one mask rule for all valid masks (see :func:`~segpipe.masks.decide_rule`), and
+        by it each mask's foreground share (``fg``, in row order) and the class pixels.
+
+        Raises:
+            SegpipeError: no rule reads every mask, or a value or colour fits no class.
+        """
+        rule = decide_rule(
+            self.masks, self.num_classes, self.ignore_index, self.mask_colours, folder
+        )
+        self.fg = []
+        self._class_pixels[:] = 0
+        for mask in self.masks:
+            pixels = mask.class_pixels(rule)
+            labelled = pixels.sum() - pixels[IGNORE]
+            self.fg.append(float(labelled - pixels[0]) / labelled if labelled else 0.0)
+            self._class_pixels += pixels
+        self.rule = rule
+        return rule
+
     def mask_histogram(self) -> dict[str, int]:
-        """Pixel count per raw mask value over all valid masks, by ascending value."""
-        counts = Counter({v: int(c) for v, c in enumerate(self._hist8.tolist()) if c})
-        counts.update(self._hist_other)
-        return {str(v): counts[v] for v in sorted(counts)}
+        """Pixel count per raw mask value (``[r, g, b]`` for colours) over all valid masks,
+        by ascending value."""
+        counts: Counter[int] = Counter()
+        for mask in self.masks:
+            counts.update(dict(zip(mask.values.tolist(), mask.counts.tolist(), strict=True)))
+        colour = self.rule is not None and self.rule.rule == "colours"
+        return {colour_text(v) if colour else str(v): counts[v] for v in sorted(counts)}
 
     def report(self, raw_dir: Path, splits: dict[str, int]) -> dict[str, Any]:
-        """The report as JSON-ready data (see :func:`render_markdown`)."""
+        """The report as JSON-ready data (see :func:`render_markdown`); after :meth:`decide`."""
+        if self.rule is None:
+            raise RuntimeError("DatasetCheck.report() needs decide() first")
         fg = np.asarray(self.fg, dtype=float)
 
         def spread(values: list[int]) -> dict[str, float]:
@@ -168,6 +189,7 @@ class DatasetCheck:
             "range_scaled_images": self.range_scaled,
             "masks_with_orientation_tag": self.mask_orientation_tags,
             "mask_modes": dict(sorted(self.mask_modes.items())),
+            "mask_rule": self.rule.to_json(),
             "mask_values": self.mask_histogram(),
             "class_pixels": {str(c): int(self._class_pixels[c]) for c in range(self.num_classes)},
             "ignored_pixels": int(self._class_pixels[IGNORE]),
@@ -211,6 +233,7 @@ def render_markdown(report: dict) -> str:
         f"- Photos turned upright by their EXIF orientation tag: {report['exif_turned_images']}"
         f"; greyscale photos of more than 8 bits scaled by their range to 0..255: "
         f"{report['range_scaled_images']}.",
+        f"- Mask rule, the same for every mask: {report['mask_rule']['description']}.",
         f"- Mask values (pixels): {shown}.",
         "- Pixels per class index: "
         + ", ".join(f"{c}: {n}" for c, n in report["class_pixels"].items())
