@@ -66,6 +66,9 @@ def run_stage(
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        # Objects the interrupt tore down half-built (a progress bar, say) may fail in their
+        # destructors at exit: noise after a Ctrl-C, not errors.
+        sys.unraisablehook = lambda _: None
         print("interrupted", file=sys.stderr)
         return 130
     return 0
