@@ -246,18 +246,18 @@ def test_default_threshold_is_the_one_evaluate_used(tmp_path, trained):
     inputs = photos(project / "photos", trained, n=6)
     args = ["--model", str(trained / "model.pt"), "--input", "photos", "--output"]
     result = predict_cmd(*args, "masks", cwd=project)
-    assert result.returncode == 0, result.stderr
-    assert "threshold 0.3 (evaluate.threshold in params.yaml, as the evaluate stage used)" in (
-        result.stderr
-    )
     given = predict_cmd(*args, "masks_05", "--threshold", "0.5", cwd=project)
-    assert "threshold 0.5 (--threshold)" in given.stderr
+    assert result.returncode == 0 and given.returncode == 0, result.stderr + given.stderr
     differ = 0
     for name in (Path(p).name for p in inputs):
         expected = (tmp_path / "eval_pred" / name).read_bytes()
         assert (project / "masks" / name).read_bytes() == expected
         differ += (project / "masks_05" / name).read_bytes() != expected
     assert differ > 0, "at 0.5 the masks must differ, or this test proves nothing"
+    assert "threshold 0.3 (evaluate.threshold in params.yaml, as the evaluate stage used)" in (
+        result.stderr
+    )
+    assert "threshold 0.5 (--threshold)" in given.stderr
 
     elsewhere = predict_cmd(
         "--model", str(trained / "model.pt"), "--input", inputs[0], "--output",
