@@ -141,6 +141,13 @@ def photos(folder, trained, n: int = 3):
     return [shutil.copy2(image, folder) for image in images]
 
 
+def refusal(*args, **kwargs) -> str:
+    """The message of the SegpipeError that ``predict.run(*args, **kwargs)`` raises."""
+    with pytest.raises(SegpipeError) as err:
+        predict.run(*args, **kwargs)
+    return str(err.value)
+
+
 def snapshot(folder):
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*")}
 
@@ -164,10 +171,11 @@ def test_predict_never_writes_over_its_inputs(tmp_path, trained):
         f"error: {folder}: --output is the --input folder, so masks would replace or mix with "
         "the images; choose another --output"
     )
-    for extra in ([], ["--overwrite", "--overlay"]):  # not even when asked to overwrite
-        one = predict_cmd("--model", model, "--input", first, "--output", str(folder), *extra)
-        assert error_line(one) == (
-            f"error: {first}: an input image, and a mask would replace it; choose an --output "
+    for overwrite in (False, True):  # not even when asked to overwrite
+        assert refusal(
+            Path(model), Path(first), folder, with_overlay=True, overwrite=overwrite
+        ) == (
+            f"{first}: an input image, and a mask would replace it; choose an --output "
             "folder that holds no input"
         )
     assert snapshot(folder) == before
@@ -191,16 +199,15 @@ def test_existing_outputs_are_kept_unless_overwrite(tmp_path, trained):
     assert snapshot(truth) == before
 
     (truth / f"{stems[2]}_overlay.png").mkdir()  # a folder is never replaced
-    folder = predict_cmd(*args, "--output", str(truth), "--overlay", "--overwrite")
-    assert error_line(folder) == (
-        f"error: {truth / stems[2]}_overlay.png: a folder where a mask or overlay goes; move "
+    model, photo_dir = trained / "model.pt", tmp_path / "photos"
+    assert refusal(model, photo_dir, truth, with_overlay=True, overwrite=True) == (
+        f"{truth / stems[2]}_overlay.png: a folder where a mask or overlay goes; move "
         "it or choose another --output"
     )
     (truth / f"{stems[2]}_overlay.png").rmdir()
     assert snapshot(truth) == before
 
-    replaced = predict_cmd(*args, "--output", str(truth), "--overwrite")
-    assert replaced.returncode == 0, replaced.stderr
+    predict.run(model, photo_dir, truth, overwrite=True)
     assert sorted(p.name for p in truth.iterdir()) == [f"{s}.png" for s in stems]
     assert (truth / f"{stems[0]}.png").read_bytes().startswith(b"\x89PNG")
 
@@ -228,7 +235,7 @@ def test_an_input_named_like_an_overlay_keeps_its_mask(tmp_path, trained):
     assert mask.mode == "L" and mask.size == Image.open(folder / "x_overlay.png").size
 
 
-def test_default_threshold_is_the_one_evaluate_used(tmp_path, trained):
+def test_default_threshold_is_the_one_evaluate_used(tmp_path, trained, monkeypatch, caplog):
     params = dataclasses.replace(
         tiny_params(), evaluate=dataclasses.replace(tiny_params().evaluate, threshold=0.3)
     )
@@ -259,15 +266,15 @@ def test_default_threshold_is_the_one_evaluate_used(tmp_path, trained):
     )
     assert "threshold 0.5 (--threshold)" in given.stderr
 
-    elsewhere = predict_cmd(
-        "--model", str(trained / "model.pt"), "--input", inputs[0], "--output",
-        str(tmp_path / "x"), cwd=tmp_path,
-    )  # fmt: skip
+    monkeypatch.chdir(tmp_path)  # no params.yaml here
+    caplog.set_level("INFO")
+    predict.run(trained / "model.pt", Path(inputs[0]), tmp_path / "x", params_path=None)
     assert "threshold 0.5 (the default: no params.yaml here to read evaluate.threshold from)" in (
-        elsewhere.stderr
+        caplog.text
     )
-    missing = predict_cmd(*args, "y", "--params", "other.yaml", cwd=project)
-    assert error_line(missing) == "error: other.yaml: --params file not found"
+    other = Path("other.yaml")
+    message = refusal(trained / "model.pt", Path(inputs[0]), tmp_path / "y", params_path=other)
+    assert message == "other.yaml: --params file not found"
 
 
 def test_resume_state_and_inconsistent_checkpoints_are_one_line(tmp_path, trained):
@@ -282,11 +289,9 @@ def test_resume_state_and_inconsistent_checkpoints_are_one_line(tmp_path, traine
     payload = torch.load(trained / "model.pt", weights_only=True)
     payload["model_config"]["encoder"] = "resnet34"  # weights of a resnet18
     torch.save(payload, tmp_path / "edited.pt")
-    edited = predict_cmd(
-        "--model", str(tmp_path / "edited.pt"), "--input", image, "--output", str(tmp_path / "o")
-    )
-    assert error_line(edited).startswith(
-        f"error: {tmp_path / 'edited.pt'}: its weights do not fit its model_config (Unet, "
+    edited = refusal(tmp_path / "edited.pt", Path(image), tmp_path / "o")
+    assert edited.startswith(
+        f"{tmp_path / 'edited.pt'}: its weights do not fit its model_config (Unet, "
         "resnet34, 2 classes): 96 missing, 0 unexpected and 0 wrongly shaped tensor(s)"
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["edited.pt", "photos"]
@@ -296,13 +301,16 @@ def test_output_that_is_a_file_or_cannot_be_written(tmp_path, trained, monkeypat
     image = photos(tmp_path / "photos", trained, n=1)[0]
     (tmp_path / "notes.txt").write_text("keep me")
     args = ["--model", str(trained / "model.pt"), "--input", image, "--output"]
-    for output, blocker in (("notes.txt", "an existing file"), ("notes.txt/masks", None)):
-        blocker = blocker or f"{tmp_path / 'notes.txt'} is an existing file"
-        result = predict_cmd(*args, str(tmp_path / output))
-        assert error_line(result) == (
-            f"error: {tmp_path / output}: {blocker}, where --output needs a folder; choose "
-            "another --output"
-        )
+    result = predict_cmd(*args, str(tmp_path / "notes.txt"))
+    assert error_line(result) == (
+        f"error: {tmp_path / 'notes.txt'}: an existing file, where --output needs a folder; "
+        "choose another --output"
+    )
+    below = tmp_path / "notes.txt" / "masks"
+    assert refusal(trained / "model.pt", Path(image), below) == (
+        f"{below}: {tmp_path / 'notes.txt'} is an existing file, where --output needs a folder; "
+        "choose another --output"
+    )
     assert (tmp_path / "notes.txt").read_text() == "keep me"
 
     def denied(*args, **kwargs):
