@@ -537,3 +537,57 @@ def test_data_path_missing_in_dvc_temporary_copy(tmp_path: Path) -> None:
     assert "DVC's temporary copy of the repository" in line
     assert "dvc add data/external" in line
     assert "dvc exp run --temp -C data/external/images -C data/external/masks" in line
+
+
+# --- a full disk -----------------------------------------------------------------------------
+
+
+def run_on_full_disk(script: str, patch: str, *args: object) -> subprocess.CompletedProcess:
+    """Run ``stages/<script>`` with ``patch`` (Python) applied first, to fail its writes with
+    ENOSPC as a full disk does."""
+    code = (
+        "import errno, os, runpy, sys\n"
+        "def full(*args, **kwargs):\n"
+        "    raise OSError(errno.ENOSPC, 'No space left on device')\n"
+        f"{patch}\n"
+        f"sys.argv = sys.argv[1:]\n"
+        "runpy.run_path(sys.argv[0], run_name='__main__')\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code, str(REPO / "stages" / script), *map(str, args)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+
+
+def test_full_disk_during_split(case: Case) -> None:
+    before = case.first_run()
+    result = run_on_full_disk(
+        "split.py",
+        "import pandas; pandas.DataFrame.to_csv = full",
+        "--params", case.params, "--raw", case.raw, "--out", case.out,
+    )  # fmt: skip
+    assert error_line(result, case.out) == (
+        f"error: {case.out}: cannot write (no space left on device); nothing in it was "
+        "changed; free some space and run again"
+    )
+    case.assert_unchanged(before)  # and no staging folder left next to it
+
+
+def test_full_disk_during_cache_is_an_error_not_a_bus_error(case: Case) -> None:
+    case.first_run()
+    cache = case.tmp / "cache"
+    args = ("--params", case.params, "--splits", case.out, "--out", cache)
+    assert run_script("cache.py", *args).returncode == 0
+    before = snapshot(cache)
+    result = run_on_full_disk("cache.py", "os.posix_fallocate = full", *args)
+    line = error_line(result, cache)
+    assert line.startswith(
+        f"error: {cache}: cannot write (no space left on device); the arrays need 0.5 MiB and "
+    )
+    assert line.endswith("MiB is free; nothing in it was changed; free some space and run again")
+    assert snapshot(cache) == before
+    assert sorted(p.name for p in case.tmp.iterdir()) == ["cache", "params.yaml", "raw", "splits"]

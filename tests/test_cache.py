@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import errno
+import os
+
 import numpy as np
+import pytest
 import torch
 
 from segpipe import cache
 from segpipe.dataset import CachedDataset, SegmentationDataset, build_transform, read_split
+from segpipe.errors import SegpipeError
 from segpipe.masks import RULE_FILE, load_rule
 
 
@@ -38,3 +43,50 @@ def test_cached_dataset_is_memory_mapped_and_picklable(cache_dir):
     clone = pickle.loads(pickle.dumps(ds))  # noqa: S301 - our own object
     assert clone._images is None and len(clone) == len(ds)
     assert clone[1][0].shape == (3, 64, 64)
+
+
+def _fail_with(code: int):
+    def fallocate(fd: int, offset: int, length: int) -> None:
+        raise OSError(code, os.strerror(code))
+
+    return fallocate
+
+
+def test_cache_space_is_reserved_before_any_image_is_decoded(
+    tmp_path, splits_dir, cache_dir, params, monkeypatch
+):
+    """A memory map of a sparse file dies of SIGBUS on a full disk; reserved blocks cannot."""
+    reserved, read = [], []
+    fallocate, read_pair = os.posix_fallocate, cache.read_pair
+
+    def spy(fd: int, offset: int, length: int) -> None:
+        reserved.append((len(read), length))
+        fallocate(fd, offset, length)
+
+    monkeypatch.setattr(os, "posix_fallocate", spy)
+    monkeypatch.setattr(cache, "read_pair", lambda *a: read.append(a) or read_pair(*a))
+    cache.run(
+        splits_dir, tmp_path / "again", params.train.image_size, load_rule(splits_dir / RULE_FILE)
+    )
+    sizes = [n * 64 * 64 * k for n in (12, 6, 6) for k in (3, 1)]  # train, val, test
+    assert reserved == [(0, size) for size in sizes]
+    for name in os.listdir(cache_dir):  # byte for byte what open_memmap wrote before
+        assert (tmp_path / "again" / name).read_bytes() == (cache_dir / name).read_bytes()
+
+    monkeypatch.setattr(os, "posix_fallocate", _fail_with(errno.EOPNOTSUPP))  # zeros instead
+    cache.run(
+        splits_dir, tmp_path / "zeros", params.train.image_size, load_rule(splits_dir / RULE_FILE)
+    )
+    for name in os.listdir(cache_dir):
+        assert (tmp_path / "zeros" / name).read_bytes() == (cache_dir / name).read_bytes()
+
+
+def test_full_disk_leaves_the_cache_and_no_staging_folder(
+    tmp_path, splits_dir, cache_dir, params, monkeypatch
+):
+    before = {p.name: p.read_bytes() for p in cache_dir.iterdir()}
+    monkeypatch.setattr(os, "posix_fallocate", _fail_with(errno.ENOSPC))
+    with pytest.raises(SegpipeError, match=r"cache: cannot write \(no space left on device\); "):
+        cache.run(splits_dir, cache_dir, params.train.image_size, load_rule(splits_dir / RULE_FILE))
+    assert {p.name: p.read_bytes() for p in cache_dir.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "raw", "splits"]

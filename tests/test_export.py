@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import re
 import subprocess
@@ -182,3 +183,59 @@ def test_missing_package_names_the_install_command(tmp_path, monkeypatch):
     message = str(err.value)
     assert "\n" not in message
     assert "needs onnxruntime" in message and "pip install onnx onnxruntime" in message
+
+
+def test_out_that_must_not_or_cannot_be_written(tmp_path):
+    tiny_checkpoint(tmp_path / "model.pt")
+    (tmp_path / "resume.pt").write_bytes(b"training state")
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "taken.onnx.json").mkdir()
+    cases = {
+        "model.pt": "model.pt: the --model checkpoint itself; choose another --out",
+        "resume.pt": "resume.pt: an existing file that is not .onnx, so export does not replace "
+        "it; choose another --out (ending in .onnx)",
+        "folder": "folder: a folder, where --out needs the ONNX file to write (and <out>.json "
+        f"beside it); choose another --out, e.g. {tmp_path / 'folder' / 'model.onnx'}",
+        "taken.onnx": "taken.onnx.json: a folder, where --out needs the ONNX file to write",
+        "model.pt/m.onnx": "model.pt: an existing file, where --out needs a folder; choose "
+        "another --out",
+    }
+    for out, message in cases.items():
+        with pytest.raises(SegpipeError) as err:
+            export.run(tmp_path / "model.pt", tmp_path / out)
+        assert str(err.value).startswith(f"{tmp_path / message}"), str(err.value)
+    assert (tmp_path / "resume.pt").read_bytes() == b"training state"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "folder",
+        "model.pt",
+        "resume.pt",
+        "taken.onnx.json",
+    ]
+
+
+def test_resume_state_as_model_is_one_line(tmp_path):
+    torch.save({"format": 1, "fingerprint": "x", "epoch": 2, "optimizer": {}}, tmp_path / "r.pt")
+    result = run_stage("--model", str(tmp_path / "r.pt"), "--out", str(tmp_path / "m.onnx"))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == (
+        f"error: {tmp_path / 'r.pt'}: a training-resume state (saved after each epoch to continue "
+        "an interrupted run), not a model checkpoint; use the train stage's checkpoint, "
+        "models/model.pt"
+    )
+
+
+def test_full_disk_during_export_writes_nothing(tmp_path, monkeypatch):
+    tiny_checkpoint(tmp_path / "model.pt")
+
+    def full(model, path, opset, example):
+        Path(path).write_bytes(b"half an onnx file")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(export, "export_onnx", full)
+    with pytest.raises(SegpipeError) as err:
+        export.run(tmp_path / "model.pt", tmp_path / "m.onnx", check_size=64)
+    assert str(err.value) == (
+        f"{tmp_path / 'm.onnx'}: cannot write (no space left on device); nothing was written; "
+        "free some space and run again"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]

@@ -174,3 +174,33 @@ def test_hub_check_goes_through_huggingface_hub(monkeypatch):
     assert asked == [("https://mirror.example", 4)]
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     assert model_module._hub_reachable() is False and len(asked) == 1
+
+
+def test_resume_state_and_mismatched_weights_are_named(tmp_path):
+    torch.save(
+        {"format": 1, "fingerprint": "abc", "epoch": 3, "model": {}, "optimizer": {}},
+        tmp_path / "resume.pt",
+    )
+    with pytest.raises(SegpipeError) as err:
+        load_checkpoint(tmp_path / "resume.pt")
+    assert str(err.value) == (
+        f"{tmp_path / 'resume.pt'}: a training-resume state (saved after each epoch to continue "
+        "an interrupted run), not a model checkpoint; use the train stage's checkpoint, "
+        "models/model.pt"
+    )
+    config = {"arch": "Unet", "encoder": "resnet18", "classes": ["bg", "fg"], "image_size": 64}
+    save_checkpoint(tmp_path / "m.pt", build_model(TINY, 2), {**config, "classes": ["a", "b", "c"]})
+    with pytest.raises(SegpipeError) as err:
+        load_checkpoint(tmp_path / "m.pt")
+    assert str(err.value) == (
+        f"{tmp_path / 'm.pt'}: its weights do not fit its model_config (Unet, resnet18, 3 "
+        "classes): 0 missing, 0 unexpected and 2 wrongly shaped tensor(s), e.g. "
+        "'segmentation_head.0.weight' is 1x16x3x3, the model needs 3x16x3x3; the file was "
+        "altered or mixes two models, use the checkpoint the train stage wrote"
+    )
+    save_checkpoint(tmp_path / "n.pt", build_model(TINY, 2), {"arch": "Unet"})
+    with pytest.raises(SegpipeError, match="n.pt: not a complete segpipe checkpoint"):
+        load_checkpoint(tmp_path / "n.pt")
+    save_checkpoint(tmp_path / "o.pt", build_model(TINY, 2), {**config, "arch": "Nope"})
+    with pytest.raises(SegpipeError, match=r"o.pt: its model_config cannot be built: model.arch"):
+        load_checkpoint(tmp_path / "o.pt")

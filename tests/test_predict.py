@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
-from segpipe import evaluate, train
+from segpipe import evaluate, files, predict, train
 from segpipe.dataset import read_split
+from segpipe.errors import SegpipeError
 from segpipe.masks import RULE_FILE, MaskRule, load_rule
 from segpipe.metrics import SegmentationMetrics
 
-from .conftest import REPO
+from .conftest import REPO, tiny_params, write_params
 
 
 @pytest.fixture
@@ -25,12 +29,13 @@ def model_path(tmp_path, params, cache_dir):
     return tmp_path / "model.pt"
 
 
-def predict_cmd(*args: str) -> subprocess.CompletedProcess:
+def predict_cmd(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, str(REPO / "stages" / "predict.py"), *args],
         capture_output=True,
         text=True,
         check=False,
+        cwd=cwd,
     )
 
 
@@ -109,3 +114,241 @@ def test_predict_single_file_and_errors(tmp_path, splits_dir, model_path):
     assert bad_model.returncode == 1
     assert "none.pt: checkpoint not found" in bad_model.stderr
     assert "Traceback" not in bad_model.stderr
+
+
+# --- safety: inputs, existing outputs, the threshold, bad checkpoints, a full disk -------------
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One tiny run shared by the tests below: splits, the checkpoint and the resume state."""
+    from segpipe import cache, split
+    from segpipe.synthetic import generate
+
+    root = tmp_path_factory.mktemp("trained")
+    p = tiny_params()
+    generate(root / "raw", p.data.synthetic, p.seed)
+    split.run(p.split, p.seed, root / "raw", root / "splits")
+    cache.run(
+        root / "splits", root / "cache", p.train.image_size, load_rule(root / "splits" / RULE_FILE)
+    )
+    train.run(p, root / "cache", root / "model.pt", root / "live", root / "resume.pt")
+    return root
+
+
+def photos(folder, trained, n: int = 3):
+    """``n`` test images copied into ``folder``; returns their paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    images = read_split(trained / "splits" / "test.csv")["image"][:n]
+    return [shutil.copy2(image, folder) for image in images]
+
+
+def refusal(*args, **kwargs) -> str:
+    """The message of the SegpipeError that ``predict.run(*args, **kwargs)`` raises."""
+    with pytest.raises(SegpipeError) as err:
+        predict.run(*args, **kwargs)
+    return str(err.value)
+
+
+def snapshot(folder):
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*")}
+
+
+def error_line(result: subprocess.CompletedProcess) -> str:
+    """The one ``error:`` line of a failed run (exit 1, no traceback)."""
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: ") and sum(ln.startswith("error") for ln in lines) == 1
+    return lines[-1]
+
+
+def test_predict_never_writes_over_its_inputs(tmp_path, trained):
+    folder = tmp_path / "photos"
+    first = photos(folder, trained)[0]
+    before = snapshot(folder)
+    model = str(trained / "model.pt")
+    same = predict_cmd("--model", model, "--input", str(folder), "--output", str(folder))
+    assert error_line(same) == (
+        f"error: {folder}: --output is the --input folder, so masks would replace or mix with "
+        "the images; choose another --output"
+    )
+    for overwrite in (False, True):  # not even when asked to overwrite
+        assert refusal(
+            Path(model), Path(first), folder, with_overlay=True, overwrite=overwrite
+        ) == (
+            f"{first}: an input image, and a mask would replace it; choose an --output "
+            "folder that holds no input"
+        )
+    assert snapshot(folder) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photos"]
+
+
+def test_existing_outputs_are_kept_unless_overwrite(tmp_path, trained):
+    inputs = photos(tmp_path / "photos", trained)
+    truth = tmp_path / "masks"  # say data/external/masks: hand-drawn masks of the same names
+    truth.mkdir()
+    stems = sorted(p.rsplit("/", 1)[-1].removesuffix(".png") for p in inputs)
+    for stem in stems[:2]:
+        (truth / f"{stem}.png").write_bytes(b"hand-drawn")
+    before = snapshot(truth)
+    args = ["--model", str(trained / "model.pt"), "--input", str(tmp_path / "photos")]
+    refused = predict_cmd(*args, "--output", str(truth), "--overlay")
+    assert error_line(refused) == (
+        f"error: {truth / stems[0]}.png: already exists (2 of the 6 files to write exist); "
+        "pass --overwrite to replace them, or choose another --output"
+    )
+    assert snapshot(truth) == before
+
+    (truth / f"{stems[2]}_overlay.png").mkdir()  # a folder is never replaced
+    model, photo_dir = trained / "model.pt", tmp_path / "photos"
+    assert refusal(model, photo_dir, truth, with_overlay=True, overwrite=True) == (
+        f"{truth / stems[2]}_overlay.png: a folder where a mask or overlay goes; move "
+        "it or choose another --output"
+    )
+    (truth / f"{stems[2]}_overlay.png").rmdir()
+    assert snapshot(truth) == before
+
+    predict.run(model, photo_dir, truth, overwrite=True)
+    assert sorted(p.name for p in truth.iterdir()) == [f"{s}.png" for s in stems]
+    assert (truth / f"{stems[0]}.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_an_input_named_like_an_overlay_keeps_its_mask(tmp_path, trained):
+    folder = tmp_path / "photos"
+    image = photos(folder, trained, n=1)[0]
+    shutil.copy2(read_split(trained / "splits" / "val.csv")["image"][0], folder / "x_overlay.png")
+    shutil.copy2(image, folder / "x.png")
+    out = tmp_path / "out"
+    result = predict_cmd(
+        "--model", str(trained / "model.pt"), "--input", str(folder), "--output", str(out),
+        "--overlay",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert (
+        f"no overlay for {folder / 'x.png'}: {out / 'x_overlay.png'} is the mask of "
+        f"{folder / 'x_overlay.png'}" in result.stderr
+    )
+    stem = Path(image).stem
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [f"{stem}.png", f"{stem}_overlay.png", "x.png", "x_overlay.png", "x_overlay_overlay.png"]
+    )
+    mask = Image.open(out / "x_overlay.png")  # the mask of x_overlay.png, not an overlay
+    assert mask.mode == "L" and mask.size == Image.open(folder / "x_overlay.png").size
+
+
+def test_default_threshold_is_the_one_evaluate_used(tmp_path, trained, monkeypatch, caplog):
+    params = dataclasses.replace(
+        tiny_params(), evaluate=dataclasses.replace(tiny_params().evaluate, threshold=0.3)
+    )
+    evaluate.run(
+        params,
+        trained / "model.pt",
+        trained / "splits",
+        tmp_path / "eval.json",
+        tmp_path / "per_image.csv",
+        tmp_path / "eval_pred",
+    )
+    project = tmp_path / "project"  # predict run from the project folder, as the README shows
+    project.mkdir()
+    write_params(project / "params.yaml", params)
+    inputs = photos(project / "photos", trained, n=6)
+    args = ["--model", str(trained / "model.pt"), "--input", "photos", "--output"]
+    result = predict_cmd(*args, "masks", cwd=project)
+    given = predict_cmd(*args, "masks_05", "--threshold", "0.5", cwd=project)
+    assert result.returncode == 0 and given.returncode == 0, result.stderr + given.stderr
+    differ = 0
+    for name in (Path(p).name for p in inputs):
+        expected = (tmp_path / "eval_pred" / name).read_bytes()
+        assert (project / "masks" / name).read_bytes() == expected
+        differ += (project / "masks_05" / name).read_bytes() != expected
+    assert differ > 0, "at 0.5 the masks must differ, or this test proves nothing"
+    assert "threshold 0.3 (evaluate.threshold in params.yaml, as the evaluate stage used)" in (
+        result.stderr
+    )
+    assert "threshold 0.5 (--threshold)" in given.stderr
+
+    monkeypatch.chdir(tmp_path)  # no params.yaml here
+    caplog.set_level("INFO")
+    predict.run(trained / "model.pt", Path(inputs[0]), tmp_path / "x", params_path=None)
+    assert "threshold 0.5 (the default: no params.yaml here to read evaluate.threshold from)" in (
+        caplog.text
+    )
+    other = Path("other.yaml")
+    message = refusal(trained / "model.pt", Path(inputs[0]), tmp_path / "y", params_path=other)
+    assert message == "other.yaml: --params file not found"
+
+
+def test_resume_state_and_inconsistent_checkpoints_are_one_line(tmp_path, trained):
+    image = photos(tmp_path / "photos", trained, n=1)[0]
+    resume = trained / "resume.pt"
+    result = predict_cmd("--model", str(resume), "--input", image, "--output", str(tmp_path / "o"))
+    assert error_line(result) == (
+        f"error: {resume}: a training-resume state (saved after each epoch to continue an "
+        "interrupted run), not a model checkpoint; use the train stage's checkpoint, "
+        "models/model.pt"
+    )
+    payload = torch.load(trained / "model.pt", weights_only=True)
+    payload["model_config"]["encoder"] = "resnet34"  # weights of a resnet18
+    torch.save(payload, tmp_path / "edited.pt")
+    edited = refusal(tmp_path / "edited.pt", Path(image), tmp_path / "o")
+    assert edited.startswith(
+        f"{tmp_path / 'edited.pt'}: its weights do not fit its model_config (Unet, "
+        "resnet34, 2 classes): 96 missing, 0 unexpected and 0 wrongly shaped tensor(s)"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["edited.pt", "photos"]
+
+
+def test_output_that_is_a_file_or_cannot_be_written(tmp_path, trained, monkeypatch):
+    image = photos(tmp_path / "photos", trained, n=1)[0]
+    (tmp_path / "notes.txt").write_text("keep me")
+    args = ["--model", str(trained / "model.pt"), "--input", image, "--output"]
+    result = predict_cmd(*args, str(tmp_path / "notes.txt"))
+    assert error_line(result) == (
+        f"error: {tmp_path / 'notes.txt'}: an existing file, where --output needs a folder; "
+        "choose another --output"
+    )
+    below = tmp_path / "notes.txt" / "masks"
+    assert refusal(trained / "model.pt", Path(image), below) == (
+        f"{below}: {tmp_path / 'notes.txt'} is an existing file, where --output needs a folder; "
+        "choose another --output"
+    )
+    assert (tmp_path / "notes.txt").read_text() == "keep me"
+
+    def denied(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(files.tempfile, "TemporaryFile", denied)  # as a read-only folder does
+    with pytest.raises(SegpipeError) as err:
+        predict.run(trained / "model.pt", tmp_path / "photos", tmp_path / "ro")
+    assert str(err.value) == (
+        f"{tmp_path / 'ro'}: cannot write to this folder (permission denied); choose another "
+        "--output"
+    )
+
+
+def test_full_disk_during_predict_is_one_line_and_leaves_whole_files(
+    tmp_path, trained, monkeypatch
+):
+    stems = sorted(Path(p).stem for p in photos(tmp_path / "photos", trained, n=5))
+    save = Image.Image.save
+    calls = []
+
+    def fills_the_disk(self, fp, *args, **kwargs):
+        calls.append(fp)
+        if len(calls) == 3:  # the second image's mask, after the first's mask and overlay
+            Path(fp).write_bytes(b"\x89PNG half")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return save(self, fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", fills_the_disk)
+    out = tmp_path / "out"
+    with pytest.raises(SegpipeError) as err:
+        predict.run(trained / "model.pt", tmp_path / "photos", out, with_overlay=True)
+    assert str(err.value) == (
+        f"{out / stems[1]}.png: cannot write (no space left on device); 1 of 5 image(s) were "
+        "done before it, each file complete; free some space and run again with --overwrite"
+    )
+    # no temporary file left, and each file there is a whole PNG
+    assert sorted(p.name for p in out.iterdir()) == [f"{stems[0]}.png", f"{stems[0]}_overlay.png"]
+    assert all(Image.open(p).size for p in out.iterdir())

@@ -8,14 +8,16 @@ OS pages the arrays in and out, and nothing holds the decoded dataset in the Pyt
 from __future__ import annotations
 
 import logging
+import math
+import shutil
 from pathlib import Path
 
 import albumentations as A
 import numpy as np
-from numpy.lib.format import open_memmap
+import pandas as pd
 
 from segpipe.dataset import read_split
-from segpipe.files import staged_dir
+from segpipe.files import reserve_space, staged_dir, write_error
 from segpipe.masks import MaskRule, read_pair
 from segpipe.split import SPLITS
 
@@ -27,45 +29,72 @@ def cache_paths(cache_dir: Path, split: str) -> tuple[Path, Path]:
     return cache_dir / f"{split}_images.npy", cache_dir / f"{split}_masks.npy"
 
 
+def allocate(path: Path, shape: tuple[int, ...]) -> None:
+    """Write the header of a uint8 ``.npy`` array of ``shape`` and reserve its bytes on disk
+    (see :func:`~segpipe.files.reserve_space`), ready to be filled through a memory map."""
+    header = {"descr": np.dtype(np.uint8).str, "fortran_order": False, "shape": shape}
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        reserve_space(f, f.tell(), math.prod(shape))
+
+
 def build_split_cache(
-    split_csv: Path,
+    frame: pd.DataFrame,
     images_path: Path,
     masks_path: Path,
     image_size: int,
     rule: MaskRule,
 ) -> int:
-    """Resize every pair of ``split_csv`` exactly as training would (albumentations' Resize:
-    bilinear for images, nearest for masks; masks read by ``rule``) and write both arrays.
-    Returns the count."""
-    frame = read_split(split_csv)
+    """Resize every pair of ``frame`` exactly as training would (albumentations' Resize:
+    bilinear for images, nearest for masks; masks read by ``rule``) into the arrays
+    :func:`allocate` made. Returns the count."""
     resize = A.Resize(image_size, image_size)
-    n = len(frame)
-    images = open_memmap(images_path, "w+", np.uint8, (n, image_size, image_size, 3))
-    masks = open_memmap(masks_path, "w+", np.uint8, (n, image_size, image_size))
+    images = np.load(images_path, mmap_mode="r+")
+    masks = np.load(masks_path, mmap_mode="r+")
     for i, (image_file, mask_file) in enumerate(zip(frame["image"], frame["mask"], strict=True)):
         image, mask = read_pair(Path(image_file), Path(mask_file), rule)
         out = resize(image=image, mask=mask)
         images[i], masks[i] = out["image"], out["mask"]
     images.flush()
     masks.flush()
-    return n
+    return len(frame)
 
 
 def run(splits_dir: Path, cache_dir: Path, image_size: int, rule: MaskRule) -> dict[str, int]:
     """Cache the train, val and test splits at ``image_size``; masks hold class indices by the
     split stage's ``rule`` (see :func:`~segpipe.masks.load_rule`), with
-    :data:`~segpipe.images.IGNORE` where ``ignore_index`` was."""
+    :data:`~segpipe.images.IGNORE` where ``ignore_index`` was.
+
+    The disk space of all six arrays is reserved before any image is decoded; on a full disk
+    (or any failed write) nothing is left behind and ``cache_dir`` stays as it was.
+    """
+    frames = {split: read_split(splits_dir / f"{split}.csv") for split in SPLITS}
+    shapes = {split: (len(frame), image_size, image_size) for split, frame in frames.items()}
     counts = {}
-    with staged_dir(cache_dir) as staging:  # all six arrays appear together, or none
-        for split in SPLITS:
-            images_path, masks_path = cache_paths(staging, split)
-            counts[split] = build_split_cache(
-                splits_dir / f"{split}.csv",
-                images_path,
-                masks_path,
-                image_size,
-                rule,
-            )
+    try:
+        with staged_dir(cache_dir) as staging:  # all six arrays appear together, or none
+            for split, shape in shapes.items():
+                images_path, masks_path = cache_paths(staging, split)
+                allocate(images_path, (*shape, 3))
+                allocate(masks_path, shape)
+            for split, frame in frames.items():
+                counts[split] = build_split_cache(
+                    frame, *cache_paths(staging, split), image_size, rule
+                )
+    except OSError as e:
+        needed = sum(math.prod(shape) * 4 for shape in shapes.values()) / 2**20
+        raise write_error(
+            cache_dir,
+            e,
+            f"the arrays need {needed:.1f} MiB and {_free_mib(cache_dir):.1f} MiB is free; "
+            "nothing in it was changed",
+        ) from None
     size_mb = sum(p.stat().st_size for p in cache_dir.glob("*.npy")) / 2**20
     log.info("cached %s at %dx%d (%.1f MiB)", counts, image_size, image_size, size_mb)
     return counts
+
+
+def _free_mib(path: Path) -> float:
+    """Free space on the disk that holds ``path`` (or would hold it), in MiB."""
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    return shutil.disk_usage(existing).free / 2**20

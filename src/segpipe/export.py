@@ -26,7 +26,7 @@ from torch import nn
 from segpipe.dataset import IMAGENET_MEAN, IMAGENET_STD
 from segpipe.engine import logits_to_labels
 from segpipe.errors import SegpipeError
-from segpipe.files import atomic_path, write_json
+from segpipe.files import atomic_path, ensure_writable_dir, write_error, write_json
 from segpipe.model import load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -189,6 +189,69 @@ def check_parity(
     return Parity([list(s) for s in shapes], max_diff, mismatched / pixels)
 
 
+def write_checked(
+    model: nn.Module,
+    out: Path,
+    opset: int,
+    model_config: dict[str, Any],
+    check_size: int,
+    stride: int,
+    tolerance: float,
+) -> tuple[str, float, Parity, int]:
+    """Export to a temporary file, check its parity, and rename it onto ``out`` only if
+    it passes.
+
+    Returns:
+        The exporter used, the export time in seconds, the parity figures, the file size.
+    """
+    try:
+        with atomic_path(out) as tmp:
+            example = torch.randn(2, 3, check_size, check_size)
+            start = time.perf_counter()
+            exporter = export_onnx(model, tmp, opset, example)
+            add_metadata(tmp, model_config, stride, opset)
+            seconds = time.perf_counter() - start
+            parity = check_parity(tmp, model, parity_shapes(check_size, stride))
+            if not parity.max_abs_diff <= tolerance:
+                raise SegpipeError(
+                    f"{out}: onnxruntime differs from PyTorch by max |diff| "
+                    f"{parity.max_abs_diff:.3g} > tolerance {tolerance:g} (label mismatch "
+                    f"{parity.label_mismatch_fraction:.4%}); not written"
+                )
+            return exporter, seconds, parity, tmp.stat().st_size
+    except OSError as e:  # a full disk, say; the temporary file is gone
+        raise write_error(out, e, "nothing was written") from None
+
+
+def figures_path(out: Path) -> Path:
+    """Where the parity figures of ``out`` go: ``<out>.json``."""
+    return out.with_name(out.name + ".json")
+
+
+def check_out(model_path: Path, out: Path) -> None:
+    """Refuse, before the slow export, an ``--out`` that cannot or must not be written: a
+    folder, a path below a file, an unwritable folder, the checkpoint itself or any other
+    existing file that is not ONNX.
+
+    Raises:
+        SegpipeError: naming the path at fault and the fix.
+    """
+    for path in (out, figures_path(out)):
+        if path.is_dir():
+            raise SegpipeError(
+                f"{path}: a folder, where --out needs the ONNX file to write (and <out>.json "
+                f"beside it); choose another --out, e.g. {out / 'model.onnx'}"
+            )
+    if out.exists() and model_path.exists() and out.samefile(model_path):
+        raise SegpipeError(f"{out}: the --model checkpoint itself; choose another --out")
+    if out.exists() and out.suffix.lower() != ".onnx":
+        raise SegpipeError(
+            f"{out}: an existing file that is not .onnx, so export does not replace it; "
+            "choose another --out (ending in .onnx)"
+        )
+    ensure_writable_dir(out.parent, "--out")
+
+
 def run(
     model_path: Path,
     out: Path,
@@ -208,6 +271,7 @@ def run(
     if not tolerance > 0:
         raise SegpipeError(f"--tolerance: must be positive, got {tolerance}")
     require("onnx", "onnxruntime")
+    check_out(model_path, out)
     model, meta = load_checkpoint(model_path)
     stride = int(getattr(getattr(model, "encoder", None), "output_stride", 32))
     if check_size < stride or check_size % stride:
@@ -216,22 +280,10 @@ def run(
             f"stride), got {check_size}"
         )
     model_config = meta["model_config"]
-    shapes = parity_shapes(check_size, stride)
 
-    with atomic_path(out) as tmp:
-        example = torch.randn(2, 3, check_size, check_size)
-        start = time.perf_counter()
-        exporter = export_onnx(model, tmp, opset, example)
-        add_metadata(tmp, model_config, stride, opset)
-        export_seconds = time.perf_counter() - start
-        parity = check_parity(tmp, model, shapes)
-        if not parity.max_abs_diff <= tolerance:
-            raise SegpipeError(
-                f"{out}: onnxruntime differs from PyTorch by max |diff| {parity.max_abs_diff:.3g}"
-                f" > tolerance {tolerance:g} (label mismatch "
-                f"{parity.label_mismatch_fraction:.4%}); not written"
-            )
-        size = tmp.stat().st_size
+    exporter, export_seconds, parity, size = write_checked(
+        model, out, opset, model_config, check_size, stride, tolerance
+    )
 
     report = {
         "onnx": str(out),
@@ -248,7 +300,10 @@ def run(
         "torch": torch.__version__,
         "onnxruntime": require("onnxruntime")[0].__version__,
     }
-    write_json(out.with_name(out.name + ".json"), report)
+    try:
+        write_json(figures_path(out), report)
+    except OSError as e:
+        raise write_error(figures_path(out), e, f"{out} was written") from None
     labels = (
         "labels identical"
         if parity.label_mismatch_fraction == 0
@@ -260,7 +315,7 @@ def run(
         opset,
         size / 1e6,
         parity.max_abs_diff,
-        len(shapes),
+        len(parity.shapes),
         labels,
     )
     return report

@@ -3,15 +3,20 @@ stage trusts."""
 
 from __future__ import annotations
 
+import errno
+import glob
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from segpipe.errors import SegpipeError
+
+log = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -62,6 +67,7 @@ def staged_dir(out_dir: Path) -> Iterator[Path]:
     if out_dir.exists() and not out_dir.is_dir():
         raise SegpipeError(f"{out_dir}: exists and is not a folder")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    _warn_leftovers(out_dir)
     with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}.") as tmp:
         staging, old = Path(tmp) / "new", Path(tmp) / "old"
         staging.mkdir()
@@ -74,3 +80,112 @@ def staged_dir(out_dir: Path) -> Iterator[Path]:
             if old.exists() or old.is_symlink():
                 os.replace(old, out_dir)
             raise
+
+
+def _warn_leftovers(out_dir: Path) -> None:
+    """Name the staging folders of ``out_dir`` that a killed run left behind (a crash or
+    Ctrl-C removes its own): they may hold gigabytes, and only the user knows no other run is
+    using them."""
+    for leftover in sorted(out_dir.parent.glob(f".{glob.escape(out_dir.name)}.*")):
+        if leftover.is_dir() and not leftover.is_symlink():
+            size = sum(_disk_bytes(p) for p in leftover.rglob("*") if p.is_file())
+            log.warning(
+                "%s: a staging folder left by an earlier run of this stage that was killed "
+                "(%.1f MiB); delete it if no other run is writing %s",
+                leftover,
+                size / 2**20,
+                out_dir,
+            )
+
+
+def _disk_bytes(path: Path) -> int:
+    """The disk space a file takes (a sparse file takes less than its size)."""
+    st = path.stat()
+    return st.st_blocks * 512 if hasattr(st, "st_blocks") else st.st_size
+
+
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+"""The errors of a full disk or an exhausted quota: raised by writes only."""
+
+
+def os_reason(error: OSError) -> str:
+    """Why an OS call failed, in a few lower-case words (``no space left on device``)."""
+    if error.strerror:
+        return error.strerror.lower()
+    if error.errno:
+        return os.strerror(error.errno).lower()
+    return str(error) or type(error).__name__
+
+
+def write_error(path: Path, error: OSError, outcome: str, again: str = "run again") -> SegpipeError:
+    """One line for a failed write of ``path``: why, ``outcome`` (what became of the earlier
+    output) and the fix."""
+    fix = "free some space" if error.errno in DISK_FULL else "check the path and its permissions"
+    return SegpipeError(f"{path}: cannot write ({os_reason(error)}); {outcome}; {fix} and {again}")
+
+
+def _file_in_the_way(folder: Path) -> Path | None:
+    """``folder`` or its nearest existing ancestor, if that is something other than a folder."""
+    for candidate in (folder, *folder.parents):
+        if candidate.exists() or candidate.is_symlink():
+            return None if candidate.is_dir() else candidate
+    return None
+
+
+def require_folder(folder: Path, option: str) -> None:
+    """Fail if ``folder`` or its nearest existing ancestor is a file (nothing is created).
+
+    Raises:
+        SegpipeError: naming the file in the way and ``option`` (say ``--output``).
+    """
+    folder = Path(folder)
+    blocker = _file_in_the_way(folder)
+    if blocker is not None:
+        what = "an existing file" if blocker == folder else f"{blocker} is an existing file"
+        raise SegpipeError(
+            f"{folder}: {what}, where {option} needs a folder; choose another {option}"
+        )
+
+
+def ensure_writable_dir(folder: Path, option: str) -> None:
+    """Create ``folder`` (and its parents) if needed and check that files can be created in
+    it, so a bad ``option`` (say ``--output``) fails before any work, not after.
+
+    Raises:
+        SegpipeError: ``folder`` or an ancestor is a file, or the folder cannot be written.
+    """
+    folder = Path(folder)
+    require_folder(folder, option)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise SegpipeError(
+            f"{folder}: cannot write to this folder ({os_reason(e)}); choose another {option}"
+        ) from None
+
+
+def reserve_space(file: BinaryIO, offset: int, length: int) -> None:
+    """Allocate the disk blocks of bytes ``offset..offset+length`` of an open file now.
+
+    Writes through a memory map of a sparse file find out that the disk is full only when
+    the kernel stores the page, and then kill the process with SIGBUS ("Bus error"), leaving
+    its temporary files behind. With the blocks reserved first, a full disk is an
+    ``OSError`` (ENOSPC) here, before any work.
+    """
+    if length <= 0:
+        return
+    try:
+        os.posix_fallocate(file.fileno(), offset, length)
+        return
+    except AttributeError:  # no posix_fallocate (macOS): write the zeros ourselves
+        pass
+    except OSError as e:
+        if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise
+    file.seek(offset)
+    zeros = bytes(1 << 20)
+    for start in range(0, length, len(zeros)):
+        file.write(zeros[: min(len(zeros), length - start)])
+    file.flush()

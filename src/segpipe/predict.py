@@ -10,21 +10,25 @@ import numpy as np
 from PIL import Image
 
 from segpipe.colours import blend, palette
+from segpipe.config import load_params
 from segpipe.errors import SegpipeError
-from segpipe.files import atomic_save_image
+from segpipe.files import atomic_save_image, ensure_writable_dir, require_folder, write_error
 from segpipe.images import IMAGE_EXTENSIONS, read_image, scan_folder, stem_of
 from segpipe.inference import Predictor
 
 log = logging.getLogger(__name__)
 
+DEFAULT_THRESHOLD = 0.5
+DEFAULT_PARAMS = Path("params.yaml")
 
-def list_inputs(path: Path, out_dir: Path | None = None) -> tuple[dict[str, Path], int]:
+
+def list_inputs(path: Path, out_dir: Path | None = None) -> tuple[dict[str, Path], list[Path]]:
     """The inputs by stem: one image file, or the image files below a folder (subfolders
-    included, ``out_dir`` left out; see :func:`~segpipe.images.scan_folder`), and the number
-    of files skipped because an earlier file has their stem. Those and the files that are not
-    images are named in warnings."""
+    included, ``out_dir`` left out; see :func:`~segpipe.images.scan_folder`), and the files
+    skipped because an earlier file has their stem. Those and the files that are not images
+    are named in warnings."""
     if path.is_file():
-        return {path.stem: path}, 0
+        return {path.stem: path}, []
     if not path.is_dir():
         raise SegpipeError(f"{path}: no such file or folder")
     scan = scan_folder(path, exclude=out_dir)
@@ -34,7 +38,99 @@ def list_inputs(path: Path, out_dir: Path | None = None) -> tuple[dict[str, Path
         log.warning("skipped %s: %s also makes %s.png", duplicate, scan.images[stem], stem)
     if not scan.images:
         raise SegpipeError(f"{path}: holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
-    return scan.images, len(scan.duplicates)
+    return scan.images, scan.duplicates
+
+
+def plan_outputs(
+    inputs: dict[str, Path], out_dir: Path, with_overlay: bool
+) -> list[tuple[str, Path, Path | None]]:
+    """(stem, mask path, overlay path or None) per input.
+
+    An input named ``x_overlay.png`` next to ``x.png`` has its mask where the overlay of
+    ``x.png`` would go: masks come first, so that overlay is left out, with a warning.
+    """
+    plan = []
+    for stem, path in inputs.items():
+        overlay_path = out_dir / f"{stem}_overlay.png" if with_overlay else None
+        if f"{stem}_overlay" in inputs:
+            log.warning(
+                "no overlay for %s: %s is the mask of %s",
+                path,
+                overlay_path,
+                inputs[f"{stem}_overlay"],
+            )
+            overlay_path = None
+        plan.append((stem, out_dir / f"{stem}.png", overlay_path))
+    return plan
+
+
+def check_outputs(
+    inputs: Path, input_files: list[Path], out_dir: Path, targets: list[Path], overwrite: bool
+) -> None:
+    """Refuse, before any work, to write over an input, into the input folder itself, onto
+    a folder, or (without ``overwrite``) over any existing file.
+
+    Raises:
+        SegpipeError: naming the first file at fault (and how many there are).
+    """
+    if inputs.is_dir() and out_dir.resolve() == inputs.resolve():
+        raise SegpipeError(
+            f"{out_dir}: --output is the --input folder, so masks would replace or mix with "
+            "the images; choose another --output"
+        )
+    require_folder(out_dir, "--output")
+    existing = [t for t in targets if t.exists() or t.is_symlink()]
+    originals = {_identity(f) for f in input_files}
+    for target in existing:
+        if _identity(target) in originals:
+            raise SegpipeError(
+                f"{target}: an input image, and a mask would replace it; choose an --output "
+                "folder that holds no input"
+            )
+        if target.is_dir():
+            raise SegpipeError(
+                f"{target}: a folder where a mask or overlay goes; move it or choose another "
+                "--output"
+            )
+    if existing and not overwrite:
+        raise SegpipeError(
+            f"{existing[0]}: already exists ({len(existing)} of the {len(targets)} files to "
+            "write exist); pass --overwrite to replace them, or choose another --output"
+        )
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """The (device, inode) of an existing file: the same file under any name or link."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def resolve_threshold(
+    threshold: float | None, params_path: Path | None, classes: list[str]
+) -> tuple[float, str]:
+    """The foreground threshold and where it came from: ``--threshold``, else the
+    ``evaluate.threshold`` of ``params_path`` (default ``params.yaml``, if it exists), as the
+    evaluate stage used it, so predict writes the masks evaluate scored; else 0.5."""
+    if threshold is not None:
+        return threshold, "--threshold"
+    path = DEFAULT_PARAMS if params_path is None else Path(params_path)
+    if not path.is_file():
+        if params_path is not None and path != DEFAULT_PARAMS:
+            raise SegpipeError(f"{path}: --params file not found")
+        return DEFAULT_THRESHOLD, f"the default: no {path} here to read evaluate.threshold from"
+    params = load_params(path)
+    if list(params.data.classes) != classes:
+        log.warning(
+            "%s describes classes %s, the model has %s: its evaluate.threshold may belong to "
+            "another model (pass --threshold to choose)",
+            path,
+            list(params.data.classes),
+            classes,
+        )
+    return params.evaluate.threshold, f"evaluate.threshold in {path}, as the evaluate stage used"
 
 
 def overlay(
@@ -52,48 +148,56 @@ def run(
     model_path: Path,
     inputs: Path,
     out_dir: Path,
-    threshold: float = 0.5,
+    threshold: float | None = None,
     batch_size: int = 16,
     with_overlay: bool = False,
+    overwrite: bool = False,
+    params_path: Path | None = None,
 ) -> dict[str, float]:
     """Write ``out_dir/<stem>.png`` for every readable input, at the input's own resolution
     and orientation (as viewers show it). Inputs in subfolders keep them: ``in/a/1.jpg``
-    gives ``out/a/1.png``.
+    gives ``out/a/1.png``. The threshold is ``threshold``, else evaluate's (see
+    :func:`resolve_threshold`).
 
-    Unreadable inputs are reported and skipped; each mask is written atomically.
+    Nothing is written before every output path is checked (see :func:`check_outputs`);
+    unreadable inputs are reported and skipped; each file is written atomically.
 
     Returns:
         Counts of written and skipped images, and the throughput.
     """
-    if not 0.0 < threshold < 1.0:
+    if threshold is not None and not 0.0 < threshold < 1.0:
         raise SegpipeError(f"--threshold: must be in (0, 1), got {threshold}")
     if batch_size < 1:
         raise SegpipeError(f"--batch-size: must be >= 1, got {batch_size}")
-    inputs_by_stem, skipped = list_inputs(inputs, out_dir)
-    files = list(inputs_by_stem.items())
-    predictor = Predictor(model_path, threshold)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = 0
+    inputs_by_stem, duplicates = list_inputs(inputs, out_dir)
+    plan = plan_outputs(inputs_by_stem, out_dir, with_overlay)
+    targets = [p for _, mask, over in plan for p in (mask, over) if p is not None]
+    check_outputs(inputs, [*inputs_by_stem.values(), *duplicates], out_dir, targets, overwrite)
+    predictor = Predictor(model_path, DEFAULT_THRESHOLD)
+    if predictor.num_classes == 2:
+        predictor.threshold, source = resolve_threshold(threshold, params_path, predictor.classes)
+        log.info("threshold %g (%s)", predictor.threshold, source)
+    else:
+        log.info("class of each pixel by argmax over %d classes", predictor.num_classes)
+    ensure_writable_dir(out_dir, "--output")
+    written, skipped = 0, len(duplicates)
     start = time.perf_counter()
-    for first in range(0, len(files), batch_size):
-        batch: list[tuple[str, np.ndarray]] = []
-        for stem, path in files[first : first + batch_size]:
+    for first in range(0, len(plan), batch_size):
+        batch: list[tuple[np.ndarray, Path, Path | None]] = []
+        for stem, mask_path, overlay_path in plan[first : first + batch_size]:
             try:
-                batch.append((stem, read_image(path)))
+                batch.append((read_image(inputs_by_stem[stem]), mask_path, overlay_path))
             except SegpipeError as e:
                 log.warning("skipped %s", e)
                 skipped += 1
         if not batch:
             continue
-        for (stem, image), labels in zip(
-            batch, predictor.predict([image for _, image in batch]), strict=True
-        ):
-            atomic_save_image(predictor.to_png(labels), out_dir / f"{stem}.png")
-            if with_overlay:
-                atomic_save_image(
-                    overlay(image, labels, predictor.num_classes),
-                    out_dir / f"{stem}_overlay.png",
-                )
+        predictions = predictor.predict([image for image, _, _ in batch])
+        for (image, mask_path, overlay_path), labels in zip(batch, predictions, strict=True):
+            _save(predictor.to_png(labels), mask_path, written, len(plan))
+            if overlay_path is not None:
+                picture = overlay(image, labels, predictor.num_classes)
+                _save(picture, overlay_path, written, len(plan))
             written += 1
     seconds = time.perf_counter() - start
     log.info(
@@ -104,3 +208,17 @@ def run(
         written / seconds if seconds else 0.0,
     )
     return {"written": written, "skipped": skipped, "images_per_s": written / seconds}
+
+
+def _save(image: Image.Image, path: Path, written: int, total: int) -> None:
+    """Save atomically; a failed write (full disk, permissions) becomes one line that says
+    how far the run got."""
+    try:
+        atomic_save_image(image, path)
+    except OSError as e:
+        raise write_error(
+            path,
+            e,
+            f"{written} of {total} image(s) were done before it, each file complete",
+            again="run again with --overwrite",
+        ) from None

@@ -19,7 +19,7 @@ import pandas as pd
 
 from segpipe.config import SplitConfig
 from segpipe.errors import SegpipeError
-from segpipe.files import staged_dir
+from segpipe.files import staged_dir, write_error
 from segpipe.images import scan_folder
 from segpipe.masks import RULE_FILE
 from segpipe.validate import DatasetCheck, render_markdown
@@ -170,12 +170,15 @@ def run(
     parts = {name: frame[frame["split"] == name].drop(columns="split") for name in SPLITS}
     counts = {name: len(part) for name, part in parts.items()}
     report = check.report(raw_dir, counts)
-    with staged_dir(out_dir) as staging:
-        for name, part in parts.items():
-            part.to_csv(staging / f"{name}.csv", index=False)
-        (staging / RULE_FILE).write_text(json.dumps(rule.to_json(), indent=2) + "\n")
-        (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-        (staging / "report.md").write_text(render_markdown(report))
+    try:
+        with staged_dir(out_dir) as staging:
+            for name, part in parts.items():
+                part.to_csv(staging / f"{name}.csv", index=False)
+            (staging / RULE_FILE).write_text(json.dumps(rule.to_json(), indent=2) + "\n")
+            (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+            (staging / "report.md").write_text(render_markdown(report))
+    except OSError as e:  # a full disk, say: the staging folder is gone, out_dir untouched
+        raise write_error(out_dir, e, "nothing in it was changed") from None
     foreground = sum(n for c, n in report["class_pixels"].items() if c != "0")
     if foreground == 0:
         log.warning(
