@@ -2,10 +2,10 @@
 
 from pathlib import Path
 
-from segpipe import cache
 from segpipe.cli import parser, run_stage
 from segpipe.config import load_params
-from segpipe.masks import RULE_FILE, load_rule
+from segpipe.data import cache
+from segpipe.data.masks import RULE_FILE, load_rule
 
 if __name__ == "__main__":
     p = parser(__doc__)

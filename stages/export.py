@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from segpipe import export
 from segpipe.cli import parser, run_stage
+from segpipe.tools import export
 
 if __name__ == "__main__":
     p = parser(__doc__)

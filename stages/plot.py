@@ -2,10 +2,10 @@
 
 from pathlib import Path
 
-from segpipe import plot
 from segpipe.cli import parser, run_stage
 from segpipe.config import load_params
-from segpipe.masks import load_rule
+from segpipe.data.masks import load_rule
+from segpipe.reporting import plot
 
 if __name__ == "__main__":
     p = parser(__doc__)

@@ -6,8 +6,8 @@ python stages/predict.py --model models/model.pt --input DIR_OR_FILE --output DI
 
 from pathlib import Path
 
-from segpipe import predict
 from segpipe.cli import parser, run_stage
+from segpipe.tools import predict
 
 if __name__ == "__main__":
     p = parser(__doc__.split("\n\n")[0])

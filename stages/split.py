@@ -2,9 +2,9 @@
 
 from pathlib import Path
 
-from segpipe import split
 from segpipe.cli import parser, run_stage
 from segpipe.config import load_params
+from segpipe.data import split
 
 if __name__ == "__main__":
     p = parser(__doc__)

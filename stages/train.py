@@ -2,9 +2,9 @@
 
 from pathlib import Path
 
-from segpipe import train
 from segpipe.cli import parser, run_stage
 from segpipe.config import load_params
+from segpipe.training import train
 
 if __name__ == "__main__":
     p = parser(__doc__)

@@ -63,7 +63,7 @@ def params() -> Params:
 @pytest.fixture
 def raw_dir(tmp_path: Path, params: Params) -> Path:
     """A tiny synthetic dataset in the layout the download stage writes."""
-    from segpipe.synthetic import generate
+    from segpipe.data.synthetic import generate
 
     out = tmp_path / "raw"
     generate(out, params.data.synthetic, params.seed)
@@ -72,7 +72,7 @@ def raw_dir(tmp_path: Path, params: Params) -> Path:
 
 @pytest.fixture
 def splits_dir(tmp_path: Path, raw_dir: Path, params: Params) -> Path:
-    from segpipe import split
+    from segpipe.data import split
 
     out = tmp_path / "splits"
     split.run(params.split, params.seed, raw_dir, out)
@@ -81,10 +81,10 @@ def splits_dir(tmp_path: Path, raw_dir: Path, params: Params) -> Path:
 
 @pytest.fixture
 def cache_dir(tmp_path: Path, splits_dir: Path, params: Params) -> Path:
-    from segpipe import cache
+    from segpipe.data import cache
 
     out = tmp_path / "cache"
-    from segpipe.masks import RULE_FILE, load_rule
+    from segpipe.data.masks import RULE_FILE, load_rule
 
     rule = load_rule(splits_dir / RULE_FILE, params.data)
     cache.run(splits_dir, out, params.train.image_size, rule)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from segpipe.masks import rule_of_files
+from segpipe.data.masks import rule_of_files
 
 from .conftest import REPO
 

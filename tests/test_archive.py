@@ -1,4 +1,4 @@
-"""Tests for segpipe.archive: safe extraction and image/mask folder discovery."""
+"""Tests for segpipe.data.archive: safe extraction and image/mask folder discovery."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from segpipe.archive import find_image_mask_dirs, safe_extract
+from segpipe.data.archive import find_image_mask_dirs, safe_extract
+from segpipe.data.images import IMAGE_EXTENSIONS
 from segpipe.errors import SegpipeError
-from segpipe.images import IMAGE_EXTENSIONS
 
 KAGGLE_NESTED = "supervisely_person_clean_2667_img/supervisely_person_clean_2667_img"
 

@@ -18,7 +18,7 @@ import yaml
 from PIL import Image
 
 from segpipe.config import read_yaml
-from segpipe.kaggle_source import CREDENTIALS_HELP
+from segpipe.data.kaggle_source import CREDENTIALS_HELP
 
 from .conftest import REPO
 

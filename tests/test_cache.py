@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from segpipe import cache
-from segpipe.dataset import CachedDataset, SegmentationDataset, build_transform, read_split
+from segpipe.data import cache
+from segpipe.data.dataset import CachedDataset, SegmentationDataset, build_transform, read_split
+from segpipe.data.masks import RULE_FILE, load_rule
 from segpipe.errors import SegpipeError
-from segpipe.masks import RULE_FILE, load_rule
 
 
 def test_cache_matches_decoding_on_the_fly(splits_dir, cache_dir, params):

@@ -8,11 +8,11 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from segpipe.dataset import SegmentationDataset, build_transform, read_split
+from segpipe.data.dataset import SegmentationDataset, build_transform, read_split
+from segpipe.data.images import read_image
+from segpipe.data.masks import RULE_FILE, MaskRule, load_rule
 from segpipe.errors import SegpipeError
-from segpipe.images import read_image
-from segpipe.masks import RULE_FILE, MaskRule, load_rule
-from segpipe.seeding import seed_worker
+from segpipe.training.seeding import seed_worker
 
 from .helpers import read_mask
 

@@ -10,13 +10,13 @@ import sys
 import pytest
 import torch
 
-from segpipe.cache import cache_paths
-from segpipe.dataset import CachedDataset, build_transform
-from segpipe.distributed import ShardSampler
-from segpipe.engine import evaluate_epoch
-from segpipe.losses import build_loss
-from segpipe.model import load_checkpoint
-from segpipe.train import VAL_THRESHOLD, make_loader
+from segpipe.data.cache import cache_paths
+from segpipe.data.dataset import CachedDataset, build_transform
+from segpipe.model.network import load_checkpoint
+from segpipe.training.distributed import ShardSampler
+from segpipe.training.engine import evaluate_epoch
+from segpipe.training.losses import build_loss
+from segpipe.training.train import VAL_THRESHOLD, make_loader
 
 from .conftest import tiny_params, train_args, write_params
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -48,6 +49,15 @@ def dvc(args: list[str], repo) -> str:
     return run([sys.executable, "-m", "dvc", *args], root, env)
 
 
+def edit_module(path: Path) -> None:
+    path.write_text(path.read_text() + "\n# an edit\n")
+
+
+def ran(output: str) -> list[str]:
+    """The stages a `dvc repro` output says it ran, in order."""
+    return re.findall(r"Running stage '([\w-]+)'", output)
+
+
 def test_pipeline_experiment_and_metrics_diff(repo):
     root, env = repo
 
@@ -67,7 +77,7 @@ def test_pipeline_experiment_and_metrics_diff(repo):
     dvc(["plots", "show"], repo)
     page = (root / "dvc_plots" / "index.html").read_text()
     assert "cdn.jsdelivr" not in page and "<script src=" not in page
-    assert "vegaEmbed" in page and page.count("vegaEmbed(") >= 5  # the 5 DVCLive curves
+    assert "vegaEmbed" in page and page.count("vegaEmbed(") >= 6  # the 6 DVCLive curves, at least
     for name in ("predictions.png", "worst.png", "dice_histogram.png", "training_curves.png"):
         assert name in page
 
@@ -107,6 +117,18 @@ def test_pipeline_experiment_and_metrics_diff(repo):
     out = dvc(["repro"], repo)
     assert "Running stage 'plot'" in out
     assert all(f"Running stage '{s}'" not in out for s in ("download", "split", "train"))
+
+    # 3b. A code edit reruns only the stages whose scripts import the edited module.
+    edit_module(root / "src/segpipe/reporting/plot.py")
+    assert sorted(json.loads(dvc(["status", "--json"], repo))) == ["plot"]
+    assert ran(dvc(["repro"], repo)) == ["plot"]
+    edit_module(root / "src/segpipe/model/network.py")
+    assert sorted(json.loads(dvc(["status", "--json"], repo))) == ["check", "evaluate", "train"]
+    assert (
+        {"check", "train", "evaluate"}
+        <= set(ran(dvc(["repro"], repo)))
+        <= {"check", "train", "evaluate", "plot"}
+    )
 
     run(["git", "add", "-A"], root, env)
     run(["git", "commit", "-qm", "baseline"], root, env)

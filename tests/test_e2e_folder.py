@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segpipe.dataset import read_split
-from segpipe.split import SPLITS
-from segpipe.tables import read_table
+from segpipe.constants import SPLITS
+from segpipe.data.dataset import read_split
+from segpipe.data.tables import read_table
 
 from .helpers import copy_repo, run
 from .realdata import AWKWARD_STEMS, dice, write_folder_dataset

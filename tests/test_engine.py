@@ -8,7 +8,8 @@ import platform
 import pytest
 import torch
 
-from segpipe.engine import adam, reuse_freed_memory
+from segpipe.model.runtime import reuse_freed_memory
+from segpipe.training.engine import adam
 
 
 def test_adam_is_fused_on_cpu():

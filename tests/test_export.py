@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from segpipe import export
 from segpipe.config import ModelConfig
-from segpipe.dataset import IMAGENET_MEAN, IMAGENET_STD
-from segpipe.engine import logits_to_labels
+from segpipe.data.dataset import IMAGENET_MEAN, IMAGENET_STD
 from segpipe.errors import SegpipeError
-from segpipe.model import build_model, load_checkpoint, save_checkpoint
+from segpipe.model.network import build_model, load_checkpoint, save_checkpoint
+from segpipe.model.outputs import logits_to_labels
+from segpipe.tools import export
 
 from .conftest import REPO
 

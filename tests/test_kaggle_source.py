@@ -1,4 +1,4 @@
-"""Tests for segpipe.kaggle_source: the real ``kaggle`` client against a loopback fake Kaggle.
+"""Tests for segpipe.data.kaggle_source: the real ``kaggle`` client against a loopback fake Kaggle.
 
 Why the endpoint is patched instead of setting KAGGLE_API_ENVIRONMENT=TEST: in kaggle 2.2.4 the
 ``KaggleApi`` used by ``dataset_download_files`` always builds its ``KaggleClient`` with an
@@ -30,9 +30,9 @@ from pathlib import Path
 
 import pytest
 
-from segpipe.archive import find_image_mask_dirs
+from segpipe.data.archive import find_image_mask_dirs
+from segpipe.data.kaggle_source import CREDENTIALS_HELP, _credential_source, download_kaggle
 from segpipe.errors import SegpipeError
-from segpipe.kaggle_source import CREDENTIALS_HELP, _credential_source, download_kaggle
 
 DATASET = "tapakah68/supervisely-filtered-segmentation-person-dataset"
 NESTED = "supervisely_person_clean_2667_img/supervisely_person_clean_2667_img"
@@ -359,7 +359,7 @@ def _kaggle_data_config(tmp_path: Path):
 def test_download_stage_normalises_the_kaggle_archive(
     fake_kaggle: FakeKaggle, kaggle_env: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from segpipe import download
+    from segpipe.data import download
 
     _use_credentials("env", monkeypatch, kaggle_env)
     fake_kaggle.datasets[DATASET] = _dataset_zip()
@@ -374,7 +374,7 @@ def test_download_stage_normalises_the_kaggle_archive(
 def test_download_stage_rejects_an_archive_without_images_and_masks(
     fake_kaggle: FakeKaggle, kaggle_env: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from segpipe import download
+    from segpipe.data import download
 
     _use_credentials("env", monkeypatch, kaggle_env)
     buf = io.BytesIO()

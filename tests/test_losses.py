@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from segpipe.config import parse_loss
+from segpipe.constants import IGNORE
 from segpipe.errors import SegpipeError
-from segpipe.images import IGNORE
-from segpipe.losses import build_loss
+from segpipe.training.losses import build_loss
 
 BINARY = ["ce", "bce", "dice", "focal", "lovasz", "ce+dice", "0.5*bce + 2*dice"]
 MULTI = ["ce", "dice", "focal", "lovasz", "ce+dice", "ce+0.5*lovasz"]

@@ -14,12 +14,15 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from segpipe import cache, evaluate, plot, split, train
-from segpipe.dataset import SegmentationDataset, build_transform, read_split
+from segpipe.constants import IGNORE
+from segpipe.data import cache, split
+from segpipe.data.dataset import SegmentationDataset, build_transform, read_split
+from segpipe.data.masks import RULE_FILE, MaskRule, load_rule, rule_of_files
+from segpipe.data.tables import read_table
 from segpipe.errors import SegpipeError
-from segpipe.images import IGNORE
-from segpipe.masks import RULE_FILE, MaskRule, load_rule, rule_of_files
-from segpipe.tables import read_table
+from segpipe.evaluation import evaluate
+from segpipe.reporting import plot
+from segpipe.training import train
 
 from .conftest import tiny_params
 

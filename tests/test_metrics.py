@@ -10,8 +10,13 @@ import pytest
 import segmentation_models_pytorch as smp
 import torch
 
-from segpipe.images import IGNORE
-from segpipe.metrics import SegmentationMetrics, ThresholdSweep, confusion_matrix, stat_scores
+from segpipe.constants import IGNORE
+from segpipe.evaluation.metrics import (
+    SegmentationMetrics,
+    ThresholdSweep,
+    confusion_matrix,
+    stat_scores,
+)
 
 
 def t(rows):

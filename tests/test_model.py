@@ -12,7 +12,7 @@ import torch
 
 from segpipe.config import ModelConfig
 from segpipe.errors import SegpipeError
-from segpipe.model import build_model, load_checkpoint, save_checkpoint
+from segpipe.model.network import build_model, load_checkpoint, save_checkpoint
 
 TINY = ModelConfig(arch="Unet", encoder="resnet18", encoder_weights=None)
 
@@ -159,7 +159,7 @@ def test_hub_check_goes_through_huggingface_hub(monkeypatch):
     import huggingface_hub
     from huggingface_hub import constants
 
-    from segpipe import model as model_module
+    from segpipe.model import network as model_module
 
     asked = []
 

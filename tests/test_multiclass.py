@@ -12,13 +12,16 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from segpipe import cache, download, evaluate, plot, split, train
-from segpipe.dataset import read_split
+from segpipe.constants import IGNORE
+from segpipe.data import cache, download, split
+from segpipe.data.dataset import read_split
+from segpipe.data.masks import RULE_FILE, MaskRule, load_rule
+from segpipe.data.synthetic import make_pair
+from segpipe.data.tables import read_table
 from segpipe.errors import SegpipeError
-from segpipe.images import IGNORE
-from segpipe.masks import RULE_FILE, MaskRule, load_rule
-from segpipe.synthetic import make_pair
-from segpipe.tables import read_table
+from segpipe.evaluation import evaluate
+from segpipe.reporting import plot
+from segpipe.training import train
 
 from .conftest import tiny_params
 from .helpers import read_mask
@@ -188,7 +191,7 @@ def test_error_overlay_colours():
 
 
 def test_predict_reproduces_multiclass_predictions(multiclass_run, tmp_path):
-    from segpipe import predict
+    from segpipe.tools import predict
 
     root, _, _, _ = multiclass_run
     test = read_split(root / "splits" / "test.csv")

@@ -14,11 +14,14 @@ import pytest
 import torch
 from PIL import Image
 
-from segpipe import evaluate, files, predict, train
-from segpipe.dataset import read_split
+from segpipe import files
+from segpipe.data.dataset import read_split
+from segpipe.data.masks import RULE_FILE, MaskRule, load_rule
 from segpipe.errors import SegpipeError
-from segpipe.masks import RULE_FILE, MaskRule, load_rule
-from segpipe.metrics import SegmentationMetrics
+from segpipe.evaluation import evaluate
+from segpipe.evaluation.metrics import SegmentationMetrics
+from segpipe.tools import predict
+from segpipe.training import train
 
 from .conftest import REPO, tiny_params, write_params
 
@@ -122,8 +125,8 @@ def test_predict_single_file_and_errors(tmp_path, splits_dir, model_path):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """One tiny run shared by the tests below: splits, the checkpoint and the resume state."""
-    from segpipe import cache, split
-    from segpipe.synthetic import generate
+    from segpipe.data import cache, split
+    from segpipe.data.synthetic import generate
 
     root = tmp_path_factory.mktemp("trained")
     p = tiny_params()

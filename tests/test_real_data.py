@@ -13,13 +13,14 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from segpipe import cache, download, plot, split
 from segpipe.config import load_params
-from segpipe.dataset import read_split
+from segpipe.data import cache, download, split
+from segpipe.data.dataset import read_split
+from segpipe.data.images import open_image, read_image, scan_folder
+from segpipe.data.masks import RULE_FILE, MaskRule, load_rule, read_pair
+from segpipe.data.tables import read_table
 from segpipe.errors import SegpipeError
-from segpipe.images import open_image, read_image, scan_folder
-from segpipe.masks import RULE_FILE, MaskRule, load_rule, read_pair
-from segpipe.tables import read_table
+from segpipe.reporting import plot
 
 from .conftest import REPO, tiny_params, write_params
 from .helpers import read_mask

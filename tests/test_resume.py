@@ -14,8 +14,8 @@ import pytest
 import torch
 
 import segpipe
-from segpipe import resume
 from segpipe.imports import import_closure
+from segpipe.training import resume
 
 from .conftest import tiny_params, train_args, write_params
 
@@ -106,17 +106,19 @@ def test_changed_code_starts_over(tmp_path, cache_dir):
     shutil.copytree(
         Path(segpipe.__file__).parent, package, ignore=shutil.ignore_patterns("__pycache__")
     )
-    closure = import_closure("segpipe.train", package)
+    closure = import_closure("segpipe.training.train", package)
     names = {p.name for p in closure}
-    assert {"train.py", "losses.py", "engine.py", "model.py"} <= names
+    assert {"train.py", "losses.py", "engine.py", "network.py"} <= names
     assert "plot.py" not in names and "predict.py" not in names
     p, files = tiny_params(), [cache_dir / "train_images.npy"]
     base = resume.fingerprint(p, files, closure)
     assert resume.fingerprint(p, files) == resume.fingerprint(p, files)  # the installed code
-    (package / "plot.py").write_text((package / "plot.py").read_text() + "\n# edited\n")
-    assert resume.fingerprint(p, files, import_closure("segpipe.train", package)) == base
-    (package / "losses.py").write_text((package / "losses.py").read_text() + "\n# edited\n")
-    assert resume.fingerprint(p, files, import_closure("segpipe.train", package)) != base
+    plot = package / "reporting" / "plot.py"
+    plot.write_text(plot.read_text() + "\n# edited\n")
+    assert resume.fingerprint(p, files, import_closure("segpipe.training.train", package)) == base
+    losses = package / "training" / "losses.py"
+    losses.write_text(losses.read_text() + "\n# edited\n")
+    assert resume.fingerprint(p, files, import_closure("segpipe.training.train", package)) != base
 
 
 def test_import_closure_follows_lazy_and_relative_imports(tmp_path):

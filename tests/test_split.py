@@ -9,13 +9,13 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from segpipe import split
 from segpipe.config import SplitConfig
-from segpipe.dataset import read_split
+from segpipe.data import split
+from segpipe.data.dataset import read_split
+from segpipe.data.images import UnreadableImageError, open_image, read_image
+from segpipe.data.masks import MaskRule
+from segpipe.data.validate import DatasetCheck
 from segpipe.errors import SegpipeError
-from segpipe.images import UnreadableImageError, open_image, read_image
-from segpipe.masks import MaskRule
-from segpipe.validate import DatasetCheck
 
 from .helpers import read_mask
 

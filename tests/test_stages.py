@@ -12,12 +12,14 @@ import pytest
 import torch
 from PIL import Image
 
-from segpipe import evaluate, plot, train
-from segpipe.dataset import read_split
+from segpipe.data.dataset import read_split
+from segpipe.data.masks import RULE_FILE, load_rule
+from segpipe.data.tables import read_table
 from segpipe.errors import SegpipeError
-from segpipe.masks import RULE_FILE, load_rule
-from segpipe.model import load_checkpoint
-from segpipe.tables import read_table
+from segpipe.evaluation import evaluate
+from segpipe.model.network import load_checkpoint
+from segpipe.reporting import plot
+from segpipe.training import train
 
 from .conftest import REPO
 

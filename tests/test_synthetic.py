@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 from PIL import Image
 
-from segpipe.synthetic import generate
+from segpipe.data.synthetic import generate
 
 
 def read_all(folder):

@@ -48,8 +48,17 @@ def _imported_modules(path: Path, module: str) -> set[str]:
 def import_closure(module: str, package_dir: Path = PACKAGE_DIR) -> list[Path]:
     """The source files of ``module`` and of every segpipe module it imports, directly or
     through others, sorted. Parent packages' ``__init__.py`` files count (they run first)."""
+    return _closure([module], package_dir)
+
+
+def script_closure(script: Path, package_dir: Path = PACKAGE_DIR) -> list[Path]:
+    """The segpipe source files a script outside the package (a stage script) runs, sorted."""
+    return _closure(sorted(_imported_modules(script, "__main__")), package_dir)
+
+
+def _closure(modules: list[str], package_dir: Path) -> list[Path]:
     seen: dict[str, Path] = {}
-    pending = [module]
+    pending = list(modules)
     while pending:
         name = pending.pop()
         parts = name.split(".")

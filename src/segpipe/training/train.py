@@ -14,23 +14,17 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
-from segpipe import distributed, resume
-from segpipe.cache import cache_paths
 from segpipe.config import Params
-from segpipe.dataset import CachedDataset, build_transform
-from segpipe.engine import (
-    NonFiniteLossError,
-    adam,
-    evaluate_epoch,
-    resolve_precision,
-    reuse_freed_memory,
-    train_one_epoch,
-)
+from segpipe.data.cache import cache_paths
+from segpipe.data.dataset import CachedDataset, build_transform
 from segpipe.errors import SegpipeError
 from segpipe.files import atomic_write
-from segpipe.losses import build_loss
-from segpipe.model import build_model, save_checkpoint, unwrap
-from segpipe.seeding import seed_everything, seed_worker
+from segpipe.model.network import build_model, save_checkpoint, unwrap
+from segpipe.model.runtime import resolve_precision, reuse_freed_memory
+from segpipe.training import distributed, resume
+from segpipe.training.engine import NonFiniteLossError, adam, evaluate_epoch, train_one_epoch
+from segpipe.training.losses import build_loss
+from segpipe.training.seeding import seed_everything, seed_worker
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
+from segpipe.data.masks import MaskRule, read_pair
+from segpipe.data.tables import read_table
 from segpipe.errors import SegpipeError
-from segpipe.masks import MaskRule, read_pair
-from segpipe.tables import read_table
 
 # Hard-coded on purpose: smp's get_preprocessing_params needs the network.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -58,7 +58,7 @@ class SegmentationDataset(Dataset):
     Args:
         frame: rows with ``image`` and ``mask`` paths.
         transform: applied to image and mask together.
-        rule: the split stage's mask rule (see :func:`~segpipe.masks.load_rule`).
+        rule: the split stage's mask rule (see :func:`~segpipe.data.masks.load_rule`).
     """
 
     def __init__(self, frame: pd.DataFrame, transform: A.Compose, rule: MaskRule) -> None:

@@ -2,7 +2,7 @@
 
 Skipped (with a warning): unpaired files, unreadable/truncated/empty files, masks whose size
 differs from their image's. Fatal (:class:`SegpipeError`): masks that no one rule reads (see
-:mod:`segpipe.masks`) and values that fit no class of ``data.classes``, since a wrong
+:mod:`segpipe.data.masks`) and values that fit no class of ``data.classes``, since a wrong
 declaration affects every file.
 """
 
@@ -16,15 +16,15 @@ from typing import Any
 
 import numpy as np
 
-from segpipe.images import (
-    IGNORE,
+from segpipe.constants import IGNORE
+from segpipe.data.images import (
     UnreadableImageError,
     exif_orientation,
     is_high_bit_depth,
     make_upright,
     open_image,
 )
-from segpipe.masks import MaskRule, MaskValues, colour_text, decide_rule, mask_values
+from segpipe.data.masks import MaskRule, MaskValues, colour_text, decide_rule, mask_values
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ class DatasetCheck:
         }
 
     def decide(self, folder: Path) -> MaskRule:
-        """The one mask rule for all valid masks (see :func:`~segpipe.masks.decide_rule`), and
+        """The one mask rule for all valid masks (see :func:`~segpipe.data.masks.decide_rule`), and
         by it each mask's foreground share (``fg``, in row order) and the class pixels.
 
         Raises:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from segpipe.images import IGNORE
+from segpipe.constants import IGNORE
 
 # Background black, then matplotlib's tab10 colours; IGNORE is grey.
 _BASE = np.array(

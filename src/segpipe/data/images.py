@@ -1,5 +1,5 @@
 """Reading image files into numpy arrays (formats, EXIF orientation, folder scans), with errors
-that name the file. Masks are read through :mod:`segpipe.masks`."""
+that name the file. Masks are read through :mod:`segpipe.data.masks`."""
 
 from __future__ import annotations
 
@@ -237,7 +237,3 @@ def is_high_bit_depth(image: Image.Image) -> bool:
 def read_image(path: Path) -> np.ndarray:
     """An image as HxWx3 uint8 RGB, upright as its EXIF orientation says (see :func:`to_rgb`)."""
     return to_rgb(open_image(path))
-
-
-IGNORE = 255
-"""Class index of pixels left out of loss and metrics; ``data.ignore_index`` maps to it."""

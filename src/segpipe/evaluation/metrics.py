@@ -1,7 +1,7 @@
 """Segmentation metrics: count tp/fp/fn per class, then reduce. The only implementation.
 
 Used by validation during training and by the evaluate stage, so both report the same Dice.
-Pixels labelled :data:`~segpipe.images.IGNORE` in the truth are left out of every count.
+Pixels labelled :data:`~segpipe.constants.IGNORE` in the truth are left out of every count.
 
 Per class c (counts summed over every pixel of every image, "dataset level"):
   dice/c = 2tp / (2tp + fp + fn), iou/c = tp / (tp + fp + fn),
@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from segpipe.images import IGNORE
+from segpipe.constants import IGNORE
 
 SCORES = ("dice", "iou", "precision", "recall")
 
@@ -119,7 +119,7 @@ class SegmentationMetrics:
     def merge_processes(self) -> None:
         """Under torch.distributed: sum the confusion matrices of all ranks and gather their
         per-image counts, so :meth:`compute` gives what one process would over all images."""
-        from segpipe.distributed import gather_lists, sum_over_ranks
+        from segpipe.training.distributed import gather_lists, sum_over_ranks
 
         self.confusion = sum_over_ranks(self.confusion)
         self.image_counts = gather_lists(self.image_counts)

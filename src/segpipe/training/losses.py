@@ -2,7 +2,7 @@
 
 Each loss takes float logits (B, C', H, W) and integer labels (B, H, W), where C' is 1 for two
 classes (one sigmoid channel) and N for N classes (softmax). Pixels labelled
-:data:`~segpipe.images.IGNORE` count in no term.
+:data:`~segpipe.constants.IGNORE` count in no term.
 
 - ``ce``: cross-entropy; for two classes it is binary cross-entropy on the one channel.
 - ``bce``: binary cross-entropy (the tutorial's ``BCEWithLogitsLoss``); two classes only.
@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from segpipe.config import parse_loss
+from segpipe.constants import IGNORE
 from segpipe.errors import SegpipeError
-from segpipe.images import IGNORE
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

@@ -32,8 +32,9 @@ import numpy as np
 from PIL import Image
 
 from segpipe.config import DataConfig
+from segpipe.constants import IGNORE
+from segpipe.data.images import open_image, read_image, short_list
 from segpipe.errors import SegpipeError
-from segpipe.images import IGNORE, open_image, read_image, short_list
 
 RULE_FILE = "mask_rule.json"
 """The split stage's decision, in its output folder; every later reader of masks loads it."""
@@ -102,7 +103,7 @@ class MaskRule:
     """How raw mask values become class indices: the same for every mask of a dataset.
 
     ``rule`` is one of :data:`RULES`. Pixels of value ``ignore_index`` (with colours: of the
-    grey colour [v, v, v]) become :data:`~segpipe.images.IGNORE`.
+    grey colour [v, v, v]) become :data:`~segpipe.constants.IGNORE`.
     """
 
     rule: str

@@ -10,8 +10,8 @@ import tarfile
 import zipfile
 from pathlib import Path
 
+from segpipe.data.images import scan_folder
 from segpipe.errors import SegpipeError
-from segpipe.images import scan_folder
 
 logger = logging.getLogger(__name__)
 

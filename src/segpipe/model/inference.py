@@ -10,12 +10,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
+from torch import nn
 
-from segpipe.colours import mask_to_png
-from segpipe.dataset import build_transform, to_tensor
-from segpipe.engine import pick_device, predict_full_resolution, resolve_precision
-from segpipe.model import load_checkpoint
+from segpipe.data.colours import mask_to_png
+from segpipe.data.dataset import build_transform, to_tensor
+from segpipe.model.network import load_checkpoint
+from segpipe.model.outputs import foreground_probability, logits_to_labels
+from segpipe.model.runtime import autocast, pick_device, resolve_precision, to_device
 
 
 class Predictor:
@@ -72,3 +75,28 @@ class Predictor:
         """Binary masks as 0/255; multi-class ones as palette PNGs whose pixel values are the
         class indices (and whose palette colours them for viewers)."""
         return mask_to_png(labels, self.num_classes)
+
+
+@torch.inference_mode()
+def predict_full_resolution(
+    model: nn.Module,
+    images: torch.Tensor,
+    sizes: list[tuple[int, int]],
+    threshold: float,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    channels_last: bool,
+    with_probability: bool = False,
+) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """Label maps at each image's original (H, W): the logits are resized back bilinearly
+    before thresholding, so the result is what a user of the predictions gets. With
+    ``with_probability``, each label map comes with its foreground probability map."""
+    with autocast(device, dtype):
+        logits = model(to_device(images, device, channels_last)).float()
+    out = []
+    for i, size in enumerate(sizes):
+        resized = F.interpolate(logits[i : i + 1], size=size, mode="bilinear", align_corners=False)
+        labels = logits_to_labels(resized, threshold)[0].cpu()
+        probability = foreground_probability(resized)[0].cpu() if with_probability else None
+        out.append((labels, probability))
+    return out

@@ -17,17 +17,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from segpipe import model_card
 from segpipe.config import Params
-from segpipe.dataset import read_split
-from segpipe.engine import reuse_freed_memory
+from segpipe.constants import IGNORE, SPLITS
+from segpipe.data.dataset import read_split
+from segpipe.data.masks import RULE_FILE, MaskRule, load_rule, read_pair
 from segpipe.errors import SegpipeError
+from segpipe.evaluation import model_card
+from segpipe.evaluation.metrics import SegmentationMetrics, ThresholdSweep
 from segpipe.files import atomic_save_image, atomic_write, write_json
-from segpipe.images import IGNORE
-from segpipe.inference import Predictor
-from segpipe.masks import RULE_FILE, MaskRule, load_rule, read_pair
-from segpipe.metrics import SegmentationMetrics, ThresholdSweep
-from segpipe.split import SPLITS
+from segpipe.model.inference import Predictor
+from segpipe.model.runtime import reuse_freed_memory
 
 log = logging.getLogger(__name__)
 

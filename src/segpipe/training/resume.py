@@ -47,7 +47,7 @@ def fingerprint(
         "libraries": {name: _version(name) for name in LIBRARIES},
     }
     digest.update(json.dumps(config, sort_keys=True).encode())
-    code = import_closure("segpipe.train") if code_files is None else code_files
+    code = import_closure("segpipe.training.train") if code_files is None else code_files
     for path in [*code, *data_files]:
         digest.update(Path(path).name.encode())
         with open(path, "rb") as f:

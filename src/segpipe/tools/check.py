@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 
 from segpipe.config import Params, load_params
-from segpipe.model import check_model_names
+from segpipe.model.network import check_model_names
 
 log = logging.getLogger(__name__)
 

@@ -1,9 +1,9 @@
 """Throughput benchmark: the pipeline vs. a naive tutorial-style loader vs. the model alone.
 
-    python -m segpipe.bench [--data DIR] [--image-size 256] [--batch-size 8]
+    python -m segpipe.tools.bench [--data DIR] [--image-size 256] [--batch-size 8]
 
 All three modes train and run inference with the same model, resolution and batch size, through
-the same loops (``segpipe.engine``); only the data source and the numeric settings differ:
+the same loops (``segpipe.training.engine``); only the data source and the numeric settings differ:
 
 - ``naive``: like the tutorial: PIL decode of the full-size file and albumentations resize in
   every ``__getitem__``, fp32, NCHW, ``num_workers=0``;
@@ -31,19 +31,14 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from segpipe import cache
 from segpipe.config import ModelConfig, SplitConfig, SyntheticConfig
-from segpipe.dataset import CachedDataset, SegmentationDataset, build_transform, read_split
-from segpipe.engine import (
-    adam,
-    evaluate_epoch,
-    resolve_precision,
-    reuse_freed_memory,
-    train_one_epoch,
-)
-from segpipe.losses import build_loss
-from segpipe.masks import RULE_FILE, load_rule
-from segpipe.model import build_model
+from segpipe.data import cache
+from segpipe.data.dataset import CachedDataset, SegmentationDataset, build_transform, read_split
+from segpipe.data.masks import RULE_FILE, load_rule
+from segpipe.model.network import build_model
+from segpipe.model.runtime import resolve_precision, reuse_freed_memory
+from segpipe.training.engine import adam, evaluate_epoch, train_one_epoch
+from segpipe.training.losses import build_loss
 
 MODES = ("naive", "pipeline", "model")
 
@@ -134,7 +129,7 @@ def prepare_data(
     Returns:
         The seconds the cache build took.
     """
-    from segpipe import split, synthetic
+    from segpipe.data import split, synthetic
 
     if data is None:
         data = work / "synthetic"
@@ -211,7 +206,15 @@ def main(argv: list[str] | None = None) -> int:
         cache_seconds = prepare_data(data, work, args.image_size, needed, args.mask_suffix)
         results = {}
         for mode in MODES:
-            child = [sys.executable, "-m", "segpipe.bench", "--mode", mode, "--work", str(work)]
+            child = [
+                sys.executable,
+                "-m",
+                "segpipe.tools.bench",
+                "--mode",
+                mode,
+                "--work",
+                str(work),
+            ]
             for flag in (
                 "image_size",
                 "batch_size",

@@ -23,11 +23,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from segpipe.dataset import IMAGENET_MEAN, IMAGENET_STD
-from segpipe.engine import logits_to_labels
+from segpipe.data.dataset import IMAGENET_MEAN, IMAGENET_STD
 from segpipe.errors import SegpipeError
 from segpipe.files import atomic_path, ensure_writable_dir, write_error, write_json
-from segpipe.model import load_checkpoint
+from segpipe.model.network import load_checkpoint
+from segpipe.model.outputs import logits_to_labels
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from segpipe.archive import safe_extract
+from segpipe.data.archive import safe_extract
 from segpipe.errors import SegpipeError
 
 logger = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ def download_kaggle(dataset: str, dest: Path) -> Path:
     """Download the Kaggle dataset ``owner/name`` and extract it under ``dest``.
 
     The archive is downloaded into a temporary folder inside ``dest``, extracted with
-    :func:`segpipe.archive.safe_extract`, and deleted. An existing ``dest/name`` folder
+    :func:`segpipe.data.archive.safe_extract`, and deleted. An existing ``dest/name`` folder
     is replaced only once the new download has been extracted.
 
     Args:

@@ -12,11 +12,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from segpipe.archive import find_image_mask_dirs
 from segpipe.config import DataConfig
+from segpipe.data.archive import find_image_mask_dirs
+from segpipe.data.images import IMAGE_EXTENSIONS, scan_folder
 from segpipe.errors import SegpipeError
 from segpipe.files import staged_dir
-from segpipe.images import IMAGE_EXTENSIONS, scan_folder
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ def run(cfg: DataConfig, seed: int, out_dir: Path) -> int:
     out_dir = Path(out_dir)
     with staged_dir(out_dir) as staging:
         if cfg.source == "synthetic":
-            from segpipe.synthetic import generate
+            from segpipe.data.synthetic import generate
 
             generate(staging, cfg.synthetic, seed, cfg.num_classes)
         elif cfg.source == "folder":
@@ -41,7 +41,7 @@ def run(cfg: DataConfig, seed: int, out_dir: Path) -> int:
             except SegpipeError as e:
                 raise SegpipeError(f"{e}{_temp_copy_hint(cfg.path)}") from None
         else:
-            from segpipe.kaggle_source import download_kaggle
+            from segpipe.data.kaggle_source import download_kaggle
 
             with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=".kaggle.") as tmp:
                 root = download_kaggle(cfg.kaggle_dataset, Path(tmp))

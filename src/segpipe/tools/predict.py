@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from segpipe.colours import blend, palette
 from segpipe.config import load_params
+from segpipe.data.colours import blend, palette
+from segpipe.data.images import IMAGE_EXTENSIONS, read_image, scan_folder, stem_of
 from segpipe.errors import SegpipeError
 from segpipe.files import atomic_save_image, ensure_writable_dir, require_folder, write_error
-from segpipe.images import IMAGE_EXTENSIONS, read_image, scan_folder, stem_of
-from segpipe.inference import Predictor
+from segpipe.model.inference import Predictor
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ DEFAULT_PARAMS = Path("params.yaml")
 
 def list_inputs(path: Path, out_dir: Path | None = None) -> tuple[dict[str, Path], list[Path]]:
     """The inputs by stem: one image file, or the image files below a folder (subfolders
-    included, ``out_dir`` left out; see :func:`~segpipe.images.scan_folder`), and the files
+    included, ``out_dir`` left out; see :func:`~segpipe.data.images.scan_folder`), and the files
     skipped because an earlier file has their stem. Those and the files that are not images
     are named in warnings."""
     if path.is_file():

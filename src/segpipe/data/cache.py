@@ -16,10 +16,10 @@ import albumentations as A
 import numpy as np
 import pandas as pd
 
-from segpipe.dataset import read_split
+from segpipe.constants import SPLITS
+from segpipe.data.dataset import read_split
+from segpipe.data.masks import MaskRule, read_pair
 from segpipe.files import reserve_space, staged_dir, write_error
-from segpipe.masks import MaskRule, read_pair
-from segpipe.split import SPLITS
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +62,8 @@ def build_split_cache(
 
 def run(splits_dir: Path, cache_dir: Path, image_size: int, rule: MaskRule) -> dict[str, int]:
     """Cache the train, val and test splits at ``image_size``; masks hold class indices by the
-    split stage's ``rule`` (see :func:`~segpipe.masks.load_rule`), with
-    :data:`~segpipe.images.IGNORE` where ``ignore_index`` was.
+    split stage's ``rule`` (see :func:`~segpipe.data.masks.load_rule`), with
+    :data:`~segpipe.constants.IGNORE` where ``ignore_index`` was.
 
     The disk space of all six arrays is reserved before any image is decoded; on a full disk
     (or any failed write) nothing is left behind and ``cache_dir`` stays as it was.

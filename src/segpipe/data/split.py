@@ -1,10 +1,11 @@
 """The split stage: validate image/mask pairs, split them deterministically, report the data.
 
-Every pair is decoded once and checked (see :mod:`segpipe.validate`); bad pairs are skipped with
-a warning, problems that affect the whole dataset stop the stage. One mask rule is decided from
-the value histograms of all masks and written to ``mask_rule.json`` (see :mod:`segpipe.masks`),
-which every later reader of masks applies. The CSVs, the rule and the report are built in a
-staging folder and swapped in together, so a failed run leaves ``out_dir`` as it was.
+Every pair is decoded once and checked (see :mod:`segpipe.data.validate`); bad pairs are
+skipped with a warning, problems that affect the whole dataset stop the stage. One mask rule is
+decided from the value histograms of all masks and written to ``mask_rule.json`` (see
+:mod:`segpipe.data.masks`), which every later reader of masks applies. The CSVs, the rule and
+the report are built in a staging folder and swapped in together, so a failed run leaves
+``out_dir`` as it was.
 """
 
 from __future__ import annotations
@@ -18,20 +19,20 @@ import numpy as np
 import pandas as pd
 
 from segpipe.config import SplitConfig
+from segpipe.constants import SPLITS
+from segpipe.data.images import scan_folder
+from segpipe.data.masks import RULE_FILE
+from segpipe.data.validate import DatasetCheck, render_markdown
 from segpipe.errors import SegpipeError
 from segpipe.files import staged_dir, write_error
-from segpipe.images import scan_folder
-from segpipe.masks import RULE_FILE
-from segpipe.validate import DatasetCheck, render_markdown
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
 COLUMNS = ("stem", "image", "mask", "height", "width", "fg_fraction")
 
 
 def list_images(folder: Path) -> dict[str, Path]:
-    """Image files below ``folder`` by stem (see :func:`~segpipe.images.scan_folder`); other
+    """Image files below ``folder`` by stem (see :func:`~segpipe.data.images.scan_folder`); other
     files are named in a warning, two files with one stem are an error."""
     if not folder.is_dir():
         raise SegpipeError(f"{folder}: folder not found")

@@ -13,14 +13,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from segpipe.colours import blend, colourize  # noqa: E402
 from segpipe.config import PlotConfig  # noqa: E402
-from segpipe.dataset import read_split  # noqa: E402
+from segpipe.constants import IGNORE
+from segpipe.data.colours import blend, colourize  # noqa: E402
+from segpipe.data.dataset import read_split  # noqa: E402
+from segpipe.data.images import read_image  # noqa: E402
+from segpipe.data.masks import MaskRule  # noqa: E402
+from segpipe.data.tables import read_table  # noqa: E402
 from segpipe.errors import SegpipeError  # noqa: E402
 from segpipe.files import atomic_write  # noqa: E402
-from segpipe.images import IGNORE, read_image  # noqa: E402
-from segpipe.masks import MaskRule  # noqa: E402
-from segpipe.tables import read_table  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +182,7 @@ def run(
 ) -> None:
     """Write ``predictions.png``, ``worst.png``, ``dice_histogram.png`` and
     ``training_curves.png`` to ``out_dir``; ground-truth masks are read by the split stage's
-    ``rule`` (see :func:`~segpipe.masks.load_rule`)."""
+    ``rule`` (see :func:`~segpipe.data.masks.load_rule`)."""
     drawn = prediction_grid(
         test_csv, predictions_dir, cfg.n_samples, out_dir / "predictions.png", rule
     )

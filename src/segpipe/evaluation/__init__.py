@@ -1,0 +1,1 @@
+"""The evaluate stage: metrics on the test split, threshold sweep, model card."""

@@ -1,0 +1,1 @@
+"""The plot stage: figures from evaluate's predictions and train's curves."""

@@ -1,0 +1,1 @@
+"""The train stage: its loops, losses, resume state, processes and seeds."""

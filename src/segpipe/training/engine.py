@@ -1,0 +1,107 @@
+"""The training loops over batches: one training epoch and one validation pass (prediction is
+:mod:`segpipe.model.inference`)."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Iterator
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from segpipe.errors import SegpipeError
+from segpipe.evaluation.metrics import SegmentationMetrics
+from segpipe.model.outputs import logits_to_labels
+from segpipe.model.runtime import autocast, to_device
+from segpipe.training.distributed import sum_over_ranks
+from segpipe.training.losses import LossFn
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(SegpipeError):
+    """Training produced a NaN or infinite loss: the run cannot go on."""
+
+
+def adam(params: Iterable[nn.Parameter], lr: float, device: torch.device) -> torch.optim.Adam:
+    """Adam with its fused kernel where torch has one (CPU and CUDA): one pass over the
+    parameters per step instead of one per operation."""
+    return torch.optim.Adam(params, lr=lr, fused=device.type in ("cpu", "cuda"))
+
+
+def _batches(loader: DataLoader, desc: str) -> Iterator:
+    return tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    loss_fn: LossFn,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    channels_last: bool,
+    scaler: torch.amp.GradScaler | None = None,
+    desc: str = "train",
+) -> dict[str, float]:
+    """One pass over ``loader``. Returns ``{"loss": mean loss over images}``.
+
+    Raises:
+        NonFiniteLossError: a batch's loss is NaN or infinite (checked before the weights
+            are updated with it).
+    """
+    model.train()
+    total, seen = 0.0, 0
+    for batch, (images, masks) in enumerate(_batches(loader, desc), start=1):
+        images = to_device(images, device, channels_last)
+        masks = masks.to(device, non_blocking=True)
+        with autocast(device, dtype):
+            logits = model(images)
+        loss = loss_fn(logits.float(), masks)
+        if not math.isfinite(value := loss.item()):
+            raise NonFiniteLossError(f"the loss is {value} at batch {batch} of {len(loader)}")
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        total += value * images.shape[0]
+        seen += images.shape[0]
+    total, seen = sum_over_ranks(torch.tensor([total, seen], dtype=torch.float64)).tolist()
+    return {"loss": total / max(seen, 1)}
+
+
+@torch.inference_mode()
+def evaluate_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    loss_fn: LossFn,
+    num_classes: int,
+    threshold: float,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    channels_last: bool,
+    desc: str = "val",
+) -> dict[str, float]:
+    """Loss and metrics at the model's input resolution (validation during training)."""
+    model.eval()
+    metrics = SegmentationMetrics(num_classes)
+    total, seen = 0.0, 0
+    for images, masks in _batches(loader, desc):
+        images = to_device(images, device, channels_last)
+        masks = masks.to(device, non_blocking=True)
+        with autocast(device, dtype):
+            logits = model(images).float()
+        total += loss_fn(logits, masks).item() * images.shape[0]
+        seen += images.shape[0]
+        metrics.update(logits_to_labels(logits, threshold), masks)
+    # Several processes: sum the counts of all ranks, then reduce once (never average scores).
+    total, seen = sum_over_ranks(torch.tensor([total, seen], dtype=torch.float64)).tolist()
+    metrics.merge_processes()
+    return {"loss": total / max(seen, 1), **metrics.compute()}
