@@ -124,11 +124,8 @@ def test_pipeline_experiment_and_metrics_diff(repo):
     assert ran(dvc(["repro"], repo)) == ["plot"]
     edit_module(root / "src/segpipe/model/network.py")
     assert sorted(json.loads(dvc(["status", "--json"], repo))) == ["check", "evaluate", "train"]
-    assert (
-        {"check", "train", "evaluate"}
-        <= set(ran(dvc(["repro"], repo)))
-        <= {"check", "train", "evaluate", "plot"}
-    )
+    # plot follows: train's history records this run's timings, so metrics/train changed.
+    assert set(ran(dvc(["repro"], repo))) == {"check", "train", "evaluate", "plot"}
 
     run(["git", "add", "-A"], root, env)
     run(["git", "commit", "-qm", "baseline"], root, env)
