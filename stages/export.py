@@ -34,4 +34,4 @@ if __name__ == "__main__":
     def main() -> None:
         export.run(args.model, args.out, args.opset, args.check_size, args.tolerance)
 
-    raise SystemExit(run_stage(main, args.verbose))
+    raise SystemExit(run_stage(main, verbose=args.verbose))

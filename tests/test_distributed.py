@@ -13,6 +13,7 @@ import torch
 from segpipe.data.cache import cache_paths
 from segpipe.data.dataset import CachedDataset, build_transform
 from segpipe.model.network import load_checkpoint
+from segpipe.model.runtime import Runtime
 from segpipe.training.distributed import ShardSampler
 from segpipe.training.engine import evaluate_epoch
 from segpipe.training.losses import build_loss
@@ -59,16 +60,16 @@ def test_two_process_training_matches_single_process_metrics(tmp_path, cache_dir
 
     # The validation metrics of the 2-process run equal one process's on the same predictions.
     model, meta = load_checkpoint(out / "model.pt")
-    val = CachedDataset(*cache_paths(cache_dir, "val"), build_transform(64, False, p.seed))
+    val = CachedDataset(
+        *cache_paths(cache_dir, "val"), build_transform(64, augment=False, seed=p.seed)
+    )
     single = evaluate_epoch(
         model,
-        make_loader(val, 4, False, 0),
+        make_loader(val, 4, shuffle=False, num_workers=0),
         build_loss("bce+dice", 2),
-        2,
-        VAL_THRESHOLD,
-        torch.device("cpu"),
-        None,
-        False,
+        Runtime(torch.device("cpu"), None, channels_last=False),
+        num_classes=2,
+        threshold=VAL_THRESHOLD,
     )
     dice_history = (out / "live" / "plots" / "metrics" / "val" / "dice.tsv").read_text()
     logged = {

@@ -120,7 +120,7 @@ def run(
     rule = load_rule(splits_dir / RULE_FILE, params.data)
     frame = read_split(splits_dir / "test.csv")
     start_time = time.perf_counter()
-    metrics = SegmentationMetrics(len(classes), cfg.include_background)
+    metrics = SegmentationMetrics(len(classes), include_background=cfg.include_background)
     rows = []
     predictions_dir.mkdir(parents=True, exist_ok=True)
     for batch, pairs in _pairs(frame, cfg.batch_size, rule):

@@ -36,7 +36,7 @@ from segpipe.data import cache
 from segpipe.data.dataset import CachedDataset, SegmentationDataset, build_transform, read_split
 from segpipe.data.masks import RULE_FILE, load_rule
 from segpipe.model.network import build_model
-from segpipe.model.runtime import resolve_precision, reuse_freed_memory
+from segpipe.model.runtime import Runtime, reuse_freed_memory
 from segpipe.training.engine import adam, evaluate_epoch, train_one_epoch
 from segpipe.training.losses import build_loss
 
@@ -55,21 +55,22 @@ def _timed_epochs(step, images_per_call: int, repeats: int) -> float:
 def run_mode(mode: str, splits_dir: Path, cache_dir: Path, args: argparse.Namespace) -> dict:
     """Train and inference throughput of one mode (runs inside its own process)."""
     torch.manual_seed(0)
-    device = torch.device("cpu")
     fast = mode != "naive"
-    dtype = resolve_precision("auto", device) if fast else None
+    # segpipe's settings (train.precision: auto, channels-last) or the tutorial's (fp32, NCHW).
+    runtime = Runtime.choose(
+        "auto" if fast else "fp32", channels_last=fast, device=torch.device("cpu")
+    )
     if fast:  # what the train and evaluate stages do; the tutorial-style loop does not
         reuse_freed_memory()
     if fast:  # segpipe's model, with its CPU fast paths
-        model = build_model(ModelConfig("Unet", args.encoder, None), 2)
-        model = model.to(memory_format=torch.channels_last)
+        model = runtime.place(build_model(ModelConfig("Unet", args.encoder, None), 2))
     else:  # the tutorial's model, as smp builds it
         import segmentation_models_pytorch as smp
 
         model = smp.Unet(args.encoder, encoder_weights=None, classes=1)
     loss_fn = build_loss("bce", 2)
     optimizer = (
-        adam(model.parameters(), 1e-4, device)
+        adam(model.parameters(), 1e-4, runtime.device)
         if fast
         else torch.optim.Adam(model.parameters(), lr=1e-4)  # the tutorial's
     )
@@ -79,15 +80,17 @@ def run_mode(mode: str, splits_dir: Path, cache_dir: Path, args: argparse.Namesp
         # The tutorial's loader: PIL decode of the full-size files and resize, every item.
         rule = load_rule(splits_dir / RULE_FILE)
         train_set = SegmentationDataset(
-            train_frame, build_transform(args.image_size, True, 0), rule
+            train_frame, build_transform(args.image_size, augment=True, seed=0), rule
         )
         eval_set = SegmentationDataset(
-            train_frame, build_transform(args.image_size, False, 0), rule
+            train_frame, build_transform(args.image_size, augment=False, seed=0), rule
         )
     elif mode == "pipeline":
         images, masks = cache.cache_paths(cache_dir, "train")
-        train_set = CachedDataset(images, masks, build_transform(args.image_size, True, 0), n)
-        eval_set = CachedDataset(images, masks, build_transform(args.image_size, False, 0), n)
+        augmented = build_transform(args.image_size, augment=True, seed=0)
+        plain = build_transform(args.image_size, augment=False, seed=0)
+        train_set = CachedDataset(images, masks, augmented, n)
+        eval_set = CachedDataset(images, masks, plain, n)
     if mode == "model":
         x = torch.randn(n, 3, args.image_size, args.image_size)
         y = (torch.rand(n, args.image_size, args.image_size) > 0.5).long()
@@ -108,10 +111,12 @@ def run_mode(mode: str, splits_dir: Path, cache_dir: Path, args: argparse.Namesp
         eval_loader = DataLoader(eval_set, args.eval_batch_size, shuffle=False, **loader)
 
     def train_step() -> None:
-        train_one_epoch(model, train_loader, loss_fn, optimizer, device, dtype, fast, desc=mode)
+        train_one_epoch(model, train_loader, loss_fn, optimizer, runtime, desc=mode)
 
     def eval_step() -> None:
-        evaluate_epoch(model, eval_loader, loss_fn, 2, 0.5, device, dtype, fast, desc=mode)
+        evaluate_epoch(
+            model, eval_loader, loss_fn, runtime, num_classes=2, threshold=0.5, desc=mode
+        )
 
     return {
         "mode": mode,

@@ -20,7 +20,7 @@ from segpipe.data.dataset import CachedDataset, build_transform
 from segpipe.errors import SegpipeError
 from segpipe.files import atomic_write
 from segpipe.model.network import build_model, save_checkpoint, unwrap
-from segpipe.model.runtime import resolve_precision, reuse_freed_memory
+from segpipe.model.runtime import Runtime, reuse_freed_memory
 from segpipe.training import distributed, resume
 from segpipe.training.engine import NonFiniteLossError, adam, evaluate_epoch, train_one_epoch
 from segpipe.training.losses import build_loss
@@ -111,12 +111,11 @@ def peak_rss_mb() -> float:
 def make_loader(
     dataset: torch.utils.data.Dataset,
     batch_size: int,
+    *,
     shuffle: bool,
     num_workers: int,
     generator: torch.Generator | None = None,
-    collate_fn: Any = None,
     sampler: torch.utils.data.Sampler | None = None,
-    *,
     drop_last: bool = False,
 ) -> DataLoader:
     """A DataLoader with seeded workers; pinned memory only where it helps (CUDA)."""
@@ -133,7 +132,6 @@ def make_loader(
         pin_memory=torch.cuda.is_available(),
         worker_init_fn=seed_worker,
         generator=generator,
-        collate_fn=collate_fn,
     )
 
 
@@ -174,8 +172,8 @@ def _fit(
     t = params.train
     num_classes = params.data.num_classes
     generator = seed_everything(params.seed)
-    device = ctx.device
-    dtype = resolve_precision(t.precision, device)
+    runtime = Runtime.choose(t.precision, channels_last=t.channels_last, device=ctx.device)
+    device = runtime.device
     if device.type == "cpu":
         reuse_freed_memory()
     if ctx.distributed and resume_path is not None:
@@ -187,10 +185,11 @@ def _fit(
     # Each process augments with its own stream; rank 0 alone is the single-process run.
     train_set = CachedDataset(
         *cache_paths(cache_dir, "train"),
-        build_transform(t.image_size, t.augment, params.seed + ctx.rank),
+        build_transform(t.image_size, augment=t.augment, seed=params.seed + ctx.rank),
     )
     val_set = CachedDataset(
-        *cache_paths(cache_dir, "val"), build_transform(t.image_size, False, params.seed)
+        *cache_paths(cache_dir, "val"),
+        build_transform(t.image_size, augment=False, seed=params.seed),
     )
     train_sampler = (
         DistributedSampler(train_set, ctx.world_size, ctx.rank, shuffle=True, seed=params.seed)
@@ -205,17 +204,17 @@ def _fit(
     train_loader = make_loader(
         train_set,
         t.batch_size,
-        True,
-        t.num_workers,
-        generator,
+        shuffle=True,
+        num_workers=t.num_workers,
+        generator=generator,
         sampler=train_sampler,
         drop_last=_last_batch_is_single(len(train_sampler or train_set), t.batch_size),
     )
-    val_loader = make_loader(val_set, t.batch_size, False, t.num_workers, sampler=val_sampler)
+    val_loader = make_loader(
+        val_set, t.batch_size, shuffle=False, num_workers=t.num_workers, sampler=val_sampler
+    )
 
-    model = build_model(params.model, num_classes).to(device)
-    if t.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = runtime.place(build_model(params.model, num_classes))
     if ctx.distributed:
         if t.sync_bn:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -232,9 +231,7 @@ def _fit(
         if t.scheduler == "cosine"
         else None
     )
-    scaler = (
-        torch.amp.GradScaler("cuda") if dtype == torch.float16 and device.type == "cuda" else None
-    )
+    scaler = runtime.grad_scaler()
     model_config = {
         "arch": params.model.arch,
         "encoder": params.model.encoder,
@@ -251,7 +248,7 @@ def _fit(
         len(val_set),
         t.epochs,
         device,
-        dtype or "off",
+        runtime.dtype or "off",
     )
 
     data_files = [*cache_paths(cache_dir, "train"), *cache_paths(cache_dir, "val")]
@@ -288,10 +285,8 @@ def _fit(
                     train_loader,
                     loss_fn,
                     optimizer,
-                    device,
-                    dtype,
-                    t.channels_last,
-                    scaler,
+                    runtime,
+                    scaler=scaler,
                     desc=f"epoch {epoch}/{t.epochs} train",
                 )
             except NonFiniteLossError as e:
@@ -301,11 +296,9 @@ def _fit(
                 model,
                 val_loader,
                 loss_fn,
-                num_classes,
-                VAL_THRESHOLD,
-                device,
-                dtype,
-                t.channels_last,
+                runtime,
+                num_classes=num_classes,
+                threshold=VAL_THRESHOLD,
                 desc=f"epoch {epoch}/{t.epochs} val",
             )
             live.log_metric("train/loss", train_stats["loss"])
