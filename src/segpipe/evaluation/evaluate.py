@@ -170,7 +170,7 @@ def run(
             card_path,
             params,
             result,
-            predictor.meta,
+            predictor.checkpoint,
             counts,
             images_per_s,
             metrics.confusion.numpy(),

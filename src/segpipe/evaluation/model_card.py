@@ -13,6 +13,7 @@ import yaml
 
 from segpipe.config import Params, to_dict
 from segpipe.files import atomic_write
+from segpipe.model.checkpoint import Checkpoint
 
 
 def _leaves(tree: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
@@ -53,14 +54,14 @@ def write(
     path: Path,
     params: Params,
     metrics: dict[str, float],
-    checkpoint: dict[str, Any],
+    checkpoint: Checkpoint,
     split_counts: dict[str, int],
     eval_images_per_s: float,
     confusion: np.ndarray | None = None,
 ) -> None:
     """Write the card as markdown, atomically. ``confusion``: test pixel counts (C, C), rows
     the true class."""
-    config = checkpoint["model_config"]
+    config = checkpoint.model_config
     d = params.data
     source = {
         "synthetic": f"built-in synthetic data ({d.synthetic.n_images} images, seed {params.seed})",
@@ -84,7 +85,7 @@ def write(
     def number(value: float | None) -> str:
         return "n/a" if value is None else f"{value:.4f}"
 
-    classes = list(config["classes"])
+    classes = list(config.classes)
     decision = f"threshold {m['threshold']}" if len(classes) == 2 else "argmax over the classes"
     averaged = "all classes" if params.evaluate.include_background else "the foreground classes"
     threshold_note = (
@@ -126,15 +127,15 @@ def write(
     )
 
     lines = [
-        f"# Model card: {config['arch']} / {config['encoder']}",
+        f"# Model card: {config.arch} / {config.encoder}",
         "",
         "## Model",
-        f"- Architecture `{config['arch']}`, encoder `{config['encoder']}` "
+        f"- Architecture `{config.arch}`, encoder `{config.encoder}` "
         f"(initial weights: {params.model.encoder_weights or 'random'}), "
-        f"input {config['image_size']}x{config['image_size']}, "
-        f"classes {', '.join(config['classes'])}.",
-        f"- Best epoch {checkpoint.get('epoch')} of {params.train.epochs} by validation Dice "
-        f"({checkpoint.get('val_dice', float('nan')):.4f}, at the model's input size).",
+        f"input {config.image_size}x{config.image_size}, "
+        f"classes {', '.join(config.classes)}.",
+        f"- Best epoch {checkpoint.epoch} of {params.train.epochs} by validation Dice "
+        f"({checkpoint.val_dice:.4f}, at the model's input size).",
         "",
         "## Data",
         f"- Source: {source}.",
@@ -159,7 +160,7 @@ def write(
         *confusion_table,
         "",
         "## Cost",
-        f"- Training: {checkpoint.get('train_images_per_s', float('nan')):.1f} images/s "
+        f"- Training: {checkpoint.train_images_per_s:.1f} images/s "
         f"({params.train.precision} precision, channels-last {params.train.channels_last}).",
         f"- Evaluation: {eval_images_per_s:.1f} images/s, including decoding and resizing back.",
         "",

@@ -16,7 +16,7 @@ from torch import nn
 
 from segpipe.data.colours import mask_to_png
 from segpipe.data.dataset import build_transform, to_tensor
-from segpipe.model.network import load_checkpoint
+from segpipe.model.checkpoint import load_checkpoint
 from segpipe.model.outputs import foreground_probability, logits_to_labels
 from segpipe.model.runtime import Runtime
 
@@ -30,18 +30,15 @@ class Predictor:
     """
 
     def __init__(self, model_path: Path, threshold: float) -> None:
-        model, meta = load_checkpoint(model_path)
-        config = meta["model_config"]
-        self.classes: list[str] = list(config["classes"])
+        model, self.checkpoint = load_checkpoint(model_path)
+        spec = self.checkpoint.model_config
+        self.classes: list[str] = list(spec.classes)
         self.num_classes = len(self.classes)
-        self.image_size: int = config["image_size"]
+        self.image_size = spec.image_size
         self.threshold = threshold
-        self.runtime = Runtime.choose(
-            config.get("precision", "fp32"), channels_last=bool(config.get("channels_last", False))
-        )
+        self.runtime = Runtime.choose(spec.precision, channels_last=spec.channels_last)
         self.model = self.runtime.place(model)
         self.transform = build_transform(self.image_size, augment=False, seed=0)
-        self.meta = meta
 
     def predict(self, images: list[np.ndarray]) -> list[np.ndarray]:
         """Label maps at each image's own size: resize + ImageNet normalisation in, logits

@@ -19,7 +19,8 @@ from segpipe.data.cache import cache_paths
 from segpipe.data.dataset import CachedDataset, build_transform
 from segpipe.errors import SegpipeError
 from segpipe.files import atomic_write
-from segpipe.model.network import build_model, save_checkpoint, unwrap
+from segpipe.model.checkpoint import Checkpoint, ModelSpec, save_checkpoint
+from segpipe.model.network import build_model, unwrap
 from segpipe.model.runtime import Runtime, reuse_freed_memory
 from segpipe.training import distributed, resume
 from segpipe.training.engine import NonFiniteLossError, adam, evaluate_epoch, train_one_epoch
@@ -232,14 +233,7 @@ def _fit(
         else None
     )
     scaler = runtime.grad_scaler()
-    model_config = {
-        "arch": params.model.arch,
-        "encoder": params.model.encoder,
-        "classes": list(params.data.classes),
-        "image_size": t.image_size,
-        "precision": t.precision,
-        "channels_last": t.channels_last,
-    }
+    spec = ModelSpec.from_params(params)
     log.info(
         "training %s/%s on %d images (val %d), %d epochs, device %s, autocast %s",
         params.model.arch,
@@ -327,14 +321,13 @@ def _fit(
             if _selection_score(val) > _selection_score(best):
                 best = {**val, "epoch": epoch}
                 if ctx.is_main:
-                    save_checkpoint(
-                        model_path,
-                        model,
-                        model_config,
+                    record = Checkpoint(
+                        model_config=spec,
                         epoch=epoch,
                         val_dice=val["dice"],
                         train_images_per_s=len(train_set) / seconds,
                     )
+                    save_checkpoint(model_path, model, record)
             live.next_step()
             if resume_path is not None:
                 resume.save(
