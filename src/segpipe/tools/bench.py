@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -36,7 +35,7 @@ from segpipe.data import cache
 from segpipe.data.dataset import CachedDataset, SegmentationDataset, build_transform, read_split
 from segpipe.data.masks import RULE_FILE, load_rule
 from segpipe.model.network import build_model
-from segpipe.model.runtime import Runtime, reuse_freed_memory
+from segpipe.model.runtime import Runtime, peak_rss_mb, reuse_freed_memory
 from segpipe.training.engine import adam, evaluate_epoch, train_one_epoch
 from segpipe.training.losses import build_loss
 
@@ -122,7 +121,7 @@ def run_mode(mode: str, splits_dir: Path, cache_dir: Path, args: argparse.Namesp
         "mode": mode,
         "train_images_per_s": _timed_epochs(train_step, n, args.repeats),
         "eval_images_per_s": _timed_epochs(eval_step, n, args.repeats),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb(),
     }
 
 
