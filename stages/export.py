@@ -1,4 +1,5 @@
-"""Stage: export a checkpoint to ONNX and check it against PyTorch in onnxruntime."""
+"""Export a checkpoint to ONNX and check it against PyTorch in onnxruntime (not a pipeline
+stage: a command)."""
 
 from pathlib import Path
 

@@ -280,11 +280,9 @@ def run(
             f"stride), got {check_size}"
         )
     model_config = checkpoint.model_config
-
     exporter, export_seconds, parity, size = write_checked(
         model, out, opset, model_config, check_size, stride, tolerance
     )
-
     report = {
         "onnx": str(out),
         "opset": opset,
@@ -304,6 +302,11 @@ def run(
         write_json(figures_path(out), report)
     except OSError as e:
         raise write_error(figures_path(out), e, f"{out} was written") from None
+    _log_result(out, opset, size, parity)
+    return report
+
+
+def _log_result(out: Path, opset: int, size: int, parity: Parity) -> None:
     labels = (
         "labels identical"
         if parity.label_mismatch_fraction == 0
@@ -318,4 +321,3 @@ def run(
         len(parity.shapes),
         labels,
     )
-    return report
