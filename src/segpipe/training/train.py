@@ -86,9 +86,9 @@ def _fit(
         loaders.augment,
         generator,
     )
-    snapshots = _resume_file(params, cache_dir, resume_path, ctx)
-    progress = snapshots.restore(state, t.epochs) if snapshots is not None else None
-    best, done = progress or ({"dice": -math.inf}, 0)  # completed epochs
+    resume_file = _resume_file(params, cache_dir, resume_path, ctx)
+    progress = resume_file.restore(state, t.epochs) if resume_file is not None else None
+    best, done = progress or ({"dice": -math.inf}, 0)  # done: completed epochs
     if done:
         trim_history(live_dir, done)
     spec = ModelSpec.from_params(params)
@@ -110,8 +110,8 @@ def _fit(
                     )
                     save_checkpoint(model_path, learner.model, record)
             live.next_step()
-            if snapshots is not None:
-                snapshots.snapshot(state, epoch=epoch, best=best)
+            if resume_file is not None:
+                resume_file.snapshot(state, epoch=epoch, best=best)
         live.summary["best"] = {"epoch": best["epoch"], "val_dice": best["dice"]}
     return best
 
