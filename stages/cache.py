@@ -18,4 +18,4 @@ if __name__ == "__main__":
         rule = load_rule(args.splits / RULE_FILE, params.data)
         cache.run(args.splits, args.out, params.train.image_size, rule)
 
-    raise SystemExit(run_stage(main, args.verbose, params=args.params))
+    raise SystemExit(run_stage(main, verbose=args.verbose, params=args.params))

@@ -5,4 +5,4 @@ from segpipe.tools import check
 
 if __name__ == "__main__":
     args = parser(__doc__).parse_args()
-    raise SystemExit(run_stage(lambda: check.run(args.params), args.verbose))
+    raise SystemExit(run_stage(lambda: check.run(args.params), verbose=args.verbose))

@@ -15,4 +15,4 @@ if __name__ == "__main__":
         params = load_params(args.params)
         download.run(params.data, params.seed, args.out)
 
-    raise SystemExit(run_stage(main, args.verbose, params=args.params))
+    raise SystemExit(run_stage(main, verbose=args.verbose, params=args.params))

@@ -32,4 +32,4 @@ if __name__ == "__main__":
             args.confusion,
         )
 
-    raise SystemExit(run_stage(main, args.verbose, params=args.params))
+    raise SystemExit(run_stage(main, verbose=args.verbose, params=args.params))

@@ -1,4 +1,5 @@
-"""Stage: export a checkpoint to ONNX and check it against PyTorch in onnxruntime."""
+"""Export a checkpoint to ONNX and check it against PyTorch in onnxruntime (not a pipeline
+stage: a command)."""
 
 from pathlib import Path
 
@@ -34,4 +35,4 @@ if __name__ == "__main__":
     def main() -> None:
         export.run(args.model, args.out, args.opset, args.check_size, args.tolerance)
 
-    raise SystemExit(run_stage(main, args.verbose))
+    raise SystemExit(run_stage(main, verbose=args.verbose))

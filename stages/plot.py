@@ -29,4 +29,4 @@ if __name__ == "__main__":
             load_rule(args.mask_rule, params.data),
         )
 
-    raise SystemExit(run_stage(main, args.verbose, params=args.params))
+    raise SystemExit(run_stage(main, verbose=args.verbose, params=args.params))

@@ -33,11 +33,11 @@ if __name__ == "__main__":
             args.model,
             args.input,
             args.output,
-            args.threshold,
-            args.batch_size,
-            args.overlay,
-            args.overwrite,
-            Path(args.params),
+            threshold=args.threshold,
+            batch_size=args.batch_size,
+            with_overlay=args.overlay,
+            overwrite=args.overwrite,
+            params_path=Path(args.params),
         )
 
-    raise SystemExit(run_stage(main, args.verbose))
+    raise SystemExit(run_stage(main, verbose=args.verbose))

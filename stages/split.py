@@ -30,4 +30,4 @@ if __name__ == "__main__":
             params.data.mask_colours,
         )
 
-    raise SystemExit(run_stage(main, args.verbose, params=args.params))
+    raise SystemExit(run_stage(main, verbose=args.verbose, params=args.params))

@@ -23,4 +23,4 @@ if __name__ == "__main__":
         params = load_params(args.params)
         train.run(params, args.cache, args.model, args.live, args.resume)
 
-    raise SystemExit(run_stage(main, args.verbose, params=args.params))
+    raise SystemExit(run_stage(main, verbose=args.verbose, params=args.params))

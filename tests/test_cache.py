@@ -37,7 +37,9 @@ def test_cache_matches_decoding_on_the_fly(splits_dir, cache_dir, params):
 def test_cached_dataset_is_memory_mapped_and_picklable(cache_dir):
     import pickle
 
-    ds = CachedDataset(*cache.cache_paths(cache_dir, "train"), build_transform(64, True, 0))
+    ds = CachedDataset(
+        *cache.cache_paths(cache_dir, "train"), build_transform(64, augment=True, seed=0)
+    )
     ds[0]
     assert isinstance(ds._images, np.memmap)
     clone = pickle.loads(pickle.dumps(ds))  # noqa: S301 - our own object

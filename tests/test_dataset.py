@@ -34,7 +34,9 @@ def test_augmentation_is_seeded(splits_dir):
     frame = read_split(splits_dir / "train.csv")
 
     def draws(seed):
-        ds = SegmentationDataset(frame, build_transform(64, True, seed), MaskRule("0/255", 2))
+        ds = SegmentationDataset(
+            frame, build_transform(64, augment=True, seed=seed), MaskRule("0/255", 2)
+        )
         return torch.stack([ds[0][0] for _ in range(6)])
 
     assert torch.equal(draws(1), draws(1))
@@ -44,7 +46,7 @@ def test_augmentation_is_seeded(splits_dir):
 
 def test_workers_get_distinct_reproducible_augmentations(splits_dir):
     frame = read_split(splits_dir / "train.csv").iloc[[0] * 4]
-    ds = SegmentationDataset(frame, build_transform(64, True, seed=0), MaskRule("0/255", 2))
+    ds = SegmentationDataset(frame, build_transform(64, augment=True, seed=0), MaskRule("0/255", 2))
 
     def batches():
         loader = DataLoader(
@@ -64,7 +66,9 @@ def test_workers_get_distinct_reproducible_augmentations(splits_dir):
 
 def test_validation_transform_is_deterministic(splits_dir):
     frame = read_split(splits_dir / "val.csv")
-    ds = SegmentationDataset(frame, build_transform(64, False, seed=0), MaskRule("0/255", 2))
+    ds = SegmentationDataset(
+        frame, build_transform(64, augment=False, seed=0), MaskRule("0/255", 2)
+    )
     assert torch.equal(ds[0][0], ds[0][0])
 
 
@@ -100,6 +104,6 @@ def test_mask_size_mismatch(tmp_path):
     frame = pd.DataFrame(
         {"image": [str(tmp_path / "a.png")], "mask": [str(tmp_path / "a_mask.png")]}
     )
-    ds = SegmentationDataset(frame, build_transform(32, False, 0), MaskRule("0/1", 2))
+    ds = SegmentationDataset(frame, build_transform(32, augment=False, seed=0), MaskRule("0/1", 2))
     with pytest.raises(SegpipeError, match="a_mask.png: mask size 8x6 differs from image size 8x8"):
         ds[0]

@@ -12,7 +12,8 @@ import torch
 
 from segpipe.data.cache import cache_paths
 from segpipe.data.dataset import CachedDataset, build_transform
-from segpipe.model.network import load_checkpoint
+from segpipe.model.checkpoint import load_checkpoint
+from segpipe.model.runtime import Runtime
 from segpipe.training.distributed import ShardSampler
 from segpipe.training.engine import evaluate_epoch
 from segpipe.training.losses import build_loss
@@ -59,25 +60,25 @@ def test_two_process_training_matches_single_process_metrics(tmp_path, cache_dir
 
     # The validation metrics of the 2-process run equal one process's on the same predictions.
     model, meta = load_checkpoint(out / "model.pt")
-    val = CachedDataset(*cache_paths(cache_dir, "val"), build_transform(64, False, p.seed))
+    val = CachedDataset(
+        *cache_paths(cache_dir, "val"), build_transform(64, augment=False, seed=p.seed)
+    )
     single = evaluate_epoch(
         model,
-        make_loader(val, 4, False, 0),
+        make_loader(val, 4, shuffle=False, num_workers=0),
         build_loss("bce+dice", 2),
-        2,
-        VAL_THRESHOLD,
-        torch.device("cpu"),
-        None,
-        False,
+        Runtime(torch.device("cpu"), None, channels_last=False),
+        num_classes=2,
+        threshold=VAL_THRESHOLD,
     )
     dice_history = (out / "live" / "plots" / "metrics" / "val" / "dice.tsv").read_text()
     logged = {
         int(row.split("\t")[0]): float(row.split("\t")[1]) for row in dice_history.splitlines()[1:]
     }
-    assert single["dice"] == pytest.approx(logged[meta["epoch"] - 1], abs=1e-9)
-    assert single["dice"] == pytest.approx(meta["val_dice"], abs=1e-9)
+    assert single["dice"] == pytest.approx(logged[meta.epoch - 1], abs=1e-9)
+    assert single["dice"] == pytest.approx(meta.val_dice, abs=1e-9)
     # Count-based metrics are exact. (The loss is not compared: its Dice term is computed per
     # batch, and the batches differ between one and two processes.)
-    if meta["epoch"] == 2:  # the summary holds the last epoch's values
+    if meta.epoch == 2:  # the summary holds the last epoch's values
         for key in ("dice", "iou", "pixel_accuracy"):
             assert single[key] == pytest.approx(summary["val"][key], abs=1e-6)

@@ -16,7 +16,8 @@ import torch
 from segpipe.config import ModelConfig
 from segpipe.data.dataset import IMAGENET_MEAN, IMAGENET_STD
 from segpipe.errors import SegpipeError
-from segpipe.model.network import build_model, load_checkpoint, save_checkpoint
+from segpipe.model.checkpoint import Checkpoint, ModelSpec, load_checkpoint, save_checkpoint
+from segpipe.model.network import build_model
 from segpipe.model.outputs import logits_to_labels
 from segpipe.tools import export
 
@@ -54,9 +55,17 @@ def tiny_checkpoint(
     classes = classes or ["background", "foreground"]
     torch.manual_seed(0)
     model = build_model(ModelConfig("Unet", encoder, None), len(classes))
-    config = {"arch": "Unet", "encoder": encoder, "classes": classes, "image_size": 64}
-    save_checkpoint(path, model, config, epoch=1)
-    return config
+    spec = ModelSpec(
+        arch="Unet",
+        encoder=encoder,
+        classes=tuple(classes),
+        image_size=64,
+        precision="fp32",
+        channels_last=False,
+    )
+    record = Checkpoint(model_config=spec, epoch=1, val_dice=0.5, train_images_per_s=1.0)
+    save_checkpoint(path, model, record)
+    return spec.to_dict()
 
 
 def run_stage(*args: str) -> subprocess.CompletedProcess[str]:

@@ -273,7 +273,9 @@ def test_noisy_jpeg_masks_are_all_read_with_one_rule(tmp_path):
     assert all(cached[f"j{i}"].any() for i in range(7))
     rule = load_rule(splits / RULE_FILE)
     frame = rows(splits)
-    direct = SegmentationDataset(frame, build_transform(32, False, 0), rule)  # as cached
+    direct = SegmentationDataset(
+        frame, build_transform(32, augment=False, seed=0), rule
+    )  # as cached
     for i, stem in enumerate(frame["stem"]):
         assert (direct[i][1].numpy() == cached[stem]).all(), stem
 

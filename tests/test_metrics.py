@@ -232,7 +232,7 @@ def test_multiclass_matches_smp_and_reference_definitions(seed, include_backgrou
     target = torch.randint(0, c - 1, (n, 24, 24), generator=g)  # class 4 never true...
     pred = torch.randint(0, c - 1, (n, 24, 24), generator=g)  # ...nor predicted: empty
     target[torch.rand(n, 24, 24, generator=g) > 0.8] = IGNORE
-    m = SegmentationMetrics(c, include_background)
+    m = SegmentationMetrics(c, include_background=include_background)
     for i in range(0, n, 4):
         m.update(pred[i : i + 4], target[i : i + 4])
     names = [f"k{i}" for i in range(c)]

@@ -12,9 +12,18 @@ import torch
 
 from segpipe.config import ModelConfig
 from segpipe.errors import SegpipeError
-from segpipe.model.network import build_model, load_checkpoint, save_checkpoint
+from segpipe.model.checkpoint import Checkpoint, ModelSpec, load_checkpoint, save_checkpoint
+from segpipe.model.network import build_model
 
 TINY = ModelConfig(arch="Unet", encoder="resnet18", encoder_weights=None)
+SPEC = ModelSpec(
+    arch="Unet",
+    encoder="resnet18",
+    classes=("bg", "fg"),
+    image_size=64,
+    precision="fp32",
+    channels_last=False,
+)
 
 
 @pytest.mark.parametrize(("num_classes", "channels"), [(2, 1), (4, 4)])
@@ -59,10 +68,10 @@ def test_pretrained_weights_offline_fail_fast_with_one_line(tmp_path, monkeypatc
 
 def test_checkpoint_round_trip(tmp_path):
     model = build_model(TINY, 2).eval()
-    config = {"arch": "Unet", "encoder": "resnet18", "classes": ["bg", "fg"], "image_size": 64}
-    save_checkpoint(tmp_path / "m.pt", model, config, epoch=3, val_dice=0.5)
+    record = Checkpoint(model_config=SPEC, epoch=3, val_dice=0.5, train_images_per_s=12.5)
+    save_checkpoint(tmp_path / "m.pt", model, record)
     loaded, meta = load_checkpoint(tmp_path / "m.pt")
-    assert meta["model_config"] == config and meta["epoch"] == 3
+    assert meta == record and meta.model_config == SPEC and meta.epoch == 3
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(model(x), loaded(x))
@@ -188,8 +197,12 @@ def test_resume_state_and_mismatched_weights_are_named(tmp_path):
         "an interrupted run), not a model checkpoint; use the train stage's checkpoint, "
         "models/model.pt"
     )
-    config = {"arch": "Unet", "encoder": "resnet18", "classes": ["bg", "fg"], "image_size": 64}
-    save_checkpoint(tmp_path / "m.pt", build_model(TINY, 2), {**config, "classes": ["a", "b", "c"]})
+
+    def record(**spec: object) -> Checkpoint:
+        config = dataclasses.replace(SPEC, **spec)
+        return Checkpoint(model_config=config, epoch=1, val_dice=0.5, train_images_per_s=1.0)
+
+    save_checkpoint(tmp_path / "m.pt", build_model(TINY, 2), record(classes=("a", "b", "c")))
     with pytest.raises(SegpipeError) as err:
         load_checkpoint(tmp_path / "m.pt")
     assert str(err.value) == (
@@ -198,9 +211,9 @@ def test_resume_state_and_mismatched_weights_are_named(tmp_path):
         "'segmentation_head.0.weight' is 1x16x3x3, the model needs 3x16x3x3; the file was "
         "altered or mixes two models, use the checkpoint the train stage wrote"
     )
-    save_checkpoint(tmp_path / "n.pt", build_model(TINY, 2), {"arch": "Unet"})
+    torch.save({"format": 1, "model_config": {"arch": "Unet"}, "state_dict": {}}, tmp_path / "n.pt")
     with pytest.raises(SegpipeError, match="n.pt: not a complete segpipe checkpoint"):
         load_checkpoint(tmp_path / "n.pt")
-    save_checkpoint(tmp_path / "o.pt", build_model(TINY, 2), {**config, "arch": "Nope"})
+    save_checkpoint(tmp_path / "o.pt", build_model(TINY, 2), record(arch="Nope"))
     with pytest.raises(SegpipeError, match=r"o.pt: its model_config cannot be built: model.arch"):
         load_checkpoint(tmp_path / "o.pt")

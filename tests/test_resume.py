@@ -132,3 +132,39 @@ def test_import_closure_follows_lazy_and_relative_imports(tmp_path):
     (package / "unused.py").write_text("")
     closure = import_closure("segpipe.a", package)
     assert [p.name for p in closure] == ["__init__.py", "a.py", "b.py", "c.py", "d.py"]
+
+
+def _state(seed: int) -> resume.TrainingState:
+    from segpipe.data.dataset import build_transform
+
+    torch.manual_seed(seed)
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=4)
+    augment = build_transform(8, augment=True, seed=seed)
+    return resume.TrainingState(
+        model, optimizer, scheduler, None, augment, torch.Generator().manual_seed(seed)
+    )
+
+
+def test_snapshot_restores_into_fresh_objects(tmp_path):
+    """One object knows the file and the fingerprint: a snapshot restores model, optimizer,
+    scheduler and every RNG; another run's fingerprint, or a finished run, starts over."""
+    saved = _state(0)
+    saved.model(torch.rand(4, 3)).sum().backward()
+    saved.optimizer.step()
+    saved.scheduler.step()
+    snapshots = resume.Resume(tmp_path / "resume.pt", "run-a")
+    snapshots.snapshot(saved, epoch=2, best={"dice": 0.5, "epoch": 1})
+    draws = (torch.rand(3), torch.randint(0, 100, (3,), generator=saved.generator))
+
+    fresh = _state(1)
+    assert snapshots.restore(fresh, epochs=4) == ({"dice": 0.5, "epoch": 1}, 2)
+    assert torch.equal(fresh.model.weight, saved.model.weight)
+    assert fresh.optimizer.state_dict()["state"][0]["step"] == 1
+    assert fresh.scheduler.last_epoch == 1
+    assert torch.equal(torch.rand(3), draws[0])
+    assert torch.equal(torch.randint(0, 100, (3,), generator=fresh.generator), draws[1])
+
+    assert resume.Resume(tmp_path / "resume.pt", "run-b").restore(_state(2), epochs=4) is None
+    assert snapshots.restore(_state(3), epochs=2) is None, "all epochs done: start over"

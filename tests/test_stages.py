@@ -17,7 +17,7 @@ from segpipe.data.masks import RULE_FILE, load_rule
 from segpipe.data.tables import read_table
 from segpipe.errors import SegpipeError
 from segpipe.evaluation import evaluate
-from segpipe.model.network import load_checkpoint
+from segpipe.model.checkpoint import load_checkpoint
 from segpipe.reporting import plot
 from segpipe.training import train
 
@@ -33,10 +33,10 @@ def trained(tmp_path, params, cache_dir):
 def test_train_writes_checkpoint_and_history(trained, params):
     out, best = trained
     model, meta = load_checkpoint(out / "model.pt")
-    assert meta["model_config"]["classes"] == list(params.data.classes)
-    assert meta["model_config"]["image_size"] == 64
-    assert meta["epoch"] == best["epoch"] == 1
-    assert 0.0 <= meta["val_dice"] == best["dice"] <= 1.0
+    assert meta.model_config.classes == tuple(params.data.classes)
+    assert meta.model_config.image_size == 64
+    assert meta.epoch == best["epoch"] == 1
+    assert 0.0 <= meta.val_dice == best["dice"] <= 1.0
     history = out / "live" / "plots" / "metrics"
     for name in ("train/loss", "val/loss", "val/dice", "val/iou", "val/pixel_accuracy", "lr"):
         frame = pd.read_csv(history / f"{name}.tsv", sep="\t")

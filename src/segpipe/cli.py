@@ -34,7 +34,7 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 
 def run_stage(
-    main: Callable[[], object], verbose: bool = False, params: str | Path | None = None
+    main: Callable[[], object], *, verbose: bool = False, params: str | Path | None = None
 ) -> int:
     """Run a stage; a :class:`SegpipeError` becomes ``error: <message>`` and exit code 1.
 

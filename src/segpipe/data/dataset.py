@@ -23,7 +23,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def build_transform(image_size: int, augment: bool, seed: int) -> A.Compose:
+def build_transform(image_size: int, *, augment: bool, seed: int) -> A.Compose:
     """Resize (+ flip and colour jitter when ``augment``) + ImageNet normalisation.
 
     albumentations 2.x ignores global seeds, hence ``seed=`` here.

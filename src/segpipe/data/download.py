@@ -72,7 +72,7 @@ def _temp_copy_hint(path: str) -> str:
     )
 
 
-def copy_pairs(root: Path, dest: Path, what: str, move: bool = False) -> None:
+def copy_pairs(root: Path, dest: Path, what: str, *, move: bool = False) -> None:
     """Copy the image files of ``root``'s images and masks folders into ``dest``, keeping
     their names and subfolders; other files are named in a warning.
 
@@ -98,7 +98,7 @@ def copy_pairs(root: Path, dest: Path, what: str, move: bool = False) -> None:
     for images, masks in pairs:
         prefix = images.parent.relative_to(root) if len(pairs) > 1 else Path()
         for src, name in ((images, "images"), (masks, "masks")):
-            _copy_images(src, dest / name / prefix, what, move)
+            _copy_images(src, dest / name / prefix, what, move=move)
 
 
 def _distinct(pairs: list[tuple[Path, Path]]) -> list[tuple[Path, Path]]:
@@ -126,7 +126,7 @@ def _same_files(files: dict[str, Path], folder: Path) -> bool:
     )
 
 
-def _copy_images(src: Path, target: Path, what: str, move: bool) -> None:
+def _copy_images(src: Path, target: Path, what: str, *, move: bool) -> None:
     scan = scan_folder(src, confine_links=True)
     if not scan.images:
         raise SegpipeError(f"{what}: {src} holds no image files ({', '.join(IMAGE_EXTENSIONS)})")

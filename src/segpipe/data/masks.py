@@ -75,7 +75,7 @@ def _as_rgb(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"))
 
 
-def mask_values(image: Image.Image, colours: bool = False) -> tuple[np.ndarray, bool]:
+def mask_values(image: Image.Image, *, colours: bool = False) -> tuple[np.ndarray, bool]:
     """The raw HxW values of a decoded mask, and whether they are colour codes.
 
     With ``colours`` (``data.mask_colours`` is set) every mask is read as the colours a viewer
@@ -200,7 +200,9 @@ class MaskRule:
     def read(self, path: Path) -> np.ndarray:
         """A mask file as HxW uint8 class indices, read as stored: masks are drawn on the photo
         as shown, so no EXIF orientation applies to them."""
-        values, colour = mask_values(open_image(path, upright=False), self.rule == "colours")
+        values, colour = mask_values(
+            open_image(path, upright=False), colours=self.rule == "colours"
+        )
         if colour and self.rule != "colours":  # changed since the split stage decided
             raise SegpipeError(
                 f"{path}: a colour mask, but the split stage read the masks as {self.rule}; "
@@ -321,20 +323,20 @@ class MaskValues:
     colour: bool
 
     @classmethod
-    def of(cls, path: Path, raw: np.ndarray, colour: bool) -> MaskValues:
+    def of(cls, path: Path, raw: np.ndarray, *, colour: bool) -> MaskValues:
         """The histogram of ``raw`` (from :func:`mask_values`)."""
         if raw.dtype == np.uint8:  # bincount: far faster than sorting the pixels
             counts = np.bincount(raw.ravel(), minlength=256)
             values = np.flatnonzero(counts)
-            return cls(Path(path), values, counts[values], colour)
+            return cls(Path(path), values, counts[values], colour=colour)
         values, counts = np.unique(raw, return_counts=True)
-        return cls(Path(path), values.astype(np.int64), counts, colour)
+        return cls(Path(path), values.astype(np.int64), counts, colour=colour)
 
     @classmethod
-    def read(cls, path: Path, colours: bool = False) -> MaskValues:
+    def read(cls, path: Path, *, colours: bool = False) -> MaskValues:
         """The histogram of a mask file (see :func:`mask_values`)."""
-        raw, colour = mask_values(open_image(path, upright=False), colours)
-        return cls.of(path, raw, colour)
+        raw, colour = mask_values(open_image(path, upright=False), colours=colours)
+        return cls.of(path, raw, colour=colour)
 
     def kept(self, ignore_index: int | None) -> dict[int, int]:
         """Pixels per value, without the ignored value."""
@@ -384,7 +386,7 @@ def rule_of_files(
     colours: Sequence[Sequence[int]] | None = None,
 ) -> MaskRule:
     """The rule the split stage would decide for these mask files (for scripts and tests)."""
-    masks = [MaskValues.read(p, colours is not None) for p in paths]
+    masks = [MaskValues.read(p, colours=colours is not None) for p in paths]
     folder = Path(paths[0]).parent if paths else Path("masks")
     return decide_rule(masks, num_classes, ignore_index, colours, folder)
 

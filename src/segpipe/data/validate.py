@@ -96,7 +96,7 @@ class DatasetCheck:
             self.skip(stem, mask_path, "unreadable_mask", f"cannot read mask ({e.reason})")
             return None
         turned = make_upright(image)
-        raw, colour = mask_values(mask_image, self.mask_colours is not None)
+        raw, colour = mask_values(mask_image, colours=self.mask_colours is not None)
         width, height = image.size
         if raw.shape != (height, width):
             hint = (
@@ -113,7 +113,7 @@ class DatasetCheck:
                 f"{width}x{height} of {image_path} (width x height){hint}",
             )
             return None
-        self.masks.append(MaskValues.of(Path(mask_path), raw, colour))
+        self.masks.append(MaskValues.of(Path(mask_path), raw, colour=colour))
         self.heights.append(height)
         self.widths.append(width)
         self.image_modes[image.mode] += 1

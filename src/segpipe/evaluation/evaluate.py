@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from segpipe.config import Params
+from segpipe.config import EvaluateConfig, Params
 from segpipe.constants import IGNORE, SPLITS
 from segpipe.data.dataset import read_split
 from segpipe.data.masks import RULE_FILE, MaskRule, load_rule, read_pair
@@ -111,16 +111,66 @@ def run(
     cfg = params.evaluate
     classes = list(params.data.classes)
     reuse_freed_memory()
-    predictor = Predictor(model_path, cfg.threshold)
+    predictor = _predictor(model_path, cfg.threshold, classes)
+    rule = load_rule(splits_dir / RULE_FILE, params.data)
+    test = read_split(splits_dir / "test.csv")
+    metrics, rows, images_per_s = score_test_split(predictor, test, rule, cfg, predictions_dir)
+    result = {
+        **metrics.compute(classes),
+        **metrics.bootstrap_interval(seed=params.seed),
+        "n_images": len(rows),
+        "threshold": cfg.threshold,
+    }
+    sweep = threshold_sweep(predictor, read_split(splits_dir / "val.csv"), cfg.batch_size, rule)
+    if len(classes) == 2:
+        best = sweep.best()
+        result["val_best_threshold"] = best["threshold"]
+        result["val_best_threshold_dice"] = best["dice"]
+    result = _json_ready(result)
+
+    _write_tables(rows, per_image_path, sweep, sweep_path, metrics, confusion_path, classes)
+    write_json(metrics_path, result)
+    if card_path is not None:
+        counts = {name: len(read_split(splits_dir / f"{name}.csv")) for name in SPLITS}
+        confusion = metrics.confusion.numpy()
+        checkpoint = predictor.checkpoint
+        model_card.write(card_path, params, result, checkpoint, counts, images_per_s, confusion)
+    log.info(
+        "test: dice %.4f, iou %.4f, pixel accuracy %.4f over %d images",
+        result["dice"] if result["dice"] is not None else float("nan"),
+        result["iou"] if result["iou"] is not None else float("nan"),
+        result["pixel_accuracy"],
+        len(rows),
+    )
+    return result
+
+
+def _predictor(model_path: Path, threshold: float, classes: list[str]) -> Predictor:
+    """The checkpoint ready to predict, refused if it was trained for other classes."""
+    predictor = Predictor(model_path, threshold)
     if predictor.classes != classes:
         raise SegpipeError(
             f"{model_path}: trained for classes {predictor.classes}, but data.classes is "
             f"{classes}; retrain it (dvc repro)"
         )
-    rule = load_rule(splits_dir / RULE_FILE, params.data)
-    frame = read_split(splits_dir / "test.csv")
+    return predictor
+
+
+def score_test_split(
+    predictor: Predictor,
+    frame: pd.DataFrame,
+    rule: MaskRule,
+    cfg: EvaluateConfig,
+    predictions_dir: Path,
+) -> tuple[SegmentationMetrics, list[dict], float]:
+    """Predict every image of ``frame`` at its original size, save its mask as
+    ``predictions_dir/<stem>.png`` and count it against the truth.
+
+    Returns:
+        The counts, one row of scores per image, and the images predicted per second.
+    """
     start_time = time.perf_counter()
-    metrics = SegmentationMetrics(len(classes), cfg.include_background)
+    metrics = SegmentationMetrics(predictor.num_classes, include_background=cfg.include_background)
     rows = []
     predictions_dir.mkdir(parents=True, exist_ok=True)
     for batch, pairs in _pairs(frame, cfg.batch_size, rule):
@@ -139,20 +189,19 @@ def run(
                     "pred_fg_fraction": foreground_fraction(pred),
                 }
             )
-    images_per_s = len(rows) / (time.perf_counter() - start_time)
-    result = {
-        **metrics.compute(classes),
-        **metrics.bootstrap_interval(seed=params.seed),
-        "n_images": len(rows),
-        "threshold": cfg.threshold,
-    }
-    sweep = threshold_sweep(predictor, read_split(splits_dir / "val.csv"), cfg.batch_size, rule)
-    if len(classes) == 2:
-        best = sweep.best()
-        result["val_best_threshold"] = best["threshold"]
-        result["val_best_threshold_dice"] = best["dice"]
-    result = _json_ready(result)
+    return metrics, rows, len(rows) / (time.perf_counter() - start_time)
 
+
+def _write_tables(
+    rows: list[dict],
+    per_image_path: Path,
+    sweep: ThresholdSweep,
+    sweep_path: Path | None,
+    metrics: SegmentationMetrics,
+    confusion_path: Path | None,
+    classes: list[str],
+) -> None:
+    """The per-image scores, the validation sweep and the test confusion rows, as CSV."""
     per_image = pd.DataFrame(rows)
     atomic_write(
         per_image_path, lambda tmp: per_image.to_csv(tmp, index=False, float_format="%.6f")
@@ -163,23 +212,3 @@ def run(
     if confusion_path is not None:
         confusion = confusion_rows(metrics.confusion.numpy(), classes)
         atomic_write(confusion_path, lambda tmp: confusion.to_csv(tmp, index=False))
-    write_json(metrics_path, result)
-    if card_path is not None:
-        counts = {name: len(read_split(splits_dir / f"{name}.csv")) for name in SPLITS}
-        model_card.write(
-            card_path,
-            params,
-            result,
-            predictor.meta,
-            counts,
-            images_per_s,
-            metrics.confusion.numpy(),
-        )
-    log.info(
-        "test: dice %.4f, iou %.4f, pixel accuracy %.4f over %d images",
-        result["dice"] if result["dice"] is not None else float("nan"),
-        result["iou"] if result["iou"] is not None else float("nan"),
-        result["pixel_accuracy"],
-        len(rows),
-    )
-    return result

@@ -95,7 +95,7 @@ class SegmentationMetrics:
         include_background: average class 0 into the means too.
     """
 
-    def __init__(self, num_classes: int, include_background: bool = False) -> None:
+    def __init__(self, num_classes: int, *, include_background: bool = False) -> None:
         self.num_classes = num_classes
         self.first = 0 if include_background else 1  # the averaged classes are first..C-1
         self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)

@@ -13,6 +13,7 @@ import yaml
 
 from segpipe.config import Params, to_dict
 from segpipe.files import atomic_write
+from segpipe.model.checkpoint import Checkpoint
 
 
 def _leaves(tree: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
@@ -23,12 +24,6 @@ def _leaves(tree: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
         else:
             out.append((f"{prefix}{key}", value))
     return out
-
-
-def _yaml_value(value: Any) -> str:
-    """A value as it would appear in params.yaml (``null``, ``1e-05``, ``[a, b]``)."""
-    text = yaml.safe_dump(value, default_flow_style=True).strip()
-    return text.removesuffix("...").strip()
 
 
 def reproduce_command(params: Params) -> str:
@@ -53,113 +48,23 @@ def write(
     path: Path,
     params: Params,
     metrics: dict[str, float],
-    checkpoint: dict[str, Any],
+    checkpoint: Checkpoint,
     split_counts: dict[str, int],
     eval_images_per_s: float,
     confusion: np.ndarray | None = None,
 ) -> None:
     """Write the card as markdown, atomically. ``confusion``: test pixel counts (C, C), rows
     the true class."""
-    config = checkpoint["model_config"]
-    d = params.data
-    source = {
-        "synthetic": f"built-in synthetic data ({d.synthetic.n_images} images, seed {params.seed})",
-        "folder": f"image folder `{d.path}`",
-        "kaggle": f"Kaggle dataset `{d.kaggle_dataset}`",
-    }[d.source]
-    m = metrics
-    rows = [
-        ("Dice (dataset-level)", m["dice"], m.get("dice_ci95_low"), m.get("dice_ci95_high")),
-        ("IoU (dataset-level)", m["iou"], m.get("iou_ci95_low"), m.get("iou_ci95_high")),
-        ("Precision (dataset-level)", m["precision"], None, None),
-        ("Recall (dataset-level)", m["recall"], None, None),
-        ("Pixel accuracy", m["pixel_accuracy"], None, None),
-        ("Dice (mean per image)", m["dice_per_image"], None, None),
-        ("IoU (mean per image)", m["iou_per_image"], None, None),
-    ]
-
-    def interval(low: float | None, high: float | None) -> str:
-        return f"{low:.4f} - {high:.4f}" if low is not None and high is not None else ""
-
-    def number(value: float | None) -> str:
-        return "n/a" if value is None else f"{value:.4f}"
-
-    classes = list(config["classes"])
-    decision = f"threshold {m['threshold']}" if len(classes) == 2 else "argmax over the classes"
-    averaged = "all classes" if params.evaluate.include_background else "the foreground classes"
-    threshold_note = (
-        [
-            "",
-            f"Threshold sweep on the validation split: the best threshold is "
-            f"{m['val_best_threshold']} (validation Dice {m['val_best_threshold_dice']:.4f}); "
-            f"the test scores above use the configured {m['threshold']}.",
-        ]
-        if "val_best_threshold" in m
-        else []
-    )
-    per_class = [
-        "",
-        "### Per class (dataset level; n/a: class absent from truth and prediction)",
-        "",
-        "| class | Dice | IoU | precision | recall |",
-        "|---|---:|---:|---:|---:|",
-        *(
-            f"| {c} | {number(m.get(f'dice/{c}'))} | {number(m.get(f'iou/{c}'))} | "
-            f"{number(m.get(f'precision/{c}'))} | {number(m.get(f'recall/{c}'))} |"
-            for c in classes
-        ),
-    ]
-    confusion_table = (
-        [
-            "",
-            "### Confusion matrix (test pixels; rows: truth, columns: prediction)",
-            "",
-            "| truth \\ prediction | " + " | ".join(classes) + " |",
-            "|---|" + "---:|" * len(classes),
-            *(
-                f"| {c} | " + " | ".join(str(int(v)) for v in row) + " |"
-                for c, row in zip(classes, confusion, strict=True)
-            ),
-        ]
-        if confusion is not None
-        else []
-    )
-
+    classes = list(checkpoint.model_config.classes)
     lines = [
-        f"# Model card: {config['arch']} / {config['encoder']}",
-        "",
-        "## Model",
-        f"- Architecture `{config['arch']}`, encoder `{config['encoder']}` "
-        f"(initial weights: {params.model.encoder_weights or 'random'}), "
-        f"input {config['image_size']}x{config['image_size']}, "
-        f"classes {', '.join(config['classes'])}.",
-        f"- Best epoch {checkpoint.get('epoch')} of {params.train.epochs} by validation Dice "
-        f"({checkpoint.get('val_dice', float('nan')):.4f}, at the model's input size).",
-        "",
-        "## Data",
-        f"- Source: {source}.",
-        f"- Splits (seed {params.seed}): train {split_counts['train']}, "
-        f"val {split_counts['val']}, test {split_counts['test']} images.",
-        "",
-        "## Test metrics",
-        f"Scored at each image's original resolution, {decision}, over "
-        f"{m['n_images']} test images; 95% intervals by bootstrap over test images.",
-        "",
-        "| metric | value | 95% interval |",
-        "|---|---:|---:|",
-        *(
-            f"| {name} | {number(value)} | {interval(low, high)} |"
-            for name, value, low, high in rows
-        ),
-        "",
-        f"Means are over {averaged} (`evaluate.include_background: "
-        f"{str(params.evaluate.include_background).lower()}`).",
-        *threshold_note,
-        *per_class,
-        *confusion_table,
+        *_model_section(params, checkpoint),
+        *_data_section(params, split_counts),
+        *_metrics_section(params, metrics, classes),
+        *_per_class_table(metrics, classes),
+        *(_confusion_table(confusion, classes) if confusion is not None else []),
         "",
         "## Cost",
-        f"- Training: {checkpoint.get('train_images_per_s', float('nan')):.1f} images/s "
+        f"- Training: {checkpoint.train_images_per_s:.1f} images/s "
         f"({params.train.precision} precision, channels-last {params.train.channels_last}).",
         f"- Evaluation: {eval_images_per_s:.1f} images/s, including decoding and resizing back.",
         "",
@@ -175,3 +80,113 @@ def write(
         "",
     ]
     atomic_write(path, lambda tmp: tmp.write_text("\n".join(lines)))
+
+
+def _model_section(params: Params, checkpoint: Checkpoint) -> list[str]:
+    config = checkpoint.model_config
+    return [
+        f"# Model card: {config.arch} / {config.encoder}",
+        "",
+        "## Model",
+        f"- Architecture `{config.arch}`, encoder `{config.encoder}` "
+        f"(initial weights: {params.model.encoder_weights or 'random'}), "
+        f"input {config.image_size}x{config.image_size}, "
+        f"classes {', '.join(config.classes)}.",
+        f"- Best epoch {checkpoint.epoch} of {params.train.epochs} by validation Dice "
+        f"({checkpoint.val_dice:.4f}, at the model's input size).",
+        "",
+    ]
+
+
+def _data_section(params: Params, split_counts: dict[str, int]) -> list[str]:
+    d = params.data
+    source = {
+        "synthetic": f"built-in synthetic data ({d.synthetic.n_images} images, seed {params.seed})",
+        "folder": f"image folder `{d.path}`",
+        "kaggle": f"Kaggle dataset `{d.kaggle_dataset}`",
+    }[d.source]
+    return [
+        "## Data",
+        f"- Source: {source}.",
+        f"- Splits (seed {params.seed}): train {split_counts['train']}, "
+        f"val {split_counts['val']}, test {split_counts['test']} images.",
+        "",
+    ]
+
+
+def _metrics_section(params: Params, m: dict[str, float], classes: list[str]) -> list[str]:
+    """The headline metrics with their intervals, what they average, and the sweep's note."""
+    rows = [
+        ("Dice (dataset-level)", m["dice"], m.get("dice_ci95_low"), m.get("dice_ci95_high")),
+        ("IoU (dataset-level)", m["iou"], m.get("iou_ci95_low"), m.get("iou_ci95_high")),
+        ("Precision (dataset-level)", m["precision"], None, None),
+        ("Recall (dataset-level)", m["recall"], None, None),
+        ("Pixel accuracy", m["pixel_accuracy"], None, None),
+        ("Dice (mean per image)", m["dice_per_image"], None, None),
+        ("IoU (mean per image)", m["iou_per_image"], None, None),
+    ]
+    decision = f"threshold {m['threshold']}" if len(classes) == 2 else "argmax over the classes"
+    averaged = "all classes" if params.evaluate.include_background else "the foreground classes"
+    threshold_note = (
+        [
+            "",
+            f"Threshold sweep on the validation split: the best threshold is "
+            f"{m['val_best_threshold']} (validation Dice {m['val_best_threshold_dice']:.4f}); "
+            f"the test scores above use the configured {m['threshold']}.",
+        ]
+        if "val_best_threshold" in m
+        else []
+    )
+    return [
+        "## Test metrics",
+        f"Scored at each image's original resolution, {decision}, over "
+        f"{m['n_images']} test images; 95% intervals by bootstrap over test images.",
+        "",
+        "| metric | value | 95% interval |",
+        "|---|---:|---:|",
+        *(
+            f"| {name} | {_number(value)} | {_interval(low, high)} |"
+            for name, value, low, high in rows
+        ),
+        "",
+        f"Means are over {averaged} (`evaluate.include_background: "
+        f"{str(params.evaluate.include_background).lower()}`).",
+        *threshold_note,
+    ]
+
+
+def _per_class_table(m: dict[str, float], classes: list[str]) -> list[str]:
+    return [
+        "",
+        "### Per class (dataset level; n/a: class absent from truth and prediction)",
+        "",
+        "| class | Dice | IoU | precision | recall |",
+        "|---|---:|---:|---:|---:|",
+        *(
+            f"| {c} | {_number(m.get(f'dice/{c}'))} | {_number(m.get(f'iou/{c}'))} | "
+            f"{_number(m.get(f'precision/{c}'))} | {_number(m.get(f'recall/{c}'))} |"
+            for c in classes
+        ),
+    ]
+
+
+def _confusion_table(confusion: np.ndarray, classes: list[str]) -> list[str]:
+    return [
+        "",
+        "### Confusion matrix (test pixels; rows: truth, columns: prediction)",
+        "",
+        "| truth \\ prediction | " + " | ".join(classes) + " |",
+        "|---|" + "---:|" * len(classes),
+        *(
+            f"| {c} | " + " | ".join(str(int(v)) for v in row) + " |"
+            for c, row in zip(classes, confusion, strict=True)
+        ),
+    ]
+
+
+def _interval(low: float | None, high: float | None) -> str:
+    return f"{low:.4f} - {high:.4f}" if low is not None and high is not None else ""
+
+
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"

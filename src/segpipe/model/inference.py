@@ -16,9 +16,9 @@ from torch import nn
 
 from segpipe.data.colours import mask_to_png
 from segpipe.data.dataset import build_transform, to_tensor
-from segpipe.model.network import load_checkpoint
+from segpipe.model.checkpoint import load_checkpoint
 from segpipe.model.outputs import foreground_probability, logits_to_labels
-from segpipe.model.runtime import autocast, pick_device, resolve_precision, to_device
+from segpipe.model.runtime import Runtime
 
 
 class Predictor:
@@ -30,20 +30,15 @@ class Predictor:
     """
 
     def __init__(self, model_path: Path, threshold: float) -> None:
-        model, meta = load_checkpoint(model_path)
-        config = meta["model_config"]
-        self.classes: list[str] = list(config["classes"])
+        model, self.checkpoint = load_checkpoint(model_path)
+        spec = self.checkpoint.model_config
+        self.classes: list[str] = list(spec.classes)
         self.num_classes = len(self.classes)
-        self.image_size: int = config["image_size"]
+        self.image_size = spec.image_size
         self.threshold = threshold
-        self.device = pick_device()
-        self.dtype = resolve_precision(config.get("precision", "fp32"), self.device)
-        self.channels_last = bool(config.get("channels_last", False))
-        self.model = model.to(self.device)
-        if self.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+        self.runtime = Runtime.choose(spec.precision, channels_last=spec.channels_last)
+        self.model = self.runtime.place(model)
         self.transform = build_transform(self.image_size, augment=False, seed=0)
-        self.meta = meta
 
     def predict(self, images: list[np.ndarray]) -> list[np.ndarray]:
         """Label maps at each image's own size: resize + ImageNet normalisation in, logits
@@ -56,18 +51,16 @@ class Predictor:
         """As :meth:`predict`, each label map with its foreground probability (H, W) float32."""
         return self._run(images, with_probability=True)
 
-    def _run(self, images: list[np.ndarray], with_probability: bool) -> list:
+    def _run(self, images: list[np.ndarray], *, with_probability: bool) -> list:
         batch = torch.stack([to_tensor(self.transform(image=im)["image"]) for im in images])
         sizes = [im.shape[:2] for im in images]
         outputs = predict_full_resolution(
             self.model,
             batch,
             sizes,
-            self.threshold,
-            self.device,
-            self.dtype,
-            self.channels_last,
-            with_probability,
+            self.runtime,
+            threshold=self.threshold,
+            with_probability=with_probability,
         )
         return [(labels.numpy().astype(np.uint8), prob) for labels, prob in outputs]
 
@@ -82,17 +75,16 @@ def predict_full_resolution(
     model: nn.Module,
     images: torch.Tensor,
     sizes: list[tuple[int, int]],
+    runtime: Runtime,
+    *,
     threshold: float,
-    device: torch.device,
-    dtype: torch.dtype | None,
-    channels_last: bool,
     with_probability: bool = False,
 ) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
     """Label maps at each image's original (H, W): the logits are resized back bilinearly
     before thresholding, so the result is what a user of the predictions gets. With
     ``with_probability``, each label map comes with its foreground probability map."""
-    with autocast(device, dtype):
-        logits = model(to_device(images, device, channels_last)).float()
+    with runtime.autocast():
+        logits = model(runtime.to_device(images)).float()
     out = []
     for i, size in enumerate(sizes):
         resized = F.interpolate(logits[i : i + 1], size=size, mode="bilinear", align_corners=False)

@@ -1,11 +1,9 @@
-"""Building models by name, and self-describing checkpoints that rebuild them offline."""
+"""Building models by name, checked, offline-safe and with their CPU fast paths."""
 
 from __future__ import annotations
 
 import logging
 import types
-from pathlib import Path
-from typing import Any
 from unittest import mock
 
 import torch
@@ -13,11 +11,8 @@ from torch import nn
 
 from segpipe.config import ModelConfig
 from segpipe.errors import SegpipeError
-from segpipe.files import atomic_write
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT_FORMAT = 1
 
 
 def output_channels(num_classes: int) -> int:
@@ -163,114 +158,6 @@ def _hub_reachable() -> bool:
     except Exception:  # any transport failure; the HTTP client's error types vary by version
         return False
     return True
-
-
-def save_checkpoint(
-    path: Path, model: nn.Module, model_config: dict[str, Any], **meta: Any
-) -> None:
-    """Write weights plus everything needed to rebuild the model, atomically.
-
-    ``model_config`` holds ``arch``, ``encoder``, ``classes`` and ``image_size``; ``meta``
-    holds e.g. ``epoch`` and the best validation metric. Only plain types and tensors are
-    stored, so :func:`load_checkpoint` can use ``weights_only=True``.
-    """
-    state = {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "model_config": model_config,
-        "state_dict": state,
-        **meta,
-    }
-    atomic_write(path, lambda tmp: torch.save(payload, tmp))
-
-
-def load_checkpoint(path: Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a model from a checkpoint alone (never touches the network).
-
-    Returns:
-        The model in eval mode on the CPU, and the checkpoint's other entries.
-
-    Raises:
-        SegpipeError: one line naming ``path`` for a missing, foreign, corrupt or inconsistent
-            file, or a training-resume state given where a checkpoint belongs.
-    """
-    payload = _read_checkpoint(path)
-    mc = payload["model_config"]
-    cfg = ModelConfig(arch=mc["arch"], encoder=mc["encoder"], encoder_weights=None)
-    try:
-        model = build_model(cfg, len(mc["classes"]))
-    except SegpipeError as e:  # names a model.* param: say which file holds the bad name
-        raise SegpipeError(f"{path}: its model_config cannot be built: {e}") from None
-    state = payload.pop("state_dict")
-    problem = _weights_mismatch(model, state)
-    if problem:
-        raise SegpipeError(
-            f"{path}: its weights do not fit its model_config ({mc['arch']}, {mc['encoder']}, "
-            f"{len(mc['classes'])} classes): {problem}; the file was altered or mixes two "
-            "models, use the checkpoint the train stage wrote"
-        )
-    model.load_state_dict(state)
-    return model.eval(), payload
-
-
-def _read_checkpoint(path: Path) -> dict[str, Any]:
-    """The checkpoint's entries, checked to hold a usable ``model_config`` and ``state_dict``."""
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise SegpipeError(f"{path}: checkpoint not found (run the train stage first)") from None
-    except Exception as e:  # a foreign or corrupt file: never fall back to unsafe unpickling
-        raise SegpipeError(
-            f"{path}: not a loadable segpipe checkpoint ({type(e).__name__})"
-        ) from None
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise SegpipeError(f"{path}: not a segpipe checkpoint (format {CHECKPOINT_FORMAT})")
-    if "model_config" not in payload and {"optimizer", "fingerprint"} <= payload.keys():
-        raise SegpipeError(
-            f"{path}: a training-resume state (saved after each epoch to continue an "
-            "interrupted run), not a model checkpoint; use the train stage's checkpoint, "
-            "models/model.pt"
-        )
-    mc = payload.get("model_config")
-    state = payload.get("state_dict")
-    if not (
-        isinstance(mc, dict)
-        and all(isinstance(mc.get(key), str) for key in ("arch", "encoder"))
-        and isinstance(mc.get("classes"), list)
-        and len(mc["classes"]) >= 2
-        and isinstance(mc.get("image_size"), int)
-        and isinstance(state, dict)
-        and all(isinstance(v, torch.Tensor) for v in state.values())
-    ):
-        raise SegpipeError(
-            f"{path}: not a complete segpipe checkpoint (it needs a model_config with arch, "
-            "encoder, classes and image_size, and a state_dict of tensors)"
-        )
-    return payload
-
-
-def _weights_mismatch(model: nn.Module, state: dict[str, torch.Tensor]) -> str:
-    """What keeps ``state`` from loading into ``model``, in one short clause ('' if nothing):
-    PyTorch's own message lists every key over hundreds of lines."""
-    expected = model.state_dict()
-    missing = sorted(expected.keys() - state.keys())
-    unexpected = sorted(state.keys() - expected.keys())
-    reshaped = [
-        k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)
-    ]
-    if not (missing or unexpected or reshaped):
-        return ""
-    if reshaped:
-        first = reshaped[0]
-        shape = "x".join(map(str, state[first].shape))
-        wanted = "x".join(map(str, expected[first].shape))
-        example = f"{first!r} is {shape}, the model needs {wanted}"
-    else:
-        example = f"{(missing or unexpected)[0]!r} is {'missing' if missing else 'unexpected'}"
-    return (
-        f"{len(missing)} missing, {len(unexpected)} unexpected and {len(reshaped)} wrongly "
-        f"shaped tensor(s), e.g. {example}"
-    )
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -1,15 +1,24 @@
-"""Where and how a model runs: device, autocast precision, memory layout."""
+"""Where and how a model runs: device, autocast precision, memory layout, and the memory it
+takes (the allocator setting and the peak)."""
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
+import resource
+import sys
 
 import torch
+from torch import nn
 
 
-def pick_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def pick_device(local_rank: int | None = None) -> torch.device:
+    """The one place a device is chosen: CUDA where there is a GPU (GPU ``local_rank`` for one
+    process of several), else the CPU."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda") if local_rank is None else torch.device("cuda", local_rank)
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
@@ -33,15 +42,50 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     return torch.bfloat16 if native_bf16 else None
 
 
-def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
+@dataclasses.dataclass(frozen=True)
+class Runtime:
+    """Where and how a model runs: the values that travel together through every loop.
 
+    Args:
+        device: where the model and its batches live.
+        dtype: the autocast dtype; None is plain fp32.
+        channels_last: channels-last memory layout for the model and its input batches.
+    """
 
-def to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
-    x = x.to(device, non_blocking=True)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    device: torch.device
+    dtype: torch.dtype | None
+    channels_last: bool = dataclasses.field(kw_only=True)
+
+    @classmethod
+    def choose(
+        cls, precision: str, *, channels_last: bool, device: torch.device | None = None
+    ) -> Runtime:
+        """The runtime for ``train.precision`` and ``train.channels_last`` on ``device``
+        (default: :func:`pick_device`)."""
+        device = pick_device() if device is None else device
+        return cls(device, resolve_precision(precision, device), channels_last=channels_last)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Autocast to :attr:`dtype`, or nothing for fp32."""
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def to_device(self, x: torch.Tensor) -> torch.Tensor:
+        """An input batch (N, C, H, W) on the device, in the model's memory layout."""
+        x = x.to(self.device, non_blocking=True)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def place(self, model: nn.Module) -> nn.Module:
+        """``model`` on the device, in the memory layout its inputs will have."""
+        model = model.to(self.device)
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
+
+    def grad_scaler(self) -> torch.amp.GradScaler | None:
+        """A loss scaler where training needs one (fp16 autocast on CUDA), else None."""
+        if self.dtype == torch.float16 and self.device.type == "cuda":
+            return torch.amp.GradScaler("cuda")
+        return None
 
 
 def reuse_freed_memory() -> bool:
@@ -61,3 +105,9 @@ def reuse_freed_memory() -> bool:
         return False
     m_trim_threshold, m_mmap_max = -1, -4  # glibc's malloc.h
     return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MiB."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux

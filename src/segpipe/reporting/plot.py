@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from segpipe.config import PlotConfig  # noqa: E402
-from segpipe.constants import IGNORE
+from segpipe.constants import IGNORE, LIVE_HISTORY
 from segpipe.data.colours import blend, colourize  # noqa: E402
 from segpipe.data.dataset import read_split  # noqa: E402
 from segpipe.data.images import read_image  # noqa: E402
@@ -153,8 +153,9 @@ def _read_per_image(path: Path) -> pd.DataFrame:
 
 
 def training_curves(live_dir: Path, out_path: Path) -> None:
-    """Plot the per-epoch history that DVCLive wrote under ``live_dir/plots/metrics``."""
-    metrics_dir = live_dir / "plots" / "metrics"
+    """Plot the per-epoch history that DVCLive wrote under ``live_dir`` (see
+    :data:`~segpipe.constants.LIVE_HISTORY`)."""
+    metrics_dir = live_dir / LIVE_HISTORY
     fig, axes = plt.subplots(1, len(CURVES), figsize=(4 * len(CURVES), 3.2), squeeze=False)
     for ax, (title, names) in zip(axes[0], CURVES.items(), strict=True):
         for name in names:

@@ -21,11 +21,11 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -36,7 +36,7 @@ from segpipe.data import cache
 from segpipe.data.dataset import CachedDataset, SegmentationDataset, build_transform, read_split
 from segpipe.data.masks import RULE_FILE, load_rule
 from segpipe.model.network import build_model
-from segpipe.model.runtime import resolve_precision, reuse_freed_memory
+from segpipe.model.runtime import Runtime, peak_rss_mb, reuse_freed_memory
 from segpipe.training.engine import adam, evaluate_epoch, train_one_epoch
 from segpipe.training.losses import build_loss
 
@@ -55,70 +55,83 @@ def _timed_epochs(step, images_per_call: int, repeats: int) -> float:
 def run_mode(mode: str, splits_dir: Path, cache_dir: Path, args: argparse.Namespace) -> dict:
     """Train and inference throughput of one mode (runs inside its own process)."""
     torch.manual_seed(0)
-    device = torch.device("cpu")
     fast = mode != "naive"
-    dtype = resolve_precision("auto", device) if fast else None
+    # segpipe's settings (train.precision: auto, channels-last) or the tutorial's (fp32, NCHW).
+    runtime = Runtime.choose(
+        "auto" if fast else "fp32", channels_last=fast, device=torch.device("cpu")
+    )
     if fast:  # what the train and evaluate stages do; the tutorial-style loop does not
         reuse_freed_memory()
-    if fast:  # segpipe's model, with its CPU fast paths
-        model = build_model(ModelConfig("Unet", args.encoder, None), 2)
-        model = model.to(memory_format=torch.channels_last)
-    else:  # the tutorial's model, as smp builds it
-        import segmentation_models_pytorch as smp
-
-        model = smp.Unet(args.encoder, encoder_weights=None, classes=1)
+    model, optimizer = _model_and_optimizer(args.encoder, runtime, segpipe=fast)
     loss_fn = build_loss("bce", 2)
-    optimizer = (
-        adam(model.parameters(), 1e-4, device)
-        if fast
-        else torch.optim.Adam(model.parameters(), lr=1e-4)  # the tutorial's
-    )
     n = args.batch_size * args.batches
-    train_frame = read_split(splits_dir / "train.csv").head(n)
-    if mode == "naive":
-        # The tutorial's loader: PIL decode of the full-size files and resize, every item.
-        rule = load_rule(splits_dir / RULE_FILE)
-        train_set = SegmentationDataset(
-            train_frame, build_transform(args.image_size, True, 0), rule
-        )
-        eval_set = SegmentationDataset(
-            train_frame, build_transform(args.image_size, False, 0), rule
-        )
-    elif mode == "pipeline":
-        images, masks = cache.cache_paths(cache_dir, "train")
-        train_set = CachedDataset(images, masks, build_transform(args.image_size, True, 0), n)
-        eval_set = CachedDataset(images, masks, build_transform(args.image_size, False, 0), n)
-    if mode == "model":
-        x = torch.randn(n, 3, args.image_size, args.image_size)
-        y = (torch.rand(n, args.image_size, args.image_size) > 0.5).long()
-        train_loader = [
-            (x[i : i + args.batch_size], y[i : i + args.batch_size])
-            for i in range(0, n, args.batch_size)
-        ]
-        # As many images as the other modes' eval pass (n), in evaluate.batch_size batches.
-        eval_loader = [
-            (x[i : i + args.eval_batch_size], y[i : i + args.eval_batch_size])
-            for i in range(0, n, args.eval_batch_size)
-        ]
-    else:
-        # The naive loader keeps the tutorial's 0 workers; the pipeline takes --num-workers.
-        workers = args.num_workers if mode == "pipeline" else 0
-        loader = {"num_workers": workers, "persistent_workers": workers > 0}
-        train_loader = DataLoader(train_set, args.batch_size, shuffle=True, **loader)
-        eval_loader = DataLoader(eval_set, args.eval_batch_size, shuffle=False, **loader)
+    train_loader, eval_loader = _loaders(mode, splits_dir, cache_dir, args, n)
 
     def train_step() -> None:
-        train_one_epoch(model, train_loader, loss_fn, optimizer, device, dtype, fast, desc=mode)
+        train_one_epoch(model, train_loader, loss_fn, optimizer, runtime, desc=mode)
 
     def eval_step() -> None:
-        evaluate_epoch(model, eval_loader, loss_fn, 2, 0.5, device, dtype, fast, desc=mode)
+        evaluate_epoch(
+            model, eval_loader, loss_fn, runtime, num_classes=2, threshold=0.5, desc=mode
+        )
 
     return {
         "mode": mode,
         "train_images_per_s": _timed_epochs(train_step, n, args.repeats),
         "eval_images_per_s": _timed_epochs(eval_step, n, args.repeats),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb(),
     }
+
+
+def _model_and_optimizer(
+    encoder: str, runtime: Runtime, *, segpipe: bool
+) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    """segpipe's model (with its CPU fast paths) and fused Adam, or the tutorial's."""
+    if segpipe:
+        model = runtime.place(build_model(ModelConfig("Unet", encoder, None), 2))
+        return model, adam(model.parameters(), 1e-4, runtime.device)
+    import segmentation_models_pytorch as smp
+
+    model = smp.Unet(encoder, encoder_weights=None, classes=1)  # as smp builds it
+    return model, torch.optim.Adam(model.parameters(), lr=1e-4)
+
+
+def _loaders(
+    mode: str, splits_dir: Path, cache_dir: Path, args: argparse.Namespace, n: int
+) -> tuple[Iterable, Iterable]:
+    """The training and inference batches of ``n`` images each for ``mode``."""
+    if mode == "model":  # tensors already in memory
+        x = torch.randn(n, 3, args.image_size, args.image_size)
+        y = (torch.rand(n, args.image_size, args.image_size) > 0.5).long()
+        train = [
+            (x[i : i + args.batch_size], y[i : i + args.batch_size])
+            for i in range(0, n, args.batch_size)
+        ]
+        # As many images as the other modes' eval pass (n), in evaluate.batch_size batches.
+        evaluation = [
+            (x[i : i + args.eval_batch_size], y[i : i + args.eval_batch_size])
+            for i in range(0, n, args.eval_batch_size)
+        ]
+        return train, evaluation
+    augmented = build_transform(args.image_size, augment=True, seed=0)
+    plain = build_transform(args.image_size, augment=False, seed=0)
+    if mode == "naive":
+        # The tutorial's loader: PIL decode of the full-size files and resize, every item.
+        train_frame = read_split(splits_dir / "train.csv").head(n)
+        rule = load_rule(splits_dir / RULE_FILE)
+        train_set = SegmentationDataset(train_frame, augmented, rule)
+        eval_set = SegmentationDataset(train_frame, plain, rule)
+    else:
+        images, masks = cache.cache_paths(cache_dir, "train")
+        train_set = CachedDataset(images, masks, augmented, n)
+        eval_set = CachedDataset(images, masks, plain, n)
+    # The naive loader keeps the tutorial's 0 workers; the pipeline takes --num-workers.
+    workers = args.num_workers if mode == "pipeline" else 0
+    loader = {"num_workers": workers, "persistent_workers": workers > 0}
+    return (
+        DataLoader(train_set, args.batch_size, shuffle=True, **loader),
+        DataLoader(eval_set, args.eval_batch_size, shuffle=False, **loader),
+    )
 
 
 def prepare_data(
@@ -164,6 +177,47 @@ def machine() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = _arguments().parse_args(argv)
+    if args.mode:  # a child process: measure one mode, print JSON
+        work = args.work
+        print(json.dumps(run_mode(args.mode, work / "splits", work / "cache", args)))
+        return 0
+
+    data = args.data
+    if data is None:
+        shared = Path(__file__).resolve().parents[3] / "shared" / "data" / "kvasir_seg"
+        data = shared if shared.is_dir() else None
+    with tempfile.TemporaryDirectory(prefix="segpipe-bench-") as tmp:
+        work = Path(tmp)
+        needed = args.batch_size * args.batches
+        cache_seconds = prepare_data(data, work, args.image_size, needed, args.mask_suffix)
+        results = {mode: _measure_in_child(mode, work, args) for mode in MODES}
+    report = {
+        "machine": machine(),
+        "data": data.name if data else "built-in synthetic (256-512 px)",
+        "encoder": args.encoder,
+        "image_size": args.image_size,
+        "batch_size": args.batch_size,
+        "num_workers": args.num_workers,
+        "images_per_pass": args.batch_size * args.batches,
+        "cache_build_seconds": round(cache_seconds, 2),
+        "results": results,
+        "ratios": {
+            f"{kind}_pipeline_over_{base}": round(
+                results["pipeline"][f"{kind}_images_per_s"] / results[base][f"{kind}_images_per_s"],
+                3,
+            )
+            for kind in ("train", "eval")
+            for base in ("naive", "model")
+        },
+    }
+    print(format_report(report))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+def _arguments() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument(
         "--data",
@@ -189,67 +243,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     p.add_argument("--mode", choices=MODES, help=argparse.SUPPRESS)
     p.add_argument("--work", type=Path, help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
+    return p
 
-    if args.mode:  # a child process: measure one mode, print JSON
-        work = args.work
-        print(json.dumps(run_mode(args.mode, work / "splits", work / "cache", args)))
-        return 0
 
-    data = args.data
-    if data is None:
-        shared = Path(__file__).resolve().parents[3] / "shared" / "data" / "kvasir_seg"
-        data = shared if shared.is_dir() else None
-    with tempfile.TemporaryDirectory(prefix="segpipe-bench-") as tmp:
-        work = Path(tmp)
-        needed = args.batch_size * args.batches
-        cache_seconds = prepare_data(data, work, args.image_size, needed, args.mask_suffix)
-        results = {}
-        for mode in MODES:
-            child = [
-                sys.executable,
-                "-m",
-                "segpipe.tools.bench",
-                "--mode",
-                mode,
-                "--work",
-                str(work),
-            ]
-            for flag in (
-                "image_size",
-                "batch_size",
-                "eval_batch_size",
-                "batches",
-                "repeats",
-                "encoder",
-                "num_workers",
-            ):
-                child += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
-            out = subprocess.run(child, capture_output=True, text=True, check=True).stdout
-            results[mode] = json.loads(out.strip().splitlines()[-1])
-    report = {
-        "machine": machine(),
-        "data": data.name if data else "built-in synthetic (256-512 px)",
-        "encoder": args.encoder,
-        "image_size": args.image_size,
-        "batch_size": args.batch_size,
-        "num_workers": args.num_workers,
-        "images_per_pass": args.batch_size * args.batches,
-        "cache_build_seconds": round(cache_seconds, 2),
-        "results": results,
-        "ratios": {
-            f"{kind}_pipeline_over_{base}": round(
-                results["pipeline"][f"{kind}_images_per_s"] / results[base][f"{kind}_images_per_s"],
-                3,
-            )
-            for kind in ("train", "eval")
-            for base in ("naive", "model")
-        },
-    }
-    print(format_report(report))
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-    return 0
+CHILD_FLAGS = (
+    "image_size",
+    "batch_size",
+    "eval_batch_size",
+    "batches",
+    "repeats",
+    "encoder",
+    "num_workers",
+)
+"""The options a mode's child process runs with, passed on from the parent's."""
+
+
+def _measure_in_child(mode: str, work: Path, args: argparse.Namespace) -> dict:
+    """:func:`run_mode` in a process of its own, so that its peak memory is its own."""
+    child = [sys.executable, "-m", "segpipe.tools.bench", "--mode", mode, "--work", str(work)]
+    for flag in CHILD_FLAGS:
+        child += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+    out = subprocess.run(child, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def format_report(report: dict) -> str:

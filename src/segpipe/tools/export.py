@@ -26,7 +26,7 @@ from torch import nn
 from segpipe.data.dataset import IMAGENET_MEAN, IMAGENET_STD
 from segpipe.errors import SegpipeError
 from segpipe.files import atomic_path, ensure_writable_dir, write_error, write_json
-from segpipe.model.network import load_checkpoint
+from segpipe.model.checkpoint import ModelSpec, load_checkpoint
 from segpipe.model.outputs import logits_to_labels
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ def export_onnx(model: nn.Module, path: Path, opset: int, example: torch.Tensor)
     return exporter
 
 
-def add_metadata(path: Path, model_config: dict[str, Any], stride: int, opset: int) -> None:
+def add_metadata(path: Path, model_config: ModelSpec, stride: int, opset: int) -> None:
     """Embed the model config and the input/output conventions as ``metadata_props``.
 
     Also checks the file with ``onnx.checker`` and that it has the requested opset.
@@ -129,7 +129,7 @@ def add_metadata(path: Path, model_config: dict[str, Any], stride: int, opset: i
             f"--opset {opset}: the exporter produced opset {actual}; pass --opset {actual}"
         )
     props = {
-        "model_config": json.dumps(model_config, sort_keys=True),
+        "model_config": json.dumps(model_config.to_dict(), sort_keys=True),
         "preprocessing": json.dumps(
             {
                 "input": INPUT_NAME,
@@ -193,7 +193,7 @@ def write_checked(
     model: nn.Module,
     out: Path,
     opset: int,
-    model_config: dict[str, Any],
+    model_config: ModelSpec,
     check_size: int,
     stride: int,
     tolerance: float,
@@ -272,19 +272,17 @@ def run(
         raise SegpipeError(f"--tolerance: must be positive, got {tolerance}")
     require("onnx", "onnxruntime")
     check_out(model_path, out)
-    model, meta = load_checkpoint(model_path)
+    model, checkpoint = load_checkpoint(model_path)
     stride = int(getattr(getattr(model, "encoder", None), "output_stride", 32))
     if check_size < stride or check_size % stride:
         raise SegpipeError(
             f"--check-size: must be a positive multiple of {stride} (the encoder's output "
             f"stride), got {check_size}"
         )
-    model_config = meta["model_config"]
-
+    model_config = checkpoint.model_config
     exporter, export_seconds, parity, size = write_checked(
         model, out, opset, model_config, check_size, stride, tolerance
     )
-
     report = {
         "onnx": str(out),
         "opset": opset,
@@ -296,7 +294,7 @@ def run(
         "label_mismatch_fraction": parity.label_mismatch_fraction,
         "tolerance": tolerance,
         "threshold": THRESHOLD,
-        "model_config": model_config,
+        "model_config": model_config.to_dict(),
         "torch": torch.__version__,
         "onnxruntime": require("onnxruntime")[0].__version__,
     }
@@ -304,6 +302,11 @@ def run(
         write_json(figures_path(out), report)
     except OSError as e:
         raise write_error(figures_path(out), e, f"{out} was written") from None
+    _log_result(out, opset, size, parity)
+    return report
+
+
+def _log_result(out: Path, opset: int, size: int, parity: Parity) -> None:
     labels = (
         "labels identical"
         if parity.label_mismatch_fraction == 0
@@ -318,4 +321,3 @@ def run(
         len(parity.shapes),
         labels,
     )
-    return report

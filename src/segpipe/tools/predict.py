@@ -42,7 +42,7 @@ def list_inputs(path: Path, out_dir: Path | None = None) -> tuple[dict[str, Path
 
 
 def plan_outputs(
-    inputs: dict[str, Path], out_dir: Path, with_overlay: bool
+    inputs: dict[str, Path], out_dir: Path, *, with_overlay: bool
 ) -> list[tuple[str, Path, Path | None]]:
     """(stem, mask path, overlay path or None) per input.
 
@@ -65,7 +65,12 @@ def plan_outputs(
 
 
 def check_outputs(
-    inputs: Path, input_files: list[Path], out_dir: Path, targets: list[Path], overwrite: bool
+    inputs: Path,
+    input_files: list[Path],
+    out_dir: Path,
+    targets: list[Path],
+    *,
+    overwrite: bool,
 ) -> None:
     """Refuse, before any work, to write over an input, into the input folder itself, onto
     a folder, or (without ``overwrite``) over any existing file.
@@ -148,6 +153,7 @@ def run(
     model_path: Path,
     inputs: Path,
     out_dir: Path,
+    *,
     threshold: float | None = None,
     batch_size: int = 16,
     with_overlay: bool = False,
@@ -170,9 +176,10 @@ def run(
     if batch_size < 1:
         raise SegpipeError(f"--batch-size: must be >= 1, got {batch_size}")
     inputs_by_stem, duplicates = list_inputs(inputs, out_dir)
-    plan = plan_outputs(inputs_by_stem, out_dir, with_overlay)
+    plan = plan_outputs(inputs_by_stem, out_dir, with_overlay=with_overlay)
     targets = [p for _, mask, over in plan for p in (mask, over) if p is not None]
-    check_outputs(inputs, [*inputs_by_stem.values(), *duplicates], out_dir, targets, overwrite)
+    input_files = [*inputs_by_stem.values(), *duplicates]
+    check_outputs(inputs, input_files, out_dir, targets, overwrite=overwrite)
     predictor = Predictor(model_path, DEFAULT_THRESHOLD)
     if predictor.num_classes == 2:
         predictor.threshold, source = resolve_threshold(threshold, params_path, predictor.classes)

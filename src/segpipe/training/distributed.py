@@ -16,6 +16,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
+from segpipe.model.runtime import pick_device
+
 log = logging.getLogger(__name__)
 
 
@@ -42,14 +44,12 @@ def setup() -> Context:
     Backend ``nccl`` on CUDA (one GPU per process, by ``LOCAL_RANK``), ``gloo`` on CPU.
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    cuda = torch.cuda.is_available()
     if world_size == 1:
-        return Context(device=torch.device("cuda" if cuda else "cpu"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if cuda:
-        torch.cuda.set_device(local_rank)
-    dist.init_process_group(backend="nccl" if cuda else "gloo")
-    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+        return Context(device=pick_device())
+    device = pick_device(int(os.environ.get("LOCAL_RANK", "0")))
+    if device.type == "cuda":
+        torch.cuda.set_device(device.index)
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return Context(rank=dist.get_rank(), world_size=dist.get_world_size(), device=device)
 
 

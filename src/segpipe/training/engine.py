@@ -15,7 +15,7 @@ from tqdm import tqdm
 from segpipe.errors import SegpipeError
 from segpipe.evaluation.metrics import SegmentationMetrics
 from segpipe.model.outputs import logits_to_labels
-from segpipe.model.runtime import autocast, to_device
+from segpipe.model.runtime import Runtime
 from segpipe.training.distributed import sum_over_ranks
 from segpipe.training.losses import LossFn
 
@@ -41,13 +41,14 @@ def train_one_epoch(
     loader: DataLoader,
     loss_fn: LossFn,
     optimizer: torch.optim.Optimizer,
-    device: torch.device,
-    dtype: torch.dtype | None,
-    channels_last: bool,
+    runtime: Runtime,
+    *,
     scaler: torch.amp.GradScaler | None = None,
     desc: str = "train",
 ) -> dict[str, float]:
     """One pass over ``loader``. Returns ``{"loss": mean loss over images}``.
+
+    ``scaler``: the loss scaler of fp16 training on CUDA (:meth:`Runtime.grad_scaler`).
 
     Raises:
         NonFiniteLossError: a batch's loss is NaN or infinite (checked before the weights
@@ -56,9 +57,9 @@ def train_one_epoch(
     model.train()
     total, seen = 0.0, 0
     for batch, (images, masks) in enumerate(_batches(loader, desc), start=1):
-        images = to_device(images, device, channels_last)
-        masks = masks.to(device, non_blocking=True)
-        with autocast(device, dtype):
+        images = runtime.to_device(images)
+        masks = masks.to(runtime.device, non_blocking=True)
+        with runtime.autocast():
             logits = model(images)
         loss = loss_fn(logits.float(), masks)
         if not math.isfinite(value := loss.item()):
@@ -82,11 +83,10 @@ def evaluate_epoch(
     model: nn.Module,
     loader: DataLoader,
     loss_fn: LossFn,
+    runtime: Runtime,
+    *,
     num_classes: int,
     threshold: float,
-    device: torch.device,
-    dtype: torch.dtype | None,
-    channels_last: bool,
     desc: str = "val",
 ) -> dict[str, float]:
     """Loss and metrics at the model's input resolution (validation during training)."""
@@ -94,9 +94,9 @@ def evaluate_epoch(
     metrics = SegmentationMetrics(num_classes)
     total, seen = 0.0, 0
     for images, masks in _batches(loader, desc):
-        images = to_device(images, device, channels_last)
-        masks = masks.to(device, non_blocking=True)
-        with autocast(device, dtype):
+        images = runtime.to_device(images)
+        masks = masks.to(runtime.device, non_blocking=True)
+        with runtime.autocast():
             logits = model(images).float()
         total += loss_fn(logits, masks).item() * images.shape[0]
         seen += images.shape[0]

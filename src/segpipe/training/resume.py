@@ -10,6 +10,7 @@ else starts over.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.metadata
 import json
@@ -22,14 +23,87 @@ import albumentations as A
 import numpy as np
 import torch
 from albumentations.core.composition import BaseCompose
+from torch import nn
 
 from segpipe.config import Params, to_dict
 from segpipe.files import atomic_write
 from segpipe.imports import import_closure
+from segpipe.model.network import unwrap
 
 log = logging.getLogger(__name__)
 
 FORMAT = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingState:
+    """The objects whose state the resume file holds (besides the best epoch and the number
+    of completed ones).
+
+    Args:
+        model: the model (or its DistributedDataParallel wrapper).
+        optimizer, scheduler, scaler: what trains it; no scheduler or scaler is None.
+        augment: the training transform, whose random streams advance with every image.
+        generator: the training DataLoader's shuffling generator.
+    """
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None
+    scaler: torch.amp.GradScaler | None
+    augment: A.Compose
+    generator: torch.Generator
+
+
+class Resume:
+    """One run's resume file: where it is, and the fingerprint that says whether a state saved
+    there belongs to this run.
+
+    Args:
+        path: the file, rewritten after every completed epoch.
+        run_fingerprint: :func:`fingerprint` of this run.
+    """
+
+    def __init__(self, path: Path, run_fingerprint: str) -> None:
+        self.path = path
+        self.fingerprint = run_fingerprint
+
+    def restore(self, state: TrainingState, epochs: int) -> tuple[dict[str, float], int] | None:
+        """Load the state saved for this run into ``state``, if it has epochs left to train.
+
+        Returns:
+            The best validation metrics so far (with their ``epoch``) and the number of
+            completed epochs; None when there is nothing to resume (start over).
+        """
+        saved = load(self.path, self.fingerprint)
+        if saved is None or saved["epoch"] >= epochs:
+            return None
+        unwrap(state.model).load_state_dict(saved["model"])
+        state.optimizer.load_state_dict(saved["optimizer"])
+        if state.scheduler is not None:
+            state.scheduler.load_state_dict(saved["scheduler"])
+        if state.scaler is not None:
+            state.scaler.load_state_dict(saved["scaler"])
+        restore_rng(saved["rng"], state.augment, state.generator)
+        log.info("resuming after epoch %d/%d from %s", saved["epoch"], epochs, self.path)
+        return saved["best"], saved["epoch"]
+
+    def snapshot(self, state: TrainingState, *, epoch: int, best: dict[str, float]) -> None:
+        """Save ``state`` after ``epoch`` completed epochs, with the best epoch so far."""
+        model = unwrap(state.model).state_dict()
+        save(
+            self.path,
+            {
+                "fingerprint": self.fingerprint,
+                "epoch": epoch,
+                "best": best,
+                "model": {k: v.detach().cpu() for k, v in model.items()},
+                "optimizer": state.optimizer.state_dict(),
+                "scheduler": state.scheduler.state_dict() if state.scheduler else None,
+                "scaler": state.scaler.state_dict() if state.scaler else None,
+                "rng": capture_rng(state.augment, state.generator),
+            },
+        )
 
 
 def fingerprint(

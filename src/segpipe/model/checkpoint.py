@@ -1,0 +1,219 @@
+"""Self-describing checkpoints: the weights plus one typed record of what rebuilds and runs them.
+
+The train stage builds the record once; every reader (evaluate, predict, export, the model card)
+gets it back from :func:`load_checkpoint` as the same dataclass, read by one strict function that
+names the file and the field at fault. The file holds plain types and tensors only, so it loads
+with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from segpipe.config import ModelConfig, Params, Precision
+from segpipe.errors import SegpipeError
+from segpipe.files import atomic_write
+from segpipe.model.network import build_model, unwrap
+
+FORMAT = 1
+"""The checkpoint layout's version, stored as ``format``."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ModelSpec:
+    """What rebuilds the network and feeds it: the checkpoint's ``model_config``.
+
+    Args:
+        arch, encoder: the smp architecture and encoder names (``model.*``).
+        classes: class names in class-index order, background first (``data.classes``).
+        image_size: the square input size the model was trained at (``train.image_size``).
+        precision, channels_last: how it ran in training (``train.*``); inference runs alike.
+    """
+
+    arch: str
+    encoder: str
+    classes: tuple[str, ...]
+    image_size: int
+    precision: Precision
+    channels_last: bool
+
+    @classmethod
+    def from_params(cls, params: Params) -> ModelSpec:
+        return cls(
+            arch=params.model.arch,
+            encoder=params.model.encoder,
+            classes=tuple(params.data.classes),
+            image_size=params.train.image_size,
+            precision=params.train.precision,
+            channels_last=params.train.channels_last,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain types, in field order (as stored, and as export's metadata shows it)."""
+        return {**dataclasses.asdict(self), "classes": list(self.classes)}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Checkpoint:
+    """Everything a checkpoint holds besides its weights.
+
+    Args:
+        model_config: what rebuilds and runs the model.
+        epoch: the epoch whose weights these are (the best by validation Dice).
+        val_dice: that epoch's validation Dice, at the model's input size.
+        train_images_per_s: that epoch's training speed.
+    """
+
+    model_config: ModelSpec
+    epoch: int
+    val_dice: float
+    train_images_per_s: float
+
+
+def save_checkpoint(path: Path, model: nn.Module, checkpoint: Checkpoint) -> None:
+    """Write the weights and ``checkpoint`` atomically, as plain types and tensors."""
+    payload = {
+        "format": FORMAT,
+        "model_config": checkpoint.model_config.to_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()},
+        "epoch": checkpoint.epoch,
+        "val_dice": checkpoint.val_dice,
+        "train_images_per_s": checkpoint.train_images_per_s,
+    }
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def load_checkpoint(path: Path) -> tuple[nn.Module, Checkpoint]:
+    """Rebuild a model from a checkpoint alone (never touches the network).
+
+    Returns:
+        The model in eval mode on the CPU, and the checkpoint's record.
+
+    Raises:
+        SegpipeError: one line naming ``path`` for a missing, foreign, corrupt, incomplete or
+            inconsistent file, or a training-resume state given where a checkpoint belongs.
+    """
+    payload = _read_payload(path)
+    checkpoint = read_record(path, payload)
+    state = payload["state_dict"]
+    if not (isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())):
+        raise SegpipeError(f"{path}: not a complete segpipe checkpoint: no state_dict of tensors")
+    spec = checkpoint.model_config
+    try:
+        model = build_model(ModelConfig(spec.arch, spec.encoder, None), len(spec.classes))
+    except SegpipeError as e:  # names a model.* param: say which file holds the bad name
+        raise SegpipeError(f"{path}: its model_config cannot be built: {e}") from None
+    problem = _weights_mismatch(model, state)
+    if problem:
+        raise SegpipeError(
+            f"{path}: its weights do not fit its model_config ({spec.arch}, {spec.encoder}, "
+            f"{len(spec.classes)} classes): {problem}; the file was altered or mixes two "
+            "models, use the checkpoint the train stage wrote"
+        )
+    model.load_state_dict(state)
+    return model.eval(), checkpoint
+
+
+def _read_payload(path: Path) -> dict[str, Any]:
+    """The file's entries, if it is a segpipe checkpoint of this format."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise SegpipeError(f"{path}: checkpoint not found (run the train stage first)") from None
+    except Exception as e:  # a foreign or corrupt file: never fall back to unsafe unpickling
+        raise SegpipeError(
+            f"{path}: not a loadable segpipe checkpoint ({type(e).__name__})"
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise SegpipeError(f"{path}: not a segpipe checkpoint (format {FORMAT})")
+    if "model_config" not in payload and {"optimizer", "fingerprint"} <= payload.keys():
+        raise SegpipeError(
+            f"{path}: a training-resume state (saved after each epoch to continue an "
+            "interrupted run), not a model checkpoint; use the train stage's checkpoint, "
+            "models/model.pt"
+        )
+    return payload
+
+
+def read_record(path: Path, payload: dict[str, Any]) -> Checkpoint:
+    """The :class:`Checkpoint` in a loaded file's entries: every field present (and the
+    ``state_dict``), none unknown, each of its type.
+
+    Raises:
+        SegpipeError: one line naming ``path`` and the field at fault.
+    """
+    if "state_dict" not in payload:
+        raise SegpipeError(f"{path}: not a complete segpipe checkpoint: no state_dict")
+    entries = {k: v for k, v in payload.items() if k not in ("format", "state_dict")}
+    return _build(Checkpoint, entries, "", path)
+
+
+def _build(cls: type, raw: Any, prefix: str, path: Path) -> Any:
+    where = prefix.rstrip(".") or "the file"
+    if not isinstance(raw, dict):
+        raise SegpipeError(f"{path}: {where} is a {type(raw).__name__}, not a mapping of fields")
+    names = [f.name for f in dataclasses.fields(cls)]
+    missing = [prefix + name for name in names if name not in raw]
+    if missing:
+        raise SegpipeError(
+            f"{path}: not a complete segpipe checkpoint: no {', '.join(missing)} (the train "
+            "stage writes every field; use the checkpoint it wrote)"
+        )
+    unknown = sorted(str(key) for key in raw if key not in names)
+    if unknown:
+        raise SegpipeError(
+            f"{path}: not a segpipe checkpoint of format {FORMAT}: unknown field "
+            f"{prefix}{unknown[0]} (valid in {where}: {', '.join(names)})"
+        )
+    hints = typing.get_type_hints(cls)
+    return cls(**{name: _convert(hints[name], raw[name], prefix + name, path) for name in names})
+
+
+def _convert(tp: Any, value: Any, key: str, path: Path) -> Any:
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key + ".", path)
+    if typing.get_origin(tp) is Literal:
+        if value not in typing.get_args(tp):
+            valid = ", ".join(typing.get_args(tp))
+            raise SegpipeError(f"{path}: {key} is {value!r}, not one of {valid}")
+        return value
+    if typing.get_origin(tp) is tuple:  # the class names: at least two strings
+        if not (isinstance(value, list | tuple) and len(value) >= 2):
+            raise SegpipeError(f"{path}: {key} is {value!r}, not a list of at least 2 names")
+        return tuple(_convert(str, v, f"{key}[{i}]", path) for i, v in enumerate(value))
+    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)  # NaN included: a validation Dice with nothing to score
+    if isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
+        return value
+    name = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}[tp]
+    raise SegpipeError(f"{path}: {key} is {value!r}, not {name}")
+
+
+def _weights_mismatch(model: nn.Module, state: dict[str, torch.Tensor]) -> str:
+    """What keeps ``state`` from loading into ``model``, in one short clause ('' if nothing):
+    PyTorch's own message lists every key over hundreds of lines."""
+    expected = model.state_dict()
+    missing = sorted(expected.keys() - state.keys())
+    unexpected = sorted(state.keys() - expected.keys())
+    reshaped = [
+        k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)
+    ]
+    if not (missing or unexpected or reshaped):
+        return ""
+    if reshaped:
+        first = reshaped[0]
+        shape = "x".join(map(str, state[first].shape))
+        wanted = "x".join(map(str, expected[first].shape))
+        example = f"{first!r} is {shape}, the model needs {wanted}"
+    else:
+        example = f"{(missing or unexpected)[0]!r} is {'missing' if missing else 'unexpected'}"
+    return (
+        f"{len(missing)} missing, {len(unexpected)} unexpected and {len(reshaped)} wrongly "
+        f"shaped tensor(s), e.g. {example}"
+    )

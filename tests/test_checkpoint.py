@@ -1,0 +1,130 @@
+"""The checkpoint's one schema: written as plain types, read back strictly into a dataclass."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from segpipe.config import ModelConfig
+from segpipe.errors import SegpipeError
+from segpipe.model.checkpoint import Checkpoint, ModelSpec, load_checkpoint, save_checkpoint
+from segpipe.model.network import build_model
+
+from .conftest import tiny_params
+
+TINY = ModelConfig(arch="Unet", encoder="resnet18", encoder_weights=None)
+
+
+def payload_as_train_writes_it() -> dict:
+    """A checkpoint in the exact layout of the files the train stage has been writing."""
+    return {
+        "format": 1,
+        "model_config": {
+            "arch": "Unet",
+            "encoder": "resnet18",
+            "classes": ["background", "foreground"],
+            "image_size": 64,
+            "precision": "auto",
+            "channels_last": True,
+        },
+        "state_dict": build_model(TINY, 2).state_dict(),
+        "epoch": 2,
+        "val_dice": 0.75,
+        "train_images_per_s": 31.5,
+    }
+
+
+def test_files_in_the_current_layout_load_into_the_record(tmp_path):
+    torch.save(payload_as_train_writes_it(), tmp_path / "m.pt")
+    _, record = load_checkpoint(tmp_path / "m.pt")
+    assert record == Checkpoint(
+        model_config=ModelSpec(
+            arch="Unet",
+            encoder="resnet18",
+            classes=("background", "foreground"),
+            image_size=64,
+            precision="auto",
+            channels_last=True,
+        ),
+        epoch=2,
+        val_dice=0.75,
+        train_images_per_s=31.5,
+    )
+
+
+def test_save_writes_plain_types_under_the_same_keys(tmp_path):
+    spec = ModelSpec.from_params(tiny_params())
+    record = Checkpoint(model_config=spec, epoch=1, val_dice=math.nan, train_images_per_s=2.0)
+    save_checkpoint(tmp_path / "m.pt", build_model(TINY, 2), record)
+    payload = torch.load(tmp_path / "m.pt", weights_only=True)
+    expected = payload_as_train_writes_it()
+    assert list(payload) == list(expected)
+    assert list(payload["model_config"]) == list(expected["model_config"])
+    assert payload["model_config"]["classes"] == ["background", "foreground"]
+    _, back = load_checkpoint(tmp_path / "m.pt")
+    assert back.model_config == spec and back.epoch == 1 and math.isnan(back.val_dice)
+
+
+def _error(tmp_path, payload: dict) -> str:
+    torch.save(payload, tmp_path / "bad.pt")
+    with pytest.raises(SegpipeError) as err:
+        load_checkpoint(tmp_path / "bad.pt")
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(f"{tmp_path / 'bad.pt'}: ")
+    return message.removeprefix(f"{tmp_path / 'bad.pt'}: ")
+
+
+def test_a_missing_field_is_named_in_one_line(tmp_path):
+    payload = payload_as_train_writes_it()
+    del payload["model_config"]["precision"]
+    assert _error(tmp_path, payload) == (
+        "not a complete segpipe checkpoint: no model_config.precision (the train stage writes "
+        "every field; use the checkpoint it wrote)"
+    )
+    payload = payload_as_train_writes_it()
+    del payload["epoch"], payload["val_dice"]
+    assert _error(tmp_path, payload).startswith(
+        "not a complete segpipe checkpoint: no epoch, val_dice ("
+    )
+    del payload["state_dict"]
+    assert _error(tmp_path, payload) == "not a complete segpipe checkpoint: no state_dict"
+
+
+def test_an_unknown_field_is_named_in_one_line(tmp_path):
+    payload = payload_as_train_writes_it()
+    payload["model_config"]["decoder"] = "fpn"
+    assert _error(tmp_path, payload) == (
+        "not a segpipe checkpoint of format 1: unknown field model_config.decoder (valid in "
+        "model_config: arch, encoder, classes, image_size, precision, channels_last)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("image_size", "64", "model_config.image_size is '64', not an integer"),
+        ("image_size", True, "model_config.image_size is True, not an integer"),
+        ("channels_last", 1, "model_config.channels_last is 1, not true or false"),
+        ("precision", "fp8", "model_config.precision is 'fp8', not one of auto, fp32, bf16, fp16"),
+        (
+            "classes",
+            ["background"],
+            "model_config.classes is ['background'], not a list of at least 2 names",
+        ),
+        ("classes", ["background", 1], "model_config.classes[1] is 1, not a string"),
+    ],
+)
+def test_a_field_of_the_wrong_type_is_named_in_one_line(tmp_path, key, value, message):
+    payload = payload_as_train_writes_it()
+    payload["model_config"][key] = value
+    assert _error(tmp_path, payload) == message
+
+
+def test_state_dict_must_hold_tensors(tmp_path):
+    payload = payload_as_train_writes_it()
+    payload["state_dict"] = {"weight": [1, 2]}
+    assert (
+        _error(tmp_path, payload) == "not a complete segpipe checkpoint: no state_dict of tensors"
+    )
