@@ -1,4 +1,4 @@
-"""Stage: decode and resize every split once into memory-mapped arrays for training."""
+"""Stage: decode and resize the train and val splits once into memory-mapped arrays."""
 
 from pathlib import Path
 

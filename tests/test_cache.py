@@ -17,7 +17,14 @@ from segpipe.errors import SegpipeError
 
 def test_cache_matches_decoding_on_the_fly(splits_dir, cache_dir, params):
     size = params.train.image_size
-    for split in ("train", "val", "test"):
+    assert cache.CACHED_SPLITS == ("train", "val")  # what training reads; nothing reads test
+    assert sorted(p.name for p in cache_dir.iterdir()) == [
+        "train_images.npy",
+        "train_masks.npy",
+        "val_images.npy",
+        "val_masks.npy",
+    ]
+    for split in cache.CACHED_SPLITS:
         images_path, masks_path = cache.cache_paths(cache_dir, split)
         images, masks = np.load(images_path), np.load(masks_path)
         frame = read_split(splits_dir / f"{split}.csv")
@@ -70,7 +77,7 @@ def test_cache_space_is_reserved_before_any_image_is_decoded(
     cache.run(
         splits_dir, tmp_path / "again", params.train.image_size, load_rule(splits_dir / RULE_FILE)
     )
-    sizes = [n * 64 * 64 * k for n in (12, 6, 6) for k in (3, 1)]  # train, val, test
+    sizes = [n * 64 * 64 * k for n in (12, 6) for k in (3, 1)]  # train, val
     assert reserved == [(0, size) for size in sizes]
     for name in os.listdir(cache_dir):  # byte for byte what open_memmap wrote before
         assert (tmp_path / "again" / name).read_bytes() == (cache_dir / name).read_bytes()

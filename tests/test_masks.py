@@ -71,8 +71,9 @@ def rows(splits: Path) -> pd.DataFrame:
 
 
 def cached_masks(splits: Path, out: Path) -> dict[str, np.ndarray]:
-    """The cache stage's mask arrays by stem, built with the split stage's rule."""
-    cache.run(splits, out, 32, load_rule(splits / RULE_FILE))
+    """The cache stage's mask arrays by stem, built with the split stage's rule (for every
+    split, the test split too, so that every mask is checked)."""
+    cache.run(splits, out, 32, load_rule(splits / RULE_FILE), splits=split.SPLITS)
     found = {}
     for name in split.SPLITS:
         masks = np.load(cache.cache_paths(out, name)[1])

@@ -142,10 +142,9 @@ def test_split_counts_turned_photos_and_cache_aligns_them(tmp_path, params):
         "turned upright by their EXIF orientation tag: 2"
         in (tmp_path / "splits" / "report.md").read_text()
     )
-    cache.run(
-        tmp_path / "splits", tmp_path / "cache", 64, load_rule(tmp_path / "splits" / RULE_FILE)
-    )
-    for name in split.SPLITS:
+    rule = load_rule(tmp_path / "splits" / RULE_FILE)
+    cache.run(tmp_path / "splits", tmp_path / "cache", 64, rule, splits=split.SPLITS)
+    for name in split.SPLITS:  # every photo, the test split's too
         frame = read_split(tmp_path / "splits" / f"{name}.csv")
         images = np.load(tmp_path / "cache" / f"{name}_images.npy")
         masks = np.load(tmp_path / "cache" / f"{name}_masks.npy")

@@ -277,11 +277,7 @@ def _check_values(p: Params) -> None:
     _require(t.batch_size >= 1, f"train.batch_size: must be >= 1, got {t.batch_size}")
     _require(t.lr > 0, f"train.lr: must be > 0, got {t.lr}")
     _require(t.num_workers >= 0, f"train.num_workers: must be >= 0, got {t.num_workers}")
-    terms = [name for _, name in parse_loss(t.loss)]
-    _require(
-        n == 2 or "bce" not in terms,
-        f"train.loss: 'bce' is the two-class loss; with {n} classes use 'ce' (e.g. ce+dice)",
-    )
+    loss_terms(t.loss, n)
     if t.class_weights is not None:
         _require(
             len(t.class_weights) == n,
@@ -353,6 +349,21 @@ def parse_loss(spec: str) -> tuple[tuple[float, str], ...]:
             raise SegpipeError(f"train.loss: weights must be > 0, got {weight_text} in {spec!r}")
         terms.append((weight, name))
     return tuple(terms)
+
+
+def loss_terms(spec: str, num_classes: int) -> tuple[tuple[float, str], ...]:
+    """:func:`parse_loss`, for ``num_classes`` classes: ``bce`` is the two-class loss.
+
+    Raises:
+        SegpipeError: as :func:`parse_loss`, or ``bce`` with more than two classes.
+    """
+    terms = parse_loss(spec)
+    if num_classes > 2 and any(name == "bce" for _, name in terms):
+        raise SegpipeError(
+            f"train.loss: 'bce' is the two-class loss; with {num_classes} classes use 'ce' "
+            "(e.g. ce+dice)"
+        )
+    return terms
 
 
 def to_dict(obj: Any) -> dict[str, Any]:

@@ -1,8 +1,9 @@
-"""The cache stage: decode and resize every split once into memory-mapped uint8 arrays.
+"""The cache stage: decode and resize the training splits once into memory-mapped uint8 arrays.
 
-Training reads ``(N, S, S, 3)`` images and ``(N, S, S)`` masks through ``np.load(mmap_mode="r")``
-instead of decoding full-size files every epoch. Memory stays bounded as the dataset grows: the
-OS pages the arrays in and out, and nothing holds the decoded dataset in the Python heap.
+Training reads ``(N, S, S, 3)`` images and ``(N, S, S)`` masks of the train and val splits
+through ``np.load(mmap_mode="r")`` instead of decoding full-size files every epoch. Memory stays
+bounded as the dataset grows: the OS pages the arrays in and out, and nothing holds the decoded
+dataset in the Python heap.
 """
 
 from __future__ import annotations
@@ -10,18 +11,22 @@ from __future__ import annotations
 import logging
 import math
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import albumentations as A
 import numpy as np
 import pandas as pd
 
-from segpipe.constants import SPLITS
 from segpipe.data.dataset import read_split
 from segpipe.data.masks import MaskRule, read_pair
 from segpipe.files import reserve_space, staged_dir, write_error
 
 log = logging.getLogger(__name__)
+
+CACHED_SPLITS = ("train", "val")
+"""The splits training reads. Nothing reads a cached test split: evaluate, plot and predict
+decode the test images at their original resolution."""
 
 
 def cache_paths(cache_dir: Path, split: str) -> tuple[Path, Path]:
@@ -60,19 +65,26 @@ def build_split_cache(
     return len(frame)
 
 
-def run(splits_dir: Path, cache_dir: Path, image_size: int, rule: MaskRule) -> dict[str, int]:
-    """Cache the train, val and test splits at ``image_size``; masks hold class indices by the
-    split stage's ``rule`` (see :func:`~segpipe.data.masks.load_rule`), with
+def run(
+    splits_dir: Path,
+    cache_dir: Path,
+    image_size: int,
+    rule: MaskRule,
+    *,
+    splits: Sequence[str] = CACHED_SPLITS,
+) -> dict[str, int]:
+    """Cache ``splits`` (the train and val splits) at ``image_size``; masks hold class indices
+    by the split stage's ``rule`` (see :func:`~segpipe.data.masks.load_rule`), with
     :data:`~segpipe.constants.IGNORE` where ``ignore_index`` was.
 
-    The disk space of all six arrays is reserved before any image is decoded; on a full disk
+    The disk space of all the arrays is reserved before any image is decoded; on a full disk
     (or any failed write) nothing is left behind and ``cache_dir`` stays as it was.
     """
-    frames = {split: read_split(splits_dir / f"{split}.csv") for split in SPLITS}
+    frames = {split: read_split(splits_dir / f"{split}.csv") for split in splits}
     shapes = {split: (len(frame), image_size, image_size) for split, frame in frames.items()}
     counts = {}
     try:
-        with staged_dir(cache_dir) as staging:  # all six arrays appear together, or none
+        with staged_dir(cache_dir) as staging:  # all arrays appear together, or none
             for split, shape in shapes.items():
                 images_path, masks_path = cache_paths(staging, split)
                 allocate(images_path, (*shape, 3))

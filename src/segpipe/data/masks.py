@@ -296,16 +296,45 @@ def load_rule(path: Path, data: DataConfig | None = None) -> MaskRule:
     return rule
 
 
+def label_pixels(labels: np.ndarray) -> np.ndarray:
+    """Pixels per class index (length IGNORE + 1) of a label map, as
+    :meth:`MaskValues.class_pixels` gives them for a mask file."""
+    return np.bincount(labels.ravel(), minlength=IGNORE + 1)
+
+
+def foreground_fraction(class_pixels: np.ndarray) -> float:
+    """The share of the labelled pixels (all but :data:`IGNORE`) that hold any foreground
+    class; 0.0 when none is labelled.
+
+    Args:
+        class_pixels: pixels per class index, length IGNORE + 1 (:func:`label_pixels`).
+    """
+    labelled = int(class_pixels.sum() - class_pixels[IGNORE])
+    return (labelled - int(class_pixels[0])) / labelled if labelled else 0.0
+
+
+def size_mismatch(
+    image_path: Path, image_hw: tuple[int, int], mask_hw: tuple[int, int]
+) -> str | None:
+    """Why a mask of ``mask_hw`` (height, width) does not fit its image of ``image_hw``, as a
+    sentence (the split stage's skip reason, the readers' error); None when the sizes agree."""
+    if tuple(mask_hw) == tuple(image_hw):
+        return None
+    (mask_h, mask_w), (image_h, image_w) = mask_hw, image_hw
+    return (
+        f"mask size {mask_w}x{mask_h} differs from image size {image_w}x{image_h} of "
+        f"{image_path} (width x height)"
+    )
+
+
 def read_pair(image_path: Path, mask_path: Path, rule: MaskRule) -> tuple[np.ndarray, np.ndarray]:
     """An image (RGB, upright) and its mask (class indices by ``rule``), checked to have the
     same size."""
     image = read_image(image_path)
     mask = rule.read(mask_path)
-    if image.shape[:2] != mask.shape:
-        raise SegpipeError(
-            f"{mask_path}: mask size {mask.shape[1]}x{mask.shape[0]} differs from "
-            f"image size {image.shape[1]}x{image.shape[0]} ({image_path})"
-        )
+    reason = size_mismatch(image_path, image.shape[:2], mask.shape)
+    if reason:
+        raise SegpipeError(f"{mask_path}: {reason}")
     return image, mask
 
 

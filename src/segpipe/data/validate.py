@@ -24,7 +24,15 @@ from segpipe.data.images import (
     make_upright,
     open_image,
 )
-from segpipe.data.masks import MaskRule, MaskValues, colour_text, decide_rule, mask_values
+from segpipe.data.masks import (
+    MaskRule,
+    MaskValues,
+    colour_text,
+    decide_rule,
+    foreground_fraction,
+    mask_values,
+    size_mismatch,
+)
 
 log = logging.getLogger(__name__)
 
@@ -98,20 +106,15 @@ class DatasetCheck:
         turned = make_upright(image)
         raw, colour = mask_values(mask_image, colours=self.mask_colours is not None)
         width, height = image.size
-        if raw.shape != (height, width):
+        mismatch = size_mismatch(image_path, (height, width), raw.shape)
+        if mismatch:
             hint = (
                 "; the photo is shown turned by its EXIF orientation and the mask matches it as "
                 "stored: draw masks on the photo as viewers show it"
                 if turned and raw.shape == (width, height)
                 else ""
             )
-            self.skip(
-                stem,
-                mask_path,
-                "size_mismatch",
-                f"mask size {raw.shape[1]}x{raw.shape[0]} differs from image size "
-                f"{width}x{height} of {image_path} (width x height){hint}",
-            )
+            self.skip(stem, mask_path, "size_mismatch", mismatch + hint)
             return None
         self.masks.append(MaskValues.of(Path(mask_path), raw, colour=colour))
         self.heights.append(height)
@@ -149,8 +152,7 @@ class DatasetCheck:
         self._class_pixels[:] = 0
         for mask in self.masks:
             pixels = mask.class_pixels(rule)
-            labelled = pixels.sum() - pixels[IGNORE]
-            self.fg.append(float(labelled - pixels[0]) / labelled if labelled else 0.0)
+            self.fg.append(foreground_fraction(pixels))
             self._class_pixels += pixels
         self.rule = rule
         return rule

@@ -18,7 +18,8 @@ import pandas as pd
 import torch
 
 from segpipe.config import EvaluateConfig, Params
-from segpipe.constants import IGNORE, SPLITS
+from segpipe.constants import SPLITS
+from segpipe.data import masks
 from segpipe.data.dataset import read_split
 from segpipe.data.masks import RULE_FILE, MaskRule, load_rule, read_pair
 from segpipe.errors import SegpipeError
@@ -50,9 +51,9 @@ def _pairs(
 
 
 def foreground_fraction(labels: np.ndarray) -> float:
-    """Share of the non-ignored pixels that hold any foreground class."""
-    valid = labels != IGNORE
-    return float((labels[valid] > 0).mean()) if valid.any() else 0.0
+    """Share of the non-ignored pixels that hold any foreground class (the split report's
+    measure: :func:`segpipe.data.masks.foreground_fraction`)."""
+    return masks.foreground_fraction(masks.label_pixels(labels))
 
 
 def threshold_sweep(

@@ -1,6 +1,7 @@
 """Throughput benchmark: the pipeline vs. a naive tutorial-style loader vs. the model alone.
 
-    python -m segpipe.tools.bench [--data DIR] [--image-size 256] [--batch-size 8]
+    segpipe bench [--data DIR] [--image-size 256] [--batch-size 8]
+    python -m segpipe.tools.bench ...                      (the same)
 
 All three modes train and run inference with the same model, resolution and batch size, through
 the same loops (``segpipe.training.engine``); only the data source and the numeric settings differ:
@@ -176,8 +177,8 @@ def machine() -> str:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _arguments().parse_args(argv)
+def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
+    args = _arguments(prog).parse_args(argv)
     if args.mode:  # a child process: measure one mode, print JSON
         work = args.work
         print(json.dumps(run_mode(args.mode, work / "splits", work / "cache", args)))
@@ -217,8 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _arguments() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def _arguments(prog: str | None = None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     p.add_argument(
         "--data",
         type=Path,

@@ -1,5 +1,7 @@
 """ONNX export of a checkpoint, with a parity check against PyTorch in onnxruntime.
 
+    segpipe export --model models/model.pt --out models/model.onnx [--opset 17]
+
 The ONNX model takes ``image`` (float32 NCHW, RGB, ImageNet-normalised, any batch size, height
 and width multiples of the encoder's output stride) and returns ``logits`` (N, C', H, W). The
 checkpoint's ``model_config`` (arch, encoder, classes, image_size) travels in the file's
@@ -10,6 +12,7 @@ onnx, onnxruntime and onnxscript are imported lazily: the rest of the pipeline r
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import importlib
 import json
@@ -23,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from segpipe.cli import parser, run_stage
 from segpipe.data.dataset import IMAGENET_MEAN, IMAGENET_STD
 from segpipe.errors import SegpipeError
 from segpipe.files import atomic_path, ensure_writable_dir, write_error, write_json
@@ -42,7 +46,10 @@ THRESHOLD = 0.5
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
 AXES = {0: "batch", 2: "height", 3: "width"}
-INSTALL_HINT = "pip install onnx onnxruntime onnxscript (exact versions in requirements.txt)"
+INSTALL_HINT = (
+    "pip install onnx onnxruntime onnxscript onnx-ir, or segpipe[export] "
+    "(exact versions in requirements.txt)"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -320,4 +327,42 @@ def _log_result(out: Path, opset: int, size: int, parity: Parity) -> None:
         parity.max_abs_diff,
         len(parity.shapes),
         labels,
+    )
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The command's arguments."""
+    p = parser("Export a checkpoint to ONNX and check it against PyTorch in onnxruntime.")
+    p.prog = prog or p.prog
+    p.add_argument("--model", type=Path, required=True, help="checkpoint to export")
+    p.add_argument(
+        "--out", type=Path, required=True, help="ONNX file to write (and <out>.json, the figures)"
+    )
+    p.add_argument(
+        "--opset",
+        type=int,
+        default=DEFAULT_OPSET,
+        help="ONNX opset, %(default)s..23 (default: %(default)s; 18+ uses torch.export)",
+    )
+    p.add_argument(
+        "--check-size",
+        type=int,
+        default=256,
+        help="parity check inputs: 1x3xSxS and 2x3x(S-64)x(S+64) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=DEFAULT_TOLERANCE,
+        help="largest accepted |logit difference| vs PyTorch (default: %(default)g)",
+    )
+    return p
+
+
+def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
+    """Run the command on ``argv`` (default: the process's arguments); returns the exit code."""
+    args = build_parser(prog).parse_args(argv)
+    return run_stage(
+        lambda: run(args.model, args.out, args.opset, args.check_size, args.tolerance),
+        verbose=args.verbose,
     )

@@ -1,7 +1,12 @@
-"""The predict command: masks for new images of any size, from a trained checkpoint."""
+"""The predict command: masks for new images of any size, from a trained checkpoint.
+
+segpipe predict --model models/model.pt --input DIR_OR_FILE --output DIR [--overlay]
+    [--overwrite] [--threshold T]
+"""
 
 from __future__ import annotations
 
+import argparse
 import logging
 import time
 from pathlib import Path
@@ -9,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from segpipe.cli import parser, run_stage
 from segpipe.config import load_params
 from segpipe.data.colours import blend, palette
 from segpipe.data.images import IMAGE_EXTENSIONS, read_image, scan_folder, stem_of
@@ -229,3 +235,44 @@ def _save(image: Image.Image, path: Path, written: int, total: int) -> None:
             f"{written} of {total} image(s) were done before it, each file complete",
             again="run again with --overwrite",
         ) from None
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The command's arguments."""
+    p = parser("Predict masks for new images with a trained checkpoint.")
+    p.prog = prog or p.prog
+    p.add_argument("--model", type=Path, default=Path("models/model.pt"), help="checkpoint")
+    p.add_argument("--input", type=Path, required=True, help="an image file or a folder of images")
+    p.add_argument("--output", type=Path, required=True, help="folder for <stem>.png masks")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="foreground probability threshold (default: evaluate.threshold of --params if "
+        "that file exists, else 0.5)",
+    )
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--overlay", action="store_true", help="also write <stem>_overlay.png")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace masks and overlays already in --output"
+    )
+    return p
+
+
+def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
+    """Run the command on ``argv`` (default: the process's arguments); returns the exit code."""
+    args = build_parser(prog).parse_args(argv)
+
+    def predict() -> None:
+        run(
+            args.model,
+            args.input,
+            args.output,
+            threshold=args.threshold,
+            batch_size=args.batch_size,
+            with_overlay=args.overlay,
+            overwrite=args.overwrite,
+            params_path=Path(args.params),
+        )
+
+    return run_stage(predict, verbose=args.verbose)

@@ -20,9 +20,8 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from segpipe.config import parse_loss
+from segpipe.config import loss_terms
 from segpipe.constants import IGNORE
-from segpipe.errors import SegpipeError
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -67,11 +66,7 @@ def build_loss(spec: str, num_classes: int, class_weights: Sequence[float] | Non
     """
     weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
     terms: list[tuple[float, LossFn]] = []
-    for weight, name in parse_loss(spec):
-        if name == "bce" and num_classes > 2:
-            raise SegpipeError(
-                f"train.loss: 'bce' is the two-class loss; with {num_classes} classes use 'ce'"
-            )
+    for weight, name in loss_terms(spec, num_classes):
         if name in ("ce", "bce"):
             terms.append((weight, _cross_entropy(num_classes, weights)))
         else:
