@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -355,3 +356,32 @@ def test_full_disk_during_predict_is_one_line_and_leaves_whole_files(
     # no temporary file left, and each file there is a whole PNG
     assert sorted(p.name for p in out.iterdir()) == [f"{stems[0]}.png", f"{stems[0]}_overlay.png"]
     assert all(Image.open(p).size for p in out.iterdir())
+
+
+def test_python_api_predicts_arrays_and_files_on_a_chosen_device(tmp_path, trained):
+    """The README's example: Predictor with a device, on arrays and on files (EXIF applied),
+    giving the same label maps as the predict command; a device the machine lacks is one line."""
+    from segpipe.api import Predictor
+
+    photo = sorted((trained / "raw" / "images").iterdir())[0]
+    rgb = np.asarray(Image.open(photo).convert("RGB"))
+    predictor = Predictor(trained / "model.pt", device="cpu")
+    assert predictor.runtime.device == torch.device("cpu")
+    (from_array,) = predictor.predict([rgb])
+    assert from_array.shape == rgb.shape[:2] and from_array.dtype == np.uint8
+    assert set(np.unique(from_array)) <= {0, 1}
+
+    turned = tmp_path / "turned.jpg"  # stored sideways, EXIF says: turn it upright
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to view
+    Image.fromarray(rgb).transpose(Image.Transpose.ROTATE_90).save(turned, exif=exif, quality=100)
+    (from_file,) = predictor.predict_files([turned])
+    assert from_file.shape == rgb.shape[:2]
+
+    predict.run(trained / "model.pt", photo, tmp_path / "cmd", threshold=0.5, params_path=None)
+    written = np.asarray(Image.open(tmp_path / "cmd" / f"{photo.stem}.png")) > 0
+    assert np.array_equal(written, from_array.astype(bool))
+
+    for device, expected in (("gpu", "not a device name"), ("cuda:7", "CUDA GPU")):
+        with pytest.raises(SegpipeError, match=expected):
+            Predictor(trained / "model.pt", device=device)

@@ -16,27 +16,39 @@ from torch import nn
 
 from segpipe.data.colours import mask_to_png
 from segpipe.data.dataset import build_transform, to_tensor
+from segpipe.data.images import read_image
 from segpipe.model.checkpoint import load_checkpoint
 from segpipe.model.outputs import foreground_probability, logits_to_labels
-from segpipe.model.runtime import Runtime
+from segpipe.model.runtime import Runtime, parse_device
 
 
 class Predictor:
     """Loads a checkpoint and turns RGB images (HxWx3 uint8) into label maps (HxW uint8).
 
     Args:
-        model_path: a checkpoint written by the train stage.
-        threshold: foreground probability threshold (binary models).
+        model_path: a checkpoint written by the train stage (``models/model.pt``).
+        threshold: foreground probability threshold (binary models); the evaluate stage
+            uses ``evaluate.threshold``.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or a :class:`torch.device`; default: the
+            GPU if there is one, else the CPU.
     """
 
-    def __init__(self, model_path: Path, threshold: float) -> None:
-        model, self.checkpoint = load_checkpoint(model_path)
+    def __init__(
+        self,
+        model_path: Path | str,
+        threshold: float = 0.5,
+        *,
+        device: str | torch.device | None = None,
+    ) -> None:
+        model, self.checkpoint = load_checkpoint(Path(model_path))
         spec = self.checkpoint.model_config
         self.classes: list[str] = list(spec.classes)
         self.num_classes = len(self.classes)
         self.image_size = spec.image_size
         self.threshold = threshold
-        self.runtime = Runtime.choose(spec.precision, channels_last=spec.channels_last)
+        self.runtime = Runtime.choose(
+            spec.precision, channels_last=spec.channels_last, device=parse_device(device)
+        )
         self.model = self.runtime.place(model)
         self.transform = build_transform(self.image_size, augment=False, seed=0)
 
@@ -44,6 +56,11 @@ class Predictor:
         """Label maps at each image's own size: resize + ImageNet normalisation in, logits
         resized back bilinearly, then thresholded (one channel) or argmax (several)."""
         return [labels for labels, _ in self._run(images, with_probability=False)]
+
+    def predict_files(self, paths: list[Path | str]) -> list[np.ndarray]:
+        """Label maps for image files, each at its file's size as viewers show it (EXIF
+        orientation applied, any format segpipe reads)."""
+        return self.predict([read_image(Path(path)) for path in paths])
 
     def predict_with_probability(
         self, images: list[np.ndarray]

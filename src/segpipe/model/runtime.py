@@ -12,6 +12,8 @@ import sys
 import torch
 from torch import nn
 
+from segpipe.errors import SegpipeError
+
 
 def pick_device(local_rank: int | None = None) -> torch.device:
     """The one place a device is chosen: CUDA where there is a GPU (GPU ``local_rank`` for one
@@ -19,6 +21,25 @@ def pick_device(local_rank: int | None = None) -> torch.device:
     if not torch.cuda.is_available():
         return torch.device("cpu")
     return torch.device("cuda") if local_rank is None else torch.device("cuda", local_rank)
+
+
+def parse_device(device: str | torch.device | None) -> torch.device:
+    """``device`` as a torch device (``None``: :func:`pick_device`), refusing one this machine
+    does not have with a one-line error."""
+    if device is None:
+        return pick_device()
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, TypeError):
+        hint = "not a device name (e.g. cpu, cuda, cuda:1)"
+        raise SegpipeError(f"device {device!r}: {hint}") from None
+    if chosen.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (chosen.index or 0) >= count:
+            raise SegpipeError(f"device {device!r}: this machine has {count} CUDA GPU(s)")
+    elif chosen.type != "cpu":
+        raise SegpipeError(f"device {device!r}: segpipe runs on cpu or cuda")
+    return chosen
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
