@@ -30,11 +30,18 @@ def read_mask_file(path) -> np.ndarray:
     return np.asarray(Image.open(path))
 
 
-def test_awkward_names_and_rotated_photos_end_to_end(tmp_path):
-    root = tmp_path / "repo"
+@pytest.fixture(scope="module")
+def reproduced(tmp_path_factory):
+    """A copy of the repository whose folder dataset has awkward names and two rotated photos,
+    after `dvc repro`: its root, environment, dataset folder and the output of `dvc repro`."""
+    root = tmp_path_factory.mktemp("e2e_folder") / "repo"
     env = copy_repo(root, EDITS)
     external = write_folder_dataset(root / "data" / "external", [*STEMS, *ROTATED], rotated=ROTATED)
-    out = dvc(["repro"], root, env)
+    return root, env, external, dvc(["repro"], root, env)
+
+
+def test_awkward_names_and_rotated_photos_end_to_end(tmp_path, reproduced):
+    root, env, external, out = reproduced
 
     # Every name, byte for byte, in the split CSVs; both rotated photos kept and counted.
     report = json.loads((root / "data" / "splits" / "report.json").read_text())
@@ -106,13 +113,10 @@ def dvc_fails(args: list[str], root, env) -> str:
     return result.stdout + result.stderr
 
 
-def test_misspelt_section_and_temporary_copies(tmp_path):
+def test_misspelt_section_and_temporary_copies(reproduced):
     """A section no stage reads stops `dvc repro`; `dvc exp run --temp` explains the missing
     git-ignored data folder, and works with --copy-paths as the README says."""
-    root = tmp_path / "repo"
-    env = copy_repo(root, {**EDITS, "train__epochs": 1})
-    write_folder_dataset(root / "data" / "external", list(STEMS))
-    dvc(["repro"], root, env)
+    root, env, _, _ = reproduced
 
     params = (root / "params.yaml").read_text()
     (root / "params.yaml").write_text(params + "modle:\n  arch: Unet\n")
@@ -142,6 +146,6 @@ def test_misspelt_section_and_temporary_copies(tmp_path):
         status = dvc(["queue", "status"], root, env)
         if "Queued" not in status and "Running" not in status:
             break
-        time.sleep(2)
+        time.sleep(3)
     assert "Success" in status and "Failed" not in status, status
     assert "0.003" in dvc(["exp", "show", "--json"], root, env)
