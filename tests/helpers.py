@@ -10,6 +10,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -93,12 +94,18 @@ def run(
 ) -> subprocess.CompletedProcess[str]:
     """Run ``cmd`` with its output captured as text. With ``check``, assert that it exited 0,
     showing the command, its exit code and all its output if not. ``SEGPIPE_VERBOSE`` is
-    dropped from the environment: the tests check what a user sees by default."""
+    dropped from the environment: the tests check what a user sees by default.
+
+    The output goes through files, not pipes: a daemon the command leaves behind (the worker
+    `dvc queue start` spawns) inherits them, and a pipe would keep this call waiting until the
+    daemon exits."""
     args = [str(part) for part in cmd]
     env = {k: v for k, v in (os.environ if env is None else env).items() if k != "SEGPIPE_VERBOSE"}
-    result = subprocess.run(
-        args, cwd=cwd, env=env, capture_output=True, text=True, check=False, timeout=timeout
-    )
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        done = subprocess.run(args, cwd=cwd, env=env, stdout=out, stderr=err, timeout=timeout)
+        out.seek(0)
+        err.seek(0)
+        result = subprocess.CompletedProcess(args, done.returncode, out.read(), err.read())
     if check:
         assert result.returncode == 0, (
             f"{shlex.join(args)} exited {result.returncode}\n"
