@@ -14,8 +14,9 @@ import pytest
 import torch
 
 import segpipe
+from segpipe.config import load_params
 from segpipe.imports import import_closure
-from segpipe.training import resume
+from segpipe.training import resume, train
 
 from .helpers import run, tiny_params, train_args, write_params
 
@@ -56,9 +57,11 @@ def params_file(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory, params_file, tiny_run) -> Path:
-    """An uninterrupted run of the train stage: what every interrupted run must end as."""
+    """An uninterrupted run of what the train stage runs, here in this process: what every
+    interrupted run must end as."""
     out = tmp_path_factory.mktemp("straight")
-    run(train_cmd(params_file, tiny_run / "cache", out))
+    p = load_params(params_file)
+    train.run(p, tiny_run / "cache", out / "model.pt", out / "live", out / "resume.pt")
     return out
 
 
