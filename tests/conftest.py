@@ -1,58 +1,17 @@
-"""Shared fixtures: the real params.yaml cut down to tiny, fast, offline settings."""
+"""Shared fixtures: tiny synthetic data for each test, and one tiny trained run for the tests
+that only read it. Plain helpers live in ``helpers.py``."""
 
 from __future__ import annotations
 
-import dataclasses
+import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from segpipe.config import Params, load_params
+from segpipe.config import Params
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def tiny_params(**train_overrides: object) -> Params:
-    """The repository's params.yaml with tiny data and one short epoch."""
-    p = load_params(REPO / "params.yaml")
-    synthetic = dataclasses.replace(p.data.synthetic, n_images=24, min_size=48, max_size=80)
-    train = dataclasses.replace(p.train, image_size=64, epochs=1, batch_size=4, **train_overrides)
-    model = dataclasses.replace(p.model, encoder="resnet18", encoder_weights=None)
-    return dataclasses.replace(
-        p,
-        data=dataclasses.replace(p.data, synthetic=synthetic),
-        model=model,
-        train=train,
-        split=dataclasses.replace(p.split, val_fraction=0.25, test_fraction=0.25),
-        plot=dataclasses.replace(p.plot, n_samples=2),
-    )
-
-
-def write_params(path: Path, params: Params) -> Path:
-    """Write ``params`` as a params.yaml file that stage scripts read."""
-    import yaml
-
-    from segpipe.config import to_dict
-
-    path.write_text(yaml.safe_dump(to_dict(params)))
-    return path
-
-
-def train_args(params_file: Path, cache_dir: Path, out: Path) -> list[str]:
-    """The train stage script and its arguments, with every output under ``out``."""
-    return [
-        str(REPO / "stages" / "train.py"),
-        "--params",
-        str(params_file),
-        "--cache",
-        str(cache_dir),
-        "--model",
-        str(out / "model.pt"),
-        "--live",
-        str(out / "live"),
-        "--resume",
-        str(out / "resume.pt"),
-    ]
+from .helpers import tiny_params
 
 
 @pytest.fixture
@@ -82,10 +41,41 @@ def splits_dir(tmp_path: Path, raw_dir: Path, params: Params) -> Path:
 @pytest.fixture
 def cache_dir(tmp_path: Path, splits_dir: Path, params: Params) -> Path:
     from segpipe.data import cache
-
-    out = tmp_path / "cache"
     from segpipe.data.masks import RULE_FILE, load_rule
 
+    out = tmp_path / "cache"
     rule = load_rule(splits_dir / RULE_FILE, params.data)
     cache.run(splits_dir, out, params.train.image_size, rule)
     return out
+
+
+def _listing(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file and folder under ``root`` with its size and modification time."""
+    return {
+        p.relative_to(root).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(root.rglob("*"))
+    }
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One run of the tiny settings, trained once for the whole session: ``raw/``,
+    ``splits/``, ``cache/``, ``model.pt``, ``live/`` (the history), ``resume.pt`` and
+    ``best.json`` (what training returned). Tests only read it (checked at the end of the
+    session); a test that must change something copies it first."""
+    from segpipe.data import cache, split
+    from segpipe.data.masks import RULE_FILE, load_rule
+    from segpipe.data.synthetic import generate
+    from segpipe.training import train
+
+    root = tmp_path_factory.mktemp("tiny_run")
+    p = tiny_params()
+    generate(root / "raw", p.data.synthetic, p.seed)
+    split.run(p.split, p.seed, root / "raw", root / "splits")
+    rule = load_rule(root / "splits" / RULE_FILE, p.data)
+    cache.run(root / "splits", root / "cache", p.train.image_size, rule)
+    best = train.run(p, root / "cache", root / "model.pt", root / "live", root / "resume.pt")
+    (root / "best.json").write_text(json.dumps(best))
+    before = _listing(root)
+    yield root
+    assert _listing(root) == before, f"a test changed the shared tiny run in {root}"

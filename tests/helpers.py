@@ -1,55 +1,167 @@
-"""Helpers shared by the end-to-end tests: a fresh copy of the repository and command runs."""
+"""What the tests share: the tiny settings, params files, command runs and a copy of the
+repository to run `dvc` in. Fixtures live in ``conftest.py``."""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import os
+import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import yaml
 
+from segpipe.config import Params, load_params, read_yaml, to_dict
 from segpipe.data.masks import rule_of_files
 
-from .conftest import REPO
+REPO = Path(__file__).resolve().parents[1]
+
+TINY: dict[str, object] = {
+    "data__synthetic__n_images": 24,
+    "data__synthetic__min_size": 48,
+    "data__synthetic__max_size": 80,
+    "split__val_fraction": 0.25,
+    "split__test_fraction": 0.25,
+    "model__encoder": "resnet18",
+    "model__encoder_weights": None,
+    "train__image_size": 64,
+    "train__epochs": 1,
+    "train__batch_size": 4,
+    "plot__n_samples": 2,
+}
+"""The repository's params.yaml cut down to tiny, fast, offline settings, as
+``section__key`` edits: 24 small synthetic images split 12/6/6, a resnet18 Unet at 64x64 for
+one epoch. In-process tests get them as :func:`tiny_params`, a stage script as
+``write_params(path, tiny_params())``, a copied repository as ``copy_repo(root, TINY)``."""
 
 
-def read_mask(path: Path, num_classes: int = 2, ignore_index: int | None = None) -> np.ndarray:
-    """One mask file as class indices, by the rule the split stage would decide for it alone."""
-    return rule_of_files([Path(path)], num_classes, ignore_index).read(Path(path))
+def set_keys(raw: dict[str, Any], edits: Mapping[str, object]) -> dict[str, Any]:
+    """Set ``section__key`` values (``train__epochs``, ``data__synthetic__n_images``) in a raw
+    params mapping, in place, without checking them; returns the mapping."""
+    for dotted, value in edits.items():
+        *sections, key = dotted.split("__")
+        node = raw
+        for section in sections:
+            node = node[section]
+        node[key] = value
+    return raw
 
 
-def run(cmd: list[str], cwd: Path, env: dict[str, str]) -> str:
-    """Run ``cmd``, assert it succeeded, return its stdout and stderr."""
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, check=False)
-    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout}\n{result.stderr}"
+def _replaced(config: Any, keys: list[str], value: object) -> Any:
+    head, *rest = keys
+    inner = _replaced(getattr(config, head), rest, value) if rest else value
+    return dataclasses.replace(config, **{head: inner})
+
+
+def tiny_params(**train_overrides: object) -> Params:
+    """The repository's params.yaml with the :data:`TINY` settings (and ``train`` overrides)."""
+    p = load_params(REPO / "params.yaml")
+    for dotted, value in {**TINY, **{f"train__{k}": v for k, v in train_overrides.items()}}.items():
+        p = _replaced(p, dotted.split("__"), value)
+    return p
+
+
+def write_params(
+    path: Path, params: Params | Mapping[str, Any] | None = None, /, **edits: object
+) -> Path:
+    """Write a params.yaml as the stage scripts read it: ``params`` (typed, or a raw mapping;
+    the repository's own file by default) with ``section__key=value`` edits. Nothing is
+    checked, so a test can write a bad value too. Returns ``path``."""
+    if params is None:
+        raw = read_yaml(REPO / "params.yaml")
+    elif isinstance(params, Params):
+        raw = to_dict(params)
+    else:
+        raw = copy.deepcopy(dict(params))
+    path.write_text(yaml.safe_dump(set_keys(raw, edits), sort_keys=False))
+    return path
+
+
+def run(
+    cmd: Sequence[object],
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    *,
+    check: bool = True,
+    timeout: float = 600,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``cmd`` with its output captured as text. With ``check``, assert that it exited 0,
+    showing the command, its exit code and all its output if not. ``SEGPIPE_VERBOSE`` is
+    dropped from the environment: the tests check what a user sees by default.
+
+    The output goes through files, not pipes: a daemon the command leaves behind (the worker
+    `dvc queue start` spawns) inherits them, and a pipe would keep this call waiting until the
+    daemon exits."""
+    args = [str(part) for part in cmd]
+    env = {k: v for k, v in (os.environ if env is None else env).items() if k != "SEGPIPE_VERBOSE"}
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        done = subprocess.run(args, cwd=cwd, env=env, stdout=out, stderr=err, timeout=timeout)
+        out.seek(0)
+        err.seek(0)
+        result = subprocess.CompletedProcess(args, done.returncode, out.read(), err.read())
+    if check:
+        assert result.returncode == 0, (
+            f"{shlex.join(args)} exited {result.returncode}\n"
+            f"--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
+        )
+    return result
+
+
+def run_stage(
+    script: str,
+    *args: object,
+    cwd: Path = REPO,
+    env: Mapping[str, str] | None = None,
+    check: bool = True,
+    timeout: float = 600,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``stages/<script>`` with this interpreter and ``args``, as DVC would (from the
+    repository root unless ``cwd`` says otherwise); see :func:`run`."""
+    cmd = [sys.executable, REPO / "stages" / script, *args]
+    return run(cmd, cwd, env, check=check, timeout=timeout)
+
+
+def dvc(args: Sequence[object], root: Path, env: Mapping[str, str], *, check: bool = True) -> str:
+    """Run ``dvc <args>`` in the repository at ``root``; returns its stdout and stderr."""
+    result = run([sys.executable, "-m", "dvc", *args], root, env, check=check)
     return result.stdout + result.stderr
 
 
-def copy_repo(root: Path, edits: dict[tuple[str, ...], object]) -> dict[str, str]:
+def train_args(params_file: Path, cache_dir: Path, out: Path) -> list[str]:
+    """The train stage script and its arguments, with every output under ``out``."""
+    return [
+        str(REPO / "stages" / "train.py"),
+        "--params",
+        str(params_file),
+        "--cache",
+        str(cache_dir),
+        "--model",
+        str(out / "model.pt"),
+        "--live",
+        str(out / "live"),
+        "--resume",
+        str(out / "resume.pt"),
+    ]
+
+
+def copy_repo(root: Path, edits: Mapping[str, object]) -> dict[str, str]:
     """Copy the files git would commit into a new git repository at ``root``, with
-    ``params.yaml`` edited (``{("train", "epochs"): 3}``). Returns the environment to run
+    ``params.yaml`` edited (``{"train__epochs": 3}``). Returns the environment to run
     ``dvc`` and the stage scripts with."""
-    files = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.splitlines()
-    for name in files:
+    files = run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], REPO)
+    for name in files.stdout.splitlines():
         if (REPO / name).is_file() and not name.startswith(("metrics/", "plots/", "dvc.lock")):
             (root / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, root / name)
     params = yaml.safe_load((root / "params.yaml").read_text())
-    for keys, value in edits.items():
-        node = params
-        for key in keys[:-1]:
-            node = node[key]
-        node[keys[-1]] = value
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (root / "params.yaml").write_text(yaml.safe_dump(set_keys(params, edits), sort_keys=False))
     env = {
         **os.environ,
         # `python` in dvc.yaml must be this interpreter, with segpipe installed.
@@ -64,3 +176,8 @@ def copy_repo(root: Path, edits: dict[tuple[str, ...], object]) -> dict[str, str
     run(["git", "add", "-A"], root, env)
     run(["git", "commit", "-qm", "template"], root, env)
     return env
+
+
+def read_mask(path: Path, num_classes: int = 2, ignore_index: int | None = None) -> np.ndarray:
+    """One mask file as class indices, by the rule the split stage would decide for it alone."""
+    return rule_of_files([Path(path)], num_classes, ignore_index).read(Path(path))

@@ -17,26 +17,12 @@ import pytest
 import yaml
 from PIL import Image
 
-from segpipe.config import read_yaml
 from segpipe.data.kaggle_source import CREDENTIALS_HELP
 
-from .conftest import REPO
+from .helpers import REPO, TINY, run, run_stage, write_params
 
 N_PAIRS = 8
-
-
-def write_params(path: Path, **edits: object) -> Path:
-    """The repository's params.yaml with ``section__key=value`` edits, written to ``path``."""
-    raw = read_yaml(REPO / "params.yaml")
-    raw["split"].update(val_fraction=0.25, test_fraction=0.25)
-    for dotted, value in edits.items():
-        *sections, key = dotted.split("__")
-        target = raw
-        for section in sections:
-            target = target[section]
-        target[key] = value
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return path
+TINY_SPLIT = {key: value for key, value in TINY.items() if key.startswith("split__")}
 
 
 def make_pairs(root: Path, n: int = N_PAIRS) -> Path:
@@ -52,21 +38,6 @@ def make_pairs(root: Path, n: int = N_PAIRS) -> Path:
         mask[2 : 4 + i, 3:9] = 255
         Image.fromarray(mask).save(root / "masks" / f"p{i}.png")
     return root
-
-
-def run_script(script: str, *args: object, env: dict[str, str] | None = None):
-    """Run ``stages/<script>`` as DVC would (from the repo root), capturing its output."""
-    env = dict(os.environ if env is None else env)
-    env.pop("SEGPIPE_VERBOSE", None)
-    return subprocess.run(
-        [sys.executable, str(REPO / "stages" / script), *map(str, args)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-    )
 
 
 def error_line(result: subprocess.CompletedProcess, *names: object) -> str:
@@ -101,10 +72,17 @@ class Case:
         self.tmp = tmp_path
         self.raw = make_pairs(tmp_path / "raw")
         self.out = tmp_path / "splits"
-        self.params = write_params(tmp_path / "params.yaml", **edits)
+        self.params = tmp_path / "params.yaml"
+        self.write_params(**edits)
+
+    def write_params(self, **edits: object) -> None:
+        """(Re)write the params file: the repository's, split as the tiny settings split (8
+        pairs leave 2 each for val and test), with ``section__key=value`` edits."""
+        write_params(self.params, **{**TINY_SPLIT, **edits})
 
     def split(self):
-        return run_script("split.py", "--params", self.params, "--raw", self.raw, "--out", self.out)
+        args = ("--params", self.params, "--raw", self.raw, "--out", self.out)
+        return run_stage("split.py", *args, check=False)
 
     def first_run(self) -> dict[str, bytes]:
         """A successful split; returns the output folder's content."""
@@ -264,7 +242,7 @@ def test_colour_masks_need_data_mask_colours(case: Case, colour) -> None:
         f"data.classes, in class order, e.g. [[0, 0, 0], {name}]"
     )
     case.assert_unchanged(before)
-    write_params(case.params, data__mask_colours=[[0, 0, 0], list(colour)])
+    case.write_params(data__mask_colours=[[0, 0, 0], list(colour)])
     assert warnings_of(case.split()) == []
     report = case.report()
     assert report["class_pixels"]["1"] == OBJECT_PIXELS  # before: every mask read as empty
@@ -275,7 +253,7 @@ def test_colour_masks_need_data_mask_colours(case: Case, colour) -> None:
 
 
 def test_a_colour_outside_data_mask_colours_is_fatal(case: Case) -> None:
-    write_params(case.params, data__mask_colours=[[0, 0, 0], [255, 0, 0]])
+    case.write_params(data__mask_colours=[[0, 0, 0], [255, 0, 0]])
     recolour(case, (255, 0, 0))
     before = case.first_run()
     bad = case.raw / "masks" / "p3.png"
@@ -304,7 +282,7 @@ def test_voc_style_borders_need_ignore_index(case: Case) -> None:
         "borders or unlabelled pixels, set data.ignore_index: 255"
     )
     case.assert_unchanged(before)
-    write_params(case.params, data__ignore_index=255)
+    case.write_params(data__ignore_index=255)
     assert warnings_of(case.split()) == []
     report = case.report()
     assert report["class_pixels"]["1"] == OBJECT_PIXELS  # before: 0 object pixels kept
@@ -408,7 +386,7 @@ def test_too_few_valid_pairs_is_fatal(case: Case) -> None:
 
 
 def download(params: Path, out: Path, env: dict[str, str] | None = None):
-    return run_script("download.py", "--params", params, "--out", out, env=env)
+    return run_stage("download.py", "--params", params, "--out", out, env=env, check=False)
 
 
 def test_folder_source_path_missing_or_without_images_and_masks(tmp_path: Path) -> None:
@@ -477,7 +455,7 @@ def test_kaggle_without_credentials(tmp_path: Path) -> None:
     ids=["unknown-key", "wrong-type", "negative-lr", "fractions-sum", "batch-size-0", "loss"],
 )
 def test_params_errors_are_one_line(case: Case, edits: dict, message: str) -> None:
-    write_params(case.params, **edits)
+    case.write_params(**edits)
     result = case.split()
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
@@ -488,16 +466,15 @@ def test_params_errors_are_one_line(case: Case, edits: dict, message: str) -> No
 def test_check_command_reports_a_misspelt_section(tmp_path: Path) -> None:
     """A section no stage reads (`modle:`) is reported by the check stage and command."""
     good = write_params(tmp_path / "p.yaml")
-    result = run_script("check.py", "--params", good)
+    result = run_stage("check.py", "--params", good)
     assert result.returncode == 0 and f"{good}: valid" in result.stderr
     raw = yaml.safe_load(good.read_text())
     raw["modle"] = {"arch": "Unet"}
     good.write_text(yaml.safe_dump(raw))
-    line = error_line(run_script("check.py", "--params", good), "modle")
+    line = error_line(run_stage("check.py", "--params", good, check=False), "modle")
     assert line.startswith("error: unknown parameter 'modle' (valid keys in params: seed, data")
-    line = error_line(
-        run_script("check.py", "--params", write_params(tmp_path / "q.yaml", model__encoder="x"))
-    )
+    bad = write_params(tmp_path / "q.yaml", model__encoder="x")
+    line = error_line(run_stage("check.py", "--params", bad, check=False))
     assert line.startswith("error: model.encoder: unknown encoder 'x' (valid: ")
 
 
@@ -524,15 +501,7 @@ def test_data_path_missing_in_dvc_temporary_copy(tmp_path: Path) -> None:
     (work / "data" / "external").mkdir(parents=True)
     (work / "data" / "external" / "README.md").write_text("put your data here")
     params = write_params(work / "params.yaml", data__source="folder")
-    env = {k: v for k, v in os.environ.items() if k != "SEGPIPE_VERBOSE"}
-    result = subprocess.run(
-        [sys.executable, str(REPO / "stages" / "download.py"), "--params", params, "--out", "raw"],
-        cwd=work,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    result = run_stage("download.py", "--params", params, "--out", "raw", cwd=work, check=False)
     line = error_line(result, "data.path", "data/external")
     assert "DVC's temporary copy of the repository" in line
     assert "dvc add data/external" in line
@@ -553,14 +522,7 @@ def run_on_full_disk(script: str, patch: str, *args: object) -> subprocess.Compl
         f"sys.argv = sys.argv[1:]\n"
         "runpy.run_path(sys.argv[0], run_name='__main__')\n"
     )
-    return subprocess.run(
-        [sys.executable, "-c", code, str(REPO / "stages" / script), *map(str, args)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-    )
+    return run([sys.executable, "-c", code, REPO / "stages" / script, *args], REPO, check=False)
 
 
 def test_full_disk_during_split(case: Case) -> None:
@@ -581,7 +543,7 @@ def test_full_disk_during_cache_is_an_error_not_a_bus_error(case: Case) -> None:
     case.first_run()
     cache = case.tmp / "cache"
     args = ("--params", case.params, "--splits", case.out, "--out", cache)
-    assert run_script("cache.py", *args).returncode == 0
+    assert run_stage("cache.py", *args).returncode == 0
     before = snapshot(cache)
     result = run_on_full_disk("cache.py", "os.posix_fallocate = full", *args)
     line = error_line(result, cache)

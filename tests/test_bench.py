@@ -9,7 +9,7 @@ import pytest
 
 from segpipe.tools import bench
 
-from .conftest import REPO
+from .helpers import REPO
 
 KVASIR = REPO.parent / "shared" / "data" / "kvasir_seg"
 
@@ -37,6 +37,7 @@ def run_tiny(tmp_path: Path, data: Path, *extra: str) -> dict:
     return json.loads(out.read_text())
 
 
+@pytest.mark.slow  # three processes, each training and evaluating a model
 def test_benchmark_on_synthetic_data(tmp_path, raw_dir):
     report = run_tiny(tmp_path, raw_dir)
     results = report["results"]
@@ -51,6 +52,7 @@ def test_benchmark_on_synthetic_data(tmp_path, raw_dir):
     assert "| naive |" in table and "train_pipeline_over_model" in table
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not KVASIR.is_dir(), reason="the shared Kvasir-SEG copy is not present")
 def test_benchmark_on_real_photos(tmp_path):
     report = run_tiny(tmp_path, KVASIR, "--num-workers", "1")  # the pipeline with a worker

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from .browser import BrowserError, find_chromium, render_page
-from .conftest import REPO
+from .helpers import REPO
 
 OFFLINE_TEMPLATE = REPO / ".dvc" / "plots" / "offline.html"
 

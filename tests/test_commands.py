@@ -3,7 +3,6 @@ the one-line errors of the stage scripts; and no pipeline stage depends on the d
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,8 +14,8 @@ from PIL import Image
 from segpipe.imports import script_closure
 from segpipe.tools.commands import COMMANDS
 
-from .conftest import REPO
-from .test_bad_inputs import error_line, write_params
+from .helpers import REPO, run, write_params
+from .test_bad_inputs import error_line
 
 # The console script `pip install` puts next to the interpreter; `python -m segpipe` is the
 # same entry point, for an environment installed before the command existed.
@@ -26,16 +25,7 @@ SEGPIPE = [str(SCRIPT)] if SCRIPT.is_file() else PYTHON_M
 
 
 def segpipe(*args: object, cwd: Path = REPO, command: list[str] = SEGPIPE):
-    env = {key: value for key, value in os.environ.items() if key != "SEGPIPE_VERBOSE"}
-    return subprocess.run(
-        [*command, *map(str, args)],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-    )
+    return run([*command, *args], cwd, check=False, timeout=120)
 
 
 def usage_error(result: subprocess.CompletedProcess, prog: str, message: str) -> None:

@@ -10,15 +10,14 @@ import yaml
 from segpipe.config import load_params, read_yaml
 from segpipe.errors import SegpipeError
 
-from .conftest import REPO
+from .helpers import REPO, write_params
 
 
-def write_params(tmp_path: Path, edit) -> Path:
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+def edited(tmp_path: Path, edit) -> Path:
+    """The repository's params.yaml with ``edit`` applied to its raw mapping, in ``tmp_path``."""
+    raw = read_yaml(REPO / "params.yaml")
     edit(raw)
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
+    return write_params(tmp_path / "params.yaml", raw)
 
 
 def test_repository_params_load():
@@ -108,7 +107,7 @@ def test_ints_still_ints_and_strings_still_strings(tmp_path):
 )
 def test_bad_params_name_the_key(tmp_path, edit, message):
     with pytest.raises(SegpipeError) as err:
-        load_params(write_params(tmp_path, edit))
+        load_params(edited(tmp_path, edit))
     assert message in str(err.value)
     assert "\n" not in str(err.value)
 
@@ -166,20 +165,20 @@ def _colours(value: object, **data: object):
 )
 def test_bad_mask_colours_name_the_key(tmp_path, edit, message):
     with pytest.raises(SegpipeError) as err:
-        load_params(write_params(tmp_path, edit))
+        load_params(edited(tmp_path, edit))
     assert message in str(err.value)
     assert "\n" not in str(err.value)
 
 
 def test_mask_colours_load_as_tuples(tmp_path):
-    p = load_params(write_params(tmp_path, _colours([[0, 0, 0], [255, 0, 0]], ignore_index=255)))
+    p = load_params(edited(tmp_path, _colours([[0, 0, 0], [255, 0, 0]], ignore_index=255)))
     assert p.data.mask_colours == ((0, 0, 0), (255, 0, 0)) and p.data.ignore_index == 255
     assert load_params(REPO / "params.yaml").data.mask_colours is None
 
 
 def test_unknown_key_lists_valid_keys(tmp_path):
     with pytest.raises(SegpipeError, match=r"valid keys in train: image_size, epochs"):
-        load_params(write_params(tmp_path, lambda r: r["train"].update(epoch=1)))
+        load_params(edited(tmp_path, lambda r: r["train"].update(epoch=1)))
 
 
 def test_missing_and_broken_files(tmp_path):
@@ -221,7 +220,7 @@ def test_out_of_range_seeds_and_non_finite_numbers(tmp_path, keys, value, messag
     """Caught before any work (a seed of -1 used to fail after the split validated every
     pair; an infinite lr trained a NaN model and saved it as the best)."""
     with pytest.raises(SegpipeError, match=message):
-        load_params(write_params(tmp_path, _set(*keys, value=value)))
+        load_params(edited(tmp_path, _set(*keys, value=value)))
 
 
 def test_yes_and_no_are_strings_as_in_dvc(tmp_path):

@@ -19,7 +19,7 @@ from segpipe.training.engine import evaluate_epoch
 from segpipe.training.losses import build_loss
 from segpipe.training.train import VAL_THRESHOLD, make_loader
 
-from .conftest import tiny_params, train_args, write_params
+from .helpers import tiny_params, train_args, write_params
 
 pytestmark = pytest.mark.slow
 

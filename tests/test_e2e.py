@@ -19,34 +19,25 @@ from pathlib import Path
 import pytest
 import torch
 
-from .helpers import copy_repo, run
+from .helpers import TINY, copy_repo, dvc, run
 
 pytestmark = pytest.mark.slow
 
 CUT_DOWN = {
-    ("data", "synthetic", "n_images"): 24,
-    ("data", "synthetic", "min_size"): 48,
-    ("data", "synthetic", "max_size"): 80,
-    ("split", "val_fraction"): 0.25,
-    ("split", "test_fraction"): 0.25,
-    ("model", "encoder"): "resnet18",
-    ("train", "image_size"): 64,
-    ("train", "epochs"): 3,
-    ("train", "batch_size"): 4,
-    ("train", "scheduler"): "none",
-    ("plot", "n_samples"): 2,
+    **TINY,
+    "model__encoder": "tu-mobilenetv3_small_050",
+    "train__epochs": 3,
+    "train__scheduler": "none",
 }
+"""The tiny settings with a smaller encoder (2.2M parameters instead of resnet18's 14M: every
+run writes, hashes and caches smaller checkpoints) for three epochs, so that a run can be killed
+between two of them."""
 
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     root = tmp_path_factory.mktemp("e2e") / "repo"
     return root, copy_repo(root, CUT_DOWN)
-
-
-def dvc(args: list[str], repo) -> str:
-    root, env = repo
-    return run([sys.executable, "-m", "dvc", *args], root, env)
 
 
 def edit_module(path: Path) -> None:
@@ -62,7 +53,7 @@ def test_pipeline_experiment_and_metrics_diff(repo):
     root, env = repo
 
     # 1. The whole pipeline.
-    out = dvc(["repro"], repo)
+    out = dvc(["repro"], *repo)
     for stage in ("download", "split", "train", "evaluate", "plot"):
         assert f"Running stage '{stage}'" in out
     metrics = json.loads((root / "metrics" / "evaluate.json").read_text())
@@ -74,7 +65,7 @@ def test_pipeline_experiment_and_metrics_diff(repo):
     assert len(list((root / "data" / "predictions").iterdir())) == 6
 
     # 1b. `dvc plots show` writes a page that needs no network: Vega is inlined, not a CDN link.
-    dvc(["plots", "show"], repo)
+    dvc(["plots", "show"], *repo)
     page = (root / "dvc_plots" / "index.html").read_text()
     assert "cdn.jsdelivr" not in page and "<script src=" not in page
     assert "vegaEmbed" in page and page.count("vegaEmbed(") >= 6  # the 6 DVCLive curves, at least
@@ -82,9 +73,9 @@ def test_pipeline_experiment_and_metrics_diff(repo):
         assert name in page
 
     # 2. Nothing changed: nothing runs. Forcing a full rerun reproduces the metrics exactly.
-    assert "Running stage" not in dvc(["repro"], repo)
+    assert "Running stage" not in dvc(["repro"], *repo)
     first = (root / "metrics" / "evaluate.json").read_bytes()
-    dvc(["repro", "--force"], repo)
+    dvc(["repro", "--force"], *repo)
     assert (root / "metrics" / "evaluate.json").read_bytes() == first
 
     # 2b. Kill `dvc repro` during training: the next `dvc repro` resumes, same result.
@@ -105,41 +96,41 @@ def test_pipeline_experiment_and_metrics_diff(repo):
     proc.wait()
     saved = torch.load(state, weights_only=True)["epoch"]
     assert 1 <= saved < 3
-    out = dvc(["repro"], repo)
+    out = dvc(["repro"], *repo)
     assert f"resuming after epoch {saved}/3" in out
     assert (root / "metrics" / "evaluate.json").read_bytes() == first
 
     # 3. A plot parameter reruns the plot stage only.
     params = (root / "params.yaml").read_text()
     (root / "params.yaml").write_text(params.replace("n_samples: 2", "n_samples: 1"))
-    status = dvc(["status", "--json"], repo)
+    status = dvc(["status", "--json"], *repo)
     assert sorted(json.loads(status)) == ["check", "plot"]  # check reads the whole file
-    out = dvc(["repro"], repo)
+    out = dvc(["repro"], *repo)
     assert "Running stage 'plot'" in out
     assert all(f"Running stage '{s}'" not in out for s in ("download", "split", "train"))
 
     # 3b. A code edit reruns only the stages whose scripts import the edited module.
     edit_module(root / "src/segpipe/reporting/plot.py")
-    assert sorted(json.loads(dvc(["status", "--json"], repo))) == ["plot"]
-    assert ran(dvc(["repro"], repo)) == ["plot"]
+    assert sorted(json.loads(dvc(["status", "--json"], *repo))) == ["plot"]
+    assert ran(dvc(["repro"], *repo)) == ["plot"]
     edit_module(root / "src/segpipe/model/network.py")
-    assert sorted(json.loads(dvc(["status", "--json"], repo))) == ["check", "evaluate", "train"]
+    assert sorted(json.loads(dvc(["status", "--json"], *repo))) == ["check", "evaluate", "train"]
     # plot follows: train's history records this run's timings, so metrics/train changed.
-    assert set(ran(dvc(["repro"], repo))) == {"check", "train", "evaluate", "plot"}
+    assert set(ran(dvc(["repro"], *repo))) == {"check", "train", "evaluate", "plot"}
 
     run(["git", "add", "-A"], root, env)
     run(["git", "commit", "-qm", "baseline"], root, env)
     baseline = json.loads((root / "metrics" / "evaluate.json").read_text())
 
     # 4. An experiment with lr written the way DVC writes it (1e-05, a string to PyYAML).
-    out = dvc(["exp", "run", "-S", "train.lr=1e-5"], repo)
+    out = dvc(["exp", "run", "-S", "train.lr=1e-5"], *repo)
     assert "Running stage 'train'" in out and "Running stage 'download'" not in out
     assert "lr: 1e-05" in (root / "params.yaml").read_text()
     live = json.loads((root / "metrics" / "train" / "metrics.json").read_text())
     assert live["lr"] == pytest.approx(1e-5)  # what the optimizer really used, as a float
 
     # 5. dvc metrics diff compares the experiment with the baseline commit.
-    diff = json.loads(dvc(["metrics", "diff", "--json"], repo))
+    diff = json.loads(dvc(["metrics", "diff", "--json"], *repo))
     entry = diff["metrics/evaluate.json"]["dice"]
     assert entry["old"] == pytest.approx(baseline["dice"])
     new = json.loads((root / "metrics" / "evaluate.json").read_text())
@@ -148,7 +139,7 @@ def test_pipeline_experiment_and_metrics_diff(repo):
     assert "metrics/train/metrics.json" in diff
 
     # 6. dvc exp show lists the experiment with its params and metrics.
-    shown = json.loads(dvc(["exp", "show", "--json"], repo))
+    shown = json.loads(dvc(["exp", "show", "--json"], *repo))
     text = json.dumps(shown)
     assert "1e-05" in text or "1e-5" in text
     assert '"dice"' in text
@@ -168,15 +159,15 @@ def test_plots_page_renders_in_a_browser(repo):
     if find_chromium() is None:
         pytest.skip("no Chromium found (install the chromium package or set CHROMIUM)")
     root, _ = repo
-    dvc(["repro"], repo)  # a no-op after the pipeline test
-    dvc(["plots", "show", "--out", "shown"], repo)
+    dvc(["repro"], *repo)  # a no-op after the pipeline test
+    dvc(["plots", "show", "--out", "shown"], *repo)
     report = render_page(root / "shown" / "index.html")
     assert report.errors == []
     assert report.charts == VEGA_CHARTS and report.images == IMAGES
     assert report.broken_images == []
 
     # The workspace against the last commit: every plot once per revision, side by side.
-    dvc(["plots", "diff", "HEAD", "--out", "diffed"], repo)
+    dvc(["plots", "diff", "HEAD", "--out", "diffed"], *repo)
     report = render_page(root / "diffed" / "index.html")
     assert report.errors == []
     assert report.charts == VEGA_CHARTS and report.images == 2 * IMAGES
@@ -187,8 +178,8 @@ def test_remote_push_pull_round_trip(repo, tmp_path):
     """Push to a local-directory remote, lose cache and outputs, pull: all up to date."""
     root, env = repo
     remote = tmp_path / "remote"
-    dvc(["remote", "add", "--default", "store", str(remote)], repo)
-    dvc(["push"], repo)
+    dvc(["remote", "add", "--default", "store", str(remote)], *repo)
+    dvc(["push"], *repo)
     assert any(p.is_file() for p in remote.rglob("*"))
     shutil.rmtree(root / ".dvc" / "cache")
     outs = (
@@ -202,10 +193,10 @@ def test_remote_push_pull_round_trip(repo, tmp_path):
     for out in outs:
         path = root / out
         shutil.rmtree(path) if path.is_dir() else path.unlink()
-    dvc(["pull"], repo)
+    dvc(["pull"], *repo)
     assert (root / "models" / "model.pt").is_file()
     assert len(list((root / "data" / "raw" / "images").iterdir())) == 24
-    out = dvc(["repro"], repo)
+    out = dvc(["repro"], *repo)
     assert "Running stage" not in out and "up to date" in out
 
 
@@ -232,16 +223,16 @@ def test_queued_experiments_run_in_parallel_copies(repo):
     root, env = repo
     run(["git", "add", "-A"], root, env)
     run(["git", "commit", "-qm", "state to queue from"], root, env)
-    dvc(["exp", "run", "--queue", "-S", "train.lr=1e-3,1e-2"], repo)
-    dvc(["queue", "start", "-j", "1"], repo)
+    dvc(["exp", "run", "--queue", "-S", "train.lr=1e-3,1e-2"], *repo)
+    dvc(["queue", "start", "-j", "1"], *repo)
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
-        status = dvc(["queue", "status"], repo)
+        status = dvc(["queue", "status"], *repo)
         if "Queued" not in status and "Running" not in status:
             break
-        time.sleep(2)
+        time.sleep(3)
     assert "Failed" not in status, status
-    runs = collect_runs(json.loads(dvc(["exp", "show", "--json"], repo)), [])
+    runs = collect_runs(json.loads(dvc(["exp", "show", "--json"], *repo)), [])
     queued = {lr: dice for name, lr, dice in runs if name and lr in (1e-3, 1e-2)}
     assert set(queued) == {1e-3, 1e-2}, runs
     assert queued[1e-3] != queued[1e-2]
@@ -251,7 +242,7 @@ def test_multiclass_experiment_as_the_readme_says(repo):
     """The README's multi-class try-out: one `dvc exp run -S data.classes=[...]` reruns the
     pipeline from download, and every metric and plot follows the classes."""
     root, _ = repo
-    out = dvc(["exp", "run", "-S", "data.classes=[background,ellipse,box,triangle,blob]"], repo)
+    out = dvc(["exp", "run", "-S", "data.classes=[background,ellipse,box,triangle,blob]"], *repo)
     assert "Running stage 'download'" in out
     metrics = json.loads((root / "metrics" / "evaluate.json").read_text())
     for name in ("ellipse", "box", "triangle", "blob"):
@@ -263,7 +254,7 @@ def test_multiclass_experiment_as_the_readme_says(repo):
     from .browser import find_chromium, render_page
 
     if find_chromium() is not None:
-        dvc(["plots", "show", "--out", "multiclass"], repo)
+        dvc(["plots", "show", "--out", "multiclass"], *repo)
         report = render_page(root / "multiclass" / "index.html")
         assert report.errors == []
         assert report.charts == VEGA_CHARTS and report.images == IMAGES

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 import time
 
@@ -17,34 +16,32 @@ from segpipe.constants import SPLITS
 from segpipe.data.dataset import read_split
 from segpipe.data.tables import read_table
 
-from .helpers import copy_repo, run
+from .helpers import TINY, copy_repo, dvc, run
 from .realdata import AWKWARD_STEMS, dice, write_folder_dataset
 
 pytestmark = pytest.mark.slow
 
 STEMS = [*AWKWARD_STEMS, *(f"{i:04d}" for i in range(10, 22))]
 ROTATED = ("0042", "0043")  # stored sideways with EXIF Orientation 6: 64x48, then 64x64
-EDITS = {
-    ("data", "source"): "folder",
-    ("split", "val_fraction"): 0.25,
-    ("split", "test_fraction"): 0.25,
-    ("model", "encoder"): "resnet18",
-    ("train", "image_size"): 64,
-    ("train", "epochs"): 4,
-    ("train", "batch_size"): 4,
-    ("plot", "n_samples"): 2,
-}
+EDITS = {**TINY, "data__source": "folder", "train__epochs": 4}
 
 
 def read_mask_file(path) -> np.ndarray:
     return np.asarray(Image.open(path))
 
 
-def test_awkward_names_and_rotated_photos_end_to_end(tmp_path):
-    root = tmp_path / "repo"
+@pytest.fixture(scope="module")
+def reproduced(tmp_path_factory):
+    """A copy of the repository whose folder dataset has awkward names and two rotated photos,
+    after `dvc repro`: its root, environment, dataset folder and the output of `dvc repro`."""
+    root = tmp_path_factory.mktemp("e2e_folder") / "repo"
     env = copy_repo(root, EDITS)
     external = write_folder_dataset(root / "data" / "external", [*STEMS, *ROTATED], rotated=ROTATED)
-    out = run([sys.executable, "-m", "dvc", "repro"], root, env)
+    return root, env, external, dvc(["repro"], root, env)
+
+
+def test_awkward_names_and_rotated_photos_end_to_end(tmp_path, reproduced):
+    root, env, external, out = reproduced
 
     # Every name, byte for byte, in the split CSVs; both rotated photos kept and counted.
     report = json.loads((root / "data" / "splits" / "report.json").read_text())
@@ -68,20 +65,21 @@ def test_awkward_names_and_rotated_photos_end_to_end(tmp_path):
     Image.open(external / "images" / "0010.jpg").save(photos / "extra" / "0010.webp")
     (photos / "notes.txt").write_text("not an image")
     predicted = tmp_path / "predicted"
-    log = run(
+    predicted_by = run(
         [
             sys.executable,
-            str(root / "stages" / "predict.py"),
+            root / "stages" / "predict.py",
             "--model",
-            str(root / "models" / "model.pt"),
+            root / "models" / "model.pt",
             "--input",
-            str(photos),
+            photos,
             "--output",
-            str(predicted),
+            predicted,
         ],
         root,
         env,
     )
+    log = predicted_by.stdout + predicted_by.stderr
     assert "ignored 1 file(s) that are not supported images" in log and "notes.txt" in log
     written = sorted(p.relative_to(predicted).as_posix() for p in predicted.rglob("*.png"))
     assert written == sorted([*(f"{s}.png" for s in [*STEMS, *ROTATED]), "extra/0010.png"])
@@ -110,49 +108,44 @@ def test_awkward_names_and_rotated_photos_end_to_end(tmp_path):
 
 def dvc_fails(args: list[str], root, env) -> str:
     """Run dvc, assert it failed, return its output."""
-    result = subprocess.run(
-        [sys.executable, "-m", "dvc", *args], cwd=root, env=env, capture_output=True, text=True
-    )
+    result = run([sys.executable, "-m", "dvc", *args], root, env, check=False)
     assert result.returncode != 0, result.stdout + result.stderr
     return result.stdout + result.stderr
 
 
-def test_misspelt_section_and_temporary_copies(tmp_path):
+def test_misspelt_section_and_temporary_copies(reproduced):
     """A section no stage reads stops `dvc repro`; `dvc exp run --temp` explains the missing
     git-ignored data folder, and works with --copy-paths as the README says."""
-    root = tmp_path / "repo"
-    env = copy_repo(root, {**EDITS, ("train", "epochs"): 1})
-    write_folder_dataset(root / "data" / "external", list(STEMS))
-    run([sys.executable, "-m", "dvc", "repro"], root, env)
+    root, env, _, _ = reproduced
 
     params = (root / "params.yaml").read_text()
     (root / "params.yaml").write_text(params + "modle:\n  arch: Unet\n")
     out = dvc_fails(["repro"], root, env)
     assert "error: unknown parameter 'modle'" in out
     (root / "params.yaml").write_text(params)
-    assert "Running stage" not in run([sys.executable, "-m", "dvc", "repro"], root, env)
+    assert "Running stage" not in dvc(["repro"], root, env)
 
     out = dvc_fails(["exp", "run", "--temp", "-S", "train.lr=0.002"], root, env)
     assert "DVC's temporary copy of the repository" in out
     assert "dvc exp run --temp -C data/external/images -C data/external/masks" in out
     copied = ["exp", "run", "--temp", "-C", "data/external/images", "-C", "data/external/masks"]
     copied += ["-S", "train.lr=0.002"]
-    out = run([sys.executable, "-m", "dvc", *copied], root, env)
+    out = dvc(copied, root, env)
     assert "Running stage 'train'" in out
-    shown = run([sys.executable, "-m", "dvc", "exp", "show", "--json"], root, env)
+    shown = dvc(["exp", "show", "--json"], root, env)
     assert "0.002" in shown
 
     # The queue runs from the last commit, in a copy of its own: the same -C options.
     run(["git", "add", "-A"], root, env)
     run(["git", "commit", "-qm", "baseline"], root, env)
     queued = ["exp", "run", "--queue", "-C", "data/external/images", "-C", "data/external/masks"]
-    run([sys.executable, "-m", "dvc", *queued, "-S", "train.lr=0.003"], root, env)
-    run([sys.executable, "-m", "dvc", "queue", "start", "-j", "1"], root, env)
+    dvc([*queued, "-S", "train.lr=0.003"], root, env)
+    dvc(["queue", "start", "-j", "1"], root, env)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
-        status = run([sys.executable, "-m", "dvc", "queue", "status"], root, env)
+        status = dvc(["queue", "status"], root, env)
         if "Queued" not in status and "Running" not in status:
             break
-        time.sleep(2)
+        time.sleep(3)
     assert "Success" in status and "Failed" not in status, status
-    assert "0.003" in run([sys.executable, "-m", "dvc", "exp", "show", "--json"], root, env)
+    assert "0.003" in dvc(["exp", "show", "--json"], root, env)

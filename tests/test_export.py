@@ -21,7 +21,7 @@ from segpipe.model.network import build_model
 from segpipe.model.outputs import logits_to_labels
 from segpipe.tools import export
 
-from .conftest import REPO
+from .helpers import run_stage
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -68,21 +68,24 @@ def tiny_checkpoint(
     return spec.to_dict()
 
 
-def run_stage(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(REPO / "stages" / "export.py"), *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+def export_cmd(*args: str) -> subprocess.CompletedProcess[str]:
+    return run_stage("export.py", *args, check=False)
 
 
-@pytest.fixture(scope="module", params=list(CASES))
+QUICK = "resnet18-opset17"
+"""The case the fast tests export; torch.export (opset 18) and the larger encoder take several
+seconds more each, so their cases run with the slow tests."""
+
+
+@pytest.fixture(
+    scope="module",
+    params=[pytest.param(case, marks=() if case == QUICK else pytest.mark.slow) for case in CASES],
+)
 def exported(request, tmp_path_factory) -> Exported:
     encoder, classes, opset = CASES[request.param]
     folder = tmp_path_factory.mktemp(request.param)
     config = tiny_checkpoint(folder / "model.pt", encoder, classes)
-    result = run_stage(
+    result = export_cmd(
         "--model",
         str(folder / "model.pt"),
         "--out",
@@ -156,7 +159,7 @@ def test_metadata_describes_the_model(exported):
 
 
 def test_bad_checkpoint_path_is_a_one_line_error(tmp_path):
-    result = run_stage("--model", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "m.onnx"))
+    result = export_cmd("--model", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "m.onnx"))
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -224,7 +227,7 @@ def test_out_that_must_not_or_cannot_be_written(tmp_path):
 
 def test_resume_state_as_model_is_one_line(tmp_path):
     torch.save({"format": 1, "fingerprint": "x", "epoch": 2, "optimizer": {}}, tmp_path / "r.pt")
-    result = run_stage("--model", str(tmp_path / "r.pt"), "--out", str(tmp_path / "m.onnx"))
+    result = export_cmd("--model", str(tmp_path / "r.pt"), "--out", str(tmp_path / "m.onnx"))
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip() == (
         f"error: {tmp_path / 'r.pt'}: a training-resume state (saved after each epoch to continue "

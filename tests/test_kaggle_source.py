@@ -350,7 +350,7 @@ def test_download_server_unreachable(
 def _kaggle_data_config(tmp_path: Path):
     import dataclasses
 
-    from .conftest import tiny_params
+    from .helpers import tiny_params
 
     return dataclasses.replace(tiny_params().data, source="kaggle", kaggle_dataset=DATASET)
 

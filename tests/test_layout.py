@@ -11,7 +11,7 @@ import yaml
 
 from segpipe.imports import script_closure
 
-from .conftest import REPO
+from .helpers import REPO
 
 PACKAGE = REPO / "src" / "segpipe"
 

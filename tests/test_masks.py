@@ -24,7 +24,7 @@ from segpipe.evaluation import evaluate
 from segpipe.reporting import plot
 from segpipe.training import train
 
-from .conftest import tiny_params
+from .helpers import tiny_params
 
 SIZE = 32
 RED, BLUE, GREEN = (255, 0, 0), (0, 0, 255), (0, 255, 0)

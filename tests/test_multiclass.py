@@ -23,8 +23,7 @@ from segpipe.evaluation import evaluate
 from segpipe.reporting import plot
 from segpipe.training import train
 
-from .conftest import tiny_params
-from .helpers import read_mask
+from .helpers import read_mask, tiny_params
 
 CLASSES = ("background", "ellipse", "box", "triangle")
 

@@ -7,7 +7,6 @@ import errno
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,25 +21,23 @@ from segpipe.errors import SegpipeError
 from segpipe.evaluation import evaluate
 from segpipe.evaluation.metrics import SegmentationMetrics
 from segpipe.tools import predict
-from segpipe.training import train
 
-from .conftest import REPO, tiny_params, write_params
+from .helpers import REPO, run_stage, tiny_params, write_params
 
 
 @pytest.fixture
-def model_path(tmp_path, params, cache_dir):
-    train.run(params, cache_dir, tmp_path / "model.pt", tmp_path / "live")
-    return tmp_path / "model.pt"
+def model_path(tiny_run):
+    return tiny_run / "model.pt"
 
 
-def predict_cmd(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(REPO / "stages" / "predict.py"), *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=cwd,
-    )
+@pytest.fixture
+def splits_dir(tiny_run):
+    """The splits ``model_path`` was trained on."""
+    return tiny_run / "splits"
+
+
+def predict_cmd(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return run_stage("predict.py", *args, cwd=cwd, check=False)
 
 
 def test_predict_reproduces_evaluate_exactly(tmp_path, params, splits_dir, model_path):
@@ -123,21 +120,10 @@ def test_predict_single_file_and_errors(tmp_path, splits_dir, model_path):
 # --- safety: inputs, existing outputs, the threshold, bad checkpoints, a full disk -------------
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """One tiny run shared by the tests below: splits, the checkpoint and the resume state."""
-    from segpipe.data import cache, split
-    from segpipe.data.synthetic import generate
-
-    root = tmp_path_factory.mktemp("trained")
-    p = tiny_params()
-    generate(root / "raw", p.data.synthetic, p.seed)
-    split.run(p.split, p.seed, root / "raw", root / "splits")
-    cache.run(
-        root / "splits", root / "cache", p.train.image_size, load_rule(root / "splits" / RULE_FILE)
-    )
-    train.run(p, root / "cache", root / "model.pt", root / "live", root / "resume.pt")
-    return root
+@pytest.fixture
+def trained(tiny_run):
+    """The session's tiny run: splits, the checkpoint and the resume state (read only)."""
+    return tiny_run
 
 
 def photos(folder, trained, n: int = 3):

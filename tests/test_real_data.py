@@ -22,8 +22,7 @@ from segpipe.data.tables import read_table
 from segpipe.errors import SegpipeError
 from segpipe.reporting import plot
 
-from .conftest import REPO, tiny_params, write_params
-from .helpers import read_mask
+from .helpers import REPO, read_mask, tiny_params, write_params
 from .realdata import (
     AWKWARD_STEMS,
     photo_and_mask,

@@ -14,10 +14,11 @@ import pytest
 import torch
 
 import segpipe
+from segpipe.config import load_params
 from segpipe.imports import import_closure
-from segpipe.training import resume
+from segpipe.training import resume, train
 
-from .conftest import tiny_params, train_args, write_params
+from .helpers import run, tiny_params, train_args, write_params
 
 EPOCHS = 4
 
@@ -42,17 +43,34 @@ def outcome(out: Path) -> dict:
 
 
 @pytest.fixture
-def params_file(tmp_path) -> Path:
+def cache_dir(tiny_run) -> Path:
+    """The session's tiny cache: the tests here only read it."""
+    return tiny_run / "cache"
+
+
+@pytest.fixture(scope="module")
+def params_file(tmp_path_factory) -> Path:
     p = tiny_params()
     p = dataclasses.replace(p, train=dataclasses.replace(p.train, epochs=EPOCHS))
-    return write_params(tmp_path / "params.yaml", p)
+    return write_params(tmp_path_factory.mktemp("resume") / "params.yaml", p)
 
 
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory, params_file, tiny_run) -> Path:
+    """An uninterrupted run of what the train stage runs, here in this process: what every
+    interrupted run must end as."""
+    out = tmp_path_factory.mktemp("straight")
+    p = load_params(params_file)
+    train.run(p, tiny_run / "cache", out / "model.pt", out / "live", out / "resume.pt")
+    return out
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
-def test_killed_training_resumes_to_identical_result(tmp_path, params_file, cache_dir, sig):
-    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
-    subprocess.run(train_cmd(params_file, cache_dir, straight), check=True, capture_output=True)
-
+def test_killed_training_resumes_to_identical_result(
+    tmp_path, params_file, cache_dir, straight, sig
+):
+    interrupted = tmp_path / "interrupted"
     proc = subprocess.Popen(
         train_cmd(params_file, cache_dir, interrupted),
         stdout=subprocess.PIPE,
@@ -72,9 +90,7 @@ def test_killed_training_resumes_to_identical_result(tmp_path, params_file, cach
     else:
         assert proc.returncode == 130 and "interrupted" in stderr and "Traceback" not in stderr
 
-    again = subprocess.run(
-        train_cmd(params_file, cache_dir, interrupted), check=True, capture_output=True, text=True
-    )
+    again = run(train_cmd(params_file, cache_dir, interrupted))
     assert f"resuming after epoch {saved}/{EPOCHS}" in again.stderr
     a, b = outcome(straight), outcome(interrupted)
     assert a["history"] == b["history"]

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import subprocess
-import sys
+import shutil
 
 import pandas as pd
 import pytest
@@ -21,13 +20,16 @@ from segpipe.model.checkpoint import load_checkpoint
 from segpipe.reporting import plot
 from segpipe.training import train
 
-from .conftest import REPO
+from .helpers import REPO, run_stage
 
 
 @pytest.fixture
-def trained(tmp_path, params, cache_dir):
-    best = train.run(params, cache_dir, tmp_path / "model.pt", tmp_path / "live")
-    return tmp_path, best
+def trained(tmp_path, tiny_run):
+    """The session's tiny run: its checkpoint and history copied here, where a test may write
+    beside them, and what training returned."""
+    shutil.copy2(tiny_run / "model.pt", tmp_path / "model.pt")
+    shutil.copytree(tiny_run / "live", tmp_path / "live")
+    return tmp_path, json.loads((tiny_run / "best.json").read_text())
 
 
 def test_train_writes_checkpoint_and_history(trained, params):
@@ -49,11 +51,12 @@ def test_train_writes_checkpoint_and_history(trained, params):
     assert 50 < perf["peak_rss_mb"] < 20_000
 
 
-def test_training_is_reproducible(tmp_path, params, cache_dir):
-    a = train.run(params, cache_dir, tmp_path / "a.pt", tmp_path / "live_a")
+def test_training_is_reproducible(tmp_path, params, cache_dir, trained):
+    """Training again, on a cache built again, gives the session's tiny run exactly."""
+    out, a = trained
     b = train.run(params, cache_dir, tmp_path / "b.pt", tmp_path / "live_b")
     assert a == b
-    sa = torch.load(tmp_path / "a.pt", weights_only=True)["state_dict"]
+    sa = torch.load(out / "model.pt", weights_only=True)["state_dict"]
     sb = torch.load(tmp_path / "b.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
@@ -132,20 +135,8 @@ def test_evaluate_and_plot(trained, params, splits_dir):
 def test_stage_script_errors_are_one_line(tmp_path):
     bad = tmp_path / "params.yaml"
     bad.write_text((REPO / "params.yaml").read_text().replace("lr: 0.001", "lr: -1"))
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "stages" / "split.py"),
-            "--params",
-            str(bad),
-            "--raw",
-            str(tmp_path),
-            "--out",
-            str(tmp_path / "s"),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
+    result = run_stage(
+        "split.py", "--params", bad, "--raw", tmp_path, "--out", tmp_path / "s", check=False
     )
     assert result.returncode == 1
     assert result.stderr.strip() == "error: train.lr: must be > 0, got -1.0"
