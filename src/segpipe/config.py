@@ -221,32 +221,47 @@ def _check_values(p: Params) -> None:
         0 <= p.seed <= MAX_SEED,
         f"seed: must be an integer in 0..{MAX_SEED} (2**32 - 1), got {p.seed}",
     )
-    s = p.data.synthetic
-    _require(len(p.data.classes) >= 2, "data.classes: list at least two classes (background first)")
-    _require(len(set(p.data.classes)) == len(p.data.classes), "data.classes: names must be unique")
+    _check_data(p.data)
+    _check_synthetic(p.data)
+    _check_split(p.split)
+    _check_train(p.train, p.data.num_classes)
+    e = p.evaluate
+    _require(0.0 < e.threshold < 1.0, f"evaluate.threshold: must be in (0, 1), got {e.threshold}")
+    _require(e.batch_size >= 1, f"evaluate.batch_size: must be >= 1, got {e.batch_size}")
+    _require(p.plot.n_samples >= 1, f"plot.n_samples: must be >= 1, got {p.plot.n_samples}")
+    _require(p.plot.n_worst >= 1, f"plot.n_worst: must be >= 1, got {p.plot.n_worst}")
+
+
+def _check_data(data: DataConfig) -> None:
+    _require(len(data.classes) >= 2, "data.classes: list at least two classes (background first)")
+    _require(len(set(data.classes)) == len(data.classes), "data.classes: names must be unique")
     _require(
-        len(p.data.classes) <= 255, f"data.classes: at most 255 classes, got {len(p.data.classes)}"
+        len(data.classes) <= 255, f"data.classes: at most 255 classes, got {len(data.classes)}"
     )
-    for name in p.data.classes:
+    for name in data.classes:
         _require(
             bool(name.strip()) and "/" not in name,
             f"data.classes: class names must be non-empty and hold no '/', got {name!r}",
         )
-    suffix = p.data.mask_suffix
+    suffix = data.mask_suffix
     _require(
         not any(c in suffix for c in "/\\") and suffix == suffix.strip(),
         "data.mask_suffix: the end of a mask's file name before its extension (e.g. _mask); "
         f"no '/', '\\' or surrounding spaces, got {suffix!r}",
     )
-    n = p.data.num_classes
-    ignore = p.data.ignore_index
+    n = data.num_classes
+    ignore = data.ignore_index
     _require(
         ignore is None or ignore >= n,
         f"data.ignore_index: {ignore} is a class index (data.classes has {n} classes: 0..{n - 1})",
     )
-    if p.data.mask_colours is not None:
-        _check_mask_colours(p.data)
-    if p.data.source == "synthetic":
+    if data.mask_colours is not None:
+        _check_mask_colours(data)
+
+
+def _check_synthetic(data: DataConfig) -> None:
+    n, s = data.num_classes, data.synthetic
+    if data.source == "synthetic":
         _require(
             n <= 5,
             f"data.classes: synthetic data draws at most 4 shape classes (+ background), got {n}",
@@ -260,15 +275,20 @@ def _check_values(p: Params) -> None:
         0.0 <= s.empty_fraction <= 1.0,
         f"data.synthetic.empty_fraction: must be in [0, 1], got {s.empty_fraction}",
     )
+
+
+def _check_split(split: SplitConfig) -> None:
     for name in ("val_fraction", "test_fraction"):
-        value = getattr(p.split, name)
+        value = getattr(split, name)
         _require(0.0 < value < 1.0, f"split.{name}: must be in (0, 1), got {value}")
-    total = p.split.val_fraction + p.split.test_fraction
+    total = split.val_fraction + split.test_fraction
     _require(
         total < 1.0,
         f"split: val_fraction + test_fraction must be below 1 (leave training images), got {total}",
     )
-    t = p.train
+
+
+def _check_train(t: TrainConfig, n: int) -> None:
     _require(
         t.image_size >= 32 and t.image_size % 32 == 0,
         f"train.image_size: must be a multiple of 32 and >= 32, got {t.image_size}",
@@ -288,11 +308,6 @@ def _check_values(p: Params) -> None:
             all(w >= 0 for w in t.class_weights) and sum(t.class_weights) > 0,
             f"train.class_weights: must be >= 0 and not all 0, got {list(t.class_weights)}",
         )
-    e = p.evaluate
-    _require(0.0 < e.threshold < 1.0, f"evaluate.threshold: must be in (0, 1), got {e.threshold}")
-    _require(e.batch_size >= 1, f"evaluate.batch_size: must be >= 1, got {e.batch_size}")
-    _require(p.plot.n_samples >= 1, f"plot.n_samples: must be >= 1, got {p.plot.n_samples}")
-    _require(p.plot.n_worst >= 1, f"plot.n_worst: must be >= 1, got {p.plot.n_worst}")
 
 
 def _check_mask_colours(data: DataConfig) -> None:

@@ -132,26 +132,13 @@ def download_kaggle(dataset: str, dest: Path) -> Path:
     except OSError as e:
         raise SegpipeError(f"{dest}: cannot create the download folder ({e})") from e
     try:
-        logger.info("Downloading Kaggle dataset %s", dataset)
-        captured = io.StringIO()
-        try:
-            with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):
-                api.dataset_download_files(dataset, path=str(tmp), force=True, quiet=True)
-        except Exception as e:
-            logger.debug("kaggle download error for %s", dataset, exc_info=True)
-            raise _client_error(dataset, e) from e
-        finally:
-            if captured.getvalue().strip():
-                logger.debug("kaggle client output: %s", _one_line(captured.getvalue()))
-        archives = sorted(tmp.glob("*.zip"))
-        if not archives:
-            raise SegpipeError(f"Kaggle dataset {dataset}: the download produced no zip archive")
+        archive = _download_archive(api, dataset, tmp)
         staging = tmp / "extracted"
         try:
-            safe_extract(archives[0], staging)
+            safe_extract(archive, staging)
         except SegpipeError as e:
             raise SegpipeError(f"Kaggle dataset {dataset}: {e}") from e
-        archives[0].unlink()
+        archive.unlink()
         if root.exists():
             logger.info("Replacing existing %s", root)
             shutil.rmtree(root)
@@ -160,3 +147,23 @@ def download_kaggle(dataset: str, dest: Path) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
     logger.info("Kaggle dataset %s extracted into %s", dataset, root)
     return root
+
+
+def _download_archive(api: Any, dataset: str, folder: Path) -> Path:
+    """Download ``dataset``'s zip archive into ``folder`` with the Kaggle client ``api``,
+    keeping the client's own printing out of the user's terminal (it goes to the debug log)."""
+    logger.info("Downloading Kaggle dataset %s", dataset)
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):
+            api.dataset_download_files(dataset, path=str(folder), force=True, quiet=True)
+    except Exception as e:
+        logger.debug("kaggle download error for %s", dataset, exc_info=True)
+        raise _client_error(dataset, e) from e
+    finally:
+        if captured.getvalue().strip():
+            logger.debug("kaggle client output: %s", _one_line(captured.getvalue()))
+    archives = sorted(folder.glob("*.zip"))
+    if not archives:
+        raise SegpipeError(f"Kaggle dataset {dataset}: the download produced no zip archive")
+    return archives[0]

@@ -186,15 +186,44 @@ def run(
     targets = [p for _, mask, over in plan for p in (mask, over) if p is not None]
     input_files = [*inputs_by_stem.values(), *duplicates]
     check_outputs(inputs, input_files, out_dir, targets, overwrite=overwrite)
+    predictor = _load_predictor(model_path, threshold, params_path)
+    ensure_writable_dir(out_dir, "--output")
+    start = time.perf_counter()
+    written, skipped = _predict_in_batches(predictor, plan, inputs_by_stem, batch_size)
+    skipped += len(duplicates)
+    seconds = time.perf_counter() - start
+    log.info(
+        "wrote %d mask(s) to %s (%d skipped), %.1f images/s",
+        written,
+        out_dir,
+        skipped,
+        written / seconds if seconds else 0.0,
+    )
+    return {"written": written, "skipped": skipped, "images_per_s": written / seconds}
+
+
+def _load_predictor(
+    model_path: Path, threshold: float | None, params_path: Path | None
+) -> Predictor:
+    """The model at ``model_path``, thresholded as :func:`resolve_threshold` says (binary)."""
     predictor = Predictor(model_path, DEFAULT_THRESHOLD)
     if predictor.num_classes == 2:
         predictor.threshold, source = resolve_threshold(threshold, params_path, predictor.classes)
         log.info("threshold %g (%s)", predictor.threshold, source)
     else:
         log.info("class of each pixel by argmax over %d classes", predictor.num_classes)
-    ensure_writable_dir(out_dir, "--output")
-    written, skipped = 0, len(duplicates)
-    start = time.perf_counter()
+    return predictor
+
+
+def _predict_in_batches(
+    predictor: Predictor,
+    plan: list[tuple[str, Path, Path | None]],
+    inputs_by_stem: dict[str, Path],
+    batch_size: int,
+) -> tuple[int, int]:
+    """Predict and save each planned output, ``batch_size`` images at a time; returns the
+    numbers of images written and of unreadable ones skipped (each reported)."""
+    written = skipped = 0
     for first in range(0, len(plan), batch_size):
         batch: list[tuple[np.ndarray, Path, Path | None]] = []
         for stem, mask_path, overlay_path in plan[first : first + batch_size]:
@@ -212,15 +241,7 @@ def run(
                 picture = overlay(image, labels, predictor.num_classes)
                 _save(picture, overlay_path, written, len(plan))
             written += 1
-    seconds = time.perf_counter() - start
-    log.info(
-        "wrote %d mask(s) to %s (%d skipped), %.1f images/s",
-        written,
-        out_dir,
-        skipped,
-        written / seconds if seconds else 0.0,
-    )
-    return {"written": written, "skipped": skipped, "images_per_s": written / seconds}
+    return written, skipped
 
 
 def _save(image: Image.Image, path: Path, written: int, total: int) -> None:
