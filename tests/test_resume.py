@@ -27,6 +27,12 @@ def train_cmd(params_file: Path, cache_dir: Path, out: Path) -> list[str]:
     return [sys.executable, *train_args(params_file, cache_dir, out)]
 
 
+def default_sigint() -> None:
+    """A shell without job control starts background commands with SIGINT ignored, and
+    children inherit that; give the training process the default handler back."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def outcome(out: Path) -> dict:
     """Everything a finished run leaves behind, in comparable form."""
     model = torch.load(out / "model.pt", weights_only=True)
@@ -76,6 +82,7 @@ def test_killed_training_resumes_to_identical_result(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=default_sigint,
     )
     state_file = interrupted / "resume.pt"
     deadline = time.monotonic() + 120
