@@ -3,15 +3,19 @@ repository to run `dvc` in. Fixtures live in ``conftest.py``."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+import io
+import logging
 import os
+import runpy
 import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +116,57 @@ def run(
             f"--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
         )
     return result
+
+
+def call(
+    main: Callable[[list[str]], int], *args: object, cwd: Path = REPO
+) -> subprocess.CompletedProcess[str]:
+    """Run a command's ``main(argv)`` in this process, from ``cwd``, as :func:`run` runs its
+    script: stdout and stderr captured, INFO logs on stderr as a stage script writes them, the
+    exit code returned (argparse's exits included), ``SEGPIPE_VERBOSE`` unset.
+
+    For tests of a command's arguments and messages, this skips a Python start and the torch
+    imports (seconds each); every command still has a test that runs its real script."""
+    argv = [str(part) for part in args]
+    out, err = io.StringIO(), io.StringIO()
+    handler = logging.StreamHandler(err)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root, here, verbose = logging.getLogger(), Path.cwd(), os.environ.pop("SEGPIPE_VERBOSE", None)
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(argv)
+            except SystemExit as exit:
+                code = exit.code if isinstance(exit.code, int) else int(exit.code is not None)
+    finally:
+        os.chdir(here)
+        root.removeHandler(handler)
+        root.setLevel(level)
+        if verbose is not None:
+            os.environ["SEGPIPE_VERBOSE"] = verbose
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
+
+
+def stage_in_process(
+    script: str, *args: object, cwd: Path = REPO
+) -> subprocess.CompletedProcess[str]:
+    """``python stages/<script> ARGS`` run by :func:`call` in this process (``runpy``, with
+    ``sys.argv`` set as the interpreter would set it)."""
+
+    def main(argv: list[str]) -> int:
+        path = str(REPO / "stages" / script)
+        saved, sys.argv = sys.argv, [path, *argv]
+        try:
+            runpy.run_path(path, run_name="__main__")
+        finally:
+            sys.argv = saved
+        return 0
+
+    return call(main, *args, cwd=cwd)
 
 
 def run_stage(

@@ -6,6 +6,7 @@ leave an earlier output folder byte-identical; skippable ones succeed with a war
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -19,7 +20,7 @@ from PIL import Image
 
 from segpipe.data.kaggle_source import CREDENTIALS_HELP
 
-from .helpers import REPO, TINY, run, run_stage, write_params
+from .helpers import REPO, TINY, run, run_stage, stage_in_process, write_params
 
 N_PAIRS = 8
 TINY_SPLIT = {key: value for key, value in TINY.items() if key.startswith("split__")}
@@ -471,10 +472,10 @@ def test_check_command_reports_a_misspelt_section(tmp_path: Path) -> None:
     raw = yaml.safe_load(good.read_text())
     raw["modle"] = {"arch": "Unet"}
     good.write_text(yaml.safe_dump(raw))
-    line = error_line(run_stage("check.py", "--params", good, check=False), "modle")
+    line = error_line(stage_in_process("check.py", "--params", good), "modle")
     assert line.startswith("error: unknown parameter 'modle' (valid keys in params: seed, data")
     bad = write_params(tmp_path / "q.yaml", model__encoder="x")
-    line = error_line(run_stage("check.py", "--params", bad, check=False))
+    line = error_line(stage_in_process("check.py", "--params", bad))
     assert line.startswith("error: model.encoder: unknown encoder 'x' (valid: ")
 
 
@@ -539,13 +540,18 @@ def test_full_disk_during_split(case: Case) -> None:
     case.assert_unchanged(before)  # and no staging folder left next to it
 
 
-def test_full_disk_during_cache_is_an_error_not_a_bus_error(case: Case) -> None:
+def test_full_disk_during_cache_is_an_error_not_a_bus_error(case: Case, monkeypatch) -> None:
     case.first_run()
     cache = case.tmp / "cache"
     args = ("--params", case.params, "--splits", case.out, "--out", cache)
-    assert run_stage("cache.py", *args).returncode == 0
+    assert stage_in_process("cache.py", *args).returncode == 0
     before = snapshot(cache)
-    result = run_on_full_disk("cache.py", "os.posix_fallocate = full", *args)
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    result = stage_in_process("cache.py", *args)
     line = error_line(result, cache)
     assert line.startswith(  # the train and val arrays: the test split is not cached
         f"error: {cache}: cannot write (no space left on device); the arrays need 0.4 MiB and "

@@ -63,7 +63,7 @@ def test_benchmark_on_real_photos(tmp_path):
 def test_benchmark_data_keeps_awkward_names(tmp_path):
     """The benchmark's split and its cut-down CSVs keep names such as 0003 and NA, and it
     pairs suffixed masks (--mask-suffix)."""
-    from segpipe.data.dataset import read_split
+    from segpipe.data.tables import read_split
 
     from .realdata import AWKWARD_STEMS, write_folder_dataset
 

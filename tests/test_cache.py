@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from segpipe.data import cache
-from segpipe.data.dataset import CachedDataset, SegmentationDataset, build_transform, read_split
+from segpipe.data.dataset import CachedDataset, SegmentationDataset, build_transform
 from segpipe.data.masks import RULE_FILE, load_rule
+from segpipe.data.tables import read_split
 from segpipe.errors import SegpipeError
 
 

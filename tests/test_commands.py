@@ -12,9 +12,10 @@ import pytest
 from PIL import Image
 
 from segpipe.imports import script_closure
+from segpipe.tools import commands
 from segpipe.tools.commands import COMMANDS
 
-from .helpers import REPO, run, write_params
+from .helpers import REPO, call, run, write_params
 from .test_bad_inputs import error_line
 
 # The console script `pip install` puts next to the interpreter; `python -m segpipe` is the
@@ -25,7 +26,14 @@ SEGPIPE = [str(SCRIPT)] if SCRIPT.is_file() else PYTHON_M
 
 
 def segpipe(*args: object, cwd: Path = REPO, command: list[str] = SEGPIPE):
+    """``segpipe ARGS``: the installed command, in a process of its own."""
     return run([*command, *args], cwd, check=False, timeout=120)
+
+
+def in_process(*args: object, cwd: Path = REPO):
+    """``segpipe ARGS`` through the same entry point, in this process (no Python start or
+    torch import per call); the two tests below run the real command."""
+    return call(commands.main, *args, cwd=cwd)
 
 
 def usage_error(result: subprocess.CompletedProcess, prog: str, message: str) -> None:
@@ -52,8 +60,8 @@ def test_console_script_is_python_m_segpipe() -> None:
 
 
 def test_a_missing_or_unknown_command_is_a_usage_error() -> None:
-    usage_error(segpipe(), "segpipe", "the following arguments are required: COMMAND")
-    usage_error(segpipe("trian"), "segpipe", "invalid choice: 'trian' (choose from 'predict'")
+    usage_error(in_process(), "segpipe", "the following arguments are required: COMMAND")
+    usage_error(in_process("trian"), "segpipe", "invalid choice: 'trian' (choose from 'predict'")
 
 
 BAD_ARGUMENTS = {
@@ -66,23 +74,23 @@ BAD_ARGUMENTS = {
 
 @pytest.mark.parametrize("name", sorted(COMMANDS))
 def test_each_command_parses_its_own_arguments(name: str) -> None:
-    result = segpipe(name, "--help")
+    result = in_process(name, "--help")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"usage: segpipe {name} [-h]")
-    usage_error(segpipe(name, "--no-such-option"), f"segpipe {name}", BAD_ARGUMENTS[name])
+    usage_error(in_process(name, "--no-such-option"), f"segpipe {name}", BAD_ARGUMENTS[name])
 
 
 def test_check_validates_a_params_file(tmp_path: Path) -> None:
     good = write_params(tmp_path / "good.yaml")
-    result = segpipe("check", "--params", good)
+    result = in_process("check", "--params", good)
     assert result.returncode == 0 and f"{good}: valid" in result.stderr, result.stderr
     bad = write_params(tmp_path / "bad.yaml", train__lr=-1.0)
-    assert error_line(segpipe("check", "--params", bad)).startswith("error: train.lr: ")
+    assert error_line(in_process("check", "--params", bad)).startswith("error: train.lr: ")
     # --params defaults to params.yaml in the current folder, as in the check stage.
     (tmp_path / "params.yaml").write_bytes(bad.read_bytes())
-    assert error_line(segpipe("check", cwd=tmp_path)).startswith("error: train.lr: ")
+    assert error_line(in_process("check", cwd=tmp_path)).startswith("error: train.lr: ")
     (tmp_path / "empty").mkdir()
-    result = segpipe("check", cwd=tmp_path / "empty")
+    result = in_process("check", cwd=tmp_path / "empty")
     assert error_line(result) == "error: params.yaml: file not found"
 
 
@@ -91,12 +99,12 @@ def test_predict_and_export_report_a_missing_model(tmp_path: Path) -> None:
     image = tmp_path / "photo.png"
     Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(image)
     missing = tmp_path / "nowhere.pt"
-    predict = segpipe(
+    predict = in_process(
         "predict", "--model", missing, "--input", image, "--output", tmp_path / "masks"
     )
     assert str(missing) in error_line(predict)
     assert not (tmp_path / "masks").exists()
-    export = segpipe("export", "--model", missing, "--out", tmp_path / "model.onnx")
+    export = in_process("export", "--model", missing, "--out", tmp_path / "model.onnx")
     assert str(missing) in error_line(export)
     assert not (tmp_path / "model.onnx").exists()
 

@@ -8,9 +8,10 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from segpipe.data.dataset import SegmentationDataset, build_transform, read_split
+from segpipe.data.dataset import SegmentationDataset, build_transform
 from segpipe.data.images import read_image
 from segpipe.data.masks import RULE_FILE, MaskRule, load_rule
+from segpipe.data.tables import read_split
 from segpipe.errors import SegpipeError
 from segpipe.training.seeding import seed_worker
 

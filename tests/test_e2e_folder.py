@@ -13,8 +13,7 @@ import pytest
 from PIL import Image
 
 from segpipe.constants import SPLITS
-from segpipe.data.dataset import read_split
-from segpipe.data.tables import read_table
+from segpipe.data.tables import read_split, read_table
 
 from .helpers import TINY, copy_repo, dvc, run
 from .realdata import AWKWARD_STEMS, dice, write_folder_dataset

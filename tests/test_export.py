@@ -21,7 +21,7 @@ from segpipe.model.network import build_model
 from segpipe.model.outputs import logits_to_labels
 from segpipe.tools import export
 
-from .helpers import run_stage
+from .helpers import call, run_stage
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -69,7 +69,13 @@ def tiny_checkpoint(
 
 
 def export_cmd(*args: str) -> subprocess.CompletedProcess[str]:
+    """``python stages/export.py ARGS``, the real script (the exports below)."""
     return run_stage("export.py", *args, check=False)
+
+
+def export_in_process(*args: str) -> subprocess.CompletedProcess[str]:
+    """The same through ``export.main`` in this process, for the one-line errors."""
+    return call(export.main, *args)
 
 
 QUICK = "resnet18-opset17"
@@ -159,7 +165,7 @@ def test_metadata_describes_the_model(exported):
 
 
 def test_bad_checkpoint_path_is_a_one_line_error(tmp_path):
-    result = export_cmd("--model", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "m.onnx"))
+    result = export_in_process("--model", tmp_path / "missing.pt", "--out", tmp_path / "m.onnx")
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -227,7 +233,7 @@ def test_out_that_must_not_or_cannot_be_written(tmp_path):
 
 def test_resume_state_as_model_is_one_line(tmp_path):
     torch.save({"format": 1, "fingerprint": "x", "epoch": 2, "optimizer": {}}, tmp_path / "r.pt")
-    result = export_cmd("--model", str(tmp_path / "r.pt"), "--out", str(tmp_path / "m.onnx"))
+    result = export_in_process("--model", tmp_path / "r.pt", "--out", tmp_path / "m.onnx")
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip() == (
         f"error: {tmp_path / 'r.pt'}: a training-resume state (saved after each epoch to continue "

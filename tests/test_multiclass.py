@@ -14,10 +14,9 @@ from PIL import Image
 
 from segpipe.constants import IGNORE
 from segpipe.data import cache, download, split
-from segpipe.data.dataset import read_split
 from segpipe.data.masks import RULE_FILE, MaskRule, load_rule
 from segpipe.data.synthetic import make_pair
-from segpipe.data.tables import read_table
+from segpipe.data.tables import read_split, read_table
 from segpipe.errors import SegpipeError
 from segpipe.evaluation import evaluate
 from segpipe.reporting import plot

@@ -15,14 +15,14 @@ import torch
 from PIL import Image
 
 from segpipe import files
-from segpipe.data.dataset import read_split
 from segpipe.data.masks import RULE_FILE, MaskRule, load_rule
+from segpipe.data.tables import read_split
 from segpipe.errors import SegpipeError
 from segpipe.evaluation import evaluate
 from segpipe.evaluation.metrics import SegmentationMetrics
 from segpipe.tools import predict
 
-from .helpers import REPO, run_stage, tiny_params, write_params
+from .helpers import REPO, call, run_stage, tiny_params, write_params
 
 
 @pytest.fixture
@@ -37,7 +37,9 @@ def splits_dir(tiny_run):
 
 
 def predict_cmd(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    return run_stage("predict.py", *args, cwd=cwd, check=False)
+    """``python stages/predict.py ARGS`` through its ``main``, in this process; the first run
+    of :func:`test_predict_single_file_and_errors` is the real script."""
+    return call(predict.main, *args, cwd=cwd)
 
 
 def test_predict_reproduces_evaluate_exactly(tmp_path, params, splits_dir, model_path):
@@ -93,9 +95,10 @@ def test_predict_reproduces_evaluate_exactly(tmp_path, params, splits_dir, model
 
 def test_predict_single_file_and_errors(tmp_path, splits_dir, model_path):
     image = read_split(splits_dir / "test.csv")["image"][0]
-    result = predict_cmd(
-        "--model", str(model_path), "--input", image, "--output", str(tmp_path / "one")
-    )
+    result = run_stage(
+        "predict.py", "--model", model_path, "--input", image, "--output", tmp_path / "one",
+        check=False,
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert len(list((tmp_path / "one").iterdir())) == 1
 

@@ -11,9 +11,9 @@ from PIL import Image
 
 from segpipe.config import SplitConfig
 from segpipe.data import split
-from segpipe.data.dataset import read_split
 from segpipe.data.images import UnreadableImageError, open_image, read_image
 from segpipe.data.masks import MaskRule
+from segpipe.data.tables import read_split
 from segpipe.data.validate import DatasetCheck
 from segpipe.errors import SegpipeError
 

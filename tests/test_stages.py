@@ -11,9 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from segpipe.data.dataset import read_split
 from segpipe.data.masks import RULE_FILE, load_rule
-from segpipe.data.tables import read_table
+from segpipe.data.tables import read_split, read_table
 from segpipe.errors import SegpipeError
 from segpipe.evaluation import evaluate
 from segpipe.model.checkpoint import load_checkpoint

@@ -18,8 +18,8 @@ import albumentations as A
 import numpy as np
 import pandas as pd
 
-from segpipe.data.dataset import read_split
 from segpipe.data.masks import MaskRule, read_pair
+from segpipe.data.tables import read_split
 from segpipe.files import reserve_space, staged_dir, write_error
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,6 @@ import torch
 from torch.utils.data import Dataset
 
 from segpipe.data.masks import MaskRule, read_pair
-from segpipe.data.tables import read_table
 from segpipe.errors import SegpipeError
 
 # Hard-coded on purpose: smp's get_preprocessing_params needs the network.
@@ -36,14 +35,6 @@ def build_transform(image_size: int, *, augment: bool, seed: int) -> A.Compose:
         ]
     steps.append(A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD))
     return A.Compose(steps, seed=seed)
-
-
-def read_split(path: Path) -> pd.DataFrame:
-    """Read a split CSV written by the split stage (stems and paths as text)."""
-    frame = read_table(path, ("stem", "image", "mask"), "split file", "run the split stage first")
-    if frame.empty:
-        raise SegpipeError(f"{path}: the split is empty")
-    return frame
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:

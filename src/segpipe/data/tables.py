@@ -48,3 +48,11 @@ def read_table(path: Path, required: Iterable[str], what: str, hint: str) -> pd.
         keep_default_na=False,
         na_values={c: list(_MISSING) for c in header if c not in text},
     )
+
+
+def read_split(path: Path) -> pd.DataFrame:
+    """Read a split CSV written by the split stage (stems and paths as text)."""
+    frame = read_table(path, ("stem", "image", "mask"), "split file", "run the split stage first")
+    if frame.empty:
+        raise SegpipeError(f"{path}: the split is empty")
+    return frame

@@ -20,8 +20,8 @@ import torch
 from segpipe.config import EvaluateConfig, Params
 from segpipe.constants import SPLITS
 from segpipe.data import masks
-from segpipe.data.dataset import read_split
 from segpipe.data.masks import RULE_FILE, MaskRule, load_rule, read_pair
+from segpipe.data.tables import read_split
 from segpipe.errors import SegpipeError
 from segpipe.evaluation import model_card
 from segpipe.evaluation.metrics import SegmentationMetrics, ThresholdSweep

@@ -16,10 +16,12 @@ import pandas as pd  # noqa: E402
 from segpipe.config import PlotConfig  # noqa: E402
 from segpipe.constants import IGNORE, LIVE_HISTORY
 from segpipe.data.colours import blend, colourize  # noqa: E402
-from segpipe.data.dataset import read_split  # noqa: E402
 from segpipe.data.images import read_image  # noqa: E402
 from segpipe.data.masks import MaskRule  # noqa: E402
-from segpipe.data.tables import read_table  # noqa: E402
+from segpipe.data.tables import (
+    read_split,  # noqa: E402
+    read_table,  # noqa: E402
+)
 from segpipe.errors import SegpipeError  # noqa: E402
 from segpipe.files import atomic_write  # noqa: E402
 

@@ -34,8 +34,9 @@ from torch.utils.data import DataLoader
 
 from segpipe.config import ModelConfig, SplitConfig, SyntheticConfig
 from segpipe.data import cache
-from segpipe.data.dataset import CachedDataset, SegmentationDataset, build_transform, read_split
+from segpipe.data.dataset import CachedDataset, SegmentationDataset, build_transform
 from segpipe.data.masks import RULE_FILE, load_rule
+from segpipe.data.tables import read_split
 from segpipe.model.network import build_model
 from segpipe.model.runtime import Runtime, peak_rss_mb, reuse_freed_memory
 from segpipe.training.engine import adam, evaluate_epoch, train_one_epoch
