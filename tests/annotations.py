@@ -59,15 +59,9 @@ def rle_counts(mask: np.ndarray) -> list[int]:
     """COCO's uncompressed RLE counts of a bool mask: run lengths in column-major order,
     starting with a run of 0s (maybe empty)."""
     flat = np.asarray(mask, dtype=bool).flatten(order="F")
-    counts, current, run = [], False, 0
-    for value in flat:
-        if value == current:
-            run += 1
-        else:
-            counts.append(run)
-            current, run = value, 1
-    counts.append(run)
-    return counts
+    edges = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    runs = np.diff(np.concatenate([[0], edges, [flat.size]])).tolist()
+    return [0, *runs] if flat.size and flat[0] else runs
 
 
 def decode_counts(counts: list[int], height: int, width: int) -> np.ndarray:
