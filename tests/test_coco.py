@@ -47,15 +47,9 @@ def coco_data(path: Path, **changes: object) -> DataConfig:
     coco_keys = {
         k: changes.pop(k) for k in ("annotations", "images", "extra_categories") if k in changes
     }
-    base = {"classes": CLASSES, "ignore_index": IGNORE, **changes}
-    return dataclasses.replace(
-        data,
-        source="folder",
-        format="coco",
-        path=str(path),
-        coco=dataclasses.replace(data.coco, **coco_keys),
-        **base,
-    )
+    base = {"source": "folder", "classes": CLASSES, "ignore_index": IGNORE, **changes}
+    coco = dataclasses.replace(data.coco, **coco_keys)
+    return dataclasses.replace(data, format="coco", path=str(path), coco=coco, **base)
 
 
 def convert(root: Path, data: DataConfig | None = None) -> Path:
@@ -501,3 +495,17 @@ def test_real_masks_survive_a_coco_round_trip(tmp_path):
     assert report.counts["images_written"] == len(names)
     for name, original in originals.items():
         assert np.array_equal(mask_of(raw, name), original.astype(np.uint8)), name
+
+
+def test_a_kaggle_archive_holding_a_coco_export(tmp_path, monkeypatch):
+    from segpipe.data import kaggle_source
+
+    def fake_download(dataset: str, dest: Path) -> Path:  # the archive, extracted
+        small_export(dest / "export").write(dest / "export" / "annotations.json")
+        return dest / "export"
+
+    monkeypatch.setattr(kaggle_source, "download_kaggle", fake_download)
+    out = tmp_path / "raw"
+    assert download.run(coco_data(tmp_path, source="kaggle"), 0, out) == 3
+    assert read_source_report(out).counts["instances"] == 6
+    assert np.array_equal(mask_of(out, "a") == 1, polygon_mask(H, W, SQUARE))
