@@ -509,3 +509,17 @@ def test_a_kaggle_archive_holding_a_coco_export(tmp_path, monkeypatch):
     assert download.run(coco_data(tmp_path, source="kaggle"), 0, out) == 3
     assert read_source_report(out).counts["instances"] == 6
     assert np.array_equal(mask_of(out, "a") == 1, polygon_mask(H, W, SQUARE))
+
+
+def test_a_link_out_of_the_images_folder_is_not_copied(tmp_path):
+    root = tmp_path / "export"
+    coco = small_export(root)
+    secret = save_photo(tmp_path / "elsewhere" / "private.png", H, W)
+    assert secret.size
+    (root / "images" / "link.png").symlink_to(tmp_path / "elsewhere" / "private.png")
+    coco.annotate(coco.image("link.png", H, W), 1, [SQUARE])
+    coco.write(root / "annotations.json")
+    raw = convert(root)
+    assert not (raw / "images" / "link.png").exists()
+    (problem,) = read_source_report(raw).problems
+    assert (problem.item, problem.kind) == ("image 'link.png'", "outside_images")

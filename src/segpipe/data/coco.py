@@ -22,6 +22,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
 from segpipe.config import DataConfig
@@ -287,6 +288,11 @@ class _Conversion:
                 item, "outside_images", f"its file_name is not inside {self.images_dir}: left out"
             )
             return None
+        if source.is_file() and not source.resolve().is_relative_to(self.images_dir.resolve()):
+            self.report.problem(  # a link out of the folder would copy any file of the machine
+                item, "outside_images", f"a link to a file outside {self.images_dir}: left out"
+            )
+            return None
         if not source.is_file():
             self.report.problem(
                 item,
@@ -338,8 +344,14 @@ class _Conversion:
 
     def _mask(
         self, annotations: list[tuple[str, dict]], height: int, width: int, file_name: str
-    ) -> Any:
+    ) -> np.ndarray:
+        """The HxW class-index mask of an image's annotations (counted once all are drawn).
+
+        Raises:
+            BadSegmentation: an annotation that cannot be drawn, naming it.
+        """
         shapes = []
+        drawn: Counter[str] = Counter()
         for order, (name, entry) in enumerate(annotations):
             value = self._value(entry, name)
             if "segmentation" not in entry:
@@ -353,8 +365,11 @@ class _Conversion:
                 self.report.problem(f"{name} of image {file_name!r}", "short_polygon", warning)
             if rle is not None:
                 shapes.append(coco_masks.shape(rle, value, order))
-                self.report.count("crowd_regions" if entry.get("iscrowd") else "instances")
-        return coco_masks.draw(shapes, height, width)
+                drawn["crowd_regions" if entry.get("iscrowd") else "instances"] += 1
+        mask = coco_masks.draw(shapes, height, width)
+        for key, n in drawn.items():
+            self.report.count(key, n)
+        return mask
 
     def _write(self, source: Path, file_name: str, mask: Image.Image) -> None:
         stem = stem_of(source, self.images_dir)

@@ -38,7 +38,10 @@ def run(cfg: DataConfig, seed: int, out_dir: Path) -> int:
             generate(staging, cfg.synthetic, seed, cfg.num_classes)
         elif cfg.source == "folder":
             if not cfg.path.strip():
-                raise SegpipeError("data.path: empty; set it to a folder with images/ and masks/")
+                raise SegpipeError(
+                    "data.path: empty; set it to the dataset folder (for data.format masks, a "
+                    "folder with images/ and masks/)"
+                )
             try:
                 bring(Path(cfg.path), staging, cfg, what="data.path")
             except SegpipeError as e:
