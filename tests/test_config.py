@@ -112,6 +112,87 @@ def test_bad_params_name_the_key(tmp_path, edit, message):
     assert "\n" not in str(err.value)
 
 
+def _export(fmt: str, coco: dict | None = None, **data: object):
+    """An edit to read a ``fmt`` export from a folder, with ``data`` and ``data.coco`` edits."""
+
+    def edit(raw: dict) -> None:
+        raw["data"].update(source="folder", format=fmt, **data)
+        raw["data"]["coco"].update(coco or {})
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            lambda r: r["data"].update(format="yolo"),
+            "data.format: got 'yolo', expected one of 'masks' | 'coco' | 'voc'",
+        ),
+        (
+            lambda r: r["data"].update(format="coco"),
+            "data.format: coco reads a dataset folder; set data.source to folder (data.path) or "
+            "kaggle (the synthetic source makes masks itself)",
+        ),
+        (
+            _export("voc", mask_suffix="_mask"),
+            "data.mask_suffix: names mask files of data.format masks; with voc the download stage "
+            "names each mask after its image: set it to \"\", got '_mask'",
+        ),
+        (
+            _export("voc"),
+            "data.ignore_index: VOC masks mark object borders and unlabelled pixels 255; set "
+            "data.ignore_index: 255, got null",
+        ),
+        (
+            _export("coco", mask_colours=[[0, 0, 0], [255, 0, 0]]),
+            "data.mask_colours: the coco format writes class-index masks, read by index; set it "
+            "to null",
+        ),
+        (
+            _export("coco", ignore_index=300),
+            "data.ignore_index: the coco format writes it into 8-bit masks: it must be in 2..255, "
+            "got 300",
+        ),
+        (
+            _export("coco", {"extra_categories": "ignore_index"}),
+            "data.coco.extra_categories: ignore_index leaves their pixels out as "
+            "data.ignore_index, which is null; set data.ignore_index (e.g. 255) or use background",
+        ),
+        (
+            _export("coco", {"extra_categories": "drop"}),
+            "data.coco.extra_categories: got 'drop', expected one of 'error' | 'background' | "
+            "'ignore_index'",
+        ),
+        (
+            _export("coco", {"annotations": "../elsewhere/instances.json"}),
+            "data.coco.annotations: a path relative to data.path, inside it (it is the download "
+            "stage's dependency), or null to find it; got '../elsewhere/instances.json'",
+        ),
+        (_export("coco", {"images": "/data/images"}), "data.coco.images: a path relative to"),
+        (_export("coco", {"images": ""}), "data.coco.images: a path relative to"),
+        (_export("coco", {"annotation": "a.json"}), "unknown parameter 'data.coco.annotation'"),
+        (lambda r: r["data"]["voc"].update(image_sets="yes"), "data.voc.image_sets: expected bool"),
+    ],
+)
+def test_bad_format_params_name_the_key(tmp_path, edit, message):
+    with pytest.raises(SegpipeError) as err:
+        load_params(edited(tmp_path, edit))
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_export_params_load(tmp_path):
+    p = load_params(edited(tmp_path, _export("coco", {"images": "train2017"}, ignore_index=255)))
+    assert (p.data.format, p.data.coco.images, p.data.coco.annotations) == (
+        "coco",
+        "train2017",
+        None,
+    )
+    p = load_params(edited(tmp_path, _export("voc", ignore_index=255)))
+    assert p.data.format == "voc" and p.data.voc.image_sets is False
+
+
 def _colours(value: object, **data: object):
     return lambda r: r["data"].update(mask_colours=value, **data)
 

@@ -20,6 +20,8 @@ import yaml
 from segpipe.errors import SegpipeError
 
 Source = Literal["synthetic", "folder", "kaggle"]
+Format = Literal["masks", "coco", "voc"]
+ExtraCategories = Literal["error", "background", "ignore_index"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Scheduler = Literal["none", "cosine"]
 
@@ -36,8 +38,26 @@ class SyntheticConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class CocoConfig:
+    """``data.format: coco``: where the export's parts are, and what to do with categories
+    that ``data.classes`` does not name. Paths are relative to ``data.path``; null finds them."""
+
+    annotations: str | None
+    images: str | None
+    extra_categories: ExtraCategories
+
+
+@dataclasses.dataclass(frozen=True)
+class VocConfig:
+    """``data.format: voc``: whether ``ImageSets/Segmentation`` lists make the split."""
+
+    image_sets: bool
+
+
+@dataclasses.dataclass(frozen=True)
 class DataConfig:
     source: Source
+    format: Format
     path: str
     mask_suffix: str
     kaggle_dataset: str
@@ -45,6 +65,8 @@ class DataConfig:
     ignore_index: int | None
     mask_colours: tuple[tuple[int, ...], ...] | None
     synthetic: SyntheticConfig
+    coco: CocoConfig
+    voc: VocConfig
 
     @property
     def num_classes(self) -> int:
@@ -222,6 +244,7 @@ def _check_values(p: Params) -> None:
         f"seed: must be an integer in 0..{MAX_SEED} (2**32 - 1), got {p.seed}",
     )
     _check_data(p.data)
+    _check_format(p.data)
     _check_synthetic(p.data)
     _check_split(p.split)
     _check_train(p.train, p.data.num_classes)
@@ -257,6 +280,63 @@ def _check_data(data: DataConfig) -> None:
     )
     if data.mask_colours is not None:
         _check_mask_colours(data)
+
+
+def _check_format(data: DataConfig) -> None:
+    """``data.format`` and the keys it reads: coco and voc read a dataset folder and write
+    class-index masks named like their images."""
+    fmt = data.format
+    if fmt == "masks":
+        return
+    _require(
+        data.source != "synthetic",
+        f"data.format: {fmt} reads a dataset folder; set data.source to folder (data.path) or "
+        "kaggle (the synthetic source makes masks itself)",
+    )
+    _require(
+        data.mask_suffix == "",
+        f"data.mask_suffix: names mask files of data.format masks; with {fmt} the download "
+        f'stage names each mask after its image: set it to "", got {data.mask_suffix!r}',
+    )
+    if fmt == "voc":
+        _require(
+            data.ignore_index == 255,
+            "data.ignore_index: VOC masks mark object borders and unlabelled pixels 255; set "
+            f"data.ignore_index: 255, got {_null(data.ignore_index)}",
+        )
+        return
+    _require(
+        data.mask_colours is None,
+        "data.mask_colours: the coco format writes class-index masks, read by index; set it to "
+        "null",
+    )
+    _require(
+        data.ignore_index is None or data.ignore_index <= 255,
+        "data.ignore_index: the coco format writes it into 8-bit masks: it must be in "
+        f"{data.num_classes}..255, got {data.ignore_index}",
+    )
+    _require(
+        data.coco.extra_categories != "ignore_index" or data.ignore_index is not None,
+        "data.coco.extra_categories: ignore_index leaves their pixels out as data.ignore_index, "
+        "which is null; set data.ignore_index (e.g. 255) or use background",
+    )
+    for key in ("annotations", "images"):
+        value = getattr(data.coco, key)
+        _require(
+            value is None or (value.strip() == value and value != "" and _inside(value)),
+            f"data.coco.{key}: a path relative to data.path, inside it (it is the download "
+            f"stage's dependency), or null to find it; got {value!r}",
+        )
+
+
+def _inside(path: str) -> bool:
+    """Whether ``path`` is relative and stays below the folder it is relative to."""
+    parts = path.replace("\\", "/").split("/")
+    return not path.startswith(("/", "\\")) and ".." not in parts and ":" not in parts[0]
+
+
+def _null(value: object) -> str:
+    return "null" if value is None else repr(value)
 
 
 def _check_synthetic(data: DataConfig) -> None:

@@ -1,7 +1,10 @@
 """The download stage: bring a dataset into the normalised layout later stages read.
 
-Whatever the source, the output is ``<out>/images/<stem>.<ext>`` and ``<out>/masks/<stem>.<ext>``.
-The new dataset is assembled in a staging folder and swapped in only when complete.
+Whatever the source and format, the output is ``<out>/images/<stem>.<ext>`` and
+``<out>/masks/<stem>.<ext>``; annotation exports (``data.format`` coco or voc) are converted
+into it, and what was left out of them is recorded in ``<out>/source.json`` (see
+:mod:`segpipe.data.source_report`). The new dataset is assembled in a staging folder and
+swapped in only when complete.
 """
 
 from __future__ import annotations
@@ -35,9 +38,12 @@ def run(cfg: DataConfig, seed: int, out_dir: Path) -> int:
             generate(staging, cfg.synthetic, seed, cfg.num_classes)
         elif cfg.source == "folder":
             if not cfg.path.strip():
-                raise SegpipeError("data.path: empty; set it to a folder with images/ and masks/")
+                raise SegpipeError(
+                    "data.path: empty; set it to the dataset folder (for data.format masks, a "
+                    "folder with images/ and masks/)"
+                )
             try:
-                copy_pairs(Path(cfg.path), staging, what="data.path")
+                bring(Path(cfg.path), staging, cfg, what="data.path")
             except SegpipeError as e:
                 raise SegpipeError(f"{e}{_temp_copy_hint(cfg.path)}") from None
         else:
@@ -45,10 +51,30 @@ def run(cfg: DataConfig, seed: int, out_dir: Path) -> int:
 
             with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=".kaggle.") as tmp:
                 root = download_kaggle(cfg.kaggle_dataset, Path(tmp))
-                copy_pairs(root, staging, what=f"Kaggle dataset {cfg.kaggle_dataset}", move=True)
+                what = f"Kaggle dataset {cfg.kaggle_dataset}"
+                bring(root, staging, cfg, what=what, move=True)
         count = len(scan_folder(staging / "images").images)
     log.info("%s source: %d images in %s", cfg.source, count, out_dir)
     return count
+
+
+def bring(root: Path, dest: Path, cfg: DataConfig, what: str, *, move: bool = False) -> None:
+    """Bring the dataset folder ``root``, laid out as ``cfg.format`` says, into ``dest``."""
+    if cfg.format == "masks":
+        copy_pairs(root, dest, what, move=move)
+        return
+    if not root.is_dir():
+        problem = "is not a folder" if root.exists() else "not found"
+        raise SegpipeError(f"{what}: {root} {problem} (it must hold the {cfg.format} export)")
+    if cfg.format == "coco":
+        from segpipe.data import coco
+
+        report = coco.convert(root, dest, cfg)
+    else:
+        from segpipe.data import voc
+
+        report = voc.convert(root, dest, cfg)
+    report.write(dest)
 
 
 def _temp_copy_hint(path: str) -> str:

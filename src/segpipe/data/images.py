@@ -211,6 +211,21 @@ def make_upright(image: Image.Image) -> bool:
     return True
 
 
+def shown_size(image: Image.Image) -> tuple[int, int]:
+    """(width, height) of ``image`` as viewers show it: swapped for the EXIF orientations that
+    turn it by 90 degrees (5-8)."""
+    width, height = image.size
+    return (height, width) if exif_orientation(image) >= 5 else (width, height)
+
+
+def turn_like(image: Image.Image, orientation: int) -> Image.Image:
+    """``image`` (a mask drawn on a photo's stored pixels) turned as :func:`make_upright`
+    turns a photo with EXIF ``orientation``, so that it lines up with the photo as shown."""
+    turned = image.copy()
+    turned.getexif()[_ORIENTATION] = orientation
+    return ImageOps.exif_transpose(turned)
+
+
 def to_rgb(image: Image.Image) -> np.ndarray:
     """A decoded image as HxWx3 uint8 RGB.
 

@@ -6,13 +6,17 @@ decided from the value histograms of all masks and written to ``mask_rule.json``
 :mod:`segpipe.data.masks`), which every later reader of masks applies. The CSVs, the rule and
 the report are built in a staging folder and swapped in together, so a failed run leaves
 ``out_dir`` as it was.
+
+If the download stage wrote a ``source.json`` (an annotation export, see
+:mod:`segpipe.data.source_report`), the report carries it, and its subsets, where it has them,
+make the split (:func:`assign_listed`) instead of a random one.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +26,7 @@ from segpipe.config import SplitConfig
 from segpipe.constants import SPLITS
 from segpipe.data.images import scan_folder
 from segpipe.data.masks import RULE_FILE
+from segpipe.data.source_report import SourceReport, read_source_report
 from segpipe.data.validate import DatasetCheck, render_markdown
 from segpipe.errors import SegpipeError
 from segpipe.files import staged_dir, write_error
@@ -125,6 +130,50 @@ def assign_splits(n: int, cfg: SplitConfig, seed: int) -> np.ndarray:
     return names
 
 
+def assign_listed(
+    stems: Sequence[str], subsets: dict[str, list[str]], cfg: SplitConfig, seed: int
+) -> np.ndarray:
+    """A split name per stem from fixed lists (VOC's ``ImageSets/Segmentation``).
+
+    With a ``test`` list, each list is its split. Without one (VOC publishes no test masks),
+    the ``val`` list is the test split, as papers report VOC's val scores, and the validation
+    split that picks the best epoch is a seeded share ``cfg.val_fraction`` of the ``train``
+    list; ``cfg.test_fraction`` is not used.
+    """
+    where = {stem: name for name, listed in subsets.items() for stem in listed}
+    unlisted = [stem for stem in stems if stem not in where]
+    if unlisted:
+        raise SegpipeError(
+            f"split: {len(unlisted)} image(s), e.g. {unlisted[0]!r}, are in none of the image "
+            "set lists the download stage recorded; rerun it (dvc repro)"
+        )
+    names = np.array([where[stem] for stem in stems], dtype=object)
+    if "test" not in subsets:
+        names[names == "val"] = "test"
+        train = np.flatnonzero(names == "train")
+        n_val = max(1, round(len(train) * cfg.val_fraction))
+        names[train[np.random.default_rng(seed).permutation(len(train))[:n_val]]] = "val"
+    empty = [name for name in SPLITS if not (names == name).any()]
+    if empty:
+        raise SegpipeError(
+            f"split: the image set lists leave the {empty[0]} split empty ({len(stems)} valid "
+            "pairs listed); set data.voc.image_sets: false to split at random"
+        )
+    return names
+
+
+def split_method(source: SourceReport | None, cfg: SplitConfig, seed: int) -> str:
+    """How the split was made, for the report."""
+    if source is None or source.subsets is None:
+        return f"random: a permutation (seed {seed}) cut into test, val and train"
+    if "test" in source.subsets:
+        return "the image set lists: train.txt, val.txt and test.txt"
+    return (
+        f"the image set lists: test is val.txt; val is {cfg.val_fraction:g} of train.txt "
+        f"(seed {seed}); train the rest of train.txt"
+    )
+
+
 def validate_pairs(frame: pd.DataFrame, check: DatasetCheck) -> pd.DataFrame:
     """The valid pairs of ``frame`` with their size (``COLUMNS`` but ``fg_fraction``, which
     needs the mask rule that ``check.decide`` takes from all masks)."""
@@ -164,13 +213,18 @@ def run(
         raise SegpipeError(f"{raw_dir}: no valid image/mask pairs left ({skipped})")
     rule = check.decide(raw_dir / "masks")
     frame["fg_fraction"] = [round(fg, 6) for fg in check.fg]
+    source = read_source_report(raw_dir)
     try:
-        frame["split"] = assign_splits(len(frame), cfg, seed)
+        if source is not None and source.subsets is not None:
+            frame["split"] = assign_listed(list(frame["stem"]), source.subsets, cfg, seed)
+        else:
+            frame["split"] = assign_splits(len(frame), cfg, seed)
     except SegpipeError as e:
         raise SegpipeError(f"{e}; {skipped}" if check.skipped else str(e)) from None
     parts = {name: frame[frame["split"] == name].drop(columns="split") for name in SPLITS}
     counts = {name: len(part) for name, part in parts.items()}
-    report = check.report(raw_dir, counts)
+    method = split_method(source, cfg, seed)
+    report = check.report(raw_dir, counts, method, source.to_json() if source else None)
     try:
         with staged_dir(out_dir) as staging:
             for name, part in parts.items():
@@ -192,6 +246,14 @@ def run(
     if check.skipped:
         log.warning(
             "skipped %d file(s); see %s", len(check.skipped), (out_dir / "report.md").as_posix()
+        )
+    if source is not None and source.problems:
+        log.warning(
+            "the download stage left out or changed %d item(s) of the %s export; each is named "
+            "in %s",
+            len(source.problems),
+            source.format,
+            (out_dir / "report.md").as_posix(),
         )
     log.info("masks: %s", rule.describe())
     log.info("split %d valid pairs: %s", len(frame), counts)

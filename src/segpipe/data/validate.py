@@ -166,8 +166,20 @@ class DatasetCheck:
         colour = self.rule is not None and self.rule.rule == "colours"
         return {colour_text(v) if colour else str(v): counts[v] for v in sorted(counts)}
 
-    def report(self, raw_dir: Path, splits: dict[str, int]) -> dict[str, Any]:
-        """The report as JSON-ready data (see :func:`render_markdown`); after :meth:`decide`."""
+    def report(
+        self,
+        raw_dir: Path,
+        splits: dict[str, int],
+        split_method: str,
+        source: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """The report as JSON-ready data (see :func:`render_markdown`); after :meth:`decide`.
+
+        Args:
+            split_method: how the splits were made, in words.
+            source: the download stage's report of an annotation export (``source.json``),
+                carried as it is.
+        """
         if self.rule is None:
             raise RuntimeError("DatasetCheck.report() needs decide() first")
         fg = np.asarray(self.fg, dtype=float)
@@ -185,6 +197,7 @@ class DatasetCheck:
             "files": {"images": self.n_images, "masks": self.n_masks},
             "valid_pairs": len(self.fg),
             "splits": dict(splits),
+            "split_method": split_method,
             "image_size": {"height": spread(self.heights), "width": spread(self.widths)},
             "image_modes": dict(sorted(self.image_modes.items())),
             "exif_turned_images": self.exif_turned,
@@ -204,6 +217,7 @@ class DatasetCheck:
             "skipped_count": len(self.skipped),
             "skipped_by_kind": dict(sorted(Counter(s.kind for s in self.skipped).items())),
             "skipped": [dataclasses.asdict(s) for s in self.skipped],
+            "source": source,
         }
 
 
@@ -229,6 +243,7 @@ def render_markdown(report: dict) -> str:
         *(f"| {name} | {n} |" for name, n in splits.items()),
         f"| skipped files | {report['skipped_count']} |",
         "",
+        f"- Split: {report['split_method']}.",
         f"- Image size (height x width): min {h['min']} x {w['min']}, "
         f"median {h['median']:g} x {w['median']:g}, max {h['max']} x {w['max']}.",
         f"- Image modes: {modes} (all are read as RGB).",
@@ -250,4 +265,25 @@ def render_markdown(report: dict) -> str:
         lines += [f"- `{s['file']}`: {s['reason']}" for s in skipped[:MD_SKIPPED]]
         if len(skipped) > MD_SKIPPED:
             lines.append(f"- ... and {len(skipped) - MD_SKIPPED} more (see report.json)")
+    if report["source"] is not None:
+        lines += _source_lines(report["source"])
     return "\n".join(lines) + "\n"
+
+
+def _source_lines(source: dict[str, Any]) -> list[str]:
+    """The section on the annotation export the download stage converted (``source.json``)."""
+    counts = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in source["counts"].items())
+    problems = source["problems"]
+    lines = [
+        "",
+        f"## The {source['format']} export (download stage)",
+        "",
+        f"`{source['source']}`: {counts}.",
+    ]
+    if problems:
+        by_kind = ", ".join(f"{k} {n}" for k, n in source["problems_by_kind"].items())
+        lines += ["", f"Left out or changed ({len(problems)}: {by_kind}):", ""]
+        lines += [f"- {p['item']}: {p['reason']}" for p in problems[:MD_SKIPPED]]
+        if len(problems) > MD_SKIPPED:
+            lines.append(f"- ... and {len(problems) - MD_SKIPPED} more (see report.json)")
+    return lines

@@ -105,6 +105,8 @@ def _data_section(params: Params, split_counts: dict[str, int]) -> list[str]:
         "folder": f"image folder `{d.path}`",
         "kaggle": f"Kaggle dataset `{d.kaggle_dataset}`",
     }[d.source]
+    if d.source != "synthetic" and d.format != "masks":
+        source += {"coco": " (a COCO export)", "voc": " (a Pascal VOC tree)"}[d.format]
     return [
         "## Data",
         f"- Source: {source}.",
