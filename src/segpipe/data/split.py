@@ -208,32 +208,63 @@ def run(
         raise SegpipeError(f"{out_dir}: the output folder would replace the dataset {raw_dir}")
     check = DatasetCheck(num_classes, ignore_index, mask_colours)
     frame = validate_pairs(pair_files(raw_dir, check, mask_suffix), check)
-    skipped = f"{len(check.skipped)} file(s) skipped, see the warnings above"
     if frame.empty:
-        raise SegpipeError(f"{raw_dir}: no valid image/mask pairs left ({skipped})")
+        raise SegpipeError(f"{raw_dir}: no valid image/mask pairs left ({_skipped(check)})")
     rule = check.decide(raw_dir / "masks")
     frame["fg_fraction"] = [round(fg, 6) for fg in check.fg]
     source = read_source_report(raw_dir)
-    try:
-        if source is not None and source.subsets is not None:
-            frame["split"] = assign_listed(list(frame["stem"]), source.subsets, cfg, seed)
-        else:
-            frame["split"] = assign_splits(len(frame), cfg, seed)
-    except SegpipeError as e:
-        raise SegpipeError(f"{e}; {skipped}" if check.skipped else str(e)) from None
+    frame["split"] = _assign(frame, source, cfg, seed, check)
     parts = {name: frame[frame["split"] == name].drop(columns="split") for name in SPLITS}
     counts = {name: len(part) for name, part in parts.items()}
     method = split_method(source, cfg, seed)
     report = check.report(raw_dir, counts, method, source.to_json() if source else None)
+    _write_outputs(out_dir, parts, rule.to_json(), report)
+    _warn_about(report, check, source, ignore_index, out_dir / "report.md")
+    log.info("masks: %s", rule.describe())
+    log.info("split %d valid pairs: %s", len(frame), counts)
+    return counts
+
+
+def _assign(
+    frame: pd.DataFrame,
+    source: SourceReport | None,
+    cfg: SplitConfig,
+    seed: int,
+    check: DatasetCheck,
+) -> np.ndarray | list[str]:
+    """Each pair's split: the export's own subsets where it has them, else a seeded random cut.
+    An error names the skipped files too, which may be why a split came out empty."""
+    try:
+        if source is not None and source.subsets is not None:
+            return assign_listed(list(frame["stem"]), source.subsets, cfg, seed)
+        return assign_splits(len(frame), cfg, seed)
+    except SegpipeError as e:
+        if not check.skipped:
+            raise
+        raise SegpipeError(f"{e}; {_skipped(check)}") from None
+
+
+def _write_outputs(out_dir: Path, parts: dict[str, pd.DataFrame], rule: dict, report: dict) -> None:
+    """The split CSVs, the mask rule and the report, swapped in together."""
     try:
         with staged_dir(out_dir) as staging:
             for name, part in parts.items():
                 part.to_csv(staging / f"{name}.csv", index=False)
-            (staging / RULE_FILE).write_text(json.dumps(rule.to_json(), indent=2) + "\n")
+            (staging / RULE_FILE).write_text(json.dumps(rule, indent=2) + "\n")
             (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n")
             (staging / "report.md").write_text(render_markdown(report))
     except OSError as e:  # a full disk, say: the staging folder is gone, out_dir untouched
         raise write_error(out_dir, e, "nothing in it was changed") from None
+
+
+def _warn_about(
+    report: dict,
+    check: DatasetCheck,
+    source: SourceReport | None,
+    ignore_index: int | None,
+    report_md: Path,
+) -> None:
+    """Warnings about the dataset as a whole, each pointing at the report."""
     foreground = sum(n for c, n in report["class_pixels"].items() if c != "0")
     if foreground == 0:
         log.warning(
@@ -244,17 +275,16 @@ def run(
             else "",
         )
     if check.skipped:
-        log.warning(
-            "skipped %d file(s); see %s", len(check.skipped), (out_dir / "report.md").as_posix()
-        )
+        log.warning("skipped %d file(s); see %s", len(check.skipped), report_md.as_posix())
     if source is not None and source.problems:
         log.warning(
             "the download stage left out or changed %d item(s) of the %s export; each is named "
             "in %s",
             len(source.problems),
             source.format,
-            (out_dir / "report.md").as_posix(),
+            report_md.as_posix(),
         )
-    log.info("masks: %s", rule.describe())
-    log.info("split %d valid pairs: %s", len(frame), counts)
-    return counts
+
+
+def _skipped(check: DatasetCheck) -> str:
+    return f"{len(check.skipped)} file(s) skipped, see the warnings above"
