@@ -291,7 +291,7 @@ def test_resume_state_and_inconsistent_checkpoints_are_one_line(tmp_path, traine
         f"{tmp_path / 'edited.pt'}: its weights do not fit its model_config (Unet, "
         "resnet34, 2 classes): 96 missing, 0 unexpected and 0 wrongly shaped tensor(s)"
     )
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["edited.pt", "photos"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["edited.pt", "photos", "state.pt"]
 
 
 def test_output_that_is_a_file_or_cannot_be_written(tmp_path, trained, monkeypatch):
