@@ -181,6 +181,7 @@ def test_clone_pull_is_up_to_date_and_artifact_get(reproduced, tmp_path):
     run(["git", "add", "-A"], root, env)
     run(["git", "commit", "-qm", "shared remote"], root, env)
     dvc(["push"], root, env)
+    run(["gto", "register", "segmentation-model", "--version", "v1.0.0"], root, env)
     bare = tmp_path / "origin.git"
     run(["git", "clone", "-q", "--bare", root, bare], tmp_path, env)
 
@@ -197,10 +198,15 @@ def test_clone_pull_is_up_to_date_and_artifact_get(reproduced, tmp_path):
     shown = [json.loads(dvc(["metrics", "show", "--json"], where, env)) for where in (root, clone)]
     assert shown[0] == shown[1] and "metrics/evaluate.json" in json.dumps(shown[1])
 
+    # The registered version of the model, from the git remote and the DVC remote alone.
     got = tmp_path / "got"
     got.mkdir()
-    out = dvc(["artifacts", "get", bare, "segmentation-model", "-o", got / "model.pt"], got, env)
-    assert (got / "model.pt").read_bytes() == (root / "models" / "model.pt").read_bytes(), out
+    model = (root / "models" / "model.pt").read_bytes()
+    dvc(["artifacts", "get", bare, "segmentation-model", "-o", got / "latest.pt"], got, env)
+    assert (got / "latest.pt").read_bytes() == model
+    get = ["artifacts", "get", bare, "segmentation-model", "--rev", "v1.0.0", "-o", got / "v1.pt"]
+    dvc(get, got, env)
+    assert (got / "v1.pt").read_bytes() == model
 
 
 def test_earlier_params_restore_the_model_from_the_run_cache(reproduced):

@@ -88,14 +88,7 @@ def _fit(
         generator,
     )
     resume_file = _resume_file(params, cache_dir, resume_dir, ctx)
-    progress = (
-        resume_file.restore(state, t.epochs, model_path=model_path, live_dir=live_dir)
-        if resume_file is not None
-        else None
-    )
-    best, done = progress or ({"dice": -math.inf}, 0)  # done: completed epochs
-    if done:
-        trim_history(live_dir, done)
+    best, done = _restore(resume_file, state, t.epochs, model_path, live_dir)
     spec = ModelSpec.from_params(params)
     with _history(live_dir, ctx, resumed=done > 0) as live:
         live.step = done
@@ -289,6 +282,26 @@ def _resume_file(
         return None
     data_files = [*cache_paths(cache_dir, "train"), *cache_paths(cache_dir, "val")]
     return resume.Resume(resume_dir, resume.fingerprint(params, data_files))
+
+
+def _restore(
+    resume_file: resume.Resume | None,
+    state: resume.TrainingState,
+    epochs: int,
+    model_path: Path,
+    live_dir: Path,
+) -> tuple[dict[str, float], int]:
+    """The best validation metrics so far and the number of completed epochs: from the resume
+    state (its checkpoint and history put back) if this run was interrupted, else a start."""
+    progress = (
+        resume_file.restore(state, epochs, model_path=model_path, live_dir=live_dir)
+        if resume_file is not None
+        else None
+    )
+    best, done = progress or ({"dice": -math.inf}, 0)
+    if done:
+        trim_history(live_dir, done)
+    return best, done
 
 
 def _history(live_dir: Path, ctx: distributed.Context, *, resumed: bool) -> Any:
