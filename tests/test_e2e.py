@@ -79,12 +79,15 @@ def test_pipeline_experiment_and_metrics_diff(repo):
     dvc(["repro", "--force"], *repo)
     assert (root / "metrics" / "evaluate.json").read_bytes() == first
 
-    # 2b. Kill `dvc repro` during training: the next `dvc repro` resumes, same result. The
-    # resume state lives outside DVC's outputs (a finished run leaves none), is never pushed.
+    # 2b. Kill `dvc repro` during training of new params: the next `dvc repro` resumes and
+    # ends as an uninterrupted run does. The resume state lives outside DVC's outputs (a
+    # finished run leaves none) and is never pushed.
     states = root / ".segpipe" / "resume"
     assert not list(states.glob("*/state.pt"))
+    params = (root / "params.yaml").read_text()
+    (root / "params.yaml").write_text(params.replace("lr: 0.001", "lr: 0.002"))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dvc", "repro", "--force", "--single-item", "train"],
+        [sys.executable, "-m", "dvc", "repro"],
         cwd=root,
         env=env,
         start_new_session=True,
@@ -109,11 +112,20 @@ def test_pipeline_experiment_and_metrics_diff(repo):
     dvc(["remote", "remove", "check"], *repo)
     out = dvc(["repro"], *repo)
     assert f"resuming after epoch {saved}/3" in out
-    assert (root / "metrics" / "evaluate.json").read_bytes() == first
     assert list(states.iterdir()) == [], "the finished run deleted its resume state"
+    resumed = (root / "metrics" / "evaluate.json").read_bytes()
+    dvc(["repro", "--force", "--single-item", "train"], *repo)
+    dvc(["repro"], *repo)
+    assert (root / "metrics" / "evaluate.json").read_bytes() == resumed
+
+    # 2c. Back at the first params, DVC's run cache restores that model: no training.
+    (root / "params.yaml").write_text(params)
+    out = dvc(["repro"], *repo)
+    assert "Stage 'train' is cached - skipping run, checking out outputs" in out
+    assert "epoch 1/3" not in out
+    assert (root / "metrics" / "evaluate.json").read_bytes() == first
 
     # 3. A plot parameter reruns the plot stage only.
-    params = (root / "params.yaml").read_text()
     (root / "params.yaml").write_text(params.replace("n_samples: 2", "n_samples: 1"))
     status = dvc(["status", "--json"], *repo)
     assert sorted(json.loads(status)) == ["check", "plot"]  # check reads the whole file
