@@ -9,10 +9,17 @@ from segpipe.data import download
 if __name__ == "__main__":
     p = parser(__doc__)
     p.add_argument("--out", type=Path, required=True, help="dataset folder to write")
+    p.add_argument(
+        "--downloads",
+        type=Path,
+        default=None,
+        help="Kaggle source: folder that keeps each downloaded version, so an unchanged spec "
+        "is not downloaded again (default: none, download every time); not a DVC output",
+    )
     args = p.parse_args()
 
     def main() -> None:
         params = load_params(args.params)
-        download.run(params.data, params.seed, args.out)
+        download.run(params.data, params.seed, args.out, args.downloads)
 
     raise SystemExit(run_stage(main, verbose=args.verbose, params=args.params))

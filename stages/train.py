@@ -15,7 +15,8 @@ if __name__ == "__main__":
         "--resume",
         type=Path,
         default=None,
-        help="training state saved after every epoch; an interrupted run continues from it",
+        help="folder for the training state saved after every epoch (an interrupted run "
+        "continues from it; a finished run deletes it); not a DVC output",
     )
     args = p.parse_args()
 

@@ -60,9 +60,9 @@ def _listing(root: Path) -> dict[str, tuple[int, int]]:
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """One run of the tiny settings, trained once for the whole session: ``raw/``,
-    ``splits/``, ``cache/``, ``model.pt``, ``live/`` (the history), ``resume.pt`` and
-    ``best.json`` (what training returned). Tests only read it (checked at the end of the
-    session); a test that must change something copies it first."""
+    ``splits/``, ``cache/``, ``model.pt``, ``live/`` (the history) and ``best.json`` (what
+    training returned; the finished run left no resume state). Tests only read it (checked
+    at the end of the session); a test that must change something copies it first."""
     from segpipe.data import cache, split
     from segpipe.data.masks import RULE_FILE, load_rule
     from segpipe.data.synthetic import generate
@@ -74,7 +74,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     split.run(p.split, p.seed, root / "raw", root / "splits")
     rule = load_rule(root / "splits" / RULE_FILE, p.data)
     cache.run(root / "splits", root / "cache", p.train.image_size, rule)
-    best = train.run(p, root / "cache", root / "model.pt", root / "live", root / "resume.pt")
+    best = train.run(p, root / "cache", root / "model.pt", root / "live", root / "resume")
     (root / "best.json").write_text(json.dumps(best))
     before = _listing(root)
     yield root

@@ -202,7 +202,7 @@ def train_args(params_file: Path, cache_dir: Path, out: Path) -> list[str]:
         "--live",
         str(out / "live"),
         "--resume",
-        str(out / "resume.pt"),
+        str(out / "resume"),
     ]
 
 

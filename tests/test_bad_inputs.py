@@ -505,7 +505,7 @@ def test_data_path_missing_in_dvc_temporary_copy(tmp_path: Path) -> None:
     result = run_stage("download.py", "--params", params, "--out", "raw", cwd=work, check=False)
     line = error_line(result, "data.path", "data/external")
     assert "DVC's temporary copy of the repository" in line
-    assert "dvc add data/external" in line
+    assert "dvc add data/external/images data/external/masks` and commit the .dvc files" in line
     assert "dvc exp run --temp -C data/external/images -C data/external/masks" in line
 
 

@@ -500,13 +500,15 @@ def test_real_masks_survive_a_coco_round_trip(tmp_path):
 def test_a_kaggle_archive_holding_a_coco_export(tmp_path, monkeypatch):
     from segpipe.data import kaggle_source
 
-    def fake_download(dataset: str, dest: Path) -> Path:  # the archive, extracted
-        small_export(dest / "export").write(dest / "export" / "annotations.json")
-        return dest / "export"
+    def fake_fetch(dataset: str, downloads: Path) -> kaggle_source.Fetched:  # extracted
+        small_export(downloads / "export").write(downloads / "export" / "annotations.json")
+        spec = dataclasses.replace(kaggle_source.parse_dataset(dataset), version=4)
+        return kaggle_source.Fetched(downloads / "export", spec, downloaded=True)
 
-    monkeypatch.setattr(kaggle_source, "download_kaggle", fake_download)
+    monkeypatch.setattr(kaggle_source, "fetch_kaggle", fake_fetch)
     out = tmp_path / "raw"
     assert download.run(coco_data(tmp_path, source="kaggle"), 0, out) == 3
+    assert json.loads((out / download.KAGGLE_RECORD).read_text())["version"] == 4
     assert read_source_report(out).counts["instances"] == 6
     assert np.array_equal(mask_of(out, "a") == 1, polygon_mask(H, W, SQUARE))
 

@@ -6,6 +6,7 @@ with cut-down params, exactly as a user would run it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -78,11 +79,15 @@ def test_pipeline_experiment_and_metrics_diff(repo):
     dvc(["repro", "--force"], *repo)
     assert (root / "metrics" / "evaluate.json").read_bytes() == first
 
-    # 2b. Kill `dvc repro` during training: the next `dvc repro` resumes, same result.
-    state = root / "models" / "resume.pt"
-    seen = state.stat().st_mtime_ns
+    # 2b. Kill `dvc repro` during training of new params: the next `dvc repro` resumes and
+    # ends as an uninterrupted run does. The resume state lives outside DVC's outputs (a
+    # finished run leaves none) and is never pushed.
+    states = root / ".segpipe" / "resume"
+    assert not list(states.glob("*/state.pt"))
+    params = (root / "params.yaml").read_text()
+    (root / "params.yaml").write_text(params.replace("lr: 0.001", "lr: 0.002"))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dvc", "repro", "--force", "--single-item", "train"],
+        [sys.executable, "-m", "dvc", "repro"],
         cwd=root,
         env=env,
         start_new_session=True,
@@ -90,18 +95,37 @@ def test_pipeline_experiment_and_metrics_diff(repo):
         stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 120
-    while state.stat().st_mtime_ns == seen and time.monotonic() < deadline:
+    while not list(states.glob("*/state.pt")) and time.monotonic() < deadline:
         time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    (state,) = states.glob("*/state.pt")
     saved = torch.load(state, weights_only=True)["epoch"]
     assert 1 <= saved < 3
+    assert ".segpipe" not in run(["git", "status", "--porcelain"], root, env).stdout  # ignored
+    remote = root.parent / "resume-check-remote"
+    dvc(["remote", "add", "check", remote], *repo)
+    dvc(["push", "-r", "check"], *repo)
+    pushed = {p.name for p in remote.rglob("*") if p.is_file()}
+    digest = hashlib.md5(state.read_bytes()).hexdigest()  # noqa: S324 - DVC's content address
+    assert pushed and digest[2:] not in pushed, "the resume state is never pushed"
+    dvc(["remote", "remove", "check"], *repo)
     out = dvc(["repro"], *repo)
     assert f"resuming after epoch {saved}/3" in out
+    assert list(states.iterdir()) == [], "the finished run deleted its resume state"
+    resumed = (root / "metrics" / "evaluate.json").read_bytes()
+    dvc(["repro", "--force", "--single-item", "train"], *repo)
+    dvc(["repro"], *repo)
+    assert (root / "metrics" / "evaluate.json").read_bytes() == resumed
+
+    # 2c. Back at the first params, DVC's run cache restores that model: no training.
+    (root / "params.yaml").write_text(params)
+    out = dvc(["repro"], *repo)
+    assert "Stage 'train' is cached - skipping run, checking out outputs" in out
+    assert "epoch 1/3" not in out
     assert (root / "metrics" / "evaluate.json").read_bytes() == first
 
     # 3. A plot parameter reruns the plot stage only.
-    params = (root / "params.yaml").read_text()
     (root / "params.yaml").write_text(params.replace("n_samples: 2", "n_samples: 1"))
     status = dvc(["status", "--json"], *repo)
     assert sorted(json.loads(status)) == ["check", "plot"]  # check reads the whole file
@@ -188,7 +212,6 @@ def test_remote_push_pull_round_trip(repo, tmp_path):
         "data/cache",
         "data/predictions",
         "models/model.pt",
-        "models/resume.pt",
     )
     for out in outs:
         path = root / out

@@ -1,9 +1,13 @@
-"""End to end on a folder dataset as users bring one: `dvc repro` and `predict` keep every
-file name exactly, and EXIF-rotated phone photos line up with masks drawn on them as shown."""
+"""End to end on a folder dataset as users bring one, set up as the README says (`dvc add` of
+its folders): `dvc repro` and `predict` keep every file name exactly, EXIF-rotated phone photos
+line up with masks drawn on them as shown, the data is stored once, and a clone, `dvc exp run
+--temp`, the queue, the run cache and `dvc artifacts get` all work on it."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import shutil
 import sys
 import time
@@ -29,13 +33,21 @@ def read_mask_file(path) -> np.ndarray:
     return np.asarray(Image.open(path))
 
 
+TRACK = ["add", "data/external/images", "data/external/masks"]
+"""The README's set-up: DVC tracks the dataset's folders (git keeps the .dvc files)."""
+
+
 @pytest.fixture(scope="module")
 def reproduced(tmp_path_factory):
     """A copy of the repository whose folder dataset has awkward names and two rotated photos,
-    after `dvc repro`: its root, environment, dataset folder and the output of `dvc repro`."""
+    tracked with `dvc add` and committed, after `dvc repro`: its root, environment, dataset
+    folder and the output of `dvc repro`."""
     root = tmp_path_factory.mktemp("e2e_folder") / "repo"
     env = copy_repo(root, EDITS)
     external = write_folder_dataset(root / "data" / "external", [*STEMS, *ROTATED], rotated=ROTATED)
+    dvc(TRACK, root, env)
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-qm", "track the dataset"], root, env)
     return root, env, external, dvc(["repro"], root, env)
 
 
@@ -113,8 +125,8 @@ def dvc_fails(args: list[str], root, env) -> str:
 
 
 def test_misspelt_section_and_temporary_copies(reproduced):
-    """A section no stage reads stops `dvc repro`; `dvc exp run --temp` explains the missing
-    git-ignored data folder, and works with --copy-paths as the README says."""
+    """A section no stage reads stops `dvc repro`; `dvc exp run --temp` and the queue run in
+    copies of the repository that get the DVC-tracked data as they are, no -C needed."""
     root, env, _, _ = reproduced
 
     params = (root / "params.yaml").read_text()
@@ -124,21 +136,16 @@ def test_misspelt_section_and_temporary_copies(reproduced):
     (root / "params.yaml").write_text(params)
     assert "Running stage" not in dvc(["repro"], root, env)
 
-    out = dvc_fails(["exp", "run", "--temp", "-S", "train.lr=0.002"], root, env)
-    assert "DVC's temporary copy of the repository" in out
-    assert "dvc exp run --temp -C data/external/images -C data/external/masks" in out
-    copied = ["exp", "run", "--temp", "-C", "data/external/images", "-C", "data/external/masks"]
-    copied += ["-S", "train.lr=0.002"]
-    out = dvc(copied, root, env)
-    assert "Running stage 'train'" in out
-    shown = dvc(["exp", "show", "--json"], root, env)
-    assert "0.002" in shown
+    # data.classes is a download parameter: the temporary copy reruns download on its data.
+    renamed = "data.classes=[background,polyp]"
+    out = dvc(["exp", "run", "--temp", "-S", "train.lr=0.002", "-S", renamed], root, env)
+    assert "Running stage 'download'" in out and "Running stage 'train'" in out
+    assert "not tracked by DVC" not in out
+    assert "0.002" in dvc(["exp", "show", "--json"], root, env)
 
-    # The queue runs from the last commit, in a copy of its own: the same -C options.
     run(["git", "add", "-A"], root, env)
-    run(["git", "commit", "-qm", "baseline"], root, env)
-    queued = ["exp", "run", "--queue", "-C", "data/external/images", "-C", "data/external/masks"]
-    dvc([*queued, "-S", "train.lr=0.003"], root, env)
+    run(["git", "commit", "-qm", "baseline", "--allow-empty"], root, env)
+    dvc(["exp", "run", "--queue", "-S", "train.lr=0.003"], root, env)
     dvc(["queue", "start", "-j", "1"], root, env)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -148,3 +155,87 @@ def test_misspelt_section_and_temporary_copies(reproduced):
         time.sleep(3)
     assert "Success" in status and "Failed" not in status, status
     assert "0.003" in dvc(["exp", "show", "--json"], root, env)
+
+
+def md5(path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()  # noqa: S324 - DVC's content address
+
+
+def test_the_dataset_is_stored_once(reproduced):
+    """The user's files, data/raw and DVC's cache are one file on disk (hard links), read-only
+    so that an edit in place cannot change the cache."""
+    root, _, external, _ = reproduced
+    for kind, name in (("images", "0010.jpg"), ("masks", "0010.png")):
+        mine, raw = external / kind / name, root / "data" / "raw" / kind / name
+        digest = md5(mine)
+        cached = root / ".dvc" / "cache" / "files" / "md5" / digest[:2] / digest[2:]
+        assert mine.stat().st_ino == raw.stat().st_ino == cached.stat().st_ino
+        assert mine.stat().st_nlink == 3 and not mine.stat().st_mode & 0o222
+
+
+def test_clone_pull_is_up_to_date_and_artifact_get(reproduced, tmp_path):
+    """Repository A pushes to a shared remote; clone B pulls and `dvc repro` has nothing to
+    do, with A's metrics and model. `dvc artifacts get` of the model from A's git remote."""
+    root, env, external, _ = reproduced
+    dvc(["remote", "add", "--default", "shared", tmp_path / "remote"], root, env)
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-qm", "shared remote"], root, env)
+    dvc(["push"], root, env)
+    run(["gto", "register", "segmentation-model", "--version", "v1.0.0"], root, env)
+    bare = tmp_path / "origin.git"
+    run(["git", "clone", "-q", "--bare", root, bare], tmp_path, env)
+
+    clone = tmp_path / "b"
+    run(["git", "clone", "-q", bare, clone], tmp_path, env)
+    dvc(["pull"], clone, env)
+    out = dvc(["repro"], clone, env)
+    assert "Running stage" not in out and "Data and pipelines are up to date." in out
+    for name in ("images/0010.jpg", "masks/0042.png"):
+        assert (clone / "data" / "external" / name).read_bytes() == (external / name).read_bytes()
+    assert (clone / "models" / "model.pt").read_bytes() == (
+        root / "models" / "model.pt"
+    ).read_bytes()
+    shown = [json.loads(dvc(["metrics", "show", "--json"], where, env)) for where in (root, clone)]
+    assert shown[0] == shown[1] and "metrics/evaluate.json" in json.dumps(shown[1])
+
+    # The registered version of the model, from the git remote and the DVC remote alone.
+    got = tmp_path / "got"
+    got.mkdir()
+    model = (root / "models" / "model.pt").read_bytes()
+    dvc(["artifacts", "get", bare, "segmentation-model", "-o", got / "latest.pt"], got, env)
+    assert (got / "latest.pt").read_bytes() == model
+    get = ["artifacts", "get", bare, "segmentation-model", "--rev", "v1.0.0", "-o", got / "v1.pt"]
+    dvc(get, got, env)
+    assert (got / "v1.pt").read_bytes() == model
+
+
+def test_earlier_params_restore_the_model_from_the_run_cache(reproduced):
+    """Back at earlier params (params.yaml reverted), `dvc repro` restores the trained model
+    from DVC's run cache without training; `dvc exp apply` brings an experiment's back."""
+    root, env, _, _ = reproduced
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-qm", "before the experiment", "--allow-empty"], root, env)
+    assert "Running stage" not in dvc(["repro"], root, env)
+    baseline = (root / "models" / "model.pt").read_bytes()
+    history = (root / "metrics" / "train" / "metrics.json").read_bytes()
+
+    out = dvc(["exp", "run", "-n", "lr-high", "-S", "train.lr=0.005"], root, env)
+    assert "Running stage 'train'" in out and "epoch 1/4" in out
+    changed = (root / "models" / "model.pt").read_bytes()
+    assert changed != baseline
+
+    run(["git", "checkout", "--", "params.yaml"], root, env)
+    started = time.monotonic()
+    out = dvc(["repro"], root, env)
+    seconds = time.monotonic() - started
+    assert "Stage 'train' is cached - skipping run, checking out outputs" in out
+    assert not re.search(r"epoch \d+/\d+", out), "no training"
+    assert (root / "models" / "model.pt").read_bytes() == baseline
+    assert (root / "metrics" / "train" / "metrics.json").read_bytes() == history
+    print(f"restored from the run cache in {seconds:.1f} s")
+
+    dvc(["exp", "apply", "lr-high"], root, env)
+    assert (root / "models" / "model.pt").read_bytes() == changed
+    assert "lr: 0.005" in (root / "params.yaml").read_text()
+    run(["git", "checkout", "--", "params.yaml", "dvc.lock", "metrics"], root, env)
+    dvc(["checkout"], root, env)

@@ -13,6 +13,7 @@ client: credentials handling, the JSON POST, the redirect, the streamed download
 from __future__ import annotations
 
 import base64
+import dataclasses
 import importlib.util
 import io
 import json
@@ -31,13 +32,19 @@ from pathlib import Path
 import pytest
 
 from segpipe.data.archive import find_image_mask_dirs
-from segpipe.data.kaggle_source import CREDENTIALS_HELP, _credential_source, download_kaggle
+from segpipe.data.kaggle_source import (
+    CREDENTIALS_HELP,
+    _credential_source,
+    download_kaggle,
+    parse_dataset,
+)
 from segpipe.errors import SegpipeError
 
 DATASET = "tapakah68/supervisely-filtered-segmentation-person-dataset"
 NESTED = "supervisely_person_clean_2667_img/supervisely_person_clean_2667_img"
 STEMS = ("ds10_kid-playing", "ds1_man-walking", "ds6_woman-red-coat")
 DOWNLOAD_PATH = "/v1/datasets.DatasetApiService/DownloadDataset"
+GET_DATASET_PATH = "/v1/datasets.DatasetApiService/GetDataset"
 INTROSPECT_PATH = "/v1/security.OAuthService/IntrospectToken"
 USERNAME, KEY, TOKEN = "segpipe-tester", "k3y-that-must-never-leak", "t0ken-that-must-never-leak"
 
@@ -80,9 +87,11 @@ class FakeKaggle(ThreadingHTTPServer):
 
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
-        self.datasets: dict[str, bytes] = {}
+        self.datasets: dict[str, bytes] = {}  # the latest version's archive
+        self.versions: dict[str, dict[int, bytes]] = {}  # older versions, by number
         self.errors: dict[str, int] = {}
         self.requests: list[tuple[str, str, str | None]] = []
+        self.bodies: list[tuple[str, dict]] = []  # (path, JSON body) of each POST
         basic = base64.b64encode(f"{USERNAME}:{KEY}".encode()).decode()
         self.valid_auth = {f"Basic {basic}", f"Bearer {TOKEN}"}
 
@@ -115,32 +124,42 @@ class _Handler(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
         auth = self.headers.get("Authorization")
         self.server.requests.append(("POST", self.path, auth))
+        self.server.bodies.append((self.path, body))
+        ref = f"{body.get('ownerSlug')}/{body.get('datasetSlug')}"
         if auth not in self.server.valid_auth:
             self._error(401, "Unauthenticated")
         elif self.path == INTROSPECT_PATH:
             self._json(200, {"active": True, "username": USERNAME})
+        elif self.path == GET_DATASET_PATH and ref in self.server.datasets:
+            latest = max(self.server.versions.get(ref, {}), default=0) + 1
+            self._json(200, {"ref": ref, "currentVersionNumber": latest})
         elif self.path != DOWNLOAD_PATH:
             self._error(404, f"No such endpoint {self.path}")
         else:
-            ref = f"{body.get('ownerSlug')}/{body.get('datasetSlug')}"
+            version = body.get("datasetVersionNumber")
+            older = self.server.versions.get(ref, {})
             if ref in self.server.errors:
                 self._error(self.server.errors[ref], "Permission denied or not found")
-            elif ref not in self.server.datasets:
+            elif ref not in self.server.datasets or (version and version > len(older) + 1):
                 self._error(404, "Not found")
             else:  # Kaggle answers with a redirect to a signed storage URL.
-                location = f"{self.server.url}/storage/{ref}.zip?X-Goog-Signature=abc"
+                suffix = f"?v={version}&" if version in older else "?"
+                location = f"{self.server.url}/storage/{ref}.zip{suffix}X-Goog-Signature=abc"
                 self._send(302, b"", {"Location": location})
 
     def do_GET(self) -> None:
         self.server.requests.append(("GET", self.path, self.headers.get("Authorization")))
-        ref = self.path.split("?")[0].removeprefix("/storage/").removesuffix(".zip")
+        path, _, query = self.path.partition("?")
+        ref = path.removeprefix("/storage/").removesuffix(".zip")
         if not self.path.startswith("/storage/") or ref not in self.server.datasets:
             self._send(404, b"NoSuchKey", {"Content-Type": "text/plain"})
             return
         name = ref.split("/")[1]
+        version = query.partition("&")[0].removeprefix("v=") if query.startswith("v=") else None
+        archive = self.server.versions[ref][int(version)] if version else self.server.datasets[ref]
         self._send(
             200,
-            self.server.datasets[ref],
+            archive,
             {
                 "Content-Type": "application/zip",
                 "Content-Disposition": f'attachment; filename="{name}.zip"',
@@ -207,7 +226,10 @@ def _use_credentials(kind: str, monkeypatch: pytest.MonkeyPatch, home: Path) -> 
         monkeypatch.setenv("KAGGLE_API_TOKEN", TOKEN)
 
 
-@pytest.mark.parametrize("name", ["no-slash", "a/b/c", "../x", "", "owner/ name", "/name"])
+@pytest.mark.parametrize(
+    "name",
+    ["no-slash", "a/b/c", "../x", "", "owner/ name", "/name", "a/b/versions/0", "a/b/versions/x"],
+)
 def test_bad_dataset_name(name: str, tmp_path: Path) -> None:
     with pytest.raises(SegpipeError, match="expected 'owner/name'"):
         download_kaggle(name, tmp_path)
@@ -348,8 +370,6 @@ def test_download_server_unreachable(
 
 
 def _kaggle_data_config(tmp_path: Path):
-    import dataclasses
-
     from .helpers import tiny_params
 
     return dataclasses.replace(tiny_params().data, source="kaggle", kaggle_dataset=DATASET)
@@ -390,3 +410,113 @@ def test_download_stage_rejects_an_archive_without_images_and_masks(
     assert "no folder with images/ and masks/ subfolders found" in str(err.value)
     assert "\n" not in str(err.value)
     assert (out / "images" / "earlier.png").read_bytes() == _png(3), "earlier output intact"
+
+
+def _zip_of(stems: tuple[str, ...]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for i, stem in enumerate(stems):
+            zf.writestr(f"images/{stem}.png", _png(10 + i))
+            zf.writestr(f"masks/{stem}.png", _png(255))
+    return buf.getvalue()
+
+
+def test_dataset_spec_with_a_version() -> None:
+    spec = parse_dataset(f"{DATASET}/versions/3")
+    assert (spec.ref, spec.version, str(spec)) == (DATASET, 3, f"{DATASET}/versions/3")
+    assert spec.client_ref() == f"{DATASET}/3"  # what the kaggle client takes
+    assert parse_dataset(DATASET).version is None
+
+
+def _downloads(fake: FakeKaggle) -> list[dict]:
+    return [body for path, body in fake.bodies if path == DOWNLOAD_PATH]
+
+
+@needs_kaggle
+def test_pinned_version_is_downloaded_once_and_recorded(
+    fake_kaggle: FakeKaggle, kaggle_env: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`owner/name/versions/1` asks Kaggle for that version; the stage records it in
+    data/raw/kaggle_version.json; a second run (a code edit, `dvc repro -f`) downloads nothing and
+    needs neither network nor credentials."""
+    from segpipe.data import download
+
+    _use_credentials("env", monkeypatch, kaggle_env)
+    fake_kaggle.versions[DATASET] = {1: _zip_of(("old-a", "old-b"))}
+    fake_kaggle.datasets[DATASET] = _zip_of(("new-a", "new-b", "new-c"))  # version 2
+    cfg = dataclasses.replace(_kaggle_data_config(tmp_path), kaggle_dataset=f"{DATASET}/versions/1")
+    downloads, out = tmp_path / "downloads", tmp_path / "raw"
+
+    assert download.run(cfg, 0, out, downloads) == 2
+    assert [b.get("datasetVersionNumber") for b in _downloads(fake_kaggle)] == [1]
+    assert sorted(p.stem for p in (out / "images").iterdir()) == ["old-a", "old-b"]
+    record = json.loads((out / "kaggle_version.json").read_text())
+    assert record == {
+        "source": "kaggle",
+        "dataset": DATASET,
+        "version": 1,
+        "spec": f"{DATASET}/versions/1",
+        "pinned": f"{DATASET}/versions/1",
+    }
+    # Stored once: the output's files are links to the downloaded version's read-only files.
+    kept = downloads / DATASET / "versions" / "1" / "images" / "old-a.png"
+    assert (out / "images" / "old-a.png").stat().st_ino == kept.stat().st_ino
+    assert not kept.stat().st_mode & 0o222
+
+    for var in ("KAGGLE_USERNAME", "KAGGLE_KEY"):
+        monkeypatch.delenv(var)  # no credentials, and no request below
+    fake_kaggle.requests.clear()
+    assert download.run(cfg, 0, out, downloads) == 2
+    assert fake_kaggle.requests == []
+
+
+@needs_kaggle
+def test_latest_version_is_looked_up_recorded_and_reused(
+    fake_kaggle: FakeKaggle,
+    kaggle_env: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """`owner/name`: Kaggle names its current version, which is downloaded once, recorded and
+    logged with the spec that pins it; offline, the error names the version to pin."""
+    from segpipe.data import download
+
+    caplog.set_level(logging.INFO)
+    _use_credentials("env", monkeypatch, kaggle_env)
+    fake_kaggle.versions[DATASET] = {1: _zip_of(("old-a", "old-b"))}
+    fake_kaggle.datasets[DATASET] = _zip_of(("new-a", "new-b", "new-c"))
+    cfg, downloads, out = _kaggle_data_config(tmp_path), tmp_path / "downloads", tmp_path / "raw"
+
+    assert download.run(cfg, 0, out, downloads) == 3
+    assert json.loads((out / "kaggle_version.json").read_text())["version"] == 2
+    assert f"pin it with data.kaggle_dataset: {DATASET}/versions/2" in caplog.text
+    assert [b.get("datasetVersionNumber") for b in _downloads(fake_kaggle)] == [2]
+
+    assert download.run(cfg, 0, out, downloads) == 3  # the same latest version: no download
+    assert len(_downloads(fake_kaggle)) == 1
+    assert [p for p, _ in fake_kaggle.bodies].count(GET_DATASET_PATH) == 2
+
+    fake_kaggle.versions[DATASET][2] = fake_kaggle.datasets[DATASET]  # Kaggle publishes v3
+    fake_kaggle.datasets[DATASET] = _zip_of(("v3-a", "v3-b"))
+    assert download.run(cfg, 0, out, downloads) == 2
+    assert json.loads((out / "kaggle_version.json").read_text())["version"] == 3
+
+    import kagglesdk.kaggle_env as kaggle_env
+
+    unreachable = f"http://127.0.0.1:{_closed_port()}"  # nothing listens on a closed port
+    monkeypatch.setitem(kaggle_env._env_to_endpoint, kaggle_env.KaggleEnv.PROD, unreachable)
+    with pytest.raises(SegpipeError) as err:
+        download.run(cfg, 0, out, downloads)
+    assert str(err.value).startswith(f"Kaggle dataset {DATASET}: cannot reach Kaggle")
+    assert str(err.value).endswith(
+        f"; downloaded before: versions 2, 3: to use one without Kaggle, pin it, e.g. "
+        f"data.kaggle_dataset: {DATASET}/versions/3"
+    )
+    assert json.loads((out / "kaggle_version.json").read_text())["version"] == 3, "output kept"
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -21,6 +21,7 @@ from segpipe.errors import SegpipeError
 from segpipe.evaluation import evaluate
 from segpipe.evaluation.metrics import SegmentationMetrics
 from segpipe.tools import predict
+from segpipe.training.resume import save as save_resume_state
 
 from .helpers import REPO, call, run_stage, tiny_params, write_params
 
@@ -125,7 +126,7 @@ def test_predict_single_file_and_errors(tmp_path, splits_dir, model_path):
 
 @pytest.fixture
 def trained(tiny_run):
-    """The session's tiny run: splits, the checkpoint and the resume state (read only)."""
+    """The session's tiny run: splits and the checkpoint (read only)."""
     return tiny_run
 
 
@@ -274,7 +275,8 @@ def test_default_threshold_is_the_one_evaluate_used(tmp_path, trained, monkeypat
 
 def test_resume_state_and_inconsistent_checkpoints_are_one_line(tmp_path, trained):
     image = photos(tmp_path / "photos", trained, n=1)[0]
-    resume = trained / "resume.pt"
+    resume = tmp_path / "state.pt"  # what training saves after each epoch
+    save_resume_state(resume, {"fingerprint": "a run", "epoch": 1, "optimizer": {}})
     result = predict_cmd("--model", str(resume), "--input", image, "--output", str(tmp_path / "o"))
     assert error_line(result) == (
         f"error: {resume}: a training-resume state (saved after each epoch to continue an "
@@ -289,7 +291,7 @@ def test_resume_state_and_inconsistent_checkpoints_are_one_line(tmp_path, traine
         f"{tmp_path / 'edited.pt'}: its weights do not fit its model_config (Unet, "
         "resnet34, 2 classes): 96 missing, 0 unexpected and 0 wrongly shaped tensor(s)"
     )
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["edited.pt", "photos"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["edited.pt", "photos", "state.pt"]
 
 
 def test_output_that_is_a_file_or_cannot_be_written(tmp_path, trained, monkeypatch):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 import signal
 import subprocess
@@ -67,7 +68,8 @@ def straight(tmp_path_factory, params_file, tiny_run) -> Path:
     interrupted run must end as."""
     out = tmp_path_factory.mktemp("straight")
     p = load_params(params_file)
-    train.run(p, tiny_run / "cache", out / "model.pt", out / "live", out / "resume.pt")
+    train.run(p, tiny_run / "cache", out / "model.pt", out / "live", out / "resume")
+    assert list((out / "resume").iterdir()) == [], "a finished run deletes its resume state"
     return out
 
 
@@ -84,16 +86,22 @@ def test_killed_training_resumes_to_identical_result(
         text=True,
         preexec_fn=default_sigint,
     )
-    state_file = interrupted / "resume.pt"
+    states = interrupted / "resume"
     deadline = time.monotonic() + 120
-    while not state_file.exists() and proc.poll() is None and time.monotonic() < deadline:
+    while not list(states.glob(f"*/{resume.STATE}")) and proc.poll() is None:
+        assert time.monotonic() < deadline, "no resume state written"
         time.sleep(0.02)
     proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=60)
+    (state_file,) = states.glob(f"*/{resume.STATE}")
     saved = torch.load(state_file, weights_only=True)["epoch"]
     assert 1 <= saved < EPOCHS, "killed mid-run, after at least one epoch"
     if sig == signal.SIGKILL:
         assert proc.returncode == -signal.SIGKILL
+        # As `dvc repro` does before it reruns a stage whose outputs are not persisted: the
+        # checkpoint and history of the completed epochs come back from the resume state.
+        (interrupted / "model.pt").unlink(missing_ok=True)
+        shutil.rmtree(interrupted / "live")
     else:
         assert proc.returncode == 130 and "interrupted" in stderr and "Traceback" not in stderr
 
@@ -104,6 +112,7 @@ def test_killed_training_resumes_to_identical_result(
     assert (a["epoch"], a["val_dice"]) == (b["epoch"], b["val_dice"])
     assert all(torch.equal(a["state"][k], b["state"][k]) for k in a["state"])
     assert not list(interrupted.glob(".*.pt*")), "no torn temporary files left"
+    assert list(states.iterdir()) == [], "the finished run deleted its state, nothing is left"
 
 
 def test_changed_params_or_data_start_over(tmp_path, cache_dir):
@@ -170,24 +179,59 @@ def _state(seed: int) -> resume.TrainingState:
     )
 
 
+def _outputs(folder: Path, text: str) -> tuple[Path, Path]:
+    """A stand-in checkpoint and DVCLive history holding ``text``."""
+    model, live = folder / "model.pt", folder / "live"
+    (live / "plots").mkdir(parents=True, exist_ok=True)
+    model.write_text(text)
+    (live / "plots" / "loss.tsv").write_text(text)
+    return model, live
+
+
 def test_snapshot_restores_into_fresh_objects(tmp_path):
-    """One object knows the file and the fingerprint: a snapshot restores model, optimizer,
-    scheduler and every RNG; another run's fingerprint, or a finished run, starts over."""
+    """One object knows the folder and the fingerprint: a snapshot restores model, optimizer,
+    scheduler, every RNG, and the checkpoint and history that DVC deleted before the rerun;
+    another run's fingerprint, or a finished run, starts over."""
     saved = _state(0)
     saved.model(torch.rand(4, 3)).sum().backward()
     saved.optimizer.step()
     saved.scheduler.step()
-    snapshots = resume.Resume(tmp_path / "resume.pt", "run-a")
-    snapshots.snapshot(saved, epoch=2, best={"dice": 0.5, "epoch": 1})
+    model, live = _outputs(tmp_path / "outs", "epoch 2")
+    snapshots = resume.Resume(tmp_path / "resume", "run-a")
+    snapshots.snapshot(
+        saved, epoch=2, best={"dice": 0.5, "epoch": 1}, model_path=model, live_dir=live
+    )
     draws = (torch.rand(3), torch.randint(0, 100, (3,), generator=saved.generator))
+    model.unlink()
+    shutil.rmtree(live)
 
     fresh = _state(1)
-    assert snapshots.restore(fresh, epochs=4) == ({"dice": 0.5, "epoch": 1}, 2)
+    restored = snapshots.restore(fresh, epochs=4, model_path=model, live_dir=live)
+    assert restored == ({"dice": 0.5, "epoch": 1}, 2)
+    assert model.read_text() == "epoch 2" and (live / "plots" / "loss.tsv").read_text() == "epoch 2"
     assert torch.equal(fresh.model.weight, saved.model.weight)
     assert fresh.optimizer.state_dict()["state"][0]["step"] == 1
     assert fresh.scheduler.last_epoch == 1
     assert torch.equal(torch.rand(3), draws[0])
     assert torch.equal(torch.randint(0, 100, (3,), generator=fresh.generator), draws[1])
 
-    assert resume.Resume(tmp_path / "resume.pt", "run-b").restore(_state(2), epochs=4) is None
-    assert snapshots.restore(_state(3), epochs=2) is None, "all epochs done: start over"
+    other = resume.Resume(tmp_path / "resume", "run-b")
+    assert other.restore(_state(2), epochs=4, model_path=model, live_dir=live) is None
+    assert snapshots.restore(_state(3), epochs=2, model_path=model, live_dir=live) is None, (
+        "all epochs done: start over"
+    )
+    snapshots.finish()
+    assert list((tmp_path / "resume").iterdir()) == []
+
+
+def test_other_runs_states_are_kept_newest_first(tmp_path):
+    """Each parameter set has its own folder (going back to an interrupted run's parameters
+    resumes it); beyond the newest KEEP_OTHERS of other runs, older folders are deleted."""
+    model, live = _outputs(tmp_path / "outs", "x")
+    runs = [resume.Resume(tmp_path / "resume", f"run-{i}") for i in range(resume.KEEP_OTHERS + 2)]
+    for i, run_state in enumerate(runs):
+        run_state.snapshot(_state(i), epoch=1, best={}, model_path=model, live_dir=live)
+        os.utime(run_state.dir, (i, i))  # distinct ages, oldest first
+    runs[-1].snapshot(_state(9), epoch=2, best={}, model_path=model, live_dir=live)
+    kept = sorted(p.name for p in (tmp_path / "resume").iterdir())
+    assert kept == [r.dir.name for r in runs[-1 - resume.KEEP_OTHERS :]]

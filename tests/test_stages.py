@@ -162,14 +162,15 @@ def test_non_finite_loss_stops_training_and_keeps_the_best(
         return loss
 
     monkeypatch.setattr(train, "build_loss", nan_from_epoch_2)
-    model, resume_path = tmp_path / "model.pt", tmp_path / "resume.pt"
+    model, resume_dir = tmp_path / "model.pt", tmp_path / "resume"
     with pytest.raises(SegpipeError) as error:
-        train.run(p, cache_dir, model, tmp_path / "live", resume_path)
+        train.run(p, cache_dir, model, tmp_path / "live", resume_dir)
     message = str(error.value)
     assert message.startswith("train: the loss is nan at batch 1 of 3 in epoch 2; training stopped")
     assert f"{model} keeps the best epoch so far (1, val dice" in message
     assert torch.load(model, weights_only=True)["epoch"] == 1
-    assert torch.load(resume_path, weights_only=True)["epoch"] == 1
+    (state,) = resume_dir.glob("*/state.pt")  # kept: the failed run can be resumed
+    assert torch.load(state, weights_only=True)["epoch"] == 1
 
 
 def test_a_last_batch_of_one_image_is_dropped(tmp_path, params, cache_dir):

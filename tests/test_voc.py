@@ -157,7 +157,8 @@ def test_bad_trees_and_lists(tmp_path, tree):
     )  # a mask without its image
     (voc / "JPEGImages" / f"{stem(9)}.jpg").rename(tmp_path / "aside.jpg")
     result = run_stage("download.py", params, "--out", raw)
-    assert [line.split(": ", 1)[1] for line in warnings_of(result)] == [
+    voc_warnings = [w for w in warnings_of(result) if "DVC cannot track" not in w]  # tmp_path
+    assert [line.split(": ", 1)[1] for line in voc_warnings] == [
         f"file SegmentationClass/{stem(9)}.png: no image JPEGImages/{stem(9)}.<ext> for this "
         "mask: not used",
         f"ImageSets/Segmentation/val.txt: '{stem(42)}': listed, but no JPEGImages image with a "

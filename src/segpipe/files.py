@@ -8,6 +8,7 @@ import glob
 import json
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -189,3 +190,16 @@ def reserve_space(file: BinaryIO, offset: int, length: int) -> None:
     for start in range(0, length, len(zeros)):
         file.write(zeros[: min(len(zeros), length - start)])
     file.flush()
+
+
+def link_or_copy(src: Path, dest: Path) -> None:
+    """Hard-link ``src`` at ``dest`` if it is read-only (nobody edits it in place: DVC's
+    hard-linked files, a downloaded Kaggle version), else copy it. Another file system, or a
+    file system without hard links, falls back to a copy."""
+    if not src.stat().st_mode & 0o222:
+        try:
+            os.link(src, dest)
+            return
+        except OSError:
+            pass
+    shutil.copy2(src, dest)

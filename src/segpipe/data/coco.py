@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,7 @@ from segpipe.data.images import (
 )
 from segpipe.data.source_report import SourceReport
 from segpipe.errors import SegpipeError
+from segpipe.files import link_or_copy
 
 log = logging.getLogger(__name__)
 
@@ -381,7 +381,7 @@ class _Conversion:
         self.stems[stem] = file_name
         image = self.dest / "images" / Path(file_name)
         image.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(source, image)
+        link_or_copy(source, image)
         target = self.dest / "masks" / f"{stem}.png"
         target.parent.mkdir(parents=True, exist_ok=True)
         mask.putpalette(self.palette)

@@ -1,13 +1,21 @@
-"""Kaggle data source: download a dataset with the ``kaggle`` client and extract it safely."""
+"""Kaggle data source: download a dataset with the ``kaggle`` client and extract it safely.
+
+``data.kaggle_dataset`` is ``owner/name`` (the latest version) or ``owner/name/versions/N``.
+Each version is downloaded once into a downloads folder and reused from there: a version's
+files never change on Kaggle, so an unchanged spec is never downloaded again.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
+import json
 import logging
 import os
 import re
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -22,7 +30,45 @@ CREDENTIALS_HELP = (
     "or set KAGGLE_USERNAME and KAGGLE_KEY, or set KAGGLE_API_TOKEN; "
     "see https://www.kaggle.com/docs/api"
 )
-_DATASET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_SLUG = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
+_DATASET_RE = re.compile(rf"^({_SLUG})/({_SLUG})(?:/versions/([1-9][0-9]{{0,8}}))?$")
+EXAMPLE = "tapakah68/supervisely-filtered-segmentation-person-dataset"
+
+
+@dataclasses.dataclass(frozen=True)
+class KaggleSpec:
+    """A Kaggle dataset, ``owner/name``, and its version (None: the latest)."""
+
+    owner: str
+    name: str
+    version: int | None = None
+
+    @property
+    def ref(self) -> str:
+        return f"{self.owner}/{self.name}"
+
+    def __str__(self) -> str:
+        return self.ref if self.version is None else f"{self.ref}/versions/{self.version}"
+
+    def client_ref(self) -> str:
+        """The spelling the ``kaggle`` client takes: ``owner/name`` or ``owner/name/N``."""
+        return self.ref if self.version is None else f"{self.ref}/{self.version}"
+
+
+def parse_dataset(spec: object) -> KaggleSpec:
+    """``data.kaggle_dataset`` as a :class:`KaggleSpec`.
+
+    Raises:
+        SegpipeError: not ``owner/name`` or ``owner/name/versions/N``.
+    """
+    match = _DATASET_RE.match(spec) if isinstance(spec, str) else None
+    if match is None:
+        raise SegpipeError(
+            f"Kaggle dataset {spec!r}: expected 'owner/name' or 'owner/name/versions/N' "
+            f"(N >= 1), e.g. {EXAMPLE} or {EXAMPLE}/versions/1"
+        )
+    owner, name, version = match.groups()
+    return KaggleSpec(owner, name, int(version) if version else None)
 
 
 def _credential_source() -> str | None:
@@ -96,16 +142,18 @@ def _client_error(dataset: str, error: Exception) -> SegpipeError:
     return SegpipeError(_one_line(f"Kaggle dataset {dataset}: {why}"))
 
 
-def download_kaggle(dataset: str, dest: Path) -> Path:
-    """Download the Kaggle dataset ``owner/name`` and extract it under ``dest``.
+def download_kaggle(dataset: str, dest: Path, api: Any = None) -> Path:
+    """Download the Kaggle dataset ``owner/name`` (or ``owner/name/versions/N``) and extract
+    it under ``dest``.
 
     The archive is downloaded into a temporary folder inside ``dest``, extracted with
     :func:`segpipe.data.archive.safe_extract`, and deleted. An existing ``dest/name`` folder
     is replaced only once the new download has been extracted.
 
     Args:
-        dataset: Kaggle dataset reference, ``owner/name``.
+        dataset: Kaggle dataset reference, ``owner/name`` or ``owner/name/versions/N``.
         dest: Folder in which the dataset folder ``name`` is created.
+        api: an authenticated client (by default, one is made here).
 
     Returns:
         The extraction root, ``dest/name``.
@@ -113,26 +161,17 @@ def download_kaggle(dataset: str, dest: Path) -> Path:
     Raises:
         SegpipeError: Bad dataset name, missing credentials, download or extraction failure.
     """
-    if not isinstance(dataset, str) or not _DATASET_RE.match(dataset):
-        raise SegpipeError(
-            f"Kaggle dataset {dataset!r}: expected 'owner/name', "
-            "e.g. tapakah68/supervisely-filtered-segmentation-person-dataset"
-        )
-    source = _credential_source()
-    if source is None:
-        raise SegpipeError(CREDENTIALS_HELP)
-    logger.debug("Kaggle credentials from %s", source)
-    api = _load_client(dataset)
-
+    spec = parse_dataset(dataset)
+    api = api or authenticated_client(spec)
     dest = Path(dest)
-    root = dest / dataset.split("/")[1]
+    root = dest / spec.name
     try:
         dest.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".kaggle-download-", dir=dest))
     except OSError as e:
         raise SegpipeError(f"{dest}: cannot create the download folder ({e})") from e
     try:
-        archive = _download_archive(api, dataset, tmp)
+        archive = _download_archive(api, spec, tmp)
         staging = tmp / "extracted"
         try:
             safe_extract(archive, staging)
@@ -145,18 +184,44 @@ def download_kaggle(dataset: str, dest: Path) -> Path:
         staging.rename(root)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    logger.info("Kaggle dataset %s extracted into %s", dataset, root)
+    logger.info("Kaggle dataset %s extracted into %s", spec, root)
     return root
 
 
-def _download_archive(api: Any, dataset: str, folder: Path) -> Path:
-    """Download ``dataset``'s zip archive into ``folder`` with the Kaggle client ``api``,
+def authenticated_client(spec: KaggleSpec) -> Any:
+    """The ``kaggle`` client, once credentials are known to exist (checked first, before
+    the noisy import)."""
+    source = _credential_source()
+    if source is None:
+        raise SegpipeError(CREDENTIALS_HELP)
+    logger.debug("Kaggle credentials from %s", source)
+    return _load_client(str(spec))
+
+
+def latest_version(api: Any, spec: KaggleSpec) -> int:
+    """The current version number of ``spec``'s dataset on Kaggle."""
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):
+            answer = api.dataset_status(spec.ref, format="json(current_version_number)")
+        version = json.loads(answer)["current_version_number"]
+    except Exception as e:
+        logger.debug("kaggle version lookup error for %s", spec.ref, exc_info=True)
+        raise _client_error(spec.ref, e) from e
+    if not isinstance(version, int) or version < 1:
+        raise SegpipeError(f"Kaggle dataset {spec.ref}: Kaggle names no version ({version!r})")
+    return version
+
+
+def _download_archive(api: Any, spec: KaggleSpec, folder: Path) -> Path:
+    """Download ``spec``'s zip archive into ``folder`` with the Kaggle client ``api``,
     keeping the client's own printing out of the user's terminal (it goes to the debug log)."""
+    dataset = str(spec)
     logger.info("Downloading Kaggle dataset %s", dataset)
     captured = io.StringIO()
     try:
         with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):
-            api.dataset_download_files(dataset, path=str(folder), force=True, quiet=True)
+            api.dataset_download_files(spec.client_ref(), path=str(folder), force=True, quiet=True)
     except Exception as e:
         logger.debug("kaggle download error for %s", dataset, exc_info=True)
         raise _client_error(dataset, e) from e
@@ -167,3 +232,69 @@ def _download_archive(api: Any, dataset: str, folder: Path) -> Path:
     if not archives:
         raise SegpipeError(f"Kaggle dataset {dataset}: the download produced no zip archive")
     return archives[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class Fetched:
+    """A Kaggle dataset version in the downloads folder.
+
+    Args:
+        root: its extracted files (read-only).
+        spec: the dataset, with the version that ``root`` holds.
+        downloaded: whether this call downloaded it (False: an earlier one did).
+    """
+
+    root: Path
+    spec: KaggleSpec
+    downloaded: bool
+
+
+def fetch_kaggle(dataset: str, downloads: Path) -> Fetched:
+    """The dataset ``owner/name[/versions/N]`` extracted in ``downloads``, downloaded only if
+    that version is not there yet. A pinned version already downloaded needs neither network
+    nor credentials; for ``owner/name``, Kaggle is asked for its latest version number.
+
+    Raises:
+        SegpipeError: a bad spec, missing credentials, an unreachable Kaggle (naming the
+            versions downloaded before, to pin one), a failed download.
+    """
+    spec = parse_dataset(dataset)
+    folder = Path(downloads) / spec.owner / spec.name / "versions"
+    if spec.version is not None and (folder / str(spec.version)).is_dir():
+        return Fetched(folder / str(spec.version), spec, downloaded=False)
+    try:
+        api = authenticated_client(spec)
+        version = spec.version or latest_version(api, spec)
+    except SegpipeError as e:
+        raise SegpipeError(f"{e}{_offline_hint(spec, folder)}") from None
+    pinned = dataclasses.replace(spec, version=version)
+    target = folder / str(version)
+    if target.is_dir():
+        return Fetched(target, pinned, downloaded=False)
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder, prefix=f".{version}.") as tmp:
+        root = download_kaggle(str(pinned), Path(tmp), api)
+        _make_read_only(root)
+        root.rename(target)  # complete, or not there at all
+    return Fetched(target, pinned, downloaded=True)
+
+
+def _offline_hint(spec: KaggleSpec, folder: Path) -> str:
+    """For ``owner/name`` without Kaggle: the versions downloaded before, one to pin."""
+    versions = sorted(int(p.name) for p in folder.glob("[0-9]*") if p.is_dir())
+    if spec.version is not None or not versions:
+        return ""
+    listed = ("version " if len(versions) == 1 else "versions ") + ", ".join(map(str, versions))
+    return (
+        f"; downloaded before: {listed}: to use one without Kaggle, pin it, "
+        f"e.g. data.kaggle_dataset: {spec.ref}/versions/{versions[-1]}"
+    )
+
+
+def _make_read_only(root: Path) -> None:
+    """A downloaded version never changes: its files are made read-only, so the download
+    stage links them into its output instead of copying (see data/download.py)."""
+    for path in root.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            mode = path.stat().st_mode
+            path.chmod(mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))

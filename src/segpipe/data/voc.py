@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 from pathlib import Path
 
 from segpipe.config import DataConfig
 from segpipe.data.images import FolderScan, scan_folder, short_list
 from segpipe.data.source_report import SourceReport
 from segpipe.errors import SegpipeError
+from segpipe.files import link_or_copy
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +165,7 @@ def convert(root: Path, dest: Path, data: DataConfig) -> SourceReport:
             source = scan.images[stem]
             target = dest / sub / source.relative_to(scan.root)
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target)
+            link_or_copy(source, target)
     report.counts["pairs"] = len(pairs)
     log.info(
         "%s: %d image/mask pairs copied; %d images have no mask (detection-only), not used",

@@ -1,11 +1,14 @@
 """Resumable training: the state saved after every epoch, and when it may be reused.
 
-After each completed epoch, training writes one file with the model, optimizer, scheduler and
-every RNG state (python, numpy, torch, the DataLoader's shuffling generator, albumentations).
-A new run resumes from it only if its fingerprint (the train stage's params, the bytes of the
-training data and of the code the stage runs, and the library versions) matches, so an
-interrupted run finishes with exactly the numbers an uninterrupted one would have; anything
-else starts over.
+After each completed epoch, training writes one folder per run with the model, optimizer,
+scheduler and every RNG state (python, numpy, torch, the DataLoader's shuffling generator,
+albumentations), the best checkpoint so far and the DVCLive history. A new run resumes from it
+only if its fingerprint (the train stage's params, the bytes of the training data and of the
+code the stage runs, and the library versions) matches, so an interrupted run finishes with
+exactly the numbers an uninterrupted one would have; anything else starts over.
+
+The folder is no output of the stage: DVC never caches or pushes it, the stage's outputs need
+no ``persist`` (which would turn DVC's run cache off), and a finished run deletes it.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import importlib.metadata
 import json
 import logging
 import random
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +30,19 @@ from albumentations.core.composition import BaseCompose
 from torch import nn
 
 from segpipe.config import Params, to_dict
-from segpipe.files import atomic_write
+from segpipe.files import atomic_write, staged_dir
 from segpipe.imports import import_closure
 from segpipe.model.network import unwrap
 
 log = logging.getLogger(__name__)
 
 FORMAT = 1
+
+STATE = "state.pt"
+"""In a run's resume folder: the training state (``model.pt`` and ``live/`` sit beside it)."""
+
+KEEP_OTHERS = 2
+"""Resume folders of other interrupted runs kept besides the current one (the newest)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,26 +66,40 @@ class TrainingState:
 
 
 class Resume:
-    """One run's resume file: where it is, and the fingerprint that says whether a state saved
-    there belongs to this run.
+    """One run's resume folder, ``<root>/<first 16 hex digits of its fingerprint>``: the
+    training state, the best checkpoint so far and the DVCLive history after the last
+    completed epoch, replaced as a whole after every epoch.
+
+    DVC deletes a stage's outputs before it runs it, so the checkpoint and the history of the
+    completed epochs come back from this folder, not from the outputs. Runs with different
+    parameters have folders of their own: going back to an interrupted run's parameters still
+    resumes it.
 
     Args:
-        path: the file, rewritten after every completed epoch.
+        root: the folder that holds the runs' resume folders.
         run_fingerprint: :func:`fingerprint` of this run.
     """
 
-    def __init__(self, path: Path, run_fingerprint: str) -> None:
-        self.path = path
+    def __init__(self, root: Path, run_fingerprint: str) -> None:
+        self.root = Path(root)
         self.fingerprint = run_fingerprint
+        self.dir = self.root / run_fingerprint[:16]
 
-    def restore(self, state: TrainingState, epochs: int) -> tuple[dict[str, float], int] | None:
-        """Load the state saved for this run into ``state``, if it has epochs left to train.
+    @property
+    def state_file(self) -> Path:
+        return self.dir / STATE
+
+    def restore(
+        self, state: TrainingState, epochs: int, *, model_path: Path, live_dir: Path
+    ) -> tuple[dict[str, float], int] | None:
+        """Load the state saved for this run into ``state``, if it has epochs left to train,
+        and put its best checkpoint and history back at ``model_path`` and ``live_dir``.
 
         Returns:
             The best validation metrics so far (with their ``epoch``) and the number of
             completed epochs; None when there is nothing to resume (start over).
         """
-        saved = load(self.path, self.fingerprint)
+        saved = load(self.state_file, self.fingerprint)
         if saved is None or saved["epoch"] >= epochs:
             return None
         unwrap(state.model).load_state_dict(saved["model"])
@@ -85,25 +109,66 @@ class Resume:
         if state.scaler is not None:
             state.scaler.load_state_dict(saved["scaler"])
         restore_rng(saved["rng"], state.augment, state.generator)
-        log.info("resuming after epoch %d/%d from %s", saved["epoch"], epochs, self.path)
+        self._put_back(Path(model_path), Path(live_dir))
+        log.info("resuming after epoch %d/%d from %s", saved["epoch"], epochs, self.dir)
         return saved["best"], saved["epoch"]
 
-    def snapshot(self, state: TrainingState, *, epoch: int, best: dict[str, float]) -> None:
-        """Save ``state`` after ``epoch`` completed epochs, with the best epoch so far."""
+    def _put_back(self, model_path: Path, live_dir: Path) -> None:
+        best, history = self.dir / "model.pt", self.dir / "live"
+        if best.is_file():
+            atomic_write(model_path, lambda tmp: shutil.copyfile(best, tmp))
+        if history.is_dir():
+            with staged_dir(live_dir) as staging:
+                shutil.copytree(history, staging, dirs_exist_ok=True)
+
+    def snapshot(
+        self,
+        state: TrainingState,
+        *,
+        epoch: int,
+        best: dict[str, float],
+        model_path: Path,
+        live_dir: Path,
+    ) -> None:
+        """Save ``state`` after ``epoch`` completed epochs, with the best epoch so far, a copy
+        of its checkpoint and the history; a kill meanwhile leaves the previous snapshot."""
         model = unwrap(state.model).state_dict()
-        save(
-            self.path,
-            {
-                "fingerprint": self.fingerprint,
-                "epoch": epoch,
-                "best": best,
-                "model": {k: v.detach().cpu() for k, v in model.items()},
-                "optimizer": state.optimizer.state_dict(),
-                "scheduler": state.scheduler.state_dict() if state.scheduler else None,
-                "scaler": state.scaler.state_dict() if state.scaler else None,
-                "rng": capture_rng(state.augment, state.generator),
-            },
-        )
+        with staged_dir(self.dir) as staging:
+            save(
+                staging / STATE,
+                {
+                    "fingerprint": self.fingerprint,
+                    "epoch": epoch,
+                    "best": best,
+                    "model": {k: v.detach().cpu() for k, v in model.items()},
+                    "optimizer": state.optimizer.state_dict(),
+                    "scheduler": state.scheduler.state_dict() if state.scheduler else None,
+                    "scaler": state.scaler.state_dict() if state.scaler else None,
+                    "rng": capture_rng(state.augment, state.generator),
+                },
+            )
+            if Path(model_path).is_file():
+                shutil.copyfile(model_path, staging / "model.pt")
+            if Path(live_dir).is_dir():
+                shutil.copytree(live_dir, staging / "live")
+        self._prune_others()
+
+    def finish(self) -> None:
+        """Delete this run's folder: a finished run is never resumed."""
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _prune_others(self) -> None:
+        """Keep the newest :data:`KEEP_OTHERS` folders of other interrupted runs (each holds
+        a model and its optimizer state), delete older ones."""
+        others = [
+            p
+            for p in self.root.iterdir()
+            if p.is_dir() and not p.name.startswith(".") and p != self.dir
+        ]
+        others.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in others[KEEP_OTHERS:]:
+            log.info("deleting the resume state of an older interrupted run: %s", old)
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def fingerprint(

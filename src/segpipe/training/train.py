@@ -41,13 +41,14 @@ def run(
     cache_dir: Path,
     model_path: Path,
     live_dir: Path,
-    resume_path: Path | None = None,
+    resume_dir: Path | None = None,
 ) -> dict[str, float]:
     """Train on the cache stage's arrays in ``cache_dir``; write the best checkpoint to
     ``model_path`` and the history to ``live_dir``.
 
-    With ``resume_path``, the full training state is saved there after every epoch, and a run
-    interrupted earlier (same params and data) continues after its last completed epoch.
+    With ``resume_dir``, the full training state is saved below it after every epoch (see
+    :class:`segpipe.training.resume.Resume`), a run interrupted earlier (same params, data
+    and code) continues after its last completed epoch, and a finished run deletes its state.
 
     Returns:
         The validation metrics of the best epoch.
@@ -55,7 +56,7 @@ def run(
 
     ctx = distributed.setup()
     try:
-        return _fit(params, cache_dir, model_path, live_dir, resume_path, ctx)
+        return _fit(params, cache_dir, model_path, live_dir, resume_dir, ctx)
     finally:
         distributed.cleanup(ctx)
 
@@ -65,7 +66,7 @@ def _fit(
     cache_dir: Path,
     model_path: Path,
     live_dir: Path,
-    resume_path: Path | None,
+    resume_dir: Path | None,
     ctx: distributed.Context,
 ) -> dict[str, float]:
     """Set up, restore an interrupted run if there is one, then train the remaining epochs,
@@ -86,11 +87,8 @@ def _fit(
         loaders.augment,
         generator,
     )
-    resume_file = _resume_file(params, cache_dir, resume_path, ctx)
-    progress = resume_file.restore(state, t.epochs) if resume_file is not None else None
-    best, done = progress or ({"dice": -math.inf}, 0)  # done: completed epochs
-    if done:
-        trim_history(live_dir, done)
+    resume_file = _resume_file(params, cache_dir, resume_dir, ctx)
+    best, done = _restore(resume_file, state, t.epochs, model_path, live_dir)
     spec = ModelSpec.from_params(params)
     with _history(live_dir, ctx, resumed=done > 0) as live:
         live.step = done
@@ -111,8 +109,12 @@ def _fit(
                     save_checkpoint(model_path, learner.model, record)
             live.next_step()
             if resume_file is not None:
-                resume_file.snapshot(state, epoch=epoch, best=best)
+                resume_file.snapshot(
+                    state, epoch=epoch, best=best, model_path=model_path, live_dir=live_dir
+                )
         live.summary["best"] = {"epoch": best["epoch"], "val_dice": best["dice"]}
+    if resume_file is not None:
+        resume_file.finish()
     return best
 
 
@@ -268,10 +270,10 @@ def _log_start(params: Params, loaders: Loaders, runtime: Runtime) -> None:
 
 
 def _resume_file(
-    params: Params, cache_dir: Path, resume_path: Path | None, ctx: distributed.Context
+    params: Params, cache_dir: Path, resume_dir: Path | None, ctx: distributed.Context
 ) -> resume.Resume | None:
-    """The resume file of this run, or None: none asked for, or several processes."""
-    if resume_path is None:
+    """The resume folder of this run, or None: none asked for, or several processes."""
+    if resume_dir is None:
         return None
     if ctx.distributed:
         log.warning(
@@ -279,7 +281,27 @@ def _resume_file(
         )
         return None
     data_files = [*cache_paths(cache_dir, "train"), *cache_paths(cache_dir, "val")]
-    return resume.Resume(resume_path, resume.fingerprint(params, data_files))
+    return resume.Resume(resume_dir, resume.fingerprint(params, data_files))
+
+
+def _restore(
+    resume_file: resume.Resume | None,
+    state: resume.TrainingState,
+    epochs: int,
+    model_path: Path,
+    live_dir: Path,
+) -> tuple[dict[str, float], int]:
+    """The best validation metrics so far and the number of completed epochs: from the resume
+    state (its checkpoint and history put back) if this run was interrupted, else a start."""
+    progress = (
+        resume_file.restore(state, epochs, model_path=model_path, live_dir=live_dir)
+        if resume_file is not None
+        else None
+    )
+    best, done = progress or ({"dice": -math.inf}, 0)
+    if done:
+        trim_history(live_dir, done)
+    return best, done
 
 
 def _history(live_dir: Path, ctx: distributed.Context, *, resumed: bool) -> Any:
