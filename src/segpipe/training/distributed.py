@@ -53,6 +53,13 @@ def setup() -> Context:
     return Context(rank=dist.get_rank(), world_size=dist.get_world_size(), device=device)
 
 
+def finish(ctx: Context) -> None:
+    """Wait until every process is done, so that no process tears down the group while another
+    still writes (gloo aborts a process whose peer disconnects under it)."""
+    if ctx.distributed and dist.is_initialized():
+        dist.barrier()
+
+
 def cleanup(ctx: Context) -> None:
     if ctx.distributed and dist.is_initialized():
         dist.destroy_process_group()

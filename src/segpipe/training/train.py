@@ -56,7 +56,9 @@ def run(
 
     ctx = distributed.setup()
     try:
-        return _fit(params, cache_dir, model_path, live_dir, resume_dir, ctx)
+        best = _fit(params, cache_dir, model_path, live_dir, resume_dir, ctx)
+        distributed.finish(ctx)
+        return best
     finally:
         distributed.cleanup(ctx)
 
