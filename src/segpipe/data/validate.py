@@ -261,10 +261,8 @@ def render_markdown(report: dict) -> str:
     skipped = report["skipped"]
     if skipped:
         by_kind = ", ".join(f"{k} {n}" for k, n in report["skipped_by_kind"].items())
-        lines += ["", f"## Skipped files ({len(skipped)}: {by_kind})", ""]
-        lines += [f"- `{s['file']}`: {s['reason']}" for s in skipped[:MD_SKIPPED]]
-        if len(skipped) > MD_SKIPPED:
-            lines.append(f"- ... and {len(skipped) - MD_SKIPPED} more (see report.json)")
+        heading = f"## Skipped files ({len(skipped)}: {by_kind})"
+        lines += _capped_list(heading, [f"`{s['file']}`: {s['reason']}" for s in skipped])
     if report["source"] is not None:
         lines += _source_lines(report["source"])
     return "\n".join(lines) + "\n"
@@ -282,8 +280,15 @@ def _source_lines(source: dict[str, Any]) -> list[str]:
     ]
     if problems:
         by_kind = ", ".join(f"{k} {n}" for k, n in source["problems_by_kind"].items())
-        lines += ["", f"Left out or changed ({len(problems)}: {by_kind}):", ""]
-        lines += [f"- {p['item']}: {p['reason']}" for p in problems[:MD_SKIPPED]]
-        if len(problems) > MD_SKIPPED:
-            lines.append(f"- ... and {len(problems) - MD_SKIPPED} more (see report.json)")
+        heading = f"Left out or changed ({len(problems)}: {by_kind}):"
+        lines += _capped_list(heading, [f"{p['item']}: {p['reason']}" for p in problems])
+    return lines
+
+
+def _capped_list(heading: str, entries: list[str]) -> list[str]:
+    """A Markdown list under ``heading``: the first MD_SKIPPED entries, then a count of the rest
+    (report.json lists all)."""
+    lines = ["", heading, "", *(f"- {entry}" for entry in entries[:MD_SKIPPED])]
+    if len(entries) > MD_SKIPPED:
+        lines.append(f"- ... and {len(entries) - MD_SKIPPED} more (see report.json)")
     return lines
