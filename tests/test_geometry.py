@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from segpipe.data.images import read_image
 from segpipe.data.masks import RULE_FILE, load_rule
 from segpipe.data.tables import read_split
 from segpipe.errors import SegpipeError
+from segpipe.evaluation import evaluate
 from segpipe.evaluation.metrics import SegmentationMetrics
 from segpipe.model.checkpoint import load_checkpoint, save_checkpoint
 from segpipe.model.geometry import (
@@ -199,10 +201,44 @@ def test_geometry_and_inference_options_are_validated_in_one_line(tmp_path):
         load_params(path)
 
 
+def test_tta_predict_writes_exactly_the_masks_tta_evaluate_scored(tmp_path, tiny_run):
+    model_path = _with_geometry(tiny_run / "model.pt", tmp_path / "m.pt", resize="longest_side")
+    edits = {"evaluate__tile": 32, "evaluate__overlap": 0.5, "evaluate__tta": "flip"}
+    params_file = write_params(tmp_path / "params.yaml", tiny_params(), **edits)
+    evaluate.run(
+        load_params(params_file),
+        model_path,
+        tiny_run / "splits",
+        tmp_path / "evaluate.json",
+        tmp_path / "per_image.csv",
+        tmp_path / "predictions",
+    )
+    images = tmp_path / "test_images"
+    images.mkdir()
+    test = read_split(tiny_run / "splits" / "test.csv")
+    for image in test["image"]:
+        shutil.copy2(image, images)
+    predict.run(model_path, images, tmp_path / "out", params_path=params_file)
+    plain = tmp_path / "plain"
+    predict.run(model_path, images, plain, params_path=write_params(tmp_path / "p.yaml"))
+    differs = False
+    for stem in test["stem"]:
+        written = (tmp_path / "out" / f"{stem}.png").read_bytes()
+        assert written == (tmp_path / "predictions" / f"{stem}.png").read_bytes(), stem
+        differs |= written != (plain / f"{stem}.png").read_bytes()
+    assert differs  # tiles and TTA did change some mask: the comparison is not vacuous
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "edits",
     [
-        {"train__resize": "longest_side", "evaluate__tile": 32, "evaluate__tta": "flip"},
+        {
+            "train__resize": "longest_side",
+            "evaluate__tile": 32,
+            "evaluate__overlap": 0.0,
+            "evaluate__tta": "flip",
+        },
         {"train__crop": 32, "train__scale": 0.75, "evaluate__tile": 64, "evaluate__tta": "flip"},
     ],
     ids=["longest_side", "crops"],
