@@ -6,6 +6,7 @@ from segpipe.cli import parser, run_stage
 from segpipe.config import load_params
 from segpipe.data import cache
 from segpipe.data.masks import RULE_FILE, load_rule
+from segpipe.model.geometry import Geometry
 
 if __name__ == "__main__":
     p = parser(__doc__)
@@ -16,6 +17,6 @@ if __name__ == "__main__":
     def main() -> None:
         params = load_params(args.params)
         rule = load_rule(args.splits / RULE_FILE, params.data)
-        cache.run(args.splits, args.out, params.train.image_size, rule)
+        cache.run(args.splits, args.out, Geometry.from_train(params.train), rule)
 
     raise SystemExit(run_stage(main, verbose=args.verbose, params=args.params))

@@ -42,10 +42,11 @@ def splits_dir(tmp_path: Path, raw_dir: Path, params: Params) -> Path:
 def cache_dir(tmp_path: Path, splits_dir: Path, params: Params) -> Path:
     from segpipe.data import cache
     from segpipe.data.masks import RULE_FILE, load_rule
+    from segpipe.model.geometry import Geometry
 
     out = tmp_path / "cache"
     rule = load_rule(splits_dir / RULE_FILE, params.data)
-    cache.run(splits_dir, out, params.train.image_size, rule)
+    cache.run(splits_dir, out, Geometry.from_train(params.train), rule)
     return out
 
 
@@ -66,6 +67,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     from segpipe.data import cache, split
     from segpipe.data.masks import RULE_FILE, load_rule
     from segpipe.data.synthetic import generate
+    from segpipe.model.geometry import Geometry
     from segpipe.training import train
 
     root = tmp_path_factory.mktemp("tiny_run")
@@ -73,7 +75,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     generate(root / "raw", p.data.synthetic, p.seed)
     split.run(p.split, p.seed, root / "raw", root / "splits")
     rule = load_rule(root / "splits" / RULE_FILE, p.data)
-    cache.run(root / "splits", root / "cache", p.train.image_size, rule)
+    cache.run(root / "splits", root / "cache", Geometry.from_train(p.train), rule)
     best = train.run(p, root / "cache", root / "model.pt", root / "live", root / "resume")
     (root / "best.json").write_text(json.dumps(best))
     before = _listing(root)

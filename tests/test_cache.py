@@ -14,6 +14,7 @@ from segpipe.data.dataset import CachedDataset, SegmentationDataset, build_trans
 from segpipe.data.masks import RULE_FILE, load_rule
 from segpipe.data.tables import read_split
 from segpipe.errors import SegpipeError
+from segpipe.model.geometry import Geometry
 
 
 def test_cache_matches_decoding_on_the_fly(splits_dir, cache_dir, params):
@@ -76,7 +77,10 @@ def test_cache_space_is_reserved_before_any_image_is_decoded(
     monkeypatch.setattr(os, "posix_fallocate", spy)
     monkeypatch.setattr(cache, "read_pair", lambda *a: read.append(a) or read_pair(*a))
     cache.run(
-        splits_dir, tmp_path / "again", params.train.image_size, load_rule(splits_dir / RULE_FILE)
+        splits_dir,
+        tmp_path / "again",
+        Geometry.from_train(params.train),
+        load_rule(splits_dir / RULE_FILE),
     )
     sizes = [n * 64 * 64 * k for n in (12, 6) for k in (3, 1)]  # train, val
     assert reserved == [(0, size) for size in sizes]
@@ -85,7 +89,10 @@ def test_cache_space_is_reserved_before_any_image_is_decoded(
 
     monkeypatch.setattr(os, "posix_fallocate", _fail_with(errno.EOPNOTSUPP))  # zeros instead
     cache.run(
-        splits_dir, tmp_path / "zeros", params.train.image_size, load_rule(splits_dir / RULE_FILE)
+        splits_dir,
+        tmp_path / "zeros",
+        Geometry.from_train(params.train),
+        load_rule(splits_dir / RULE_FILE),
     )
     for name in os.listdir(cache_dir):
         assert (tmp_path / "zeros" / name).read_bytes() == (cache_dir / name).read_bytes()
@@ -97,6 +104,11 @@ def test_full_disk_leaves_the_cache_and_no_staging_folder(
     before = {p.name: p.read_bytes() for p in cache_dir.iterdir()}
     monkeypatch.setattr(os, "posix_fallocate", _fail_with(errno.ENOSPC))
     with pytest.raises(SegpipeError, match=r"cache: cannot write \(no space left on device\); "):
-        cache.run(splits_dir, cache_dir, params.train.image_size, load_rule(splits_dir / RULE_FILE))
+        cache.run(
+            splits_dir,
+            cache_dir,
+            Geometry.from_train(params.train),
+            load_rule(splits_dir / RULE_FILE),
+        )
     assert {p.name: p.read_bytes() for p in cache_dir.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "raw", "splits"]

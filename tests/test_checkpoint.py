@@ -28,6 +28,9 @@ def payload_as_train_writes_it() -> dict:
             "image_size": 64,
             "precision": "auto",
             "channels_last": True,
+            "resize": "squash",
+            "crop": None,
+            "scale": 1.0,
         },
         "state_dict": build_model(TINY, 2).state_dict(),
         "epoch": 2,
@@ -52,6 +55,27 @@ def test_files_in_the_current_layout_load_into_the_record(tmp_path):
         val_dice=0.75,
         train_images_per_s=31.5,
     )
+
+
+def test_files_without_the_geometry_fields_load_as_squashed(tmp_path):
+    """Checkpoints written before resize, crop and scale existed keep their meaning."""
+    payload = payload_as_train_writes_it()
+    for key in ("resize", "crop", "scale"):
+        del payload["model_config"][key]
+    torch.save(payload, tmp_path / "old.pt")
+    _, record = load_checkpoint(tmp_path / "old.pt")
+    geometry = record.model_config.geometry
+    assert (geometry.resize, geometry.crop, geometry.scale) == ("squash", None, 1.0)
+    assert geometry.input_size(1072, 1920) == (64, 64)
+
+
+def test_geometry_fields_round_trip(tmp_path):
+    payload = payload_as_train_writes_it()
+    payload["model_config"].update(crop=256, scale=0.5)
+    torch.save(payload, tmp_path / "m.pt")
+    _, record = load_checkpoint(tmp_path / "m.pt")
+    assert record.model_config.crop == 256 and record.model_config.scale == 0.5
+    assert record.model_config.geometry.input_size(1072, 1920) == (536, 960)
 
 
 def test_save_writes_plain_types_under_the_same_keys(tmp_path):
@@ -97,7 +121,8 @@ def test_an_unknown_field_is_named_in_one_line(tmp_path):
     payload["model_config"]["decoder"] = "fpn"
     assert _error(tmp_path, payload) == (
         "not a segpipe checkpoint of format 1: unknown field model_config.decoder (valid in "
-        "model_config: arch, encoder, classes, image_size, precision, channels_last)"
+        "model_config: arch, encoder, classes, image_size, precision, channels_last, resize, crop, "
+        "scale)"
     )
 
 
@@ -114,6 +139,9 @@ def test_an_unknown_field_is_named_in_one_line(tmp_path):
             "model_config.classes is ['background'], not a list of at least 2 names",
         ),
         ("classes", ["background", 1], "model_config.classes[1] is 1, not a string"),
+        ("resize", "stretch", "model_config.resize is 'stretch', not one of squash, longest_side"),
+        ("crop", "256", "model_config.crop is '256', not an integer"),
+        ("scale", "half", "model_config.scale is 'half', not a number"),
     ],
 )
 def test_a_field_of_the_wrong_type_is_named_in_one_line(tmp_path, key, value, message):

@@ -258,7 +258,9 @@ def test_mask_colours_load_as_tuples(tmp_path):
 
 
 def test_unknown_key_lists_valid_keys(tmp_path):
-    with pytest.raises(SegpipeError, match=r"valid keys in train: image_size, epochs"):
+    with pytest.raises(
+        SegpipeError, match=r"valid keys in train: image_size, resize, crop, scale, epochs"
+    ):
         load_params(edited(tmp_path, lambda r: r["train"].update(epoch=1)))
 
 

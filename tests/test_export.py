@@ -62,6 +62,7 @@ def tiny_checkpoint(
         image_size=64,
         precision="fp32",
         channels_last=False,
+        resize="longest_side",  # inputs of any aspect: the graph's height and width are free
     )
     record = Checkpoint(model_config=spec, epoch=1, val_dice=0.5, train_images_per_s=1.0)
     save_checkpoint(path, model, record)
@@ -162,6 +163,11 @@ def test_metadata_describes_the_model(exported):
     pre = json.loads(meta["preprocessing"])
     assert (pre["mean"], pre["std"]) == (list(IMAGENET_MEAN), list(IMAGENET_STD))
     assert pre["size_multiple"] == 32
+    assert json.loads(meta["model_config"])["resize"] == "longest_side"
+    assert "longest_side" in meta["geometry"] and "pad below and to the right" in meta["geometry"]
+    assert meta["inference"] == export.OUTSIDE_GRAPH_NOTE  # tiles and TTA: not in the graph
+    report = json.loads(exported.onnx.with_name("model.onnx.json").read_text())
+    assert report["inference"] == export.OUTSIDE_GRAPH_NOTE
 
 
 def test_bad_checkpoint_path_is_a_one_line_error(tmp_path):

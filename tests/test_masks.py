@@ -21,6 +21,7 @@ from segpipe.data.masks import RULE_FILE, MaskRule, load_rule, rule_of_files
 from segpipe.data.tables import read_split, read_table
 from segpipe.errors import SegpipeError
 from segpipe.evaluation import evaluate
+from segpipe.model.geometry import Geometry
 from segpipe.reporting import plot
 from segpipe.training import train
 
@@ -73,7 +74,7 @@ def rows(splits: Path) -> pd.DataFrame:
 def cached_masks(splits: Path, out: Path) -> dict[str, np.ndarray]:
     """The cache stage's mask arrays by stem, built with the split stage's rule (for every
     split, the test split too, so that every mask is checked)."""
-    cache.run(splits, out, 32, load_rule(splits / RULE_FILE), splits=split.SPLITS)
+    cache.run(splits, out, Geometry.squash(32), load_rule(splits / RULE_FILE), splits=split.SPLITS)
     found = {}
     for name in split.SPLITS:
         masks = np.load(cache.cache_paths(out, name)[1])
@@ -387,7 +388,7 @@ def test_evaluate_and_plot_read_masks_by_the_split_rule(tmp_path, monkeypatch):
     p = tiny_params()
     p = dataclasses.replace(p, train=dataclasses.replace(p.train, image_size=32))
     rule = load_rule(splits / RULE_FILE, p.data)
-    cache.run(splits, tmp_path / "cache", 32, rule)
+    cache.run(splits, tmp_path / "cache", Geometry.squash(32), rule)
     train.run(p, tmp_path / "cache", tmp_path / "model.pt", tmp_path / "live")
     evaluate.run(
         p, tmp_path / "model.pt", splits, tmp_path / "e.json", tmp_path / "pi.csv", tmp_path / "pr"

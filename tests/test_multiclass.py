@@ -19,6 +19,7 @@ from segpipe.data.synthetic import make_pair
 from segpipe.data.tables import read_split, read_table
 from segpipe.errors import SegpipeError
 from segpipe.evaluation import evaluate
+from segpipe.model.geometry import Geometry
 from segpipe.reporting import plot
 from segpipe.training import train
 
@@ -100,7 +101,7 @@ def multiclass_run(tmp_path_factory):
     download.run(p.data, p.seed, root / "raw")
     split.run(p.split, p.seed, root / "raw", root / "splits", p.data.num_classes)
     rule = load_rule(root / "splits" / RULE_FILE, p.data)
-    cache.run(root / "splits", root / "cache", p.train.image_size, rule)
+    cache.run(root / "splits", root / "cache", Geometry.from_train(p.train), rule)
     best = train.run(p, root / "cache", root / "model.pt", root / "live")
     result = evaluate.run(
         p,

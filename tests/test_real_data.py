@@ -19,6 +19,7 @@ from segpipe.data.images import open_image, read_image, scan_folder
 from segpipe.data.masks import RULE_FILE, MaskRule, load_rule, read_pair
 from segpipe.data.tables import read_split, read_table
 from segpipe.errors import SegpipeError
+from segpipe.model.geometry import Geometry
 from segpipe.reporting import plot
 
 from .helpers import REPO, read_mask, tiny_params, write_params
@@ -141,7 +142,9 @@ def test_split_counts_turned_photos_and_cache_aligns_them(tmp_path, params):
         in (tmp_path / "splits" / "report.md").read_text()
     )
     rule = load_rule(tmp_path / "splits" / RULE_FILE)
-    cache.run(tmp_path / "splits", tmp_path / "cache", 64, rule, splits=split.SPLITS)
+    cache.run(
+        tmp_path / "splits", tmp_path / "cache", Geometry.squash(64), rule, splits=split.SPLITS
+    )
     for name in split.SPLITS:  # every photo, the test split's too
         frame = read_split(tmp_path / "splits" / f"{name}.csv")
         images = np.load(tmp_path / "cache" / f"{name}_images.npy")

@@ -24,6 +24,8 @@ Format = Literal["masks", "coco", "voc"]
 ExtraCategories = Literal["error", "background", "ignore_index"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Scheduler = Literal["none", "cosine"]
+Resize = Literal["squash", "longest_side"]
+Tta = Literal["none", "flip"]
 
 LOSS_TERMS = ("ce", "bce", "dice", "focal", "lovasz")
 """Loss names; ``train.loss`` is one of them or a weighted sum such as ``ce+dice``."""
@@ -89,6 +91,9 @@ class ModelConfig:
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     image_size: int
+    resize: Resize
+    crop: int | None
+    scale: float
     epochs: int
     batch_size: int
     lr: float
@@ -107,6 +112,9 @@ class EvaluateConfig:
     threshold: float
     batch_size: int
     include_background: bool
+    tile: int | None
+    overlap: float
+    tta: Tta
 
 
 @dataclasses.dataclass(frozen=True)
@@ -251,6 +259,7 @@ def _check_values(p: Params) -> None:
     e = p.evaluate
     _require(0.0 < e.threshold < 1.0, f"evaluate.threshold: must be in (0, 1), got {e.threshold}")
     _require(e.batch_size >= 1, f"evaluate.batch_size: must be >= 1, got {e.batch_size}")
+    _check_inference(e)
     _require(p.plot.n_samples >= 1, f"plot.n_samples: must be >= 1, got {p.plot.n_samples}")
     _require(p.plot.n_worst >= 1, f"plot.n_worst: must be >= 1, got {p.plot.n_worst}")
 
@@ -373,6 +382,7 @@ def _check_train(t: TrainConfig, n: int) -> None:
         t.image_size >= 32 and t.image_size % 32 == 0,
         f"train.image_size: must be a multiple of 32 and >= 32, got {t.image_size}",
     )
+    _check_geometry(t)
     _require(t.epochs >= 1, f"train.epochs: must be >= 1, got {t.epochs}")
     _require(t.batch_size >= 1, f"train.batch_size: must be >= 1, got {t.batch_size}")
     _require(t.lr > 0, f"train.lr: must be > 0, got {t.lr}")
@@ -388,6 +398,47 @@ def _check_train(t: TrainConfig, n: int) -> None:
             all(w >= 0 for w in t.class_weights) and sum(t.class_weights) > 0,
             f"train.class_weights: must be >= 0 and not all 0, got {list(t.class_weights)}",
         )
+
+
+MAX_SCALE = 4.0
+"""The largest ``train.scale``: beyond it crops would come from upsampled pixels only."""
+
+
+def _check_geometry(t: TrainConfig) -> None:
+    """How images become model inputs: ``train.resize``, or crops at ``train.scale``."""
+    if t.crop is not None:
+        _require(
+            t.crop >= 32 and t.crop % 32 == 0,
+            f"train.crop: must be null or a multiple of 32 and >= 32, got {t.crop}",
+        )
+        _require(
+            t.resize == "squash",
+            "train.resize: with train.crop, images keep their aspect at train.scale of their "
+            "size and are not resized to train.image_size; set train.resize: squash (the "
+            "default) or train.crop: null",
+        )
+    _require(
+        0.0 < t.scale <= MAX_SCALE,
+        f"train.scale: must be in (0, {MAX_SCALE:g}] (1.0 = original resolution), got {t.scale}",
+    )
+    _require(
+        t.scale == 1.0 or t.crop is not None,
+        f"train.scale: applies to crop training; set train.crop (e.g. 256) or leave train.scale "
+        f"at 1.0, got {t.scale}",
+    )
+
+
+def _check_inference(e: EvaluateConfig) -> None:
+    """Sliding-window inference (``evaluate.tile``, ``evaluate.overlap``)."""
+    _require(
+        e.tile is None or (e.tile >= 32 and e.tile % 32 == 0),
+        f"evaluate.tile: must be null (whole image) or a multiple of 32 and >= 32, got {e.tile}",
+    )
+    _require(
+        0.0 <= e.overlap < 1.0,
+        f"evaluate.overlap: must be in [0, 1) (the share of a tile its neighbour repeats), got "
+        f"{e.overlap}",
+    )
 
 
 def _check_mask_colours(data: DataConfig) -> None:

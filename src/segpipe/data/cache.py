@@ -4,6 +4,10 @@ Training reads ``(N, S, S, 3)`` images and ``(N, S, S)`` masks of the train and 
 through ``np.load(mmap_mode="r")`` instead of decoding full-size files every epoch. Memory stays
 bounded as the dataset grows: the OS pages the arrays in and out, and nothing holds the decoded
 dataset in the Python heap.
+
+Crop training (``train.crop``) keeps each image at ``train.scale`` of its own size, so the
+sizes differ: the pixels of all images then lie one after another in ``(P, 3)`` and ``(P,)``
+arrays, and ``<split>_shapes.npy`` holds each image's (h, w).
 """
 
 from __future__ import annotations
@@ -14,13 +18,14 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-import albumentations as A
 import numpy as np
 import pandas as pd
 
 from segpipe.data.masks import MaskRule, read_pair
 from segpipe.data.tables import read_split
+from segpipe.errors import SegpipeError
 from segpipe.files import reserve_space, staged_dir, write_error
+from segpipe.model.geometry import Geometry
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +37,26 @@ decode the test images at their original resolution."""
 def cache_paths(cache_dir: Path, split: str) -> tuple[Path, Path]:
     """Where the images and masks arrays of ``split`` live."""
     return cache_dir / f"{split}_images.npy", cache_dir / f"{split}_masks.npy"
+
+
+def shapes_path(cache_dir: Path, split: str) -> Path:
+    """Where the (h, w) of each image of ``split`` lives when sizes differ (crop training)."""
+    return cache_dir / f"{split}_shapes.npy"
+
+
+def cached_shapes(frame: pd.DataFrame, geometry: Geometry) -> np.ndarray:
+    """(N, 2) int64: the size each image of ``frame`` is cached at, from the split's sizes."""
+    heights, widths = frame["height"].astype(int), frame["width"].astype(int)
+    sizes = [geometry.input_size(h, w) for h, w in zip(heights, widths, strict=True)]
+    return np.array(sizes, dtype=np.int64).reshape(len(frame), 2)
+
+
+def array_shapes(frame: pd.DataFrame, geometry: Geometry) -> tuple[int, ...]:
+    """The images array's shape without its channel axis (the masks array's shape)."""
+    side = geometry.cache_side()
+    if side is not None:
+        return (len(frame), side, side)
+    return (int(cached_shapes(frame, geometry).prod(axis=1).sum()),)
 
 
 def allocate(path: Path, shape: tuple[int, ...]) -> None:
@@ -47,19 +72,29 @@ def build_split_cache(
     frame: pd.DataFrame,
     images_path: Path,
     masks_path: Path,
-    image_size: int,
+    geometry: Geometry,
     rule: MaskRule,
 ) -> int:
     """Resize every pair of ``frame`` exactly as training would (albumentations' Resize:
-    bilinear for images, nearest for masks; masks read by ``rule``) into the arrays
-    :func:`allocate` made. Returns the count."""
-    resize = A.Resize(image_size, image_size)
+    bilinear for images, nearest for masks; masks read by ``rule``; see
+    :meth:`~segpipe.model.geometry.Geometry.for_cache`) into the arrays :func:`allocate` made.
+    Returns the count."""
     images = np.load(images_path, mmap_mode="r+")
     masks = np.load(masks_path, mmap_mode="r+")
+    shapes = cached_shapes(frame, geometry)
+    offset = 0
     for i, (image_file, mask_file) in enumerate(zip(frame["image"], frame["mask"], strict=True)):
-        image, mask = read_pair(Path(image_file), Path(mask_file), rule)
-        out = resize(image=image, mask=mask)
-        images[i], masks[i] = out["image"], out["mask"]
+        image, mask = geometry.for_cache(*read_pair(Path(image_file), Path(mask_file), rule))
+        if geometry.cache_side() is not None:
+            images[i], masks[i] = image, mask
+            continue
+        if mask.shape != tuple(shapes[i]):  # the file changed since the split stage ran
+            raise SegpipeError(
+                f"{image_file}: its size differs from the one in the split; rerun the split stage"
+            )
+        n = mask.size
+        images[offset : offset + n], masks[offset : offset + n] = image.reshape(n, 3), mask.ravel()
+        offset += n
     images.flush()
     masks.flush()
     return len(frame)
@@ -68,12 +103,12 @@ def build_split_cache(
 def run(
     splits_dir: Path,
     cache_dir: Path,
-    image_size: int,
+    geometry: Geometry,
     rule: MaskRule,
     *,
     splits: Sequence[str] = CACHED_SPLITS,
 ) -> dict[str, int]:
-    """Cache ``splits`` (the train and val splits) at ``image_size``; masks hold class indices
+    """Cache ``splits`` (the train and val splits) in ``geometry``; masks hold class indices
     by the split stage's ``rule`` (see :func:`~segpipe.data.masks.load_rule`), with
     :data:`~segpipe.constants.IGNORE` where ``ignore_index`` was.
 
@@ -81,7 +116,7 @@ def run(
     (or any failed write) nothing is left behind and ``cache_dir`` stays as it was.
     """
     frames = {split: read_split(splits_dir / f"{split}.csv") for split in splits}
-    shapes = {split: (len(frame), image_size, image_size) for split, frame in frames.items()}
+    shapes = {split: array_shapes(frame, geometry) for split, frame in frames.items()}
     counts = {}
     try:
         with staged_dir(cache_dir) as staging:  # all arrays appear together, or none
@@ -89,9 +124,11 @@ def run(
                 images_path, masks_path = cache_paths(staging, split)
                 allocate(images_path, (*shape, 3))
                 allocate(masks_path, shape)
+                if geometry.cache_side() is None:
+                    np.save(shapes_path(staging, split), cached_shapes(frames[split], geometry))
             for split, frame in frames.items():
                 counts[split] = build_split_cache(
-                    frame, *cache_paths(staging, split), image_size, rule
+                    frame, *cache_paths(staging, split), geometry, rule
                 )
     except OSError as e:
         needed = sum(math.prod(shape) * 4 for shape in shapes.values()) / 2**20
@@ -102,7 +139,7 @@ def run(
             "nothing in it was changed",
         ) from None
     size_mb = sum(p.stat().st_size for p in cache_dir.glob("*.npy")) / 2**20
-    log.info("cached %s at %dx%d (%.1f MiB)", counts, image_size, image_size, size_mb)
+    log.info("cached %s, %s (%.1f MiB)", counts, geometry.describe(), size_mb)
     return counts
 
 

@@ -6,6 +6,7 @@ A split CSV (columns ``image`` and ``mask``) becomes (image tensor, mask tensor)
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import albumentations as A
@@ -22,18 +23,30 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def build_transform(image_size: int, *, augment: bool, seed: int) -> A.Compose:
-    """Resize (+ flip and colour jitter when ``augment``) + ImageNet normalisation.
+def normalisation() -> A.Normalize:
+    """The input normalisation every model input gets, in training and inference alike."""
+    return A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD)
+
+
+def build_transform(
+    image_size: int,
+    *,
+    augment: bool,
+    seed: int,
+    geometry: Sequence[A.BasicTransform] | None = None,
+) -> A.Compose:
+    """Geometry (default: resize to the ``image_size`` square) (+ flip and colour jitter when
+    ``augment``) + ImageNet normalisation.
 
     albumentations 2.x ignores global seeds, hence ``seed=`` here.
     """
-    steps: list[A.BasicTransform] = [A.Resize(image_size, image_size)]
+    steps = [A.Resize(image_size, image_size)] if geometry is None else list(geometry)
     if augment:
         steps += [
             A.HorizontalFlip(p=0.5),
             A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.05, p=0.5),
         ]
-    steps.append(A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD))
+    steps.append(normalisation())
     return A.Compose(steps, seed=seed)
 
 
@@ -74,23 +87,35 @@ class CachedDataset(Dataset):
     rows a batch needs are paged in.
 
     Args:
-        images_path: ``(N, S, S, 3)`` uint8 ``.npy`` file.
-        masks_path: ``(N, S, S)`` uint8 ``.npy`` file of class indices.
+        images_path: ``(N, S, S, 3)`` uint8 ``.npy`` file, or ``(P, 3)`` pixels of images of
+            different sizes (crop training) with ``shapes_path``.
+        masks_path: ``(N, S, S)`` uint8 ``.npy`` file of class indices, or ``(P,)``.
         transform: applied to image and mask together (its resize is then a no-op).
         limit: use only the first ``limit`` items (benchmarks).
+        shapes_path: ``(N, 2)`` ``.npy`` file of each image's (h, w) when sizes differ.
     """
 
     def __init__(
-        self, images_path: Path, masks_path: Path, transform: A.Compose, limit: int | None = None
+        self,
+        images_path: Path,
+        masks_path: Path,
+        transform: A.Compose,
+        limit: int | None = None,
+        shapes_path: Path | None = None,
     ) -> None:
         self.images_path, self.masks_path = Path(images_path), Path(masks_path)
         self.transform = transform
         self._images: np.ndarray | None = None
         self._masks: np.ndarray | None = None
+        self.shapes: np.ndarray | None = None
         try:
             n = len(np.load(self.images_path, mmap_mode="r"))
-        except FileNotFoundError:
-            raise SegpipeError(f"{images_path}: cache not found (run the cache stage)") from None
+            if shapes_path is not None:
+                self.shapes = np.load(shapes_path)
+                n = len(self.shapes)
+        except FileNotFoundError as e:
+            raise SegpipeError(f"{e.filename}: cache not found (run the cache stage)") from None
+        self.offsets = None if self.shapes is None else pixel_offsets(self.shapes)
         self.length = n if limit is None else min(limit, n)
 
     def __len__(self) -> int:
@@ -100,9 +125,28 @@ class CachedDataset(Dataset):
         if self._images is None:
             self._images = np.load(self.images_path, mmap_mode="r")
             self._masks = np.load(self.masks_path, mmap_mode="r")
-        out = self.transform(image=np.array(self._images[index]), mask=np.array(self._masks[index]))
+        image, mask = self._pair(index)
+        out = self.transform(image=image, mask=mask)
         return to_tensor(out["image"]), torch.from_numpy(out["mask"].astype(np.int64))
+
+    def _pair(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The cached image and mask at ``index``, copied out of the memory maps."""
+        assert self._images is not None and self._masks is not None
+        if self.shapes is None or self.offsets is None:
+            return np.array(self._images[index]), np.array(self._masks[index])
+        (h, w), start = self.shapes[index], self.offsets[index]
+        end = start + h * w
+        return (
+            np.array(self._images[start:end]).reshape(h, w, 3),
+            np.array(self._masks[start:end]).reshape(h, w),
+        )
 
     def __getstate__(self) -> dict:
         # Workers reopen the memmaps themselves rather than receiving pickled arrays.
         return {**self.__dict__, "_images": None, "_masks": None}
+
+
+def pixel_offsets(shapes: np.ndarray) -> np.ndarray:
+    """Where each image of ``shapes`` (N, 2) starts in a flat array of their pixels."""
+    sizes = shapes[:, 0] * shapes[:, 1]
+    return np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)

@@ -28,6 +28,7 @@ from segpipe.evaluation.metrics import SegmentationMetrics, ThresholdSweep
 from segpipe.files import atomic_save_image, atomic_write, write_json
 from segpipe.model.inference import Predictor
 from segpipe.model.runtime import reuse_freed_memory
+from segpipe.model.tiling import InferenceOptions
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,7 @@ def run(
     cfg = params.evaluate
     classes = list(params.data.classes)
     reuse_freed_memory()
-    predictor = _predictor(model_path, cfg.threshold, classes)
+    predictor = _predictor(model_path, cfg, classes)
     rule = load_rule(splits_dir / RULE_FILE, params.data)
     test = read_split(splits_dir / "test.csv")
     metrics, rows, images_per_s = score_test_split(predictor, test, rule, cfg, predictions_dir)
@@ -146,9 +147,10 @@ def run(
     return result
 
 
-def _predictor(model_path: Path, threshold: float, classes: list[str]) -> Predictor:
-    """The checkpoint ready to predict, refused if it was trained for other classes."""
-    predictor = Predictor(model_path, threshold)
+def _predictor(model_path: Path, cfg: EvaluateConfig, classes: list[str]) -> Predictor:
+    """The checkpoint ready to predict as ``evaluate.*`` says, refused if it was trained for
+    other classes."""
+    predictor = Predictor(model_path, cfg.threshold, options=InferenceOptions.from_evaluate(cfg))
     if predictor.classes != classes:
         raise SegpipeError(
             f"{model_path}: trained for classes {predictor.classes}, but data.classes is "

@@ -90,7 +90,7 @@ def _model_section(params: Params, checkpoint: Checkpoint) -> list[str]:
         "## Model",
         f"- Architecture `{config.arch}`, encoder `{config.encoder}` "
         f"(initial weights: {params.model.encoder_weights or 'random'}), "
-        f"input {config.image_size}x{config.image_size}, "
+        f"input {config.geometry.describe()}, "
         f"classes {', '.join(config.classes)}.",
         f"- Best epoch {checkpoint.epoch} of {params.train.epochs} by validation Dice "
         f"({checkpoint.val_dice:.4f}, at the model's input size).",

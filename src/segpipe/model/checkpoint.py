@@ -9,6 +9,7 @@ with ``torch.load(weights_only=True)``.
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from pathlib import Path
 from typing import Any, Literal
@@ -16,9 +17,10 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from segpipe.config import ModelConfig, Params, Precision
+from segpipe.config import ModelConfig, Params, Precision, Resize
 from segpipe.errors import SegpipeError
 from segpipe.files import atomic_write
+from segpipe.model.geometry import Geometry
 from segpipe.model.network import build_model, unwrap
 
 FORMAT = 1
@@ -32,8 +34,11 @@ class ModelSpec:
     Args:
         arch, encoder: the smp architecture and encoder names (``model.*``).
         classes: class names in class-index order, background first (``data.classes``).
-        image_size: the square input size the model was trained at (``train.image_size``).
+        image_size: the input size the model was trained at (``train.image_size``).
         precision, channels_last: how it ran in training (``train.*``); inference runs alike.
+        resize, crop, scale: its input geometry (``train.*``, see
+            :class:`~segpipe.model.geometry.Geometry`). Checkpoints written before these
+            fields existed load with their defaults: squashed to ``image_size``, as then.
     """
 
     arch: str
@@ -42,6 +47,9 @@ class ModelSpec:
     image_size: int
     precision: Precision
     channels_last: bool
+    resize: Resize = "squash"
+    crop: int | None = None
+    scale: float = 1.0
 
     @classmethod
     def from_params(cls, params: Params) -> ModelSpec:
@@ -52,6 +60,16 @@ class ModelSpec:
             image_size=params.train.image_size,
             precision=params.train.precision,
             channels_last=params.train.channels_last,
+            resize=params.train.resize,
+            crop=params.train.crop,
+            scale=params.train.scale,
+        )
+
+    @property
+    def geometry(self) -> Geometry:
+        """How images become this model's inputs."""
+        return Geometry(
+            resize=self.resize, image_size=self.image_size, crop=self.crop, scale=self.scale
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -159,7 +177,7 @@ def _build(cls: type, raw: Any, prefix: str, path: Path) -> Any:
     if not isinstance(raw, dict):
         raise SegpipeError(f"{path}: {where} is a {type(raw).__name__}, not a mapping of fields")
     names = [f.name for f in dataclasses.fields(cls)]
-    missing = [prefix + name for name in names if name not in raw]
+    missing = [prefix + f.name for f in _required_fields(cls) if f.name not in raw]
     if missing:
         raise SegpipeError(
             f"{path}: not a complete segpipe checkpoint: no {', '.join(missing)} (the train "
@@ -172,12 +190,27 @@ def _build(cls: type, raw: Any, prefix: str, path: Path) -> Any:
             f"{prefix}{unknown[0]} (valid in {where}: {', '.join(names)})"
         )
     hints = typing.get_type_hints(cls)
-    return cls(**{name: _convert(hints[name], raw[name], prefix + name, path) for name in names})
+    present = [name for name in names if name in raw]  # the rest have defaults
+    return cls(**{name: _convert(hints[name], raw[name], prefix + name, path) for name in present})
+
+
+def _required_fields(cls: type) -> list[dataclasses.Field]:
+    """Fields every file holds; those with defaults came later, and older files lack them."""
+    return [
+        f
+        for f in dataclasses.fields(cls)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
 
 
 def _convert(tp: Any, value: Any, key: str, path: Path) -> Any:
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, key + ".", path)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):  # X | None
+        if value is None:
+            return None
+        inner = next(a for a in typing.get_args(tp) if a is not type(None))
+        return _convert(inner, value, key, path)
     if typing.get_origin(tp) is Literal:
         if value not in typing.get_args(tp):
             valid = ", ".join(typing.get_args(tp))

@@ -15,11 +15,13 @@ from PIL import Image
 from torch import nn
 
 from segpipe.data.colours import mask_to_png
-from segpipe.data.dataset import build_transform, to_tensor
+from segpipe.data.dataset import build_transform, normalisation, to_tensor
 from segpipe.data.images import read_image
 from segpipe.model.checkpoint import load_checkpoint
+from segpipe.model.geometry import pad_pair, padded_size, resize_pair
 from segpipe.model.outputs import foreground_probability, logits_to_labels
 from segpipe.model.runtime import Runtime, parse_device
+from segpipe.model.tiling import InferenceOptions, logits_of
 
 
 class Predictor:
@@ -31,6 +33,8 @@ class Predictor:
             uses ``evaluate.threshold``.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or a :class:`torch.device`; default: the
             GPU if there is one, else the CPU.
+        options: sliding windows and flip averaging (``evaluate.tile``, ``evaluate.overlap``,
+            ``evaluate.tta``); default: one pass over the whole image.
     """
 
     def __init__(
@@ -39,13 +43,16 @@ class Predictor:
         threshold: float = 0.5,
         *,
         device: str | torch.device | None = None,
+        options: InferenceOptions | None = None,
     ) -> None:
         model, self.checkpoint = load_checkpoint(Path(model_path))
         spec = self.checkpoint.model_config
         self.classes: list[str] = list(spec.classes)
         self.num_classes = len(self.classes)
         self.image_size = spec.image_size
+        self.geometry = spec.geometry
         self.threshold = threshold
+        self.options = options or InferenceOptions()
         self.runtime = Runtime.choose(
             spec.precision, channels_last=spec.channels_last, device=parse_device(device)
         )
@@ -68,18 +75,51 @@ class Predictor:
         """As :meth:`predict`, each label map with its foreground probability (H, W) float32."""
         return self._run(images, with_probability=True)
 
+    def decode_size(self, height: int, width: int) -> tuple[int, int]:
+        """The (h, w) an image of ``height`` x ``width`` becomes before the model sees it
+        (padding aside): decoding it any larger gains nothing."""
+        return self.geometry.input_size(height, width)
+
     def _run(self, images: list[np.ndarray], *, with_probability: bool) -> list:
-        batch = torch.stack([to_tensor(self.transform(image=im)["image"]) for im in images])
-        sizes = [im.shape[:2] for im in images]
-        outputs = predict_full_resolution(
+        if self.geometry.fixed_size:  # one square size: the whole batch in one pass
+            batch = torch.stack([to_tensor(self.transform(image=im)["image"]) for im in images])
+            outputs = self._full_resolution(
+                batch, [im.shape[:2] for im in images], None, with_probability
+            )
+        else:  # sizes differ: one image per pass
+            outputs = []
+            for image in images:
+                model_input, valid = self.model_input(image)
+                outputs += self._full_resolution(
+                    model_input[None], [image.shape[:2]], valid, with_probability
+                )
+        return [(labels.numpy().astype(np.uint8), prob) for labels, prob in outputs]
+
+    def _full_resolution(
+        self,
+        batch: torch.Tensor,
+        sizes: list[tuple[int, int]],
+        valid: tuple[int, int] | None,
+        with_probability: bool,
+    ) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        return predict_full_resolution(
             self.model,
             batch,
             sizes,
             self.runtime,
             threshold=self.threshold,
             with_probability=with_probability,
+            options=self.options,
+            valid=valid,
         )
-        return [(labels.numpy().astype(np.uint8), prob) for labels, prob in outputs]
+
+    def model_input(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
+        """An image (HxWx3 uint8) as the model's (3, h', w') input, sides padded below and to
+        the right to multiples of 32, and the (h, w) of the image inside the padding."""
+        valid = self.geometry.input_size(*image.shape[:2])
+        resized, _ = resize_pair(image, None, valid)
+        padded, _ = pad_pair(resized, None, padded_size(*valid))
+        return to_tensor(normalisation()(image=padded)["image"]), valid
 
     def to_png(self, labels: np.ndarray) -> Image.Image:
         """Binary masks as 0/255; multi-class ones as palette PNGs whose pixel values are the
@@ -96,12 +136,28 @@ def predict_full_resolution(
     *,
     threshold: float,
     with_probability: bool = False,
+    options: InferenceOptions | None = None,
+    valid: tuple[int, int] | None = None,
 ) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
     """Label maps at each image's original (H, W): the logits are resized back bilinearly
     before thresholding, so the result is what a user of the predictions gets. With
-    ``with_probability``, each label map comes with its foreground probability map."""
-    with runtime.autocast():
-        logits = model(runtime.to_device(images)).float()
+    ``with_probability``, each label map comes with its foreground probability map.
+
+    Args:
+        options: sliding windows and flip averaging; default: one forward pass.
+        valid: the (h, w) of the images inside their padding; the padding is cut off the
+            logits before they are resized back. Default: the whole input.
+    """
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        # A window is a strided view: made dense in the model's layout again, or convolutions
+        # take a slow path (measured: 20x the cost of whole-image inference); a no-op otherwise.
+        with runtime.autocast():
+            return model(runtime.to_device(x)).float()
+
+    logits = logits_of(forward, runtime.to_device(images), options or InferenceOptions())
+    if valid is not None:
+        logits = logits[:, :, : valid[0], : valid[1]]
     out = []
     for i, size in enumerate(sizes):
         resized = F.interpolate(logits[i : i + 1], size=size, mode="bilinear", align_corners=False)

@@ -37,6 +37,7 @@ from segpipe.data import cache
 from segpipe.data.dataset import CachedDataset, SegmentationDataset, build_transform
 from segpipe.data.masks import RULE_FILE, load_rule
 from segpipe.data.tables import read_split
+from segpipe.model.geometry import Geometry
 from segpipe.model.network import build_model
 from segpipe.model.runtime import Runtime, peak_rss_mb, reuse_freed_memory
 from segpipe.training.engine import adam, evaluate_epoch, train_one_epoch
@@ -159,7 +160,7 @@ def prepare_data(
         path = splits / f"{name}.csv"
         read_split(path).head(rows).to_csv(path, index=False)
     start = time.perf_counter()
-    cache.run(splits, work / "cache", image_size, load_rule(splits / RULE_FILE))
+    cache.run(splits, work / "cache", Geometry.squash(image_size), load_rule(splits / RULE_FILE))
     return time.perf_counter() - start
 
 

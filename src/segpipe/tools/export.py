@@ -4,8 +4,10 @@
 
 The ONNX model takes ``image`` (float32 NCHW, RGB, ImageNet-normalised, any batch size, height
 and width multiples of the encoder's output stride) and returns ``logits`` (N, C', H, W). The
-checkpoint's ``model_config`` (arch, encoder, classes, image_size) travels in the file's
-``metadata_props``, so a deployer needs no other file.
+checkpoint's ``model_config`` (arch, encoder, classes, image_size and the input geometry:
+resize, crop, scale) travels in the file's ``metadata_props``, so a deployer needs no other file.
+Sliding-window inference (``evaluate.tile``) and flip averaging (``evaluate.tta``) are not in the
+graph: ``inference`` in the metadata says how segpipe applies them around it.
 
 onnx, onnxruntime and onnxscript are imported lazily: the rest of the pipeline runs without them.
 """
@@ -123,6 +125,24 @@ def export_onnx(model: nn.Module, path: Path, opset: int, example: torch.Tensor)
     return exporter
 
 
+GEOMETRY_NOTE = (
+    "model_config.resize squash: resize the image to image_size x image_size; longest_side: "
+    "resize it so its longest side is image_size (aspect kept); with model_config.crop set: "
+    "resize it to model_config.scale of its size. Then pad below and to the right with black "
+    "to multiples of size_multiple, and cut the padding off the logits before resizing them "
+    "back (bilinear) to the image's size"
+)
+"""How an image becomes this graph's input (:mod:`segpipe.model.geometry`), in words."""
+
+OUTSIDE_GRAPH_NOTE = (
+    "sliding-window inference (evaluate.tile, evaluate.overlap: logits of overlapping windows "
+    "averaged) and test-time augmentation (evaluate.tta flip: logits of the input and of its "
+    "horizontal mirror averaged) are not part of this graph; segpipe evaluate and predict "
+    "apply them around it"
+)
+"""What segpipe does around the network that the exported graph does not."""
+
+
 def add_metadata(path: Path, model_config: ModelSpec, stride: int, opset: int) -> None:
     """Embed the model config and the input/output conventions as ``metadata_props``.
 
@@ -149,6 +169,8 @@ def add_metadata(path: Path, model_config: ModelSpec, stride: int, opset: int) -
                 "size_multiple": stride,
             }
         ),
+        "geometry": GEOMETRY_NOTE,
+        "inference": OUTSIDE_GRAPH_NOTE,
         "postprocessing": (
             f"{OUTPUT_NAME} (N, C', H, W): one channel = binary, foreground where "
             f"sigmoid > threshold; several channels = class index by argmax (order of "
@@ -302,6 +324,7 @@ def run(
         "tolerance": tolerance,
         "threshold": THRESHOLD,
         "model_config": model_config.to_dict(),
+        "inference": OUTSIDE_GRAPH_NOTE,
         "torch": torch.__version__,
         "onnxruntime": require("onnxruntime")[0].__version__,
     }
@@ -328,6 +351,7 @@ def _log_result(out: Path, opset: int, size: int, parity: Parity) -> None:
         len(parity.shapes),
         labels,
     )
+    log.info("tiling and flip TTA (evaluate.tile, evaluate.tta) are not in the graph")
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:

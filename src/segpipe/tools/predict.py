@@ -21,6 +21,7 @@ from segpipe.data.images import IMAGE_EXTENSIONS, read_image, scan_folder, stem_
 from segpipe.errors import SegpipeError
 from segpipe.files import atomic_save_image, ensure_writable_dir, require_folder, write_error
 from segpipe.model.inference import Predictor
+from segpipe.model.tiling import InferenceOptions
 
 log = logging.getLogger(__name__)
 
@@ -127,11 +128,12 @@ def resolve_threshold(
     evaluate stage used it, so predict writes the masks evaluate scored; else 0.5."""
     if threshold is not None:
         return threshold, "--threshold"
-    path = DEFAULT_PARAMS if params_path is None else Path(params_path)
-    if not path.is_file():
-        if params_path is not None and path != DEFAULT_PARAMS:
-            raise SegpipeError(f"{path}: --params file not found")
-        return DEFAULT_THRESHOLD, f"the default: no {path} here to read evaluate.threshold from"
+    path = params_file(params_path)
+    if path is None:
+        return (
+            DEFAULT_THRESHOLD,
+            f"the default: no {DEFAULT_PARAMS} here to read evaluate.threshold from",
+        )
     params = load_params(path)
     if list(params.data.classes) != classes:
         log.warning(
@@ -142,6 +144,28 @@ def resolve_threshold(
             classes,
         )
     return params.evaluate.threshold, f"evaluate.threshold in {path}, as the evaluate stage used"
+
+
+def params_file(params_path: Path | None) -> Path | None:
+    """The params file evaluate's settings are read from: ``params_path`` (which must exist if
+    given and not the default), else ``params.yaml`` if it exists here, else None."""
+    path = DEFAULT_PARAMS if params_path is None else Path(params_path)
+    if path.is_file():
+        return path
+    if params_path is not None and path != DEFAULT_PARAMS:
+        raise SegpipeError(f"{path}: --params file not found")
+    return None
+
+
+def resolve_options(params_path: Path | None) -> tuple[InferenceOptions, str]:
+    """Sliding windows and flip averaging as the evaluate stage used them
+    (``evaluate.tile``, ``evaluate.overlap``, ``evaluate.tta`` of the params file, see
+    :func:`params_file`), so predict writes the masks evaluate scored; else one pass."""
+    path = params_file(params_path)
+    if path is None:
+        return InferenceOptions(), "the default: whole images, no TTA"
+    options = InferenceOptions.from_evaluate(load_params(path).evaluate)
+    return options, f"evaluate.tile/overlap/tta in {path}"
 
 
 def overlay(
@@ -206,7 +230,15 @@ def _load_predictor(
     model_path: Path, threshold: float | None, params_path: Path | None
 ) -> Predictor:
     """The model at ``model_path``, thresholded as :func:`resolve_threshold` says (binary)."""
-    predictor = Predictor(model_path, DEFAULT_THRESHOLD)
+    options, options_source = resolve_options(params_path)
+    predictor = Predictor(model_path, DEFAULT_THRESHOLD, options=options)
+    log.info(
+        "tile %s, overlap %g, tta %s (%s)",
+        options.tile,
+        options.overlap,
+        options.tta,
+        options_source,
+    )
     if predictor.num_classes == 2:
         predictor.threshold, source = resolve_threshold(threshold, params_path, predictor.classes)
         log.info("threshold %g (%s)", predictor.threshold, source)

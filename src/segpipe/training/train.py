@@ -17,11 +17,12 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from segpipe.config import Params
 from segpipe.constants import LIVE_HISTORY
-from segpipe.data.cache import cache_paths
+from segpipe.data.cache import cache_paths, shapes_path
 from segpipe.data.dataset import CachedDataset, build_transform
 from segpipe.errors import SegpipeError
 from segpipe.files import atomic_write
 from segpipe.model.checkpoint import Checkpoint, ModelSpec, save_checkpoint
+from segpipe.model.geometry import crop_steps, whole_image_steps
 from segpipe.model.network import build_model
 from segpipe.model.runtime import Runtime, peak_rss_mb, reuse_freed_memory
 from segpipe.training import distributed, resume
@@ -145,11 +146,18 @@ def build_loaders(
     """Loaders over the cache stage's arrays; with several processes, each takes its shard."""
     t = params.train
     # Each process augments with its own stream; rank 0 alone is the single-process run.
-    augment = build_transform(t.image_size, augment=t.augment, seed=params.seed + ctx.rank)
-    train_set = CachedDataset(*cache_paths(cache_dir, "train"), augment)
-    val_set = CachedDataset(
-        *cache_paths(cache_dir, "val"),
-        build_transform(t.image_size, augment=False, seed=params.seed),
+    augment = build_transform(
+        t.image_size, augment=t.augment, seed=params.seed + ctx.rank, geometry=_steps(t.crop)
+    )
+    train_set = _cached(cache_dir, "train", augment, crop=t.crop)
+    # Crop training validates on whole images at train.scale, as evaluate sees them (tiles
+    # aside): its Dice then picks the epoch that scores best there, not on random crops.
+    val_geometry = None if t.crop is None else whole_image_steps()
+    val_set = _cached(
+        cache_dir,
+        "val",
+        build_transform(t.image_size, augment=False, seed=params.seed, geometry=val_geometry),
+        crop=t.crop,
     )
     train_sampler = (
         DistributedSampler(train_set, ctx.world_size, ctx.rank, shuffle=True, seed=params.seed)
@@ -170,10 +178,25 @@ def build_loaders(
         sampler=train_sampler,
         drop_last=_last_batch_is_single(len(train_sampler or train_set), t.batch_size),
     )
+    # Whole images of different sizes do not stack: one per batch (batch norm is in eval mode).
+    val_batch_size = t.batch_size if t.crop is None else 1
     val_loader = make_loader(
-        val_set, t.batch_size, shuffle=False, num_workers=t.num_workers, sampler=val_sampler
+        val_set, val_batch_size, shuffle=False, num_workers=t.num_workers, sampler=val_sampler
     )
     return Loaders(train_loader, val_loader, train_sampler, augment, len(train_set), len(val_set))
+
+
+def _steps(crop: int | None) -> list[A.BasicTransform] | None:
+    """Training's geometry steps: random crops, or None (the cache's square, as is)."""
+    return None if crop is None else crop_steps(crop)
+
+
+def _cached(
+    cache_dir: Path, split: str, transform: A.Compose, *, crop: int | None
+) -> CachedDataset:
+    """The cache stage's arrays of ``split``; with crops, images of their own sizes."""
+    shapes = None if crop is None else shapes_path(cache_dir, split)
+    return CachedDataset(*cache_paths(cache_dir, split), transform, shapes_path=shapes)
 
 
 def make_loader(
@@ -283,6 +306,8 @@ def _resume_file(
         )
         return None
     data_files = [*cache_paths(cache_dir, "train"), *cache_paths(cache_dir, "val")]
+    if params.train.crop is not None:
+        data_files += [shapes_path(cache_dir, "train"), shapes_path(cache_dir, "val")]
     return resume.Resume(resume_dir, resume.fingerprint(params, data_files))
 
 
