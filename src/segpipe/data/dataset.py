@@ -14,27 +14,41 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
+from segpipe.config import DEFAULT_AUGMENT, AugmentStep
+from segpipe.constants import IMAGENET_MEAN, IMAGENET_STD
+from segpipe.data.augment import build_augmentations
 from segpipe.data.masks import MaskRule, read_pair
 from segpipe.errors import SegpipeError
 
-# Hard-coded on purpose: smp's get_preprocessing_params needs the network.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+Normalisation = tuple[tuple[float, ...], tuple[float, ...]]
+"""Per-channel (mean, std) of RGB in 0..1: what the encoder expects its input divided into."""
+
+IMAGENET: Normalisation = (IMAGENET_MEAN, IMAGENET_STD)
 
 
-def build_transform(image_size: int, *, augment: bool, seed: int) -> A.Compose:
-    """Resize (+ flip and colour jitter when ``augment``) + ImageNet normalisation.
+def build_transform(
+    image_size: int,
+    *,
+    augment: bool | tuple[AugmentStep, ...],
+    seed: int,
+    normalisation: Normalisation = IMAGENET,
+) -> A.Compose:
+    """Resize, the ``train.augment`` transforms (``True``: flip + colour jitter, ``False``:
+    none) and normalisation with the encoder's (mean, std).
 
     albumentations 2.x ignores global seeds, hence ``seed=`` here.
     """
-    steps: list[A.BasicTransform] = [A.Resize(image_size, image_size)]
-    if augment:
-        steps += [
-            A.HorizontalFlip(p=0.5),
-            A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.05, p=0.5),
-        ]
-    steps.append(A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD))
-    return A.Compose(steps, seed=seed)
+    if isinstance(augment, bool):
+        augment = DEFAULT_AUGMENT if augment else ()
+    mean, std = normalisation
+    return A.Compose(
+        [
+            A.Resize(image_size, image_size),
+            *build_augmentations(augment, image_size),
+            A.Normalize(mean=mean, std=std),
+        ],
+        seed=seed,
+    )
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:

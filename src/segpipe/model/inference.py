@@ -50,10 +50,12 @@ class Predictor:
             spec.precision, channels_last=spec.channels_last, device=parse_device(device)
         )
         self.model = self.runtime.place(model)
-        self.transform = build_transform(self.image_size, augment=False, seed=0)
+        self.transform = build_transform(
+            self.image_size, augment=False, seed=0, normalisation=spec.normalisation
+        )
 
     def predict(self, images: list[np.ndarray]) -> list[np.ndarray]:
-        """Label maps at each image's own size: resize + ImageNet normalisation in, logits
+        """Label maps at each image's own size: resize + the checkpoint's normalisation in, logits
         resized back bilinearly, then thresholded (one channel) or argmax (several)."""
         return [labels for labels, _ in self._run(images, with_probability=False)]
 
