@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import re
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -14,7 +16,7 @@ import pytest
 import torch
 
 from segpipe.config import ModelConfig
-from segpipe.data.dataset import IMAGENET_MEAN, IMAGENET_STD
+from segpipe.constants import IMAGENET_MEAN, IMAGENET_STD
 from segpipe.errors import SegpipeError
 from segpipe.model.checkpoint import Checkpoint, ModelSpec, load_checkpoint, save_checkpoint
 from segpipe.model.network import build_model
@@ -161,6 +163,24 @@ def test_metadata_describes_the_model(exported):
     assert json.loads(meta["model_config"]) == exported.model_config
     pre = json.loads(meta["preprocessing"])
     assert (pre["mean"], pre["std"]) == (list(IMAGENET_MEAN), list(IMAGENET_STD))
+    assert (pre["mean"], pre["std"]) == (
+        exported.model_config["mean"],
+        exported.model_config["std"],
+    )
+
+
+def test_metadata_carries_the_checkpoints_normalisation(exported, tmp_path):
+    """A model trained with its encoder's own mean/std tells the deployer those values."""
+    import onnxruntime as ort
+
+    _, record = load_checkpoint(exported.folder / "model.pt")
+    spec = dataclasses.replace(record.model_config, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    copy = tmp_path / "model.onnx"
+    shutil.copyfile(exported.onnx, copy)
+    export.add_metadata(copy, spec, 32, exported.opset)
+    meta = ort.InferenceSession(str(copy), providers=["CPUExecutionProvider"])
+    pre = json.loads(meta.get_modelmeta().custom_metadata_map["preprocessing"])
+    assert (pre["mean"], pre["std"]) == ([0.5] * 3, [0.5] * 3)
     assert pre["size_multiple"] == 32
 
 

@@ -185,6 +185,7 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
             params = recipe_params(base, overrides, epochs)
             log.info("recipe %s: %s", name, overrides or "the params file as it is")
             results.append(run_recipe(name, params, work, splits_dir, args.budget_cpu_s))
+            log.info("recipe %s done: %s", name, json.dumps(results[-1]["row"]))
             if i == 0:
                 row = results[0]["row"]
                 epochs = max(
@@ -202,7 +203,8 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
 def format_table(report: dict[str, Any]) -> str:
     """The comparison as a Markdown table (Dice and IoU with their 95% intervals)."""
     lines = [
-        f"data: {report['data']}; CPU budget per recipe: {report['budget_cpu_s']:.0f} s",
+        f"data: {report['data']}; CPU budget per recipe: {report['budget_cpu_s']:.0f} s of "
+        f"training, {report.get('threads', '?')} torch thread(s)",
         "",
         "| recipe | epochs | train wall s | train CPU s | test Dice [95% CI] | test IoU [95% CI] "
         "| Dice vs first [95% CI] |",
@@ -244,11 +246,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--max-epochs", type=int, default=100, help="train.epochs of the first recipe (the "
         "budget stops it sooner)",
     )  # fmt: skip
+    p.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1: CPU time that contention on "
+        "a shared machine does not inflate; more threads spin while they wait for each other)",
+    )  # fmt: skip
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
 
 
 def main(args: argparse.Namespace) -> int:
+    torch.set_num_threads(args.threads)
     report = compare(args)
+    report["threads"] = args.threads
     print(format_table(report))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
