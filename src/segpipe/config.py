@@ -560,11 +560,16 @@ def loss_terms(spec: str, num_classes: int) -> tuple[tuple[float, str], ...]:
 
 
 def to_dict(obj: Any) -> dict[str, Any]:
-    """A dataclass config as plain JSON-friendly data (tuples become lists)."""
-    return _plain(dataclasses.asdict(obj))
+    """A dataclass config as plain JSON-friendly data, in the form ``params.yaml`` writes it
+    (tuples become lists, ``train.augment`` a list of ``{Transform: {argument: value}}``)."""
+    return _plain(obj)
 
 
 def _plain(value: Any) -> Any:
+    if isinstance(value, AugmentStep):
+        return {value.name: {k: _plain(v) for k, v in value.args}}
+    if dataclasses.is_dataclass(value):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

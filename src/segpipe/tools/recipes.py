@@ -10,7 +10,8 @@ them). Each trains with the train stage's code, stopped between epochs before it
 (user + system of this process, so ``train.num_workers: 0``) would pass the budget; the best
 epoch's checkpoint is kept, as always. A recipe that does not set ``train.epochs`` gets as many
 epochs as the first recipe (the baseline) fitted into the budget, so its schedule (cosine,
-warm-up) completes; the baseline itself runs until the budget ends it. The evaluate stage's code
+warm-up) completes; the baseline itself runs until the budget ends it (``--max-epochs`` caps
+both). The evaluate stage's code
 then scores the test split at original resolution; intervals are 95% percentile bootstraps
 over test images (the same resamples for every recipe: the difference to the baseline is a
 paired bootstrap).
@@ -188,9 +189,8 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
             log.info("recipe %s done: %s", name, json.dumps(results[-1]["row"]))
             if i == 0:
                 row = results[0]["row"]
-                epochs = max(
-                    1, math.floor(args.budget_cpu_s / (row["train_cpu_s"] / row["epochs"]))
-                )
+                per_epoch = row["train_cpu_s"] / row["epochs"]
+                epochs = min(args.max_epochs, max(1, math.floor(args.budget_cpu_s / per_epoch)))
     start = 0 if first.evaluate.include_background else 1
     rows = [r["row"] for r in results]
     for r in results[1:]:
@@ -244,7 +244,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--max-epochs", type=int, default=100, help="train.epochs of the first recipe (the "
-        "budget stops it sooner)",
+        "budget stops it sooner), and the most any recipe gets",
     )  # fmt: skip
     p.add_argument(
         "--threads", type=int, default=1, help="torch threads (1: CPU time that contention on "
