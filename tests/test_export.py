@@ -64,6 +64,8 @@ def tiny_checkpoint(
         image_size=64,
         precision="fp32",
         channels_last=False,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
     )
     record = Checkpoint(model_config=spec, epoch=1, val_dice=0.5, train_images_per_s=1.0)
     save_checkpoint(path, model, record)
