@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from segpipe.config import load_params, read_yaml
+from segpipe.config import DEFAULT_AUGMENT, AugmentStep, load_params, read_yaml
 from segpipe.errors import SegpipeError
 
 from .helpers import REPO, write_params
@@ -62,7 +62,35 @@ def test_ints_still_ints_and_strings_still_strings(tmp_path):
         (lambda r: r["train"].pop("epochs"), "missing parameter 'train.epochs'"),
         (lambda r: r["train"].update(epochs="ten"), "train.epochs: expected int"),
         (lambda r: r["train"].update(epochs=2.5), "train.epochs: expected int"),
-        (lambda r: r["train"].update(augment="yes"), "train.augment: expected bool"),
+        (
+            lambda r: r["train"].update(augment="yes"),
+            "train.augment: expected true, false or a list",
+        ),
+        (
+            lambda r: r["train"].update(augment=[["HorizontalFlip"]]),
+            "train.augment[0]: expected one",
+        ),
+        (
+            lambda r: r["train"].update(optimizer="lamb"),
+            "train.optimizer: got 'lamb', expected one of 'adam' | 'adamw' | 'sgd'",
+        ),
+        (lambda r: r["train"].update(scheduler="step"), "'none' | 'cosine' | 'plateau'"),
+        (lambda r: r["train"].update(weight_decay=-1), "train.weight_decay: must be >= 0"),
+        (lambda r: r["train"].update(momentum=1.0), "train.momentum: must be in [0, 1)"),
+        (
+            lambda r: r["train"].update(warmup_epochs=8),
+            "train.warmup_epochs: must be in 0..train.epochs - 1 (7), got 8",
+        ),
+        (lambda r: r["train"].update(plateau_patience=0), "train.plateau_patience: must be >= 1"),
+        (
+            lambda r: r["train"].update(plateau_factor=1.0),
+            "train.plateau_factor: must be in (0, 1)",
+        ),
+        (
+            lambda r: r["train"].update(early_stopping=0),
+            "train.early_stopping: epochs without a better",
+        ),
+        (lambda r: r["train"].update(early_stopping=1.5), "train.early_stopping: expected int"),
         (lambda r: r["train"].update(lr="fast"), "train.lr: expected float"),
         (lambda r: r["train"].update(lr=-0.1), "train.lr: must be > 0"),
         (lambda r: r["train"].update(batch_size=0), "train.batch_size: must be >= 1"),
@@ -313,6 +341,25 @@ def test_yes_and_no_are_strings_as_in_dvc(tmp_path):
     path.write_text(text.replace("classes: [background, foreground]", "classes: [background, yes]"))
     assert load_params(path).data.classes == ("background", "yes")
     path.write_text(text.replace("augment: true", "augment: yes"))
-    with pytest.raises(SegpipeError, match=r"train\.augment: expected bool, got 'yes'"):
+    with pytest.raises(
+        SegpipeError, match=r"train\.augment: expected true, false or a list .*, got 'yes'"
+    ):
         load_params(path)
     assert read_yaml(path)["train"]["channels_last"] is True
+
+
+def test_augment_true_is_the_default_list_and_a_list_loads_in_order(tmp_path):
+    """``true`` is flip + colour jitter (today's transforms); a list keeps its order and
+    arguments (YAML lists become tuples) and ``{Name: {}}`` or ``{Name: null}`` its defaults."""
+    default = load_params(REPO / "params.yaml").train.augment
+    assert default == DEFAULT_AUGMENT
+    assert [step.name for step in default] == ["HorizontalFlip", "ColorJitter"]
+    steps = [{"Affine": {"rotate": [-15, 15], "p": 0.5}}, {"VerticalFlip": {}}, {"CLAHE": None}]
+    loaded = load_params(edited(tmp_path, lambda r: r["train"].update(augment=steps)))
+    assert loaded.train.augment == (
+        AugmentStep("Affine", (("rotate", (-15, 15)), ("p", 0.5))),
+        AugmentStep("VerticalFlip", ()),
+        AugmentStep("CLAHE", ()),
+    )
+    off = load_params(edited(tmp_path, lambda r: r["train"].update(augment=False)))
+    assert off.train.augment == ()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import re
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -14,7 +16,7 @@ import pytest
 import torch
 
 from segpipe.config import ModelConfig
-from segpipe.data.dataset import IMAGENET_MEAN, IMAGENET_STD
+from segpipe.constants import IMAGENET_MEAN, IMAGENET_STD
 from segpipe.errors import SegpipeError
 from segpipe.model.checkpoint import Checkpoint, ModelSpec, load_checkpoint, save_checkpoint
 from segpipe.model.network import build_model
@@ -62,6 +64,8 @@ def tiny_checkpoint(
         image_size=64,
         precision="fp32",
         channels_last=False,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
         resize="longest_side",  # inputs of any aspect: the graph's height and width are free
     )
     record = Checkpoint(model_config=spec, epoch=1, val_dice=0.5, train_images_per_s=1.0)
@@ -162,12 +166,31 @@ def test_metadata_describes_the_model(exported):
     assert json.loads(meta["model_config"]) == exported.model_config
     pre = json.loads(meta["preprocessing"])
     assert (pre["mean"], pre["std"]) == (list(IMAGENET_MEAN), list(IMAGENET_STD))
+    assert (pre["mean"], pre["std"]) == (
+        exported.model_config["mean"],
+        exported.model_config["std"],
+    )
     assert pre["size_multiple"] == 32
     assert json.loads(meta["model_config"])["resize"] == "longest_side"
     assert "longest_side" in meta["geometry"] and "pad below and to the right" in meta["geometry"]
     assert meta["inference"] == export.OUTSIDE_GRAPH_NOTE  # tiles and TTA: not in the graph
     report = json.loads(exported.onnx.with_name("model.onnx.json").read_text())
     assert report["inference"] == export.OUTSIDE_GRAPH_NOTE
+
+
+def test_metadata_carries_the_checkpoints_normalisation(exported, tmp_path):
+    """A model trained with its encoder's own mean/std tells the deployer those values."""
+    import onnxruntime as ort
+
+    _, record = load_checkpoint(exported.folder / "model.pt")
+    spec = dataclasses.replace(record.model_config, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    copy = tmp_path / "model.onnx"
+    shutil.copyfile(exported.onnx, copy)
+    export.add_metadata(copy, spec, 32, exported.opset)
+    meta = ort.InferenceSession(str(copy), providers=["CPUExecutionProvider"])
+    pre = json.loads(meta.get_modelmeta().custom_metadata_map["preprocessing"])
+    assert (pre["mean"], pre["std"]) == ([0.5] * 3, [0.5] * 3)
+    assert pre["size_multiple"] == 32
 
 
 def test_bad_checkpoint_path_is_a_one_line_error(tmp_path):

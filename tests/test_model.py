@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from segpipe.config import ModelConfig
+from segpipe.constants import IMAGENET_MEAN, IMAGENET_STD
 from segpipe.errors import SegpipeError
 from segpipe.model.checkpoint import Checkpoint, ModelSpec, load_checkpoint, save_checkpoint
 from segpipe.model.network import build_model
@@ -23,6 +24,8 @@ SPEC = ModelSpec(
     image_size=64,
     precision="fp32",
     channels_last=False,
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
 )
 
 

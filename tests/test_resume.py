@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import segpipe
-from segpipe.config import load_params
+from segpipe.config import load_params, parse_augment
 from segpipe.imports import import_closure
 from segpipe.training import resume, train
 
@@ -57,8 +57,19 @@ def cache_dir(tiny_run) -> Path:
 
 @pytest.fixture(scope="module")
 def params_file(tmp_path_factory) -> Path:
-    p = tiny_params()
-    p = dataclasses.replace(p, train=dataclasses.replace(p.train, epochs=EPOCHS))
+    """Every piece of state a resume must carry: AdamW's moments, the warm-up and plateau
+    schedule (its best score and patience count), an augmentation list's random streams."""
+    p = tiny_params(
+        epochs=EPOCHS,
+        optimizer="adamw",
+        weight_decay=0.01,
+        warmup_epochs=1,
+        scheduler="plateau",
+        plateau_patience=1,
+        augment=parse_augment(
+            [{"Affine": {"rotate": [-20, 20], "p": 0.5}}, {"HorizontalFlip": {"p": 0.5}}]
+        ),
+    )
     return write_params(tmp_path_factory.mktemp("resume") / "params.yaml", p)
 
 

@@ -23,9 +23,10 @@ Source = Literal["synthetic", "folder", "kaggle"]
 Format = Literal["masks", "coco", "voc"]
 ExtraCategories = Literal["error", "background", "ignore_index"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
-Scheduler = Literal["none", "cosine"]
 Resize = Literal["squash", "longest_side"]
 Tta = Literal["none", "flip"]
+Scheduler = Literal["none", "cosine", "plateau"]
+Optimizer = Literal["adam", "adamw", "sgd"]
 
 LOSS_TERMS = ("ce", "bce", "dice", "focal", "lovasz")
 """Loss names; ``train.loss`` is one of them or a weighted sum such as ``ce+dice``."""
@@ -89,6 +90,25 @@ class ModelConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class AugmentStep:
+    """One albumentations transform of ``train.augment``: its class name and its arguments
+    (``(name, value)`` pairs in the order written; lists become tuples)."""
+
+    name: str
+    args: tuple[tuple[str, Any], ...]
+
+
+DEFAULT_AUGMENT = (
+    AugmentStep("HorizontalFlip", (("p", 0.5),)),
+    AugmentStep(
+        "ColorJitter",
+        (("brightness", 0.2), ("contrast", 0.2), ("saturation", 0.2), ("hue", 0.05), ("p", 0.5)),
+    ),
+)
+"""``train.augment: true``: horizontal flip + colour jitter, the tutorial's augmentation."""
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
     image_size: int
     resize: Resize
@@ -97,10 +117,17 @@ class TrainConfig:
     epochs: int
     batch_size: int
     lr: float
+    optimizer: Optimizer
+    weight_decay: float
+    momentum: float
+    warmup_epochs: int
     scheduler: Scheduler
+    plateau_patience: int
+    plateau_factor: float
+    early_stopping: int | None
     loss: str
     class_weights: tuple[float, ...] | None
-    augment: bool
+    augment: tuple[AugmentStep, ...]
     precision: Precision
     channels_last: bool
     num_workers: int
@@ -178,13 +205,25 @@ def read_yaml(path: Path) -> Any:
         raise SegpipeError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
 
 
+def yaml_value(text: str) -> Any:
+    """One value as ``dvc exp run -S key=value`` reads it (YAML 1.2: ``1e-4`` is a float)."""
+    try:
+        return yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as e:
+        raise SegpipeError(f"{text!r}: not a YAML value ({' '.join(str(e).split())})") from None
+
+
 def load_params(path: Path | str = "params.yaml") -> Params:
     """Load and validate ``params.yaml``.
 
     Raises:
         SegpipeError: naming the first bad key and what is expected there.
     """
-    raw = read_yaml(Path(path))
+    return parse_params(read_yaml(Path(path)))
+
+
+def parse_params(raw: Any) -> Params:
+    """Validate params already read (a ``params.yaml`` mapping), as :func:`load_params`."""
     params = _build(Params, raw, "")
     _check_values(params)
     return params
@@ -215,6 +254,8 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
 
 def _convert(tp: Any, value: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
+    if tp == tuple[AugmentStep, ...]:
+        return parse_augment(value, key)
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, key + ".")
     if origin is Literal:
@@ -388,6 +429,7 @@ def _check_train(t: TrainConfig, n: int) -> None:
     _require(t.lr > 0, f"train.lr: must be > 0, got {t.lr}")
     _require(t.num_workers >= 0, f"train.num_workers: must be >= 0, got {t.num_workers}")
     loss_terms(t.loss, n)
+    _check_optimisation(t)
     if t.class_weights is not None:
         _require(
             len(t.class_weights) == n,
@@ -439,6 +481,62 @@ def _check_inference(e: EvaluateConfig) -> None:
         f"evaluate.overlap: must be in [0, 1) (the share of a tile its neighbour repeats), got "
         f"{e.overlap}",
     )
+
+
+def _check_optimisation(t: TrainConfig) -> None:
+    """The optimizer, warm-up, scheduler and early-stopping keys of ``train``."""
+    _require(t.weight_decay >= 0, f"train.weight_decay: must be >= 0, got {t.weight_decay}")
+    _require(0 <= t.momentum < 1, f"train.momentum: must be in [0, 1), got {t.momentum}")
+    _require(
+        0 <= t.warmup_epochs < t.epochs,
+        f"train.warmup_epochs: must be in 0..train.epochs - 1 ({t.epochs - 1}), "
+        f"got {t.warmup_epochs}",
+    )
+    _require(
+        t.plateau_patience >= 1, f"train.plateau_patience: must be >= 1, got {t.plateau_patience}"
+    )
+    _require(
+        0 < t.plateau_factor < 1, f"train.plateau_factor: must be in (0, 1), got {t.plateau_factor}"
+    )
+    _require(
+        t.early_stopping is None or t.early_stopping >= 1,
+        f"train.early_stopping: epochs without a better validation Dice before training stops: "
+        f"must be >= 1 or null (off), got {t.early_stopping}",
+    )
+
+
+def parse_augment(value: Any, key: str = "train.augment") -> tuple[AugmentStep, ...]:
+    """``train.augment``: true (:data:`DEFAULT_AUGMENT`), false (none) or a list of
+    ``{TransformName: {argument: value}}`` mappings (``{TransformName: {}}`` for its defaults).
+    Names and arguments are checked against albumentations by the check and train stages
+    (:func:`segpipe.data.augment.build_augmentations`).
+
+    Raises:
+        SegpipeError: naming the entry that is not of that shape.
+    """
+    if isinstance(value, bool):
+        return DEFAULT_AUGMENT if value else ()
+    if not isinstance(value, list):
+        raise SegpipeError(
+            f"{key}: expected true, false or a list of {{Transform: {{argument: value}}}} "
+            f"mappings, got {value!r}"
+        )
+    steps = []
+    for i, entry in enumerate(value):
+        ok = isinstance(entry, dict) and len(entry) == 1
+        name, args = next(iter(entry.items())) if ok else (None, None)
+        args = {} if args is None else args
+        if not (ok and isinstance(name, str) and isinstance(args, dict)):
+            raise SegpipeError(
+                f"{key}[{i}]: expected one {{Transform: {{argument: value}}}} mapping such as "
+                f"{{HorizontalFlip: {{p: 0.5}}}}, got {entry!r}"
+            )
+        steps.append(AugmentStep(name, tuple((str(k), _frozen(v)) for k, v in args.items())))
+    return tuple(steps)
+
+
+def _frozen(value: Any) -> Any:
+    return tuple(_frozen(v) for v in value) if isinstance(value, list) else value
 
 
 def _check_mask_colours(data: DataConfig) -> None:
@@ -513,11 +611,16 @@ def loss_terms(spec: str, num_classes: int) -> tuple[tuple[float, str], ...]:
 
 
 def to_dict(obj: Any) -> dict[str, Any]:
-    """A dataclass config as plain JSON-friendly data (tuples become lists)."""
-    return _plain(dataclasses.asdict(obj))
+    """A dataclass config as plain JSON-friendly data, in the form ``params.yaml`` writes it
+    (tuples become lists, ``train.augment`` a list of ``{Transform: {argument: value}}``)."""
+    return _plain(obj)
 
 
 def _plain(value: Any) -> Any:
+    if isinstance(value, AugmentStep):
+        return {value.name: {k: _plain(v) for k, v in value.args}}
+    if dataclasses.is_dataclass(value):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

@@ -10,3 +10,8 @@ LIVE_HISTORY = "plots/metrics"
 """Below the train stage's DVCLive folder: the per-epoch history, one ``<metric>.tsv`` per logged
 metric (``train/loss.tsv``, ``val/dice.tsv``, ...), as DVCLive lays it out. Train trims it on
 resume, plot draws it; dvc.yaml's ``plots:`` names the same folder."""
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+"""ImageNet's per-channel mean and std (RGB, 0..1): most encoders' normalisation, and the one
+checkpoints written before they stored their own are read with."""

@@ -15,39 +15,51 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
+from segpipe.config import DEFAULT_AUGMENT, AugmentStep
+from segpipe.constants import IMAGENET_MEAN, IMAGENET_STD
+from segpipe.data.augment import build_augmentations
 from segpipe.data.masks import MaskRule, read_pair
 from segpipe.errors import SegpipeError
 
-# Hard-coded on purpose: smp's get_preprocessing_params needs the network.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+Normalisation = tuple[tuple[float, ...], tuple[float, ...]]
+"""Per-channel (mean, std) of RGB in 0..1: what the encoder expects its input divided into."""
+
+IMAGENET: Normalisation = (IMAGENET_MEAN, IMAGENET_STD)
 
 
-def normalisation() -> A.Normalize:
-    """The input normalisation every model input gets, in training and inference alike."""
-    return A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD)
+def normalize(normalisation: Normalisation = IMAGENET) -> A.Normalize:
+    """The input normalisation every model input gets, in training and inference alike: the
+    encoder's per-channel (mean, std)."""
+    mean, std = normalisation
+    return A.Normalize(mean=mean, std=std)
 
 
 def build_transform(
     image_size: int,
     *,
-    augment: bool,
+    augment: bool | tuple[AugmentStep, ...],
     seed: int,
+    normalisation: Normalisation = IMAGENET,
     geometry: Sequence[A.BasicTransform] | None = None,
+    augment_size: int | None = None,
 ) -> A.Compose:
-    """Geometry (default: resize to the ``image_size`` square) (+ flip and colour jitter when
-    ``augment``) + ImageNet normalisation.
+    """Geometry (default: resize to the ``image_size`` square), the ``train.augment``
+    transforms (``True``: flip + colour jitter, ``False``: none; sized ones default to
+    ``augment_size``, else ``image_size``) and normalisation with the encoder's (mean, std).
 
     albumentations 2.x ignores global seeds, hence ``seed=`` here.
     """
+    if isinstance(augment, bool):
+        augment = DEFAULT_AUGMENT if augment else ()
     steps = [A.Resize(image_size, image_size)] if geometry is None else list(geometry)
-    if augment:
-        steps += [
-            A.HorizontalFlip(p=0.5),
-            A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.05, p=0.5),
-        ]
-    steps.append(normalisation())
-    return A.Compose(steps, seed=seed)
+    return A.Compose(
+        [
+            *steps,
+            *build_augmentations(augment, augment_size or image_size),
+            normalize(normalisation),
+        ],
+        seed=seed,
+    )
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:

@@ -154,24 +154,51 @@ class SegmentationMetrics:
         Images are drawn with replacement ``resamples`` times; each draw's counts are summed and
         reduced exactly like :meth:`compute`. Seeded, so the interval is reproducible.
         """
-        counts = np.stack(self.image_counts).astype(np.int64)  # (N, C, 3)
-        n = len(counts)
-        rng = np.random.default_rng(seed)
-        draws_by_name: dict[str, list[float]] = {"dice": [], "iou": []}
-        for start in range(0, resamples, 100):  # chunks bound memory for large test sets
-            draws = min(100, resamples - start)
-            weights = rng.multinomial(n, np.full(n, 1.0 / n), size=draws)  # (R, N)
+        (draws_by_name,) = bootstrap_scores(
+            [np.stack(self.image_counts)], self.first, resamples=resamples, seed=seed
+        )
+        return percentile_interval(draws_by_name, level)
+
+
+def bootstrap_scores(
+    image_counts: list[np.ndarray], first: int, *, resamples: int = 1000, seed: int = 0
+) -> list[dict[str, np.ndarray]]:
+    """Dataset-level mean Dice and IoU of bootstrap resamples of the images, the same resamples
+    for every model scored on the same images (a paired bootstrap).
+
+    Args:
+        image_counts: per model, its (N, C, 3) tp, fp, fn of each class on each image, the
+            images in the same order for every model.
+        first: the first class averaged (0 with background, else 1).
+
+    Returns:
+        Per model, ``{"dice": (resamples,), "iou": (resamples,)}``: each draw's counts summed
+        and reduced exactly like :meth:`SegmentationMetrics.compute`.
+    """
+    stacked = [np.asarray(c).astype(np.int64) for c in image_counts]
+    n = len(stacked[0])
+    rng = np.random.default_rng(seed)
+    draws: list[dict[str, list[float]]] = [{"dice": [], "iou": []} for _ in stacked]
+    for start in range(0, resamples, 100):  # chunks bound memory for large test sets
+        size = min(100, resamples - start)
+        weights = rng.multinomial(n, np.full(n, 1.0 / n), size=size)  # (R, N)
+        for counts, by_name in zip(stacked, draws, strict=True):
             sums = torch.from_numpy(np.einsum("rn,nck->rck", weights, counts))
             scores = class_scores(sums[..., 0], sums[..., 1], sums[..., 2])
-            for name, values in draws_by_name.items():
-                values += scores[name][:, self.first :].nanmean(dim=-1).tolist()
-        tail = (1 - level) / 2 * 100
-        pct = int(round(level * 100))
-        out = {}
-        for name, values in draws_by_name.items():
-            low, high = np.percentile(values, [tail, 100 - tail])
-            out[f"{name}_ci{pct}_low"], out[f"{name}_ci{pct}_high"] = float(low), float(high)
-        return out
+            for name, values in by_name.items():
+                values += scores[name][:, first:].nanmean(dim=-1).tolist()
+    return [{name: np.array(v) for name, v in by_name.items()} for by_name in draws]
+
+
+def percentile_interval(draws_by_name: dict[str, np.ndarray], level: float = 0.95) -> dict:
+    """``{name}_ci95_low`` / ``_high`` (for ``level`` 0.95): percentiles of bootstrap draws."""
+    tail = (1 - level) / 2 * 100
+    pct = int(round(level * 100))
+    out = {}
+    for name, values in draws_by_name.items():
+        low, high = np.percentile(values, [tail, 100 - tail])
+        out[f"{name}_ci{pct}_low"], out[f"{name}_ci{pct}_high"] = float(low), float(high)
+    return out
 
 
 class ThresholdSweep:

@@ -18,10 +18,11 @@ import torch
 from torch import nn
 
 from segpipe.config import ModelConfig, Params, Precision, Resize
+from segpipe.constants import IMAGENET_MEAN, IMAGENET_STD
 from segpipe.errors import SegpipeError
 from segpipe.files import atomic_write
 from segpipe.model.geometry import Geometry
-from segpipe.model.network import build_model, unwrap
+from segpipe.model.network import build_model, encoder_normalisation, unwrap
 
 FORMAT = 1
 """The checkpoint layout's version, stored as ``format``."""
@@ -36,6 +37,8 @@ class ModelSpec:
         classes: class names in class-index order, background first (``data.classes``).
         image_size: the input size the model was trained at (``train.image_size``).
         precision, channels_last: how it ran in training (``train.*``); inference runs alike.
+        mean, std: the per-channel (RGB, 0..1) normalisation the model was trained with (its
+            encoder's, :func:`~segpipe.model.network.encoder_normalisation`).
         resize, crop, scale: its input geometry (``train.*``, see
             :class:`~segpipe.model.geometry.Geometry`). Checkpoints written before these
             fields existed load with their defaults: squashed to ``image_size``, as then.
@@ -47,12 +50,15 @@ class ModelSpec:
     image_size: int
     precision: Precision
     channels_last: bool
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
     resize: Resize = "squash"
     crop: int | None = None
     scale: float = 1.0
 
     @classmethod
     def from_params(cls, params: Params) -> ModelSpec:
+        mean, std = encoder_normalisation(params.model)
         return cls(
             arch=params.model.arch,
             encoder=params.model.encoder,
@@ -60,6 +66,8 @@ class ModelSpec:
             image_size=params.train.image_size,
             precision=params.train.precision,
             channels_last=params.train.channels_last,
+            mean=mean,
+            std=std,
             resize=params.train.resize,
             crop=params.train.crop,
             scale=params.train.scale,
@@ -72,9 +80,14 @@ class ModelSpec:
             resize=self.resize, image_size=self.image_size, crop=self.crop, scale=self.scale
         )
 
+    @property
+    def normalisation(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        return self.mean, self.std
+
     def to_dict(self) -> dict[str, Any]:
         """Plain types, in field order (as stored, and as export's metadata shows it)."""
-        return {**dataclasses.asdict(self), "classes": list(self.classes)}
+        plain = dataclasses.asdict(self)
+        return {**plain, **{k: list(plain[k]) for k in ("classes", "mean", "std")}}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -169,6 +182,11 @@ def read_record(path: Path, payload: dict[str, Any]) -> Checkpoint:
     if "state_dict" not in payload:
         raise SegpipeError(f"{path}: not a complete segpipe checkpoint: no state_dict")
     entries = {k: v for k, v in payload.items() if k not in ("format", "state_dict")}
+    config = entries.get("model_config")
+    if isinstance(config, dict) and not {"mean", "std"} & config.keys():
+        # Written before checkpoints stored their normalisation: every model then was fed
+        # ImageNet's mean and std.
+        entries["model_config"] = {**config, "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
     return _build(Checkpoint, entries, "", path)
 
 
@@ -216,10 +234,13 @@ def _convert(tp: Any, value: Any, key: str, path: Path) -> Any:
             valid = ", ".join(typing.get_args(tp))
             raise SegpipeError(f"{path}: {key} is {value!r}, not one of {valid}")
         return value
-    if typing.get_origin(tp) is tuple:  # the class names: at least two strings
-        if not (isinstance(value, list | tuple) and len(value) >= 2):
-            raise SegpipeError(f"{path}: {key} is {value!r}, not a list of at least 2 names")
-        return tuple(_convert(str, v, f"{key}[{i}]", path) for i, v in enumerate(value))
+    if typing.get_origin(tp) is tuple:  # class names (at least two), or mean/std (three)
+        inner = typing.get_args(tp)[0]
+        what = "at least 2 names" if inner is str else "3 numbers"
+        sized = isinstance(value, list | tuple)
+        if not (sized and (len(value) >= 2 if inner is str else len(value) == 3)):
+            raise SegpipeError(f"{path}: {key} is {value!r}, not a list of {what}")
+        return tuple(_convert(inner, v, f"{key}[{i}]", path) for i, v in enumerate(value))
     if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)  # NaN included: a validation Dice with nothing to score
     if isinstance(value, tp) and not (tp is int and isinstance(value, bool)):

@@ -15,7 +15,7 @@ from PIL import Image
 from torch import nn
 
 from segpipe.data.colours import mask_to_png
-from segpipe.data.dataset import build_transform, normalisation, to_tensor
+from segpipe.data.dataset import build_transform, normalize, to_tensor
 from segpipe.data.images import read_image
 from segpipe.model.checkpoint import load_checkpoint
 from segpipe.model.geometry import pad_pair, padded_size, resize_pair
@@ -57,10 +57,13 @@ class Predictor:
             spec.precision, channels_last=spec.channels_last, device=parse_device(device)
         )
         self.model = self.runtime.place(model)
-        self.transform = build_transform(self.image_size, augment=False, seed=0)
+        self.transform = build_transform(
+            self.image_size, augment=False, seed=0, normalisation=spec.normalisation
+        )
+        self.normalize = normalize(spec.normalisation)
 
     def predict(self, images: list[np.ndarray]) -> list[np.ndarray]:
-        """Label maps at each image's own size: resize + ImageNet normalisation in, logits
+        """Label maps at each image's own size: resize + the checkpoint's normalisation in, logits
         resized back bilinearly, then thresholded (one channel) or argmax (several)."""
         return [labels for labels, _ in self._run(images, with_probability=False)]
 
@@ -119,7 +122,7 @@ class Predictor:
         valid = self.geometry.input_size(*image.shape[:2])
         resized, _ = resize_pair(image, None, valid)
         padded, _ = pad_pair(resized, None, padded_size(*valid))
-        return to_tensor(normalisation()(image=padded)["image"]), valid
+        return to_tensor(self.normalize(image=padded)["image"]), valid
 
     def to_png(self, labels: np.ndarray) -> Image.Image:
         """Binary masks as 0/255; multi-class ones as palette PNGs whose pixel values are the

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from segpipe.config import ModelConfig
+from segpipe.constants import IMAGENET_MEAN, IMAGENET_STD
 from segpipe.errors import SegpipeError
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,39 @@ def check_model_names(cfg: ModelConfig) -> None:
             f"model.encoder: unknown encoder {cfg.encoder!r} "
             f"(valid: {', '.join(encoders)}, or any timm encoder as 'tu-<name>')"
         )
+
+
+def encoder_normalisation(cfg: ModelConfig) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The (mean, std) the encoder's pretrained weights expect, from local configs only: timm's
+    ``pretrained_cfg`` for ``tu-`` encoders, smp's ``pretrained_settings`` for the others.
+
+    The values of ``model.encoder_weights`` if it names weights, else of the encoder's default
+    (first) weights, so a model trained from scratch is fed as its pretrained twin would be;
+    ImageNet's when the encoder records none.
+    """
+    if cfg.encoder.startswith("tu-"):
+        settings = _timm_settings(cfg.encoder[3:], cfg.encoder_weights)
+    else:
+        import segmentation_models_pytorch as smp
+
+        known = smp.encoders.encoders.get(cfg.encoder, {}).get("pretrained_settings", {})
+        settings = known.get(cfg.encoder_weights) or next(iter(known.values()), {})
+    mean, std = settings.get("mean"), settings.get("std")
+    if mean is None or std is None or len(mean) != 3 or len(std) != 3:
+        return IMAGENET_MEAN, IMAGENET_STD
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+
+def _timm_settings(name: str, weights: str | None) -> dict:
+    """A timm model's pretrained mean/std (``name`` may carry a tag: ``resnet50.a1_in1k``)."""
+    import timm
+
+    tag = name if "." in name or weights in (None, "imagenet") else f"{name}.{weights}"
+    try:
+        cfg = timm.get_pretrained_cfg(tag) or timm.get_pretrained_cfg(name.split(".")[0])
+    except Exception:  # timm raises for names it has no config for
+        cfg = None
+    return {"mean": cfg.mean, "std": cfg.std} if cfg is not None else {}
 
 
 def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:

@@ -2,6 +2,7 @@
 
     segpipe bench [--data DIR] [--image-size 256] [--batch-size 8]
     python -m segpipe.tools.bench ...                      (the same)
+    segpipe bench recipes --data DIR --budget-cpu-s 360 --recipe NAME ...   (see tools/recipes.py)
 
 All three modes train and run inference with the same model, resolution and batch size, through
 the same loops (``segpipe.training.engine``); only the data source and the numeric settings differ:
@@ -180,6 +181,9 @@ def machine() -> str:
 
 
 def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["recipes"]:
+        return recipes_main(argv[1:], prog=prog)
     args = _arguments(prog).parse_args(argv)
     if args.mode:  # a child process: measure one mode, print JSON
         work = args.work
@@ -218,6 +222,18 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     return 0
+
+
+def recipes_main(argv: list[str], *, prog: str | None = None) -> int:
+    """``bench recipes``: training recipes at an equal CPU budget (:mod:`segpipe.tools.recipes`)."""
+    from segpipe.cli import parser, run_stage
+    from segpipe.tools import recipes
+
+    p = parser(recipes.__doc__.split("\n\n")[0])
+    p.prog = f"{prog or 'segpipe bench'} recipes"
+    recipes.add_arguments(p)
+    args = p.parse_args(argv)
+    return run_stage(lambda: recipes.main(args), verbose=args.verbose)
 
 
 def _arguments(prog: str | None = None) -> argparse.ArgumentParser:

@@ -15,26 +15,29 @@ from pathlib import Path
 
 from segpipe.cli import parser, run_stage
 from segpipe.config import Params, load_params
+from segpipe.data.augment import build_augmentations
 from segpipe.model.network import check_model_names
 
 log = logging.getLogger(__name__)
 
 
 def run(path: Path) -> Params:
-    """Load ``path`` strictly and check the model's architecture and encoder names.
+    """Load ``path`` strictly and check the model's architecture and encoder names and the
+    ``train.augment`` transforms.
 
     Raises:
         SegpipeError: the first problem, naming the key.
     """
     params = load_params(path)
     check_model_names(params.model)
+    build_augmentations(params.train.augment, params.train.image_size)
     log.info("%s: valid", path)
     return params
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     """The command's arguments: only the ones every stage has (``--params``, ``--verbose``)."""
-    p = parser("Check params.yaml: every key, type and range, and the model's names.")
+    p = parser("Check params.yaml: every key, type and range, the model and transform names.")
     p.prog = prog or p.prog
     return p
 

@@ -2,7 +2,8 @@
 
     segpipe export --model models/model.pt --out models/model.onnx [--opset 17]
 
-The ONNX model takes ``image`` (float32 NCHW, RGB, ImageNet-normalised, any batch size, height
+The ONNX model takes ``image`` (float32 NCHW, RGB, normalised with the mean and std of its
+``preprocessing`` metadata (the encoder's, from the checkpoint), any batch size, height
 and width multiples of the encoder's output stride) and returns ``logits`` (N, C', H, W). The
 checkpoint's ``model_config`` (arch, encoder, classes, image_size and the input geometry:
 resize, crop, scale) travels in the file's ``metadata_props``, so a deployer needs no other file.
@@ -29,7 +30,6 @@ import torch
 from torch import nn
 
 from segpipe.cli import parser, run_stage
-from segpipe.data.dataset import IMAGENET_MEAN, IMAGENET_STD
 from segpipe.errors import SegpipeError
 from segpipe.files import atomic_path, ensure_writable_dir, write_error, write_json
 from segpipe.model.checkpoint import ModelSpec, load_checkpoint
@@ -164,8 +164,8 @@ def add_metadata(path: Path, model_config: ModelSpec, stride: int, opset: int) -
                 "dtype": "float32",
                 "channels": "RGB",
                 "scale": 1 / 255,
-                "mean": IMAGENET_MEAN,
-                "std": IMAGENET_STD,
+                "mean": list(model_config.mean),  # the encoder's, as the model was trained
+                "std": list(model_config.std),
                 "size_multiple": stride,
             }
         ),

@@ -26,10 +26,43 @@ class NonFiniteLossError(SegpipeError):
     """Training produced a NaN or infinite loss: the run cannot go on."""
 
 
+OPTIMIZERS = ("adam", "adamw", "sgd")
+"""``train.optimizer`` names."""
+
+
 def adam(params: Iterable[nn.Parameter], lr: float, device: torch.device) -> torch.optim.Adam:
     """Adam with its fused kernel where torch has one (CPU and CUDA): one pass over the
     parameters per step instead of one per operation."""
-    return torch.optim.Adam(params, lr=lr, fused=device.type in ("cpu", "cuda"))
+    return build_optimizer("adam", params, lr=lr, device=device)
+
+
+def build_optimizer(
+    name: str,
+    params: Iterable[nn.Parameter],
+    *,
+    lr: float,
+    device: torch.device,
+    weight_decay: float = 0.0,
+    momentum: float = 0.9,
+) -> torch.optim.Optimizer:
+    """``train.optimizer`` by name: Adam (L2 ``weight_decay``), AdamW (decoupled decay) or SGD
+    with ``momentum``, each with its fused kernel where torch has one (CPU and CUDA).
+
+    Raises:
+        SegpipeError: an unknown name, listing the valid ones.
+    """
+    fused = device.type in ("cpu", "cuda")
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=fused)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused)
+    if name == "sgd":
+        return torch.optim.SGD(
+            params, lr=lr, momentum=momentum, weight_decay=weight_decay, fused=fused
+        )
+    raise SegpipeError(
+        f"train.optimizer: unknown optimizer {name!r} (valid: {', '.join(OPTIMIZERS)})"
+    )
 
 
 def _batches(loader: DataLoader, desc: str) -> Iterator:

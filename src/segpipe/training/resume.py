@@ -52,14 +52,16 @@ class TrainingState:
 
     Args:
         model: the model (or its DistributedDataParallel wrapper).
-        optimizer, scheduler, scaler: what trains it; no scheduler or scaler is None.
+        optimizer, scheduler, scaler: what trains it; no scheduler or scaler is None (the
+            scheduler: anything with ``state_dict`` and ``load_state_dict``, such as
+            :class:`~segpipe.training.schedule.EpochSchedule`).
         augment: the training transform, whose random streams advance with every image.
         generator: the training DataLoader's shuffling generator.
     """
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None
+    scheduler: Any
     scaler: torch.amp.GradScaler | None
     augment: A.Compose
     generator: torch.Generator

@@ -23,11 +23,17 @@ from segpipe.errors import SegpipeError
 from segpipe.files import atomic_write
 from segpipe.model.checkpoint import Checkpoint, ModelSpec, save_checkpoint
 from segpipe.model.geometry import crop_steps, whole_image_steps
-from segpipe.model.network import build_model
+from segpipe.model.network import build_model, encoder_normalisation
 from segpipe.model.runtime import Runtime, peak_rss_mb, reuse_freed_memory
 from segpipe.training import distributed, resume
-from segpipe.training.engine import NonFiniteLossError, adam, evaluate_epoch, train_one_epoch
+from segpipe.training.engine import (
+    NonFiniteLossError,
+    build_optimizer,
+    evaluate_epoch,
+    train_one_epoch,
+)
 from segpipe.training.losses import LossFn, build_loss
+from segpipe.training.schedule import EpochSchedule, stops_early
 from segpipe.training.seeding import seed_everything, seed_worker
 
 log = logging.getLogger(__name__)
@@ -43,9 +49,14 @@ def run(
     model_path: Path,
     live_dir: Path,
     resume_dir: Path | None = None,
+    cpu_budget_s: float | None = None,
 ) -> dict[str, float]:
     """Train on the cache stage's arrays in ``cache_dir``; write the best checkpoint to
     ``model_path`` and the history to ``live_dir``.
+
+    Training ends after ``train.epochs``, earlier by ``train.early_stopping``, or (with
+    ``cpu_budget_s``, for benchmarks) before an epoch that would take this process's CPU time
+    (user + system, all threads) since the start past the budget, going by the mean epoch so far.
 
     With ``resume_dir``, the full training state is saved below it after every epoch (see
     :class:`segpipe.training.resume.Resume`), a run interrupted earlier (same params, data
@@ -57,7 +68,7 @@ def run(
 
     ctx = distributed.setup()
     try:
-        best = _fit(params, cache_dir, model_path, live_dir, resume_dir, ctx)
+        best = _fit(params, cache_dir, model_path, live_dir, resume_dir, ctx, cpu_budget_s)
         distributed.finish(ctx)
         return best
     finally:
@@ -71,10 +82,12 @@ def _fit(
     live_dir: Path,
     resume_dir: Path | None,
     ctx: distributed.Context,
+    cpu_budget_s: float | None = None,
 ) -> dict[str, float]:
     """Set up, restore an interrupted run if there is one, then train the remaining epochs,
     keeping the checkpoint of the best one and saving the resume state after each."""
     t = params.train
+    cpu_start = time.process_time()
     generator = seed_everything(params.seed)
     runtime = Runtime.choose(t.precision, channels_last=t.channels_last, device=ctx.device)
     if runtime.device.type == "cpu":
@@ -96,6 +109,8 @@ def _fit(
     with _history(live_dir, ctx, resumed=done > 0) as live:
         live.step = done
         for epoch in range(done + 1, t.epochs + 1):
+            if _stops(params, best, epoch - 1, cpu_start, cpu_budget_s):
+                break
             try:
                 val, images_per_s = _epoch(epoch, params, learner, loaders, runtime, live, ctx)
             except NonFiniteLossError as e:
@@ -146,8 +161,14 @@ def build_loaders(
     """Loaders over the cache stage's arrays; with several processes, each takes its shard."""
     t = params.train
     # Each process augments with its own stream; rank 0 alone is the single-process run.
+    normalisation = encoder_normalisation(params.model)
     augment = build_transform(
-        t.image_size, augment=t.augment, seed=params.seed + ctx.rank, geometry=_steps(t.crop)
+        t.image_size,
+        augment=t.augment,
+        seed=params.seed + ctx.rank,
+        normalisation=normalisation,
+        geometry=_steps(t.crop),
+        augment_size=t.crop,
     )
     train_set = _cached(cache_dir, "train", augment, crop=t.crop)
     # Crop training validates on whole images at train.scale, as evaluate sees them (tiles
@@ -156,7 +177,13 @@ def build_loaders(
     val_set = _cached(
         cache_dir,
         "val",
-        build_transform(t.image_size, augment=False, seed=params.seed, geometry=val_geometry),
+        build_transform(
+            t.image_size,
+            augment=False,
+            seed=params.seed,
+            normalisation=normalisation,
+            geometry=val_geometry,
+        ),
         crop=t.crop,
     )
     train_sampler = (
@@ -252,13 +279,13 @@ class Learner:
     model: nn.Module
     loss_fn: LossFn
     optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None
+    scheduler: EpochSchedule
     scaler: torch.amp.GradScaler | None
 
 
 def build_learner(params: Params, runtime: Runtime, ctx: distributed.Context) -> Learner:
-    """The model on its device (wrapped for several processes), the loss, Adam, the
-    scheduler and, for fp16 on CUDA, the loss scaler."""
+    """The model on its device (wrapped for several processes), the loss, the optimizer, the
+    lr schedule and, for fp16 on CUDA, the loss scaler."""
     t = params.train
     model = runtime.place(build_model(params.model, params.data.num_classes))
     if ctx.distributed:
@@ -271,13 +298,15 @@ def build_learner(params: Params, runtime: Runtime, ctx: distributed.Context) ->
             model, device_ids=[device.index] if device.type == "cuda" else None, static_graph=True
         )
     loss_fn = build_loss(t.loss, params.data.num_classes, t.class_weights)
-    optimizer = adam(model.parameters(), t.lr, runtime.device)
-    # Stepped once per epoch: lr follows a half cosine from train.lr down to 0 at the last epoch.
-    scheduler = (
-        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=t.epochs)
-        if t.scheduler == "cosine"
-        else None
+    optimizer = build_optimizer(
+        t.optimizer,
+        model.parameters(),
+        lr=t.lr,
+        device=runtime.device,
+        weight_decay=t.weight_decay,
+        momentum=t.momentum,
     )
+    scheduler = EpochSchedule(optimizer, t)  # stepped once per epoch, after validation
     return Learner(model, loss_fn, optimizer, scheduler, runtime.grad_scaler())
 
 
@@ -383,8 +412,7 @@ def _epoch(
     )
     lr = learner.optimizer.param_groups[0]["lr"]  # the rate this epoch ran at
     _log_epoch(live, ctx, train_stats, val, lr=lr, seconds=seconds, n_train=loaders.n_train)
-    if learner.scheduler is not None:
-        learner.scheduler.step()
+    learner.scheduler.step(_selection_score(val))
     log.info(
         "epoch %d/%d: train loss %.4f, val loss %.4f, val dice %.4f, %.1f s",
         epoch,
@@ -418,6 +446,30 @@ def _log_epoch(
     if ctx.distributed:
         live.log_metric("perf/processes", ctx.world_size, plot=False)
     live.log_metric("perf/peak_rss_mb", round(peak_rss_mb(), 1), plot=False)
+
+
+def _stops(
+    params: Params,
+    best: dict[str, float],
+    done: int,
+    cpu_start: float,
+    cpu_budget_s: float | None,
+) -> bool:
+    """Whether training ends after ``done`` epochs: early stopping, or the CPU budget."""
+    if "epoch" in best and stops_early(params.train, best_epoch=int(best["epoch"]), done=done):
+        log.info(
+            "early stopping: no better validation Dice for %d epochs (best: epoch %d)",
+            done - int(best["epoch"]),
+            best["epoch"],
+        )
+        return True
+    if cpu_budget_s is None or done == 0:
+        return False
+    used = time.process_time() - cpu_start
+    if used + used / done > cpu_budget_s:  # the next epoch would cost about the mean so far
+        log.info("CPU budget: %.0f of %.0f s used after %d epochs", used, cpu_budget_s, done)
+        return True
+    return False
 
 
 def _selection_score(metrics: dict[str, float]) -> float:
