@@ -24,6 +24,7 @@ Format = Literal["masks", "coco", "voc"]
 ExtraCategories = Literal["error", "background", "ignore_index"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Scheduler = Literal["none", "cosine"]
+Decode = Literal["exact", "reduced"]
 
 LOSS_TERMS = ("ce", "bce", "dice", "focal", "lovasz")
 """Loss names; ``train.loss`` is one of them or a weighted sum such as ``ce+dice``."""
@@ -107,6 +108,7 @@ class EvaluateConfig:
     threshold: float
     batch_size: int
     include_background: bool
+    decode: Decode
 
 
 @dataclasses.dataclass(frozen=True)

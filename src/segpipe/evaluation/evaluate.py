@@ -7,6 +7,7 @@ writes the confusion matrix in the row layout of DVC's confusion templates.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -20,14 +21,22 @@ import torch
 from segpipe.config import EvaluateConfig, Params
 from segpipe.constants import SPLITS
 from segpipe.data import masks
-from segpipe.data.masks import RULE_FILE, MaskRule, load_rule, read_pair
+from segpipe.data.masks import RULE_FILE, MaskRule, load_rule, read_mask_for, read_pair
 from segpipe.data.tables import read_split
 from segpipe.errors import SegpipeError
 from segpipe.evaluation import model_card
 from segpipe.evaluation.metrics import SegmentationMetrics, ThresholdSweep
-from segpipe.files import atomic_save_image, atomic_write, write_json
+from segpipe.files import atomic_write, write_json
 from segpipe.model.inference import Predictor
 from segpipe.model.runtime import reuse_freed_memory
+from segpipe.model.stream import (
+    IO_THREADS,
+    MaskStream,
+    Prepared,
+    WriteFailed,
+    read_prepared,
+    save_mask,
+)
 
 log = logging.getLogger(__name__)
 
@@ -163,9 +172,12 @@ def score_test_split(
     rule: MaskRule,
     cfg: EvaluateConfig,
     predictions_dir: Path,
+    *,
+    threads: int = IO_THREADS,
 ) -> tuple[SegmentationMetrics, list[dict], float]:
     """Predict every image of ``frame`` at its original size, save its mask as
-    ``predictions_dir/<stem>.png`` and count it against the truth.
+    ``predictions_dir/<stem>.png`` and count it against the truth. Reading, resizing back
+    and writing run on ``threads`` threads beside the model (see :mod:`segpipe.model.stream`).
 
     Returns:
         The counts, one row of scores per image, and the images predicted per second.
@@ -174,23 +186,41 @@ def score_test_split(
     metrics = SegmentationMetrics(predictor.num_classes, include_background=cfg.include_background)
     rows = []
     predictions_dir.mkdir(parents=True, exist_ok=True)
-    for batch, pairs in _pairs(frame, cfg.batch_size, rule):
-        preds = predictor.predict([image for image, _ in pairs])
-        for pred, (_, mask), (_, row) in zip(preds, pairs, batch.iterrows(), strict=True):
-            dice, iou = metrics.update(torch.from_numpy(pred)[None], torch.from_numpy(mask)[None])
-            atomic_save_image(predictor.to_png(pred), predictions_dir / f"{row['stem']}.png")
-            rows.append(
-                {
-                    "stem": row["stem"],
-                    "image": row["image"],
-                    "mask": row["mask"],
-                    "dice": dice[0],
-                    "iou": iou[0],
-                    "true_fg_fraction": foreground_fraction(mask),
-                    "pred_fg_fraction": foreground_fraction(pred),
-                }
-            )
+
+    def read(row: pd.Series) -> Prepared:
+        prepared = read_prepared(predictor, Path(row["image"]), decode=cfg.decode)
+        truth = read_mask_for(Path(row["image"]), prepared.size, Path(row["mask"]), rule)
+        return dataclasses.replace(prepared, extra=truth)
+
+    records = [row for _, row in frame.iterrows()]
+    with MaskStream(predictor, cfg.batch_size, threads=threads) as stream:
+        try:
+            for outcome in stream.labels(records, read):
+                if outcome.error is not None:
+                    raise outcome.error
+                rows.append(_score(metrics, outcome.item, outcome.labels, outcome.extra))
+                path = predictions_dir / f"{outcome.item['stem']}.png"
+                stream.write(save_mask, predictor, outcome.labels, path)
+            stream.finish()
+        except WriteFailed as e:
+            raise e.error from None
     return metrics, rows, len(rows) / (time.perf_counter() - start_time)
+
+
+def _score(
+    metrics: SegmentationMetrics, row: pd.Series, pred: np.ndarray, mask: np.ndarray
+) -> dict:
+    """Count one image against its truth; its row of the per-image table."""
+    dice, iou = metrics.update(torch.from_numpy(pred)[None], torch.from_numpy(mask)[None])
+    return {
+        "stem": row["stem"],
+        "image": row["image"],
+        "mask": row["mask"],
+        "dice": dice[0],
+        "iou": iou[0],
+        "true_fg_fraction": foreground_fraction(mask),
+        "pred_fg_fraction": foreground_fraction(pred),
+    }
 
 
 def _write_tables(

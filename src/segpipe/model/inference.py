@@ -68,8 +68,25 @@ class Predictor:
         """As :meth:`predict`, each label map with its foreground probability (H, W) float32."""
         return self._run(images, with_probability=True)
 
+    def decode_size(self, height: int, width: int) -> tuple[int, int]:
+        """The smallest (height, width) a photo shown at ``height`` x ``width`` can be decoded
+        at without losing what the model input needs (the square model input, or the photo's
+        own size if smaller): the bound for reduced-scale decoding."""
+        return min(height, self.image_size), min(width, self.image_size)
+
+    def prepare(self, image: np.ndarray) -> torch.Tensor:
+        """The model input (3, S, S) float32 for one RGB image: resize + normalisation.
+        Thread-safe (no random transform)."""
+        return to_tensor(self.transform(image=image)["image"])
+
+    @torch.inference_mode()
+    def logits(self, batch: torch.Tensor) -> torch.Tensor:
+        """The model's float32 logits (N, C', S, S) for prepared inputs (N, 3, S, S)."""
+        with self.runtime.autocast():
+            return self.model(self.runtime.to_device(batch)).float()
+
     def _run(self, images: list[np.ndarray], *, with_probability: bool) -> list:
-        batch = torch.stack([to_tensor(self.transform(image=im)["image"]) for im in images])
+        batch = torch.stack([self.prepare(im) for im in images])
         sizes = [im.shape[:2] for im in images]
         outputs = predict_full_resolution(
             self.model,
