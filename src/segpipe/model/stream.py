@@ -27,6 +27,7 @@ from segpipe.data.images import read_image, read_image_reduced
 from segpipe.errors import SegpipeError
 from segpipe.files import atomic_write
 from segpipe.model.inference import Predictor
+from segpipe.model.outputs import foreground_probability
 
 T = TypeVar("T")
 
@@ -112,6 +113,15 @@ def labels_at(
     return resized.argmax(dim=1)[0].to(torch.uint8).numpy()
 
 
+def probability_at(logits: torch.Tensor, index: int, size: tuple[int, int]) -> torch.Tensor:
+    """The foreground probability (H, W) float32 of image ``index`` of a batch of logits,
+    resized back as :func:`labels_at` resizes it."""
+    resized = F.interpolate(
+        logits[index : index + 1], size=size, mode="bilinear", align_corners=False
+    )
+    return foreground_probability(resized)[0]
+
+
 def save_png(image: Image.Image, path: Path) -> None:
     """Write ``image`` as a PNG at :data:`MASK_PNG_LEVEL`, atomically.
 
@@ -137,11 +147,20 @@ class MaskStream:
         batch_size: images per forward pass.
         threads: pool threads; 0 runs everything on the calling thread, one step after
             another (the reference the pool is tested against).
+        probability: give each input's foreground probability map instead of its labels.
     """
 
-    def __init__(self, predictor: Predictor, batch_size: int, *, threads: int = IO_THREADS):
+    def __init__(
+        self,
+        predictor: Predictor,
+        batch_size: int,
+        *,
+        threads: int = IO_THREADS,
+        probability: bool = False,
+    ) -> None:
         self.predictor = predictor
         self.batch_size = batch_size
+        self.probability = probability
         self.pool = ThreadPoolExecutor(threads, "segpipe-io") if threads > 0 else None
         self.writer = ThreadPoolExecutor(1, "segpipe-write") if threads > 0 else None
         self._writes: collections.deque[Future] = collections.deque()
@@ -189,6 +208,13 @@ class MaskStream:
         while pending:
             yield _outcome(*pending.popleft())
 
+    def _finish(self, logits: torch.Tensor, index: int, size: tuple[int, int]) -> Any:
+        """Image ``index`` of ``logits`` at ``size``: its labels, or (with ``probability``)
+        its foreground probability (H, W) float32, as ``predict_with_probability`` gives it."""
+        if self.probability:
+            return probability_at(logits, index, size)
+        return labels_at(logits, index, size, self.predictor.threshold)
+
     def _forward(
         self, batch: list[tuple[T, Prepared | SegpipeError]]
     ) -> list[tuple[T, Future, Prepared | None]]:
@@ -203,8 +229,7 @@ class MaskStream:
             if isinstance(p, SegpipeError):
                 out.append((item, _failed(p), None))
                 continue
-            threshold = self.predictor.threshold
-            out.append((item, self.submit(labels_at, logits, index, p.size, threshold), p))
+            out.append((item, self.submit(self._finish, logits, index, p.size), p))
             index += 1
         return out
 

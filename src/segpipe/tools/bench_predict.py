@@ -93,28 +93,44 @@ def first_rows(splits: Path, n: int) -> pd.DataFrame:
     return rows.sort_values("stem").head(n).reset_index(drop=True)
 
 
-def model_bound(predictor: Predictor, batch_size: int, batches: int) -> float:
-    """Images/s of the model alone on in-memory batches, after one warm-up batch."""
+@dataclasses.dataclass(frozen=True)
+class Speed:
+    """Images per second of wall time, and milliseconds of CPU time (all threads) per image:
+    the second is what a path costs even when other processes share the cores."""
+
+    images_per_s: float
+    cpu_ms_per_image: float
+
+
+def _timed(fn: Callable[[], None]) -> tuple[float, float]:
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def model_bound(predictor: Predictor, batch_size: int, batches: int) -> Speed:
+    """The model alone on in-memory batches, after one warm-up batch."""
     size = predictor.image_size
     x = torch.randn(batch_size, 3, size, size)
     predictor.logits(x)
-    start = time.perf_counter()
-    for _ in range(batches):
-        predictor.logits(x)
-    return batch_size * batches / (time.perf_counter() - start)
+
+    def run() -> None:
+        for _ in range(batches):
+            predictor.logits(x)
+
+    wall, cpu = _timed(run)
+    n = batch_size * batches
+    return Speed(n / wall, cpu / n * 1000)
 
 
-def steady(run_on: Callable[[bool], None], n: int) -> float:
-    """Images/s of ``run_on(all_photos)`` at steady state: ``(n - 1) / (t_n - t_1)``."""
-    start = time.perf_counter()
-    run_on(False)
-    one = time.perf_counter() - start
-    start = time.perf_counter()
-    run_on(True)
-    return (n - 1) / max(time.perf_counter() - start - one, 1e-9)
+def steady(run_on: Callable[[bool], None], n: int) -> Speed:
+    """``run_on(all_photos)`` at steady state: ``(n - 1) / (t_n - t_1)``, for wall and CPU time."""
+    one_wall, one_cpu = _timed(lambda: run_on(False))
+    wall, cpu = _timed(lambda: run_on(True))
+    return Speed((n - 1) / max(wall - one_wall, 1e-9), (cpu - one_cpu) / (n - 1) * 1000)
 
 
-def predict_speed(load: Workload, args: argparse.Namespace, variant: dict) -> float:
+def predict_speed(load: Workload, args: argparse.Namespace, variant: dict) -> Speed:
     """The predict command's steady-state images/s for one variant."""
 
     def run_on(everything: bool) -> None:
@@ -131,7 +147,7 @@ def predict_speed(load: Workload, args: argparse.Namespace, variant: dict) -> fl
     return steady(run_on, len(load.rows))
 
 
-def evaluate_speed(load: Workload, args: argparse.Namespace, variant: dict) -> float:
+def evaluate_speed(load: Workload, args: argparse.Namespace, variant: dict) -> Speed:
     """The evaluate stage's scoring path's steady-state images/s for one variant."""
     cfg = EvaluateConfig(0.5, args.eval_batch_size, False, variant["decode"])
     rule = load_rule(load.rule_dir / RULE_FILE)
@@ -155,7 +171,7 @@ def run_rounds(load: Workload, args: argparse.Namespace) -> dict:
         for name in args.variants:
             result[f"predict_{name}"] = predict_speed(load, args, VARIANTS[name])
             result[f"evaluate_{name}"] = evaluate_speed(load, args, VARIANTS[name])
-        rounds.append(result)
+        rounds.append({k: dataclasses.asdict(v) for k, v in result.items()})
     flops = forward_flops(predictor.model, predictor.image_size)
     return {"rounds": rounds, "forward_flops": flops, "peak_rss_mb": peak_rss_mb()}
 
@@ -174,9 +190,12 @@ def report(load: Workload, measured: dict, wall: float, args: argparse.Namespace
     """Rounds with their predict/bound and evaluate/bound ratios, FLOPs and FLOP/s."""
     rounds = measured["rounds"]
     for r in rounds:
+        bound = r["model"]
         for name in args.variants:
             for path in ("predict", "evaluate"):
-                r[f"{path}_{name}_over_model"] = r[f"{path}_{name}"] / r["model"]
+                speed = r[f"{path}_{name}"]
+                speed["over_model"] = speed["images_per_s"] / bound["images_per_s"]
+                speed["cpu_over_model"] = bound["cpu_ms_per_image"] / speed["cpu_ms_per_image"]
     flops = measured["forward_flops"]
     return {
         "images": len(load.rows),
@@ -185,30 +204,31 @@ def report(load: Workload, measured: dict, wall: float, args: argparse.Namespace
         "batch_size": args.eval_batch_size,
         "rounds": rounds,
         "forward_gflops_per_image": flops / 1e9,
-        "model_gflop_per_s": [r["model"] * flops / 1e9 for r in rounds],
+        "model_gflop_per_s": [r["model"]["images_per_s"] * flops / 1e9 for r in rounds],
         "one_photo_wall_s": wall,
         "peak_rss_mb": measured["peak_rss_mb"],
     }
 
 
 def format_report(result: dict, variants: list[str]) -> str:
-    """One row per round: bound, then each variant's speed and ratio to the bound."""
-    head = ["round", "model-only"]
-    for name in variants:
-        head += [f"predict {name}", "/bound", f"evaluate {name}", "/bound"]
+    """One row per round and path: images/s and CPU ms per image, each beside the bound's."""
     lines = [
         f"{result['images']} photos, Unet/{result['encoder']} at {result['image_size']} px, "
-        f"batch {result['batch_size']}; images/s at steady state",
+        f"batch {result['batch_size']}; steady state",
         "",
-        "| " + " | ".join(head) + " |",
-        "|" + "---:|" * len(head),
+        "| round | path | images/s | / model-only | CPU ms per image | model-only CPU / path CPU |",
+        "|---:|---|---:|---:|---:|---:|",
     ]
     for i, r in enumerate(result["rounds"], 1):
-        cells = [str(i), f"{r['model']:.2f}"]
+        bound = r["model"]
+        cells = [f"{bound['images_per_s']:.2f}", "1", f"{bound['cpu_ms_per_image']:.0f}", "1"]
+        lines.append(f"| {i} | model-only | " + " | ".join(cells) + " |")
         for name in variants:
             for path in ("predict", "evaluate"):
-                cells += [f"{r[f'{path}_{name}']:.2f}", f"{r[f'{path}_{name}_over_model']:.2f}"]
-        lines.append("| " + " | ".join(cells) + " |")
+                s = r[f"{path}_{name}"]
+                cells = [f"{s['images_per_s']:.2f}", f"{s['over_model']:.2f}"]
+                cells += [f"{s['cpu_ms_per_image']:.0f}", f"{s['cpu_over_model']:.2f}"]
+                lines.append(f"| {i} | {path} {name} | " + " | ".join(cells) + " |")
     lines += [
         "",
         f"forward pass: {result['forward_gflops_per_image']:.2f} GFLOP per image; model-only "
