@@ -46,21 +46,12 @@ default 6, for files ~1.6x larger; the pixels are the same."""
 class StreamSettings:
     """How a stream of files is predicted: ``batch_size`` images per forward pass, ``decode``
     (one of :data:`DECODE_MODES`), and ``threads`` beside the model (0: everything on the
-    calling thread, one step after another)."""
+    calling thread, one step after another). The callers check the values they take from
+    the user (``segpipe predict``'s flags, ``evaluate.*`` in ``params.yaml``)."""
 
     batch_size: int
     decode: str = "exact"
     threads: int = IO_THREADS
-
-    def __post_init__(self) -> None:
-        if self.decode not in DECODE_MODES:
-            raise SegpipeError(
-                f"decode: must be one of {', '.join(DECODE_MODES)}, got {self.decode!r}"
-            )
-        if self.batch_size < 1:
-            raise SegpipeError(f"batch size: must be >= 1, got {self.batch_size}")
-        if self.threads < 0:
-            raise SegpipeError(f"threads: must be >= 0, got {self.threads}")
 
 
 @dataclasses.dataclass
