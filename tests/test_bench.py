@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from segpipe.tools import bench
+from segpipe.tools import bench, bench_predict
 
 from .helpers import REPO
 
@@ -78,3 +78,19 @@ def test_benchmark_data_keeps_awkward_names(tmp_path):
         for stem in read_split(tmp_path / "work" / "splits" / f"{name}.csv")["stem"]
     ]
     assert len(stems) == 4 + 1 + 1 and set(stems) <= set(AWKWARD_STEMS)  # 10% val and test
+
+
+@pytest.mark.slow  # a child process predicting and evaluating a few photos per variant
+def test_predict_benchmark_reports_each_path_beside_the_bound(tmp_path, raw_dir):
+    extra = ["--predict", "--images", "3", "--variants", "serial", "reduced"]
+    report = run_tiny(tmp_path, raw_dir, *extra, "--eval-batch-size", "2")
+    assert report["images"] == 3 and report["forward_gflops_per_image"] > 0
+    (only,) = report["rounds"]
+    for path in ("predict_serial", "evaluate_serial", "predict_reduced", "evaluate_reduced"):
+        speed = only[path]
+        assert speed["images_per_s"] > 0 and speed["cpu_ms_per_image"] > 0
+        assert speed["over_model"] == pytest.approx(
+            speed["images_per_s"] / only["model"]["images_per_s"]
+        )
+    assert report["one_photo_wall_s"] > 0
+    assert "| 1 | predict reduced |" in bench_predict.format_report(report, ["serial", "reduced"])

@@ -169,7 +169,7 @@ def test_longest_side_inference_cuts_the_padding_before_resizing_back(tmp_path, 
     model_path = _with_geometry(tiny_run / "model.pt", tmp_path / "m.pt", resize="longest_side")
     predictor = Predictor(model_path, device="cpu")
     image = np.random.default_rng(0).integers(0, 256, (50, 90, 3), np.uint8)
-    model_input, valid = predictor.model_input(image)
+    model_input, valid = predictor.prepare(image)
     assert valid == (36, 64) and tuple(model_input.shape) == (3, 64, 64)
     assert predictor.decode_size(50, 90) == (36, 64)
     with torch.no_grad():

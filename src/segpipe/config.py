@@ -27,6 +27,7 @@ Resize = Literal["squash", "longest_side"]
 Tta = Literal["none", "flip"]
 Scheduler = Literal["none", "cosine", "plateau"]
 Optimizer = Literal["adam", "adamw", "sgd"]
+Decode = Literal["exact", "reduced"]
 
 LOSS_TERMS = ("ce", "bce", "dice", "focal", "lovasz")
 """Loss names; ``train.loss`` is one of them or a weighted sum such as ``ce+dice``."""
@@ -142,6 +143,7 @@ class EvaluateConfig:
     tile: int | None
     overlap: float
     tta: Tta
+    decode: Decode
 
 
 @dataclasses.dataclass(frozen=True)

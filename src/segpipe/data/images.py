@@ -7,6 +7,7 @@ import dataclasses
 import logging
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -155,12 +156,18 @@ def _decode_failure(error: Exception) -> str:
     return f"corrupt: {type(error).__name__}: {error}"
 
 
-def open_image(path: Path, *, upright: bool = True) -> Image.Image:
+def open_image(
+    path: Path,
+    *,
+    upright: bool = True,
+    before_load: Callable[[Image.Image], None] | None = None,
+) -> Image.Image:
     """Open and fully decode an image, so truncated files fail here rather than in training.
 
     Args:
         upright: apply the EXIF orientation (see :func:`make_upright`), as viewers and
             annotation tools show the photo. Masks are read as stored (``upright=False``).
+        before_load: called on the opened, not yet decoded image (to set a draft mode).
 
     Raises:
         UnreadableImageError: missing, empty, unrecognised, truncated or corrupt file.
@@ -177,6 +184,8 @@ def open_image(path: Path, *, upright: bool = True) -> Image.Image:
         warnings.simplefilter("always")
         try:
             with Image.open(path) as image:
+                if before_load is not None:
+                    before_load(image)
                 image.load()
             if upright:
                 make_upright(image)
@@ -252,3 +261,28 @@ def is_high_bit_depth(image: Image.Image) -> bool:
 def read_image(path: Path) -> np.ndarray:
     """An image as HxWx3 uint8 RGB, upright as its EXIF orientation says (see :func:`to_rgb`)."""
     return to_rgb(open_image(path))
+
+
+def read_image_reduced(
+    path: Path, needed: Callable[[int, int], tuple[int, int]]
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """An image as :func:`read_image` gives it, but decoded at a reduced scale where the
+    format allows it, and its full (height, width) as shown.
+
+    JPEGs are decoded at 1/2, 1/4 or 1/8 scale (the DCT scaling of libjpeg, through PIL's
+    draft mode): the largest reduction that keeps at least ``needed(height, width)`` (the
+    full size as shown in, the smallest useful size out). That skips most of the decoding
+    work for photos much larger than the model input. Other formats are decoded in full.
+    """
+    full: list[tuple[int, int]] = []
+
+    def draft(image: Image.Image) -> None:
+        width, height = shown_size(image)
+        full.append((height, width))
+        need_h, need_w = needed(height, width)
+        turned = exif_orientation(image) >= 5  # the stored pixels are turned by 90 degrees
+        request = (need_h, need_w) if turned else (need_w, need_h)
+        if image.format == "JPEG":
+            image.draft(image.mode, request)
+
+    return to_rgb(open_image(path, before_load=draft)), full[0]

@@ -331,11 +331,18 @@ def read_pair(image_path: Path, mask_path: Path, rule: MaskRule) -> tuple[np.nda
     """An image (RGB, upright) and its mask (class indices by ``rule``), checked to have the
     same size."""
     image = read_image(image_path)
+    return image, read_mask_for(image_path, image.shape[:2], mask_path, rule)
+
+
+def read_mask_for(
+    image_path: Path, image_hw: tuple[int, int], mask_path: Path, rule: MaskRule
+) -> np.ndarray:
+    """The mask of an image of ``image_hw`` (height, width, as shown), checked to fit it."""
     mask = rule.read(mask_path)
-    reason = size_mismatch(image_path, image.shape[:2], mask.shape)
+    reason = size_mismatch(image_path, image_hw, mask.shape)
     if reason:
         raise SegpipeError(f"{mask_path}: {reason}")
-    return image, mask
+    return mask
 
 
 # --- the split stage's decision --------------------------------------------------------------

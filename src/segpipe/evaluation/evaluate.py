@@ -7,10 +7,11 @@ writes the confusion matrix in the row layout of DVC's confusion templates.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -20,14 +21,22 @@ import torch
 from segpipe.config import EvaluateConfig, Params
 from segpipe.constants import SPLITS
 from segpipe.data import masks
-from segpipe.data.masks import RULE_FILE, MaskRule, load_rule, read_pair
+from segpipe.data.masks import RULE_FILE, MaskRule, load_rule, read_mask_for
 from segpipe.data.tables import read_split
 from segpipe.errors import SegpipeError
 from segpipe.evaluation import model_card
 from segpipe.evaluation.metrics import SegmentationMetrics, ThresholdSweep
-from segpipe.files import atomic_save_image, atomic_write, write_json
+from segpipe.files import atomic_write, write_json
 from segpipe.model.inference import Predictor
 from segpipe.model.runtime import reuse_freed_memory
+from segpipe.model.stream import (
+    IO_THREADS,
+    MaskStream,
+    Prepared,
+    WriteFailed,
+    read_prepared,
+    save_mask,
+)
 from segpipe.model.tiling import InferenceOptions
 
 log = logging.getLogger(__name__)
@@ -37,20 +46,6 @@ CONFUSION_ROWS_PER_CLASS = 1000
 pixels are spread over 1000 rows in proportion (exact to 0.1% of the row)."""
 
 
-def _pairs(
-    frame: pd.DataFrame, batch_size: int, rule: MaskRule
-) -> Iterator[tuple[pd.DataFrame, list[tuple[np.ndarray, np.ndarray]]]]:
-    for start in range(0, len(frame), batch_size):
-        batch = frame.iloc[start : start + batch_size]
-        yield (
-            batch,
-            [
-                read_pair(Path(i), Path(m), rule)
-                for i, m in zip(batch["image"], batch["mask"], strict=True)
-            ],
-        )
-
-
 def foreground_fraction(labels: np.ndarray) -> float:
     """Share of the non-ignored pixels that hold any foreground class (the split report's
     measure: :func:`segpipe.data.masks.foreground_fraction`)."""
@@ -58,15 +53,38 @@ def foreground_fraction(labels: np.ndarray) -> float:
 
 
 def threshold_sweep(
-    predictor: Predictor, frame: pd.DataFrame, batch_size: int, rule: MaskRule
+    predictor: Predictor,
+    frame: pd.DataFrame,
+    rule: MaskRule,
+    cfg: EvaluateConfig,
+    *,
+    threads: int = IO_THREADS,
 ) -> ThresholdSweep:
     """Foreground-vs-background counts at every threshold over the images of ``frame``."""
     sweep = ThresholdSweep()
-    for _, pairs in _pairs(frame, batch_size, rule):
-        outputs = predictor.predict_with_probability([image for image, _ in pairs])
-        for (_, probability), (_, mask) in zip(outputs, pairs, strict=True):
-            sweep.update(probability, torch.from_numpy(mask))
+    with MaskStream(predictor, cfg.batch_size, threads=threads, probability=True) as stream:
+        for outcome in stream.labels(_records(frame), _pair_reader(predictor, rule, cfg)):
+            if outcome.error is not None:
+                raise outcome.error
+            sweep.update(outcome.labels, torch.from_numpy(outcome.extra))
     return sweep
+
+
+def _records(frame: pd.DataFrame) -> list[pd.Series]:
+    return [row for _, row in frame.iterrows()]
+
+
+def _pair_reader(
+    predictor: Predictor, rule: MaskRule, cfg: EvaluateConfig
+) -> Callable[[pd.Series], Prepared]:
+    """Reads a split row's image for the model (as ``evaluate.decode`` says) and its mask."""
+
+    def read(row: pd.Series) -> Prepared:
+        prepared = read_prepared(predictor, Path(row["image"]), decode=cfg.decode)
+        truth = read_mask_for(Path(row["image"]), prepared.size, Path(row["mask"]), rule)
+        return dataclasses.replace(prepared, extra=truth)
+
+    return read
 
 
 def confusion_rows(confusion: np.ndarray, classes: list[str]) -> pd.DataFrame:
@@ -123,7 +141,7 @@ def run(
         "n_images": len(rows),
         "threshold": cfg.threshold,
     }
-    sweep = threshold_sweep(predictor, read_split(splits_dir / "val.csv"), cfg.batch_size, rule)
+    sweep = threshold_sweep(predictor, read_split(splits_dir / "val.csv"), rule, cfg)
     if len(classes) == 2:
         best = sweep.best()
         result["val_best_threshold"] = best["threshold"]
@@ -165,9 +183,12 @@ def score_test_split(
     rule: MaskRule,
     cfg: EvaluateConfig,
     predictions_dir: Path,
+    *,
+    threads: int = IO_THREADS,
 ) -> tuple[SegmentationMetrics, list[dict], float]:
     """Predict every image of ``frame`` at its original size, save its mask as
-    ``predictions_dir/<stem>.png`` and count it against the truth.
+    ``predictions_dir/<stem>.png`` and count it against the truth. Reading, resizing back
+    and writing run on ``threads`` threads beside the model (see :mod:`segpipe.model.stream`).
 
     Returns:
         The counts, one row of scores per image, and the images predicted per second.
@@ -176,23 +197,35 @@ def score_test_split(
     metrics = SegmentationMetrics(predictor.num_classes, include_background=cfg.include_background)
     rows = []
     predictions_dir.mkdir(parents=True, exist_ok=True)
-    for batch, pairs in _pairs(frame, cfg.batch_size, rule):
-        preds = predictor.predict([image for image, _ in pairs])
-        for pred, (_, mask), (_, row) in zip(preds, pairs, batch.iterrows(), strict=True):
-            dice, iou = metrics.update(torch.from_numpy(pred)[None], torch.from_numpy(mask)[None])
-            atomic_save_image(predictor.to_png(pred), predictions_dir / f"{row['stem']}.png")
-            rows.append(
-                {
-                    "stem": row["stem"],
-                    "image": row["image"],
-                    "mask": row["mask"],
-                    "dice": dice[0],
-                    "iou": iou[0],
-                    "true_fg_fraction": foreground_fraction(mask),
-                    "pred_fg_fraction": foreground_fraction(pred),
-                }
-            )
+    read = _pair_reader(predictor, rule, cfg)
+    with MaskStream(predictor, cfg.batch_size, threads=threads) as stream:
+        try:
+            for outcome in stream.labels(_records(frame), read):
+                if outcome.error is not None:
+                    raise outcome.error
+                rows.append(_score(metrics, outcome.item, outcome.labels, outcome.extra))
+                path = predictions_dir / f"{outcome.item['stem']}.png"
+                stream.write(save_mask, predictor, outcome.labels, path)
+            stream.finish()
+        except WriteFailed as e:
+            raise e.error from None
     return metrics, rows, len(rows) / (time.perf_counter() - start_time)
+
+
+def _score(
+    metrics: SegmentationMetrics, row: pd.Series, pred: np.ndarray, mask: np.ndarray
+) -> dict:
+    """Count one image against its truth; its row of the per-image table."""
+    dice, iou = metrics.update(torch.from_numpy(pred)[None], torch.from_numpy(mask)[None])
+    return {
+        "stem": row["stem"],
+        "image": row["image"],
+        "mask": row["mask"],
+        "dice": dice[0],
+        "iou": iou[0],
+        "true_fg_fraction": foreground_fraction(mask),
+        "pred_fg_fraction": foreground_fraction(pred),
+    }
 
 
 def _write_tables(

@@ -12,7 +12,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch import nn
 
 from segpipe.data.colours import mask_to_png
 from segpipe.data.dataset import build_transform, normalize, to_tensor
@@ -80,49 +79,55 @@ class Predictor:
 
     def decode_size(self, height: int, width: int) -> tuple[int, int]:
         """The (h, w) an image of ``height`` x ``width`` becomes before the model sees it
-        (padding aside): decoding it any larger gains nothing."""
+        (padding aside): decoding it any larger gains nothing (the bound for reduced-scale
+        decoding)."""
         return self.geometry.input_size(height, width)
 
-    def _run(self, images: list[np.ndarray], *, with_probability: bool) -> list:
-        if self.geometry.fixed_size:  # one square size: the whole batch in one pass
-            batch = torch.stack([to_tensor(self.transform(image=im)["image"]) for im in images])
-            outputs = self._full_resolution(
-                batch, [im.shape[:2] for im in images], None, with_probability
-            )
-        else:  # sizes differ: one image per pass
-            outputs = []
-            for image in images:
-                model_input, valid = self.model_input(image)
-                outputs += self._full_resolution(
-                    model_input[None], [image.shape[:2]], valid, with_probability
-                )
-        return [(labels.numpy().astype(np.uint8), prob) for labels, prob in outputs]
+    def prepare(
+        self, image: np.ndarray, size: tuple[int, int] | None = None
+    ) -> tuple[torch.Tensor, tuple[int, int] | None]:
+        """The model input (3, h', w') float32 for one RGB image, and the (h, w) of the image
+        inside its padding (None: no padding). ``size``: the image's full (H, W) when it was
+        decoded at a reduced scale (default: its own). Thread-safe (no random transform).
 
-    def _full_resolution(
-        self,
-        batch: torch.Tensor,
-        sizes: list[tuple[int, int]],
-        valid: tuple[int, int] | None,
-        with_probability: bool,
-    ) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
-        return predict_full_resolution(
-            self.model,
-            batch,
-            sizes,
-            self.runtime,
-            threshold=self.threshold,
-            with_probability=with_probability,
-            options=self.options,
-            valid=valid,
-        )
-
-    def model_input(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
-        """An image (HxWx3 uint8) as the model's (3, h', w') input, sides padded below and to
-        the right to multiples of 32, and the (h, w) of the image inside the padding."""
-        valid = self.geometry.input_size(*image.shape[:2])
+        Squashed models get the ``image_size`` square; the others the size
+        :meth:`decode_size` gives, padded below and to the right to multiples of 32."""
+        if self.geometry.fixed_size:
+            return to_tensor(self.transform(image=image)["image"]), None
+        valid = self.geometry.input_size(*(size or image.shape[:2]))
         resized, _ = resize_pair(image, None, valid)
         padded, _ = pad_pair(resized, None, padded_size(*valid))
         return to_tensor(self.normalize(image=padded)["image"]), valid
+
+    @torch.inference_mode()
+    def logits(self, batch: torch.Tensor, valid: tuple[int, int] | None = None) -> torch.Tensor:
+        """The float32 logits (N, C', h, w) of prepared inputs (N, 3, h', w'), with the
+        sliding windows and flip averaging of :attr:`options`, the padding outside ``valid``
+        cut off."""
+        logits = logits_of(self._forward, self.runtime.to_device(batch), self.options)
+        return logits if valid is None else logits[:, :, : valid[0], : valid[1]]
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        # A window is a strided view: made dense in the model's layout again (to_device), or
+        # convolutions take a slow path; a no-op otherwise.
+        with self.runtime.autocast():
+            return self.model(self.runtime.to_device(x)).float()
+
+    def _run(self, images: list[np.ndarray], *, with_probability: bool) -> list:
+        prepared = [self.prepare(image) for image in images]
+        sizes = [image.shape[:2] for image in images]
+        if self.geometry.fixed_size:  # one square size: the whole batch in one pass
+            passes = [(torch.stack([t for t, _ in prepared]), None, sizes)]
+        else:  # sizes differ: one image per pass
+            pairs = zip(prepared, sizes, strict=True)
+            passes = [(t[None], valid, [size]) for (t, valid), size in pairs]
+        outputs = []
+        for batch, valid, batch_sizes in passes:
+            logits = self.logits(batch, valid)
+            outputs += full_resolution(
+                logits, batch_sizes, self.threshold, with_probability=with_probability
+            )
+        return [(labels.numpy().astype(np.uint8), prob) for labels, prob in outputs]
 
     def to_png(self, labels: np.ndarray) -> Image.Image:
         """Binary masks as 0/255; multi-class ones as palette PNGs whose pixel values are the
@@ -130,37 +135,16 @@ class Predictor:
         return mask_to_png(labels, self.num_classes)
 
 
-@torch.inference_mode()
-def predict_full_resolution(
-    model: nn.Module,
-    images: torch.Tensor,
+def full_resolution(
+    logits: torch.Tensor,
     sizes: list[tuple[int, int]],
-    runtime: Runtime,
-    *,
     threshold: float,
+    *,
     with_probability: bool = False,
-    options: InferenceOptions | None = None,
-    valid: tuple[int, int] | None = None,
 ) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
-    """Label maps at each image's original (H, W): the logits are resized back bilinearly
-    before thresholding, so the result is what a user of the predictions gets. With
-    ``with_probability``, each label map comes with its foreground probability map.
-
-    Args:
-        options: sliding windows and flip averaging; default: one forward pass.
-        valid: the (h, w) of the images inside their padding; the padding is cut off the
-            logits before they are resized back. Default: the whole input.
-    """
-
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        # A window is a strided view: made dense in the model's layout again, or convolutions
-        # take a slow path (measured: 20x the cost of whole-image inference); a no-op otherwise.
-        with runtime.autocast():
-            return model(runtime.to_device(x)).float()
-
-    logits = logits_of(forward, runtime.to_device(images), options or InferenceOptions())
-    if valid is not None:
-        logits = logits[:, :, : valid[0], : valid[1]]
+    """Label maps at each image's original (H, W): the logits (N, C', h, w) are resized back
+    bilinearly before thresholding, so the result is what a user of the predictions gets.
+    With ``with_probability``, each label map comes with its foreground probability map."""
     out = []
     for i, size in enumerate(sizes):
         resized = F.interpolate(logits[i : i + 1], size=size, mode="bilinear", align_corners=False)

@@ -194,6 +194,8 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
     if data is None:
         shared = Path(__file__).resolve().parents[3] / "shared" / "data" / "kvasir_seg"
         data = shared if shared.is_dir() else None
+    if args.predict:
+        return _predict_benchmark(data, args)
     with tempfile.TemporaryDirectory(prefix="segpipe-bench-") as tmp:
         work = Path(tmp)
         needed = args.batch_size * args.batches
@@ -236,6 +238,23 @@ def recipes_main(argv: list[str], *, prog: str | None = None) -> int:
     return run_stage(lambda: recipes.main(args), verbose=args.verbose)
 
 
+def _predict_benchmark(data: Path | None, args: argparse.Namespace) -> int:
+    """``--predict``: the predict and evaluate paths on files beside the model-only bound."""
+    from segpipe.data import synthetic
+    from segpipe.tools import bench_predict
+
+    with tempfile.TemporaryDirectory(prefix="segpipe-bench-") as tmp:
+        work = Path(tmp)
+        if data is None:  # photo-like sizes: what the predict path is for
+            data = work / "synthetic"
+            cfg = SyntheticConfig(args.images, min_size=600, max_size=1400, empty_fraction=0.1)
+            synthetic.generate(data, cfg, seed=0)
+        result = bench_predict.main(data, work, args)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
 def _arguments(prog: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     p.add_argument(
@@ -260,6 +279,20 @@ def _arguments(prog: str | None = None) -> argparse.ArgumentParser:
         "--num-workers", type=int, default=0, help="pipeline DataLoader workers (train.num_workers)"
     )
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    p.add_argument(
+        "--predict",
+        action="store_true",
+        help="benchmark the predict and evaluate paths (files to masks) beside the model-only "
+        "bound instead",
+    )
+    p.add_argument("--images", type=int, default=150, help="--predict: photos per run")
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        default=["serial", "threads", "reduced"],
+        choices=["serial", "threads", "reduced"],
+        help="--predict: the paths compared",
+    )
     p.add_argument("--mode", choices=MODES, help=argparse.SUPPRESS)
     p.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     return p

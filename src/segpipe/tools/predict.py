@@ -17,10 +17,23 @@ from PIL import Image
 from segpipe.cli import parser, run_stage
 from segpipe.config import load_params
 from segpipe.data.colours import blend, palette
-from segpipe.data.images import IMAGE_EXTENSIONS, read_image, scan_folder, stem_of
+from segpipe.data.images import IMAGE_EXTENSIONS, scan_folder, stem_of
 from segpipe.errors import SegpipeError
-from segpipe.files import atomic_save_image, ensure_writable_dir, require_folder, write_error
+from segpipe.files import ensure_writable_dir, require_folder, write_error
 from segpipe.model.inference import Predictor
+from segpipe.model.runtime import reuse_freed_memory
+from segpipe.model.stream import (
+    DECODE_MODES,
+    IO_THREADS,
+    MaskStream,
+    Outcome,
+    Prepared,
+    StreamSettings,
+    WriteFailed,
+    read_prepared,
+    save_mask,
+    save_png,
+)
 from segpipe.model.tiling import InferenceOptions
 
 log = logging.getLogger(__name__)
@@ -168,6 +181,15 @@ def resolve_options(params_path: Path | None) -> tuple[InferenceOptions, str]:
     return options, f"evaluate.tile/overlap/tta in {path}"
 
 
+def resolve_decode(decode: str | None, params_path: Path | None) -> str:
+    """How photos are decoded: ``--decode``, else ``evaluate.decode`` of the params file (see
+    :func:`params_file`), so predict writes the masks evaluate scored; else ``exact``."""
+    if decode is not None:
+        return decode
+    path = params_file(params_path)
+    return "exact" if path is None else load_params(path).evaluate.decode
+
+
 def overlay(
     image: np.ndarray, labels: np.ndarray, num_classes: int = 2, alpha: float = 0.45
 ) -> Image.Image:
@@ -189,11 +211,15 @@ def run(
     with_overlay: bool = False,
     overwrite: bool = False,
     params_path: Path | None = None,
+    decode: str | None = None,
+    threads: int = IO_THREADS,
 ) -> dict[str, float]:
     """Write ``out_dir/<stem>.png`` for every readable input, at the input's own resolution
     and orientation (as viewers show it). Inputs in subfolders keep them: ``in/a/1.jpg``
     gives ``out/a/1.png``. The threshold is ``threshold``, else evaluate's (see
-    :func:`resolve_threshold`).
+    :func:`resolve_threshold`); so is ``decode`` (``exact`` or ``reduced``, see
+    :data:`~segpipe.model.stream.DECODE_MODES`). Reading and writing run on ``threads``
+    threads beside the model (0: one step after another).
 
     Nothing is written before every output path is checked (see :func:`check_outputs`);
     unreadable inputs are reported and skipped; each file is written atomically.
@@ -205,15 +231,21 @@ def run(
         raise SegpipeError(f"--threshold: must be in (0, 1), got {threshold}")
     if batch_size < 1:
         raise SegpipeError(f"--batch-size: must be >= 1, got {batch_size}")
+    if threads < 0:
+        raise SegpipeError(f"--threads: must be >= 0, got {threads}")
+    if decode is not None and decode not in DECODE_MODES:
+        raise SegpipeError(f"--decode: must be one of {', '.join(DECODE_MODES)}, got {decode!r}")
     inputs_by_stem, duplicates = list_inputs(inputs, out_dir)
     plan = plan_outputs(inputs_by_stem, out_dir, with_overlay=with_overlay)
     targets = [p for _, mask, over in plan for p in (mask, over) if p is not None]
     input_files = [*inputs_by_stem.values(), *duplicates]
     check_outputs(inputs, input_files, out_dir, targets, overwrite=overwrite)
-    predictor = _load_predictor(model_path, threshold, params_path)
+    reuse_freed_memory()  # as the evaluate stage does: large buffers are not mapped afresh
+    predictor, decode = _load_predictor(model_path, threshold, decode, params_path)
+    settings = StreamSettings(batch_size, decode, threads)
     ensure_writable_dir(out_dir, "--output")
     start = time.perf_counter()
-    written, skipped = _predict_in_batches(predictor, plan, inputs_by_stem, batch_size)
+    written, skipped = _predict_in_batches(predictor, plan, inputs_by_stem, settings)
     skipped += len(duplicates)
     seconds = time.perf_counter() - start
     log.info(
@@ -227,9 +259,11 @@ def run(
 
 
 def _load_predictor(
-    model_path: Path, threshold: float | None, params_path: Path | None
-) -> Predictor:
-    """The model at ``model_path``, thresholded as :func:`resolve_threshold` says (binary)."""
+    model_path: Path, threshold: float | None, decode: str | None, params_path: Path | None
+) -> tuple[Predictor, str]:
+    """The model at ``model_path``, thresholded as :func:`resolve_threshold` says (binary),
+    with the tiles and TTA :func:`resolve_options` says, and the decoding
+    :func:`resolve_decode` says."""
     options, options_source = resolve_options(params_path)
     predictor = Predictor(model_path, DEFAULT_THRESHOLD, options=options)
     log.info(
@@ -244,50 +278,52 @@ def _load_predictor(
         log.info("threshold %g (%s)", predictor.threshold, source)
     else:
         log.info("class of each pixel by argmax over %d classes", predictor.num_classes)
-    return predictor
+    return predictor, resolve_decode(decode, params_path)
 
 
 def _predict_in_batches(
     predictor: Predictor,
     plan: list[tuple[str, Path, Path | None]],
     inputs_by_stem: dict[str, Path],
-    batch_size: int,
+    settings: StreamSettings,
 ) -> tuple[int, int]:
-    """Predict and save each planned output, ``batch_size`` images at a time; returns the
-    numbers of images written and of unreadable ones skipped (each reported)."""
+    """Predict and save each planned output, ``settings.batch_size`` images per forward pass,
+    with reading and writing on a thread pool; returns the numbers of images written and of
+    unreadable ones skipped (each reported)."""
     written = skipped = 0
-    for first in range(0, len(plan), batch_size):
-        batch: list[tuple[np.ndarray, Path, Path | None]] = []
-        for stem, mask_path, overlay_path in plan[first : first + batch_size]:
-            try:
-                batch.append((read_image(inputs_by_stem[stem]), mask_path, overlay_path))
-            except SegpipeError as e:
-                log.warning("skipped %s", e)
-                skipped += 1
-        if not batch:
-            continue
-        predictions = predictor.predict([image for image, _, _ in batch])
-        for (image, mask_path, overlay_path), labels in zip(batch, predictions, strict=True):
-            _save(predictor.to_png(labels), mask_path, written, len(plan))
-            if overlay_path is not None:
-                picture = overlay(image, labels, predictor.num_classes)
-                _save(picture, overlay_path, written, len(plan))
-            written += 1
+
+    def read(entry: tuple[str, Path, Path | None]) -> Prepared:
+        stem, _, overlay_path = entry
+        path = inputs_by_stem[stem]
+        return read_prepared(
+            predictor, path, decode=settings.decode, keep_photo=overlay_path is not None
+        )
+
+    with MaskStream(predictor, settings.batch_size, threads=settings.threads) as stream:
+        try:
+            for outcome in stream.labels(plan, read):
+                if outcome.error is not None:
+                    log.warning("skipped %s", outcome.error)
+                    skipped += 1
+                    continue
+                written += stream.write(_save_outputs, predictor, outcome)
+            written += stream.finish()
+        except WriteFailed as e:
+            raise write_error(
+                e.path,
+                e.error,
+                f"{e.done_before} of {len(plan)} image(s) were done before it, each file complete",
+                again="run again with --overwrite",
+            ) from None
     return written, skipped
 
 
-def _save(image: Image.Image, path: Path, written: int, total: int) -> None:
-    """Save atomically; a failed write (full disk, permissions) becomes one line that says
-    how far the run got."""
-    try:
-        atomic_save_image(image, path)
-    except OSError as e:
-        raise write_error(
-            path,
-            e,
-            f"{written} of {total} image(s) were done before it, each file complete",
-            again="run again with --overwrite",
-        ) from None
+def _save_outputs(predictor: Predictor, outcome: Outcome) -> None:
+    """Write the mask of one outcome, and its overlay if one is planned."""
+    _, mask_path, overlay_path = outcome.item
+    save_mask(predictor, outcome.labels, mask_path)
+    if overlay_path is not None:
+        save_png(overlay(outcome.extra, outcome.labels, predictor.num_classes), overlay_path)
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
@@ -305,6 +341,19 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "that file exists, else 0.5)",
     )
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument(
+        "--decode",
+        choices=DECODE_MODES,
+        default=None,
+        help="exact: decode photos in full; reduced: JPEGs at 1/2-1/8 scale where the model "
+        "input stays covered (faster; default: evaluate.decode of --params, else exact)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=IO_THREADS,
+        help=f"threads that read and write beside the model (default {IO_THREADS}; 0: none)",
+    )
     p.add_argument("--overlay", action="store_true", help="also write <stem>_overlay.png")
     p.add_argument(
         "--overwrite", action="store_true", help="replace masks and overlays already in --output"
@@ -326,6 +375,8 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
             with_overlay=args.overlay,
             overwrite=args.overwrite,
             params_path=Path(args.params),
+            decode=args.decode,
+            threads=args.threads,
         )
 
     return run_stage(predict, verbose=args.verbose)
