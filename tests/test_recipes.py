@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from segpipe.config import read_yaml
 from segpipe.errors import SegpipeError
@@ -101,6 +102,7 @@ def test_recipes_on_tiny_data(tmp_path, raw_dir, capsys):
     code on the same test images; the table and JSON carry intervals and the difference."""
     params = write_params(tmp_path / "params.yaml", tiny_params())
     out = tmp_path / "recipes.json"
+    threads = torch.get_num_threads()
     code = bench.main(
         [
             "recipes", "--data", str(raw_dir), "--params", str(params), "--budget-cpu-s", "1e6",
@@ -110,6 +112,7 @@ def test_recipes_on_tiny_data(tmp_path, raw_dir, capsys):
         ]
     )  # fmt: skip
     assert code == 0
+    assert torch.get_num_threads() == threads, "the thread count is put back"
     report = json.loads(out.read_text())
     base, adamw = report["rows"]
     assert [base["recipe"], adamw["recipe"]] == ["base", "adamw"]

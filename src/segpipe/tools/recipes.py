@@ -254,8 +254,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
-    report = compare(args)
+    try:  # put the process's thread count back: a caller's later training must not change
+        report = compare(args)
+    finally:
+        torch.set_num_threads(threads)
     report["threads"] = args.threads
     print(format_table(report))
     if args.json:
