@@ -11,7 +11,7 @@ import pytest
 
 from segpipe.config import Params
 
-from .helpers import tiny_params
+from .helpers import reproduce_repo, tiny_params
 
 
 @pytest.fixture
@@ -81,3 +81,18 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     before = _listing(root)
     yield root
     assert _listing(root) == before, f"a test changed the shared tiny run in {root}"
+
+
+@pytest.fixture(scope="session")
+def reproduced_template(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[Path, dict, str]]:
+    """A copied repository with the cut-down settings after one `dvc repro`, made once for the
+    whole session: its root, environment and the output of that `dvc repro`. Tests never run
+    in it (checked at the end of the session): each module takes its own copy
+    (``copy_reproduced``)."""
+    root = tmp_path_factory.mktemp("reproduced") / "repo"
+    env, out = reproduce_repo(root)
+    before = _listing(root)
+    yield root, env, out
+    assert _listing(root) == before, f"a test changed the shared reproduced repository {root}"

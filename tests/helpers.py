@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,18 @@ TINY: dict[str, object] = {
 ``section__key`` edits: 24 small synthetic images split 12/6/6, a resnet18 Unet at 64x64 for
 one epoch. In-process tests get them as :func:`tiny_params`, a stage script as
 ``write_params(path, tiny_params())``, a copied repository as ``copy_repo(root, TINY)``."""
+
+
+CUT_DOWN: dict[str, object] = {
+    **TINY,
+    "model__encoder": "tu-mobilenetv3_small_050",
+    "train__epochs": 3,
+    "train__scheduler": "none",
+}
+"""The tiny settings as the reproduced repository runs them (:func:`reproduce_repo`): a
+smaller encoder (2.2M parameters instead of resnet18's 14M: every run writes, hashes, caches,
+pushes and pulls smaller checkpoints) for three epochs, so that a run can be killed between
+two of them."""
 
 
 def set_keys(raw: dict[str, Any], edits: Mapping[str, object]) -> dict[str, Any]:
@@ -189,6 +202,38 @@ def dvc(args: Sequence[object], root: Path, env: Mapping[str, str], *, check: bo
     return result.stdout + result.stderr
 
 
+def run_queue(root: Path, env: Mapping[str, str], timeout: float = 600) -> str:
+    """`dvc queue start -j 1`, then wait until nothing is queued or running; returns the last
+    `dvc queue status`."""
+    dvc(["queue", "start", "-j", "1"], root, env)
+    deadline = time.monotonic() + timeout
+    while True:
+        status = dvc(["queue", "status"], root, env)
+        if ("Queued" not in status and "Running" not in status) or time.monotonic() > deadline:
+            return status
+        time.sleep(1)
+
+
+def collect_runs(node: Any, found: list | None = None) -> list[tuple[str | None, Any, Any]]:
+    """(name or revision, train.lr, test dice) of every experiment or commit in the
+    `dvc exp show --json` tree ``node``."""
+    found = [] if found is None else found
+    if isinstance(node, dict):
+        data = node.get("data") or {}
+        params = (data.get("params") or {}).get("params.yaml", {}).get("data", {})
+        metrics = (data.get("metrics") or {}).get("metrics/evaluate.json", {}).get("data", {})
+        if params and metrics:
+            found.append(
+                (node.get("name") or node.get("rev"), params["train"]["lr"], metrics["dice"])
+            )
+        for value in node.values():
+            collect_runs(value, found)
+    elif isinstance(node, list):
+        for value in node:
+            collect_runs(value, found)
+    return found
+
+
 def train_args(params_file: Path, cache_dir: Path, out: Path) -> list[str]:
     """The train stage script and its arguments, with every output under ``out``."""
     return [
@@ -231,6 +276,19 @@ def copy_repo(root: Path, edits: Mapping[str, object]) -> dict[str, str]:
     run(["git", "add", "-A"], root, env)
     run(["git", "commit", "-qm", "template"], root, env)
     return env
+
+
+def reproduce_repo(root: Path) -> tuple[dict[str, str], str]:
+    """A copy of the repository at ``root`` with the :data:`CUT_DOWN` settings, after one
+    `dvc repro`: its environment and the output of `dvc repro`."""
+    env = copy_repo(root, CUT_DOWN)
+    return env, dvc(["repro"], root, env)
+
+
+def copy_reproduced(template: Path, root: Path) -> None:
+    """A copy at ``root`` of a reproduced repository: git history, workspace, DVC's cache and
+    run cache. Cheaper than a `dvc repro` of its own; DVC rehashes the copied outputs once."""
+    shutil.copytree(template, root, symlinks=True)
 
 
 def read_mask(path: Path, num_classes: int = 2, ignore_index: int | None = None) -> np.ndarray:

@@ -7,10 +7,15 @@ epochs, and a mask that is misaligned with its photo (rotated, say) scores far l
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+KVASIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "kvasir_seg"
+"""The shared Kvasir-SEG copy (1000 polyp photos up to 1920x1072, 0/255 masks), when present
+next to the repository; tests that need it skip without it and never copy it in."""
 
 AWKWARD_STEMS = (
     "0003",
@@ -88,3 +93,16 @@ def dice(pred: np.ndarray, truth: np.ndarray) -> float:
     p, t = pred > 0, truth > 0
     total = p.sum() + t.sum()
     return 1.0 if total == 0 else float(2 * (p & t).sum() / total)
+
+
+def kvasir_sample(root: Path, n: int) -> Path:
+    """``root/images`` and ``root/masks`` with ``n`` of the :data:`KVASIR` photo/mask pairs,
+    spread over its sorted names (so over its range of sizes), copied into a test's own
+    temporary folder. Returns ``root``."""
+    names = sorted(p.name for p in (KVASIR / "images").iterdir())
+    for name in names[:: len(names) // n][:n]:
+        stem = Path(name).stem
+        for kind, file in (("images", name), ("masks", f"{stem}.png")):
+            (root / kind).mkdir(parents=True, exist_ok=True)
+            shutil.copy(KVASIR / kind / file, root / kind / file)
+    return root

@@ -9,9 +9,7 @@ import pytest
 
 from segpipe.tools import bench, bench_predict
 
-from .helpers import REPO
-
-KVASIR = REPO.parent / "shared" / "data" / "kvasir_seg"
+from .realdata import KVASIR, kvasir_sample
 
 
 def run_tiny(tmp_path: Path, data: Path, *extra: str) -> dict:
@@ -55,7 +53,9 @@ def test_benchmark_on_synthetic_data(tmp_path, raw_dir):
 @pytest.mark.slow
 @pytest.mark.skipif(not KVASIR.is_dir(), reason="the shared Kvasir-SEG copy is not present")
 def test_benchmark_on_real_photos(tmp_path):
-    report = run_tiny(tmp_path, KVASIR, "--num-workers", "1")  # the pipeline with a worker
+    """12 Kvasir-SEG photos (up to 1920x1072) and their masks; the pipeline with a worker."""
+    data = kvasir_sample(tmp_path / KVASIR.name, 12)
+    report = run_tiny(tmp_path, data, "--num-workers", "1")
     assert report["data"] == KVASIR.name and report["num_workers"] == 1
     assert report["results"]["pipeline"]["train_images_per_s"] > 0
 

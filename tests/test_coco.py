@@ -30,8 +30,8 @@ from .annotations import (
     save_photo,
     string_counts,
 )
-from .helpers import REPO, TINY, stage_in_process, tiny_params, write_params
-from .realdata import save_rotated_photo
+from .helpers import TINY, stage_in_process, tiny_params, write_params
+from .realdata import KVASIR, save_rotated_photo
 from .test_bad_inputs import error_line, snapshot, warnings_of
 
 TINY_SPLIT = {key: value for key, value in TINY.items() if key.startswith("split__")}
@@ -463,9 +463,6 @@ def test_items_that_do_not_fit_are_named_and_left_out(tmp_path):
         "unknown_image_id": 1,
         "unlisted_image": 1,
     }
-
-
-KVASIR = REPO.parent / "shared" / "data" / "kvasir_seg"
 
 
 @pytest.mark.skipif(not KVASIR.is_dir(), reason="the shared Kvasir-SEG copy is not present")

@@ -20,25 +20,24 @@ from pathlib import Path
 import pytest
 import torch
 
-from .helpers import TINY, copy_repo, dvc, run
+from .helpers import copy_reproduced, dvc, run
 
 pytestmark = pytest.mark.slow
 
-CUT_DOWN = {
-    **TINY,
-    "model__encoder": "tu-mobilenetv3_small_050",
-    "train__epochs": 3,
-    "train__scheduler": "none",
-}
-"""The tiny settings with a smaller encoder (2.2M parameters instead of resnet18's 14M: every
-run writes, hashes and caches smaller checkpoints) for three epochs, so that a run can be killed
-between two of them."""
+
+@pytest.fixture(scope="module")
+def reproduced(tmp_path_factory, reproduced_template) -> tuple[Path, dict[str, str], str]:
+    """This module's copy of the session's reproduced repository (the cut-down settings, three
+    epochs): its root, environment and the output of the `dvc repro` that reproduced it."""
+    template, env, out = reproduced_template
+    root = tmp_path_factory.mktemp("e2e") / "repo"
+    copy_reproduced(template, root)
+    return root, env, out
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> tuple[Path, dict[str, str]]:
-    root = tmp_path_factory.mktemp("e2e") / "repo"
-    return root, copy_repo(root, CUT_DOWN)
+def repo(reproduced) -> tuple[Path, dict[str, str]]:
+    return reproduced[:2]
 
 
 def edit_module(path: Path) -> None:
@@ -50,11 +49,10 @@ def ran(output: str) -> list[str]:
     return re.findall(r"Running stage '([\w-]+)'", output)
 
 
-def test_pipeline_experiment_and_metrics_diff(repo):
-    root, env = repo
+def test_pipeline_experiment_and_metrics_diff(reproduced, repo):
+    root, env, out = reproduced
 
-    # 1. The whole pipeline.
-    out = dvc(["repro"], *repo)
+    # 1. The whole pipeline (its `dvc repro` made the session's reproduced repository).
     for stage in ("download", "split", "train", "evaluate", "plot"):
         assert f"Running stage '{stage}'" in out
     metrics = json.loads((root / "metrics" / "evaluate.json").read_text())
@@ -183,7 +181,6 @@ def test_plots_page_renders_in_a_browser(repo):
     if find_chromium() is None:
         pytest.skip("no Chromium found (install the chromium package or set CHROMIUM)")
     root, _ = repo
-    dvc(["repro"], *repo)  # a no-op after the pipeline test
     dvc(["plots", "show", "--out", "shown"], *repo)
     report = render_page(root / "shown" / "index.html")
     assert report.errors == []
@@ -221,44 +218,6 @@ def test_remote_push_pull_round_trip(repo, tmp_path):
     assert len(list((root / "data" / "raw" / "images").iterdir())) == 24
     out = dvc(["repro"], *repo)
     assert "Running stage" not in out and "up to date" in out
-
-
-def collect_runs(node, found):
-    """(train.lr, test dice) of every experiment or commit in `dvc exp show --json`."""
-    if isinstance(node, dict):
-        data = node.get("data") or {}
-        params = (data.get("params") or {}).get("params.yaml", {}).get("data", {})
-        metrics = (data.get("metrics") or {}).get("metrics/evaluate.json", {}).get("data", {})
-        if params and metrics:
-            found.append(
-                (node.get("name") or node.get("rev"), params["train"]["lr"], metrics["dice"])
-            )
-        for value in node.values():
-            collect_runs(value, found)
-    elif isinstance(node, list):
-        for value in node:
-            collect_runs(value, found)
-    return found
-
-
-def test_queued_experiments_run_in_parallel_copies(repo):
-    """A grid through DVC's queue: both experiments run from a copy of the last commit."""
-    root, env = repo
-    run(["git", "add", "-A"], root, env)
-    run(["git", "commit", "-qm", "state to queue from"], root, env)
-    dvc(["exp", "run", "--queue", "-S", "train.lr=1e-3,1e-2"], *repo)
-    dvc(["queue", "start", "-j", "1"], *repo)
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        status = dvc(["queue", "status"], *repo)
-        if "Queued" not in status and "Running" not in status:
-            break
-        time.sleep(3)
-    assert "Failed" not in status, status
-    runs = collect_runs(json.loads(dvc(["exp", "show", "--json"], *repo)), [])
-    queued = {lr: dice for name, lr, dice in runs if name and lr in (1e-3, 1e-2)}
-    assert set(queued) == {1e-3, 1e-2}, runs
-    assert queued[1e-3] != queued[1e-2]
 
 
 def test_multiclass_experiment_as_the_readme_says(repo):

@@ -84,8 +84,9 @@ def export_in_process(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 QUICK = "resnet18-opset17"
-"""The case the fast tests export; torch.export (opset 18) and the larger encoder take several
-seconds more each, so their cases run with the slow tests."""
+"""The case the fast tests export, through the real stage script; torch.export (opset 18) and
+the larger encoder take several seconds more each, so their cases run with the slow tests,
+through ``export.main`` in this process (the script's start and imports once are enough)."""
 
 
 @pytest.fixture(
@@ -96,7 +97,8 @@ def exported(request, tmp_path_factory) -> Exported:
     encoder, classes, opset = CASES[request.param]
     folder = tmp_path_factory.mktemp(request.param)
     config = tiny_checkpoint(folder / "model.pt", encoder, classes)
-    result = export_cmd(
+    export_with = export_cmd if request.param == QUICK else export_in_process
+    result = export_with(
         "--model",
         str(folder / "model.pt"),
         "--out",

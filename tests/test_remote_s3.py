@@ -11,14 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import TINY, copy_repo, dvc, run
+from .helpers import collect_runs, copy_reproduced, dvc, run
 
 pytestmark = pytest.mark.slow
 
 BUCKET = "segpipe-store"
-EDITS = {**TINY, "model__encoder": "tu-mobilenetv3_small_050"}
-"""The tiny settings with a 2.2M-parameter encoder: small checkpoints to push and pull."""
-
 CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",
@@ -60,16 +57,17 @@ def stored_keys(endpoint: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory, s3) -> tuple[Path, dict[str, str]]:
-    """A reproduced copy of the repository whose default remote is the S3 bucket, set up as
-    the README says, committed; its environment has the credentials and no proxy."""
+def repo(tmp_path_factory, s3, reproduced_template) -> tuple[Path, dict[str, str]]:
+    """A copy of the session's reproduced repository (the cut-down settings: a 2.2M-parameter
+    encoder, small checkpoints to push and pull) whose default remote is the S3 bucket, set up
+    as the README says, committed; its environment has the credentials and no proxy."""
+    template, env, _ = reproduced_template
     root = tmp_path_factory.mktemp("s3") / "repo"
-    env = copy_repo(root, EDITS)
+    copy_reproduced(template, root)
     env = {k: v for k, v in env.items() if not k.startswith("AWS_") and "proxy" not in k.lower()}
     env = {**env, **CREDENTIALS, "NO_PROXY": "127.0.0.1,localhost"}
     dvc(["remote", "add", "--default", "store", f"s3://{BUCKET}/segpipe"], root, env)
     dvc(["remote", "modify", "store", "endpointurl", s3], root, env)
-    dvc(["repro"], root, env)
     run(["git", "add", "-A"], root, env)
     run(["git", "commit", "-qm", "reproduced, with an S3 remote"], root, env)
     return root, env
@@ -93,22 +91,7 @@ def test_push_wipe_pull_is_up_to_date(repo, s3):
 
 def experiments(shown: list) -> dict[str, float]:
     """Experiment name -> test dice, from `dvc exp show --json`."""
-    found: dict[str, float] = {}
-
-    def walk(node) -> None:
-        if isinstance(node, dict):
-            data = node.get("data") or {}
-            metrics = (data.get("metrics") or {}).get("metrics/evaluate.json", {}).get("data")
-            if node.get("name") and metrics:
-                found[node["name"]] = metrics["dice"]
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
-
-    walk(shown)
-    return found
+    return {name: dice for name, _, dice in collect_runs(shown) if name}
 
 
 def test_experiments_shared_through_git_and_s3(repo, tmp_path):

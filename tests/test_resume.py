@@ -19,7 +19,7 @@ from segpipe.config import load_params, parse_augment
 from segpipe.imports import import_closure
 from segpipe.training import resume, train
 
-from .helpers import run, tiny_params, train_args, write_params
+from .helpers import stage_in_process, tiny_params, train_args, write_params
 
 EPOCHS = 4
 
@@ -116,7 +116,9 @@ def test_killed_training_resumes_to_identical_result(
     else:
         assert proc.returncode == 130 and "interrupted" in stderr and "Traceback" not in stderr
 
-    again = run(train_cmd(params_file, cache_dir, interrupted))
+    # The rerun is the same stage script, here in this process (no second start and imports).
+    again = stage_in_process("train.py", *train_args(params_file, cache_dir, interrupted)[1:])
+    assert again.returncode == 0, again.stderr
     assert f"resuming after epoch {saved}/{EPOCHS}" in again.stderr
     a, b = outcome(straight), outcome(interrupted)
     assert a["history"] == b["history"]
