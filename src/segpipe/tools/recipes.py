@@ -41,6 +41,7 @@ from segpipe.data.tables import read_split
 from segpipe.errors import SegpipeError
 from segpipe.evaluation import evaluate
 from segpipe.evaluation.metrics import SegmentationMetrics, bootstrap_scores, percentile_interval
+from segpipe.model.geometry import Geometry
 from segpipe.training import train
 
 log = logging.getLogger(__name__)
@@ -136,11 +137,13 @@ def epochs_run(live_dir: Path) -> int:
 def run_recipe(
     name: str, params: Params, work: Path, splits_dir: Path, budget_s: float
 ) -> dict[str, Any]:
-    """Cache (once per input size), train within ``budget_s`` CPU seconds, evaluate."""
-    cache_dir = work / f"cache-{params.train.image_size}"
+    """Cache (once per input geometry), train within ``budget_s`` CPU seconds, evaluate."""
+    geometry = Geometry.from_train(params.train)
+    t = params.train
+    cache_dir = work / f"cache-{t.resize}-{t.image_size}-{t.crop}-{t.scale:g}"
     if not cache_dir.is_dir():
         rule = load_rule(splits_dir / RULE_FILE, params.data)
-        cache.run(splits_dir, cache_dir, params.train.image_size, rule)
+        cache.run(splits_dir, cache_dir, geometry, rule)
     out = work / name
     model, live = out / "model.pt", out / "live"
     cpu, wall = time.process_time(), time.perf_counter()
