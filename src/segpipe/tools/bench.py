@@ -192,8 +192,9 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
 
     data = args.data
     if data is None:
-        shared = Path(__file__).resolve().parents[3] / "shared" / "data" / "kvasir_seg"
-        data = shared if shared.is_dir() else None
+        repo = Path(__file__).resolve().parents[3]
+        found = [b / "shared" / "data" / "kvasir_seg" for b in (repo.parent, repo)]
+        data = next((path for path in found if path.is_dir()), None)
     if args.predict:
         return _predict_benchmark(data, args)
     with tempfile.TemporaryDirectory(prefix="segpipe-bench-") as tmp:

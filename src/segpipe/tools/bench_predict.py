@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 
 from segpipe.config import EvaluateConfig, ModelConfig, SplitConfig
+from segpipe.constants import IMAGENET_MEAN, IMAGENET_STD
 from segpipe.data import split
 from segpipe.data.masks import RULE_FILE, load_rule
 from segpipe.data.tables import read_split
@@ -80,6 +81,8 @@ def prepare(data: Path, work: Path, args: argparse.Namespace) -> Workload:
         image_size=args.image_size,
         precision="auto",
         channels_last=True,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
     )
     model = build_model(ModelConfig("Unet", args.encoder, None), 2)
     record = Checkpoint(model_config=spec, epoch=0, val_dice=0.0, train_images_per_s=0.0)
@@ -149,7 +152,15 @@ def predict_speed(load: Workload, args: argparse.Namespace, variant: dict) -> Sp
 
 def evaluate_speed(load: Workload, args: argparse.Namespace, variant: dict) -> Speed:
     """The evaluate stage's scoring path's steady-state images/s for one variant."""
-    cfg = EvaluateConfig(0.5, args.eval_batch_size, False, variant["decode"])
+    cfg = EvaluateConfig(
+        threshold=0.5,
+        batch_size=args.eval_batch_size,
+        include_background=False,
+        tile=None,
+        overlap=0.0,
+        tta="none",
+        decode=variant["decode"],
+    )
     rule = load_rule(load.rule_dir / RULE_FILE)
 
     def run_on(everything: bool) -> None:
