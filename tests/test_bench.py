@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -88,7 +89,9 @@ def test_predict_benchmark_reports_each_path_beside_the_bound(tmp_path, raw_dir)
     (only,) = report["rounds"]
     for path in ("predict_serial", "evaluate_serial", "predict_reduced", "evaluate_reduced"):
         speed = only[path]
-        assert speed["images_per_s"] > 0 and speed["cpu_ms_per_image"] > 0
+        # Steady state is (N-photo run) - (one-photo run): with 3 photos on a busy machine the
+        # CPU-time difference is noise and may even be negative; it must be a number.
+        assert speed["images_per_s"] > 0 and math.isfinite(speed["cpu_ms_per_image"])
         assert speed["over_model"] == pytest.approx(
             speed["images_per_s"] / only["model"]["images_per_s"]
         )
