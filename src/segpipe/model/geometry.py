@@ -131,31 +131,24 @@ def pad_pair(
 def crop_steps(crop: int) -> list[A.BasicTransform]:
     """Training's geometry with crops: pad (below/right, mask IGNORE) images smaller than the
     crop, then take a random ``crop`` x ``crop`` window."""
-    return [
-        A.PadIfNeeded(
-            min_height=crop,
-            min_width=crop,
-            position="top_left",
-            border_mode=cv2.BORDER_CONSTANT,
-            fill=0,
-            fill_mask=IGNORE,
-        ),
-        A.RandomCrop(crop, crop),
-    ]
+    return [_pad_below_right(min_height=crop, min_width=crop), A.RandomCrop(crop, crop)]
 
 
 def whole_image_steps() -> list[A.BasicTransform]:
     """Validation's geometry with crops: the whole scaled image, padded (below/right, mask
     IGNORE) to multiples of 32, as inference sees it."""
     return [
-        A.PadIfNeeded(
+        _pad_below_right(
             min_height=None,
             min_width=None,
             pad_height_divisor=MULTIPLE,
             pad_width_divisor=MULTIPLE,
-            position="top_left",
-            border_mode=cv2.BORDER_CONSTANT,
-            fill=0,
-            fill_mask=IGNORE,
         )
     ]
+
+
+def _pad_below_right(**size: int | None) -> A.PadIfNeeded:
+    """Black image pixels and IGNORE mask pixels below and to the right, up to ``size``."""
+    return A.PadIfNeeded(
+        **size, position="top_left", border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=IGNORE
+    )
