@@ -81,9 +81,12 @@ class Case:
         pairs leave 2 each for val and test), with ``section__key=value`` edits."""
         write_params(self.params, **{**TINY_SPLIT, **edits})
 
-    def split(self):
+    def split(self, *, real_script: bool = False):
+        """The split stage in this process (see ``stage_in_process``), or as DVC runs it."""
         args = ("--params", self.params, "--raw", self.raw, "--out", self.out)
-        return run_stage("split.py", *args, check=False)
+        if real_script:
+            return run_stage("split.py", *args, check=False)
+        return stage_in_process("split.py", *args)
 
     def first_run(self) -> dict[str, bytes]:
         """A successful split; returns the output folder's content."""
@@ -113,7 +116,7 @@ def case(tmp_path: Path) -> Case:
 def test_unpaired_files_are_skipped(case: Case) -> None:
     (case.raw / "masks" / "p0.png").unlink()
     Image.new("L", (16, 16)).save(case.raw / "masks" / "orphan.png")
-    warnings = warnings_of(case.split())
+    warnings = warnings_of(case.split(real_script=True))  # the real script, once
     image, orphan = case.raw / "images" / "p0.png", case.raw / "masks" / "orphan.png"
     assert f"skipped {image}: no mask with the same stem" in warnings[0]
     assert f"skipped {orphan}: no image with the same stem" in warnings[1]
@@ -387,6 +390,9 @@ def test_too_few_valid_pairs_is_fatal(case: Case) -> None:
 
 
 def download(params: Path, out: Path, env: dict[str, str] | None = None):
+    """The download stage: in this process, or as DVC runs it where ``env`` is set."""
+    if env is None:
+        return stage_in_process("download.py", "--params", params, "--out", out)
     return run_stage("download.py", "--params", params, "--out", out, env=env, check=False)
 
 
@@ -467,7 +473,7 @@ def test_params_errors_are_one_line(case: Case, edits: dict, message: str) -> No
 def test_check_command_reports_a_misspelt_section(tmp_path: Path) -> None:
     """A section no stage reads (`modle:`) is reported by the check stage and command."""
     good = write_params(tmp_path / "p.yaml")
-    result = run_stage("check.py", "--params", good)
+    result = stage_in_process("check.py", "--params", good)  # the pipeline runs the real script
     assert result.returncode == 0 and f"{good}: valid" in result.stderr
     raw = yaml.safe_load(good.read_text())
     raw["modle"] = {"arch": "Unet"}

@@ -7,8 +7,11 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
-from segpipe.tools import bench, bench_predict
+from segpipe.config import ModelConfig
+from segpipe.model.network import build_model
+from segpipe.tools import bench, bench_backends, bench_predict
 
 from .realdata import KVASIR, kvasir_sample
 
@@ -97,3 +100,80 @@ def test_predict_benchmark_reports_each_path_beside_the_bound(tmp_path, raw_dir)
         )
     assert report["one_photo_wall_s"] > 0
     assert "| 1 | predict reduced |" in bench_predict.format_report(report, ["serial", "reduced"])
+
+
+@pytest.mark.slow  # four child processes, each splitting or caching the linked pairs
+def test_stages_benchmark_times_split_and_cache_per_thread_count(tmp_path, raw_dir):
+    out = tmp_path / "stages.json"
+    args = ["stages", "--data", str(raw_dir), "--counts", "30", "--threads", "0", "2"]
+    assert bench.main([*args, "--repeats", "1", "--image-size", "32", "--json", str(out)]) == 0
+    (count,) = json.loads(out.read_text())["counts"]
+    assert count["pairs"] == 30 and count["same_bytes"] is True
+    assert sorted(count["runs"]) == [
+        "cache threads=0",
+        "cache threads=2",
+        "split threads=0",
+        "split threads=2",
+    ]
+    for name, (run,) in count["runs"].items():
+        assert run["seconds"] > 0 and run["peak_rss_mb"] > 10
+        assert run["pairs"] == (30 if name.startswith("split") else 27)  # all but the test 3
+
+
+def batch_norms_run(model: torch.nn.Module, x: torch.Tensor) -> int:
+    """How many batch norm modules a forward pass of ``x`` calls."""
+    called = []
+    hooks = [
+        m.register_forward_hook(lambda *_: called.append(1))
+        for m in model.modules()
+        if isinstance(m, torch.nn.BatchNorm2d)
+    ]
+    model(x)
+    for hook in hooks:
+        hook.remove()
+    return len(called)
+
+
+@pytest.mark.parametrize("encoder", ["resnet18", "efficientnet-b0"])
+def test_folding_batch_norms_keeps_the_logits(encoder):
+    """Every batch norm these networks run follows a convolution and folds into it; the fp32
+    logits stay the same."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig("Unet", encoder, None), 2)
+    for module in model.modules():  # statistics away from 0/1, as a trained model has them
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    model.eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        before, norms = model(x), batch_norms_run(model, x)
+        assert bench_backends.fold_batch_norms(model, x[:1]) == norms > 10
+        assert batch_norms_run(model, x) == 0
+        assert torch.allclose(model(x), before, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.slow  # exports the model to ONNX
+def test_backends_benchmark_reports_speed_and_agreement(tmp_path):
+    out = tmp_path / "backends.json"
+    args = ["backends", "--image-size", "64", "--eval-batch-size", "2", "--batches", "1"]
+    assert bench.main([*args, "--repeats", "2", "--encoder", "resnet18", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert len(result["rounds"]) == 2 and result["batch_norms_folded"] > 10
+    for name in bench_backends.BACKENDS:
+        assert all(r[name] > 0 for r in result["rounds"])
+    assert result["agreement"]["torch fp32"]["max_abs_logit_diff"] == 0
+    assert result["agreement"]["onnxruntime"]["max_abs_logit_diff"] < 1e-3
+
+
+@pytest.mark.slow  # trains a few steps at two sizes under the profiler
+def test_profile_benchmark_splits_the_step_by_kind(tmp_path):
+    out = tmp_path / "profile.json"
+    args = ["profile", "--sizes", "32", "64", "--batch-size", "2", "--batches", "1"]
+    assert bench.main([*args, "--encoder", "resnet18", "--json", str(out)]) == 0
+    small, large = json.loads(out.read_text())["sizes"]
+    for size in (small, large):
+        assert size["by_kind"]["convolution"] > 0 and size["by_kind"]["convolution backward"] > 0
+        assert sum(size["by_kind"].values()) == pytest.approx(size["profiled_ms_per_image"])
+        assert size["achieved_gflop_per_s"] > 0
+    assert large["train_gflop_per_image"] == pytest.approx(4 * small["train_gflop_per_image"])

@@ -43,6 +43,23 @@ def test_cache_matches_decoding_on_the_fly(splits_dir, cache_dir, params):
         assert torch.allclose(ci, di, atol=1e-6)
 
 
+@pytest.mark.parametrize(
+    "geometry",
+    [Geometry.squash(32), Geometry(resize="longest_side", image_size=32, crop=16, scale=0.5)],
+)
+def test_threads_write_the_same_arrays(tmp_path, splits_dir, params, geometry):
+    """Pairs decoded on a thread pool fill the arrays the one-by-one decoding fills, byte for
+    byte (fixed squares, and the flat arrays of crop training)."""
+    rule = load_rule(splits_dir / RULE_FILE, params.data)
+    written = {}
+    for threads in (0, 3):
+        out = tmp_path / f"cache{threads}"
+        counts = cache.run(splits_dir, out, geometry, rule, threads=threads)
+        written[threads] = {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+    assert counts == {s: len(read_split(splits_dir / f"{s}.csv")) for s in cache.CACHED_SPLITS}
+    assert written[0] == written[3] and len(written[0]) >= 4
+
+
 def test_cached_dataset_is_memory_mapped_and_picklable(cache_dir):
     import pickle
 

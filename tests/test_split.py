@@ -264,3 +264,18 @@ def test_other_modes_are_read_as_rgb(tmp_path, mode):
     Image.new(mode, (5, 3)).save(tmp_path / "x.png")
     image = read_image(tmp_path / "x.png")
     assert image.shape == (3, 5, 3) and image.dtype == np.uint8
+
+
+def test_threads_write_the_same_outputs_and_warnings(tmp_path, raw_dir, params, caplog):
+    """Pairs read on a thread pool give the CSVs, rule and report of the one-by-one reading,
+    byte for byte, and the same warnings in the same order."""
+    break_dataset(raw_dir)
+    outputs, warnings = {}, {}
+    for threads in (0, 3):
+        caplog.clear()
+        out = tmp_path / "out"
+        split.run(params.split, params.seed, raw_dir, out, threads=threads)
+        outputs[threads] = {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+        warnings[threads] = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert outputs[0] == outputs[3] and len(outputs[0]) == 6
+    assert warnings[0] == warnings[3] and len(warnings[0]) >= 6

@@ -3,7 +3,8 @@
 Training reads ``(N, S, S, 3)`` images and ``(N, S, S)`` masks of the train and val splits
 through ``np.load(mmap_mode="r")`` instead of decoding full-size files every epoch. Memory stays
 bounded as the dataset grows: the OS pages the arrays in and out, and nothing holds the decoded
-dataset in the Python heap.
+dataset in the Python heap. The cache stage writes the arrays with plain file writes, pair by
+pair, so its own memory does not grow with N either.
 
 Crop training (``train.crop``) keeps each image at ``train.scale`` of its own size, so the
 sizes differ: the pixels of all images then lie one after another in ``(P, 3)`` and ``(P,)``
@@ -26,6 +27,7 @@ from segpipe.data.tables import read_split
 from segpipe.errors import SegpipeError
 from segpipe.files import reserve_space, staged_dir, write_error
 from segpipe.model.geometry import Geometry
+from segpipe.resources import data_threads, ordered_map
 
 log = logging.getLogger(__name__)
 
@@ -74,30 +76,55 @@ def build_split_cache(
     masks_path: Path,
     geometry: Geometry,
     rule: MaskRule,
+    *,
+    threads: int = 0,
 ) -> int:
     """Resize every pair of ``frame`` exactly as training would (albumentations' Resize:
     bilinear for images, nearest for masks; masks read by ``rule``; see
     :meth:`~segpipe.model.geometry.Geometry.for_cache`) into the arrays :func:`allocate` made.
-    Returns the count."""
-    images = np.load(images_path, mmap_mode="r+")
-    masks = np.load(masks_path, mmap_mode="r+")
+    The pairs are decoded and resized on ``threads`` threads (see
+    :func:`~segpipe.resources.ordered_map`) and written in order. Returns the count."""
     shapes = cached_shapes(frame, geometry)
-    offset = 0
-    for i, (image_file, mask_file) in enumerate(zip(frame["image"], frame["mask"], strict=True)):
-        image, mask = geometry.for_cache(*read_pair(Path(image_file), Path(mask_file), rule))
-        if geometry.cache_side() is not None:
-            images[i], masks[i] = image, mask
-            continue
-        if mask.shape != tuple(shapes[i]):  # the file changed since the split stage ran
-            raise SegpipeError(
-                f"{image_file}: its size differs from the one in the split; rerun the split stage"
-            )
-        n = mask.size
-        images[offset : offset + n], masks[offset : offset + n] = image.reshape(n, 3), mask.ravel()
-        offset += n
-    images.flush()
-    masks.flush()
+
+    def resized(pair: tuple[str, str]) -> tuple[np.ndarray, np.ndarray]:
+        return geometry.for_cache(*read_pair(Path(pair[0]), Path(pair[1]), rule))
+
+    pairs = list(zip(frame["image"], frame["mask"], strict=True))
+    offset = 0  # pixels written so far
+    with ArrayFile(images_path) as images, ArrayFile(masks_path) as masks:
+        for i, (image, mask) in enumerate(ordered_map(resized, pairs, threads=threads)):
+            if geometry.cache_side() is None and mask.shape != tuple(shapes[i]):
+                raise SegpipeError(  # the file changed since the split stage ran
+                    f"{pairs[i][0]}: its size differs from the one in the split; "
+                    "rerun the split stage"
+                )
+            images.write(offset * 3, image)
+            masks.write(offset, mask)
+            offset += mask.size
     return len(frame)
+
+
+class ArrayFile:
+    """A uint8 ``.npy`` file made by :func:`allocate`, filled by writes at byte offsets of its
+    data. Nothing is memory-mapped, so the process's memory stays flat however large the
+    array: the pages go to the OS's file cache, not to the process."""
+
+    def __init__(self, path: Path) -> None:
+        self.file = open(path, "r+b")  # noqa: SIM115 (closed by __exit__)
+        np.lib.format.read_magic(self.file)
+        np.lib.format.read_array_header_1_0(self.file)
+        self.start = self.file.tell()
+
+    def __enter__(self) -> ArrayFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.file.close()
+
+    def write(self, offset: int, values: np.ndarray) -> None:
+        """Write ``values`` (C order) at byte ``offset`` of the data."""
+        self.file.seek(self.start + offset)
+        self.file.write(np.ascontiguousarray(values, dtype=np.uint8).data)
 
 
 def run(
@@ -107,14 +134,19 @@ def run(
     rule: MaskRule,
     *,
     splits: Sequence[str] = CACHED_SPLITS,
+    threads: int | None = None,
 ) -> dict[str, int]:
     """Cache ``splits`` (the train and val splits) in ``geometry``; masks hold class indices
     by the split stage's ``rule`` (see :func:`~segpipe.data.masks.load_rule`), with
     :data:`~segpipe.constants.IGNORE` where ``ignore_index`` was.
 
+    The pairs are decoded on ``threads`` threads (default :func:`~segpipe.resources.data_threads`;
+    0 decodes them one by one); the arrays are the same either way.
+
     The disk space of all the arrays is reserved before any image is decoded; on a full disk
     (or any failed write) nothing is left behind and ``cache_dir`` stays as it was.
     """
+    threads = data_threads() if threads is None else threads
     frames = {split: read_split(splits_dir / f"{split}.csv") for split in splits}
     shapes = {split: array_shapes(frame, geometry) for split, frame in frames.items()}
     counts = {}
@@ -128,7 +160,7 @@ def run(
                     np.save(shapes_path(staging, split), cached_shapes(frames[split], geometry))
             for split, frame in frames.items():
                 counts[split] = build_split_cache(
-                    frame, *cache_paths(staging, split), geometry, rule
+                    frame, *cache_paths(staging, split), geometry, rule, threads=threads
                 )
     except OSError as e:
         needed = sum(math.prod(shape) * 4 for shape in shapes.values()) / 2**20

@@ -27,9 +27,10 @@ from segpipe.constants import SPLITS
 from segpipe.data.images import scan_folder
 from segpipe.data.masks import RULE_FILE
 from segpipe.data.source_report import SourceReport, read_source_report
-from segpipe.data.validate import DatasetCheck, render_markdown
+from segpipe.data.validate import DatasetCheck, PairFacts, inspect_pair, render_markdown
 from segpipe.errors import SegpipeError
 from segpipe.files import staged_dir, write_error
+from segpipe.resources import data_threads, ordered_map
 
 log = logging.getLogger(__name__)
 
@@ -174,12 +175,19 @@ def split_method(source: SourceReport | None, cfg: SplitConfig, seed: int) -> st
     )
 
 
-def validate_pairs(frame: pd.DataFrame, check: DatasetCheck) -> pd.DataFrame:
+def validate_pairs(frame: pd.DataFrame, check: DatasetCheck, *, threads: int) -> pd.DataFrame:
     """The valid pairs of ``frame`` with their size (``COLUMNS`` but ``fg_fraction``, which
-    needs the mask rule that ``check.decide`` takes from all masks)."""
+    needs the mask rule that ``check.decide`` takes from all masks). The pairs are read on
+    ``threads`` threads (see :func:`~segpipe.resources.ordered_map`) and recorded in order."""
+    colours = check.mask_colours is not None
+
+    def inspect(pair: tuple[str, str, str]) -> PairFacts:
+        return inspect_pair(pair[0], Path(pair[1]), Path(pair[2]), colours)
+
+    pairs = frame[["stem", "image", "mask"]].itertuples(index=False, name=None)
     rows = []
-    for i, (stem, image, mask) in enumerate(frame[["stem", "image", "mask"]].itertuples(False)):
-        row = check.check(stem, Path(image), Path(mask))
+    for i, facts in enumerate(ordered_map(inspect, pairs, threads=threads)):
+        row = check.record(facts)
         if row is not None:
             rows.append(row)
         if (i + 1) % 500 == 0:
@@ -196,18 +204,24 @@ def run(
     ignore_index: int | None = None,
     mask_suffix: str = "",
     mask_colours: tuple[tuple[int, ...], ...] | None = None,
+    *,
+    threads: int | None = None,
 ) -> dict[str, int]:
     """Write ``train.csv``, ``val.csv``, ``test.csv``, ``mask_rule.json``, ``report.json`` and
     ``report.md`` to ``out_dir`` (replaced as a whole); no image is copied.
 
+    The pairs are read on ``threads`` threads (default :func:`~segpipe.resources.data_threads`;
+    0 reads them one by one); the outputs are the same either way.
+
     Returns:
         The number of pairs in each split.
     """
+    threads = data_threads() if threads is None else threads
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     if raw_dir.resolve().is_relative_to(out_dir.resolve()):
         raise SegpipeError(f"{out_dir}: the output folder would replace the dataset {raw_dir}")
     check = DatasetCheck(num_classes, ignore_index, mask_colours)
-    frame = validate_pairs(pair_files(raw_dir, check, mask_suffix), check)
+    frame = validate_pairs(pair_files(raw_dir, check, mask_suffix), check, threads=threads)
     if frame.empty:
         raise SegpipeError(f"{raw_dir}: no valid image/mask pairs left ({_skipped(check)})")
     rule = check.decide(raw_dir / "masks")

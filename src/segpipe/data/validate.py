@@ -9,6 +9,7 @@ declaration affects every file.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from collections import Counter
 from pathlib import Path
@@ -52,6 +53,62 @@ class Skipped:
     reason: str
 
 
+@dataclasses.dataclass(frozen=True)
+class PairFacts:
+    """What :func:`inspect_pair` learnt of one pair: why it is skipped (``skip``: the file, a
+    :class:`Skipped` kind and reason), or the facts :meth:`DatasetCheck.record` gathers."""
+
+    stem: str
+    image_path: Path
+    mask_path: Path
+    skip: tuple[Path, str, str] | None = None
+    values: MaskValues | None = None
+    height: int = 0
+    width: int = 0
+    image_mode: str = ""
+    mask_mode: str = ""
+    turned: bool = False
+    high_bit_depth: bool = False
+    mask_tagged: bool = False
+
+
+def inspect_pair(stem: str, image_path: Path, mask_path: Path, colours: bool) -> PairFacts:
+    """Decode the mask of a pair (the image's header only) and gather what the check needs;
+    touches no shared state, so pairs can be read on several threads."""
+    image_path, mask_path = Path(image_path), Path(mask_path)
+    facts = functools.partial(PairFacts, stem, image_path, mask_path)
+    try:
+        image = open_image(image_path, upright=False)
+    except UnreadableImageError as e:
+        return facts(skip=(image_path, "unreadable_image", f"cannot read image ({e.reason})"))
+    try:
+        mask_image = open_image(mask_path, upright=False)
+    except UnreadableImageError as e:
+        return facts(skip=(mask_path, "unreadable_mask", f"cannot read mask ({e.reason})"))
+    turned = make_upright(image)
+    raw, colour = mask_values(mask_image, colours=colours)
+    width, height = image.size
+    mismatch = size_mismatch(image_path, (height, width), raw.shape)
+    if mismatch:
+        hint = (
+            "; the photo is shown turned by its EXIF orientation and the mask matches it as "
+            "stored: draw masks on the photo as viewers show it"
+            if turned and raw.shape == (width, height)
+            else ""
+        )
+        return facts(skip=(mask_path, "size_mismatch", mismatch + hint))
+    return facts(
+        values=MaskValues.of(mask_path, raw, colour=colour),
+        height=height,
+        width=width,
+        image_mode=image.mode,
+        mask_mode=mask_image.mode,
+        turned=bool(turned),
+        high_bit_depth=bool(is_high_bit_depth(image)),
+        mask_tagged=exif_orientation(mask_image) != 1,
+    )
+
+
 class DatasetCheck:
     """Validates pairs one at a time and gathers the statistics of the valid ones; then
     :meth:`decide` chooses the one mask rule from the value histograms of all masks."""
@@ -93,49 +150,34 @@ class DatasetCheck:
 
         Each file is decoded once; the mask's value histogram is kept.
         """
-        try:
-            image = open_image(image_path, upright=False)
-        except UnreadableImageError as e:
-            self.skip(stem, image_path, "unreadable_image", f"cannot read image ({e.reason})")
+        return self.record(inspect_pair(stem, image_path, mask_path, self.mask_colours is not None))
+
+    def record(self, pair: PairFacts) -> dict[str, Any] | None:
+        """:meth:`check` for a pair already read by :func:`inspect_pair` (on any thread):
+        the pairs must be recorded in row order, on one thread."""
+        if pair.skip is not None:
+            self.skip(pair.stem, *pair.skip)
             return None
-        try:
-            mask_image = open_image(mask_path, upright=False)
-        except UnreadableImageError as e:
-            self.skip(stem, mask_path, "unreadable_mask", f"cannot read mask ({e.reason})")
-            return None
-        turned = make_upright(image)
-        raw, colour = mask_values(mask_image, colours=self.mask_colours is not None)
-        width, height = image.size
-        mismatch = size_mismatch(image_path, (height, width), raw.shape)
-        if mismatch:
-            hint = (
-                "; the photo is shown turned by its EXIF orientation and the mask matches it as "
-                "stored: draw masks on the photo as viewers show it"
-                if turned and raw.shape == (width, height)
-                else ""
-            )
-            self.skip(stem, mask_path, "size_mismatch", mismatch + hint)
-            return None
-        self.masks.append(MaskValues.of(Path(mask_path), raw, colour=colour))
-        self.heights.append(height)
-        self.widths.append(width)
-        self.image_modes[image.mode] += 1
-        self.mask_modes[mask_image.mode] += 1
-        self.exif_turned += turned
-        self.range_scaled += is_high_bit_depth(image)
-        if exif_orientation(mask_image) != 1:
+        self.masks.append(pair.values)
+        self.heights.append(pair.height)
+        self.widths.append(pair.width)
+        self.image_modes[pair.image_mode] += 1
+        self.mask_modes[pair.mask_mode] += 1
+        self.exif_turned += pair.turned
+        self.range_scaled += pair.high_bit_depth
+        if pair.mask_tagged:
             self.mask_orientation_tags += 1
             log.warning(
                 "%s: the mask has an EXIF orientation tag; it is read as stored (masks are "
                 "taken as drawn on the photo as shown)",
-                mask_path,
+                pair.mask_path,
             )
         return {
-            "stem": stem,
-            "image": Path(image_path).as_posix(),
-            "mask": Path(mask_path).as_posix(),
-            "height": height,
-            "width": width,
+            "stem": pair.stem,
+            "image": pair.image_path.as_posix(),
+            "mask": pair.mask_path.as_posix(),
+            "height": pair.height,
+            "width": pair.width,
         }
 
     def decide(self, folder: Path) -> MaskRule:

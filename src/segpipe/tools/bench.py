@@ -3,6 +3,9 @@
     segpipe bench [--data DIR] [--image-size 256] [--batch-size 8]
     python -m segpipe.tools.bench ...                      (the same)
     segpipe bench recipes --data DIR --budget-cpu-s 360 --recipe NAME ...   (see tools/recipes.py)
+    segpipe bench stages [--data DIR] [--counts 1000 10000]    (split and cache: bench_stages.py)
+    segpipe bench backends [--image-size 256]     (inference backends: bench_backends.py)
+    segpipe bench profile [--sizes 128 256]       (a training step's profile: bench_profile.py)
 
 All three modes train and run inference with the same model, resolution and batch size, through
 the same loops (``segpipe.training.engine``); only the data source and the numeric settings differ:
@@ -40,11 +43,14 @@ from segpipe.data.masks import RULE_FILE, load_rule
 from segpipe.data.tables import read_split
 from segpipe.model.geometry import Geometry
 from segpipe.model.network import build_model
-from segpipe.model.runtime import Runtime, peak_rss_mb, reuse_freed_memory
+from segpipe.model.runtime import Runtime, reuse_freed_memory
+from segpipe.resources import peak_rss_mb
 from segpipe.training.engine import adam, evaluate_epoch, train_one_epoch
 from segpipe.training.losses import build_loss
 
 MODES = ("naive", "pipeline", "model")
+SUB_BENCHMARKS = ("stages", "backends", "profile")
+"""``segpipe bench <name>``: the modules ``segpipe.tools.bench_<name>``."""
 
 
 def _timed_epochs(step, images_per_call: int, repeats: int) -> float:
@@ -184,6 +190,8 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["recipes"]:
         return recipes_main(argv[1:], prog=prog)
+    if argv[:1] and argv[0] in SUB_BENCHMARKS:
+        return sub_benchmark(argv[0], argv[1:], prog=prog)
     args = _arguments(prog).parse_args(argv)
     if args.mode:  # a child process: measure one mode, print JSON
         work = args.work
@@ -237,6 +245,27 @@ def recipes_main(argv: list[str], *, prog: str | None = None) -> int:
     recipes.add_arguments(p)
     args = p.parse_args(argv)
     return run_stage(lambda: recipes.main(args), verbose=args.verbose)
+
+
+def sub_benchmark(name: str, argv: list[str], *, prog: str | None = None) -> int:
+    """``bench stages|backends|profile``: a module of ``segpipe.tools`` with ``add_arguments``
+    and ``main(args) -> dict`` (printed by it; also written to ``--json``)."""
+    import importlib
+
+    from segpipe.cli import parser, run_stage
+
+    module = importlib.import_module(f"segpipe.tools.bench_{name}")
+    p = parser(module.__doc__.split("\n\n")[0])
+    p.prog = f"{prog or 'segpipe bench'} {name}"
+    module.add_arguments(p)
+    args = p.parse_args(argv)
+
+    def measure() -> None:
+        result = module.main(args)
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=2) + "\n")
+
+    return run_stage(measure, verbose=args.verbose)
 
 
 def _predict_benchmark(data: Path | None, args: argparse.Namespace) -> int:

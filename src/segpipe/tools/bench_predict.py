@@ -34,8 +34,9 @@ from segpipe.evaluation import evaluate
 from segpipe.model.checkpoint import Checkpoint, ModelSpec, save_checkpoint
 from segpipe.model.inference import Predictor
 from segpipe.model.network import build_model
-from segpipe.model.runtime import peak_rss_mb, reuse_freed_memory
+from segpipe.model.runtime import reuse_freed_memory
 from segpipe.model.stream import IO_THREADS
+from segpipe.resources import peak_rss_mb
 from segpipe.tools import predict
 from segpipe.tools.flops import forward_flops
 

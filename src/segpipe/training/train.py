@@ -24,7 +24,8 @@ from segpipe.files import atomic_write
 from segpipe.model.checkpoint import Checkpoint, ModelSpec, save_checkpoint
 from segpipe.model.geometry import crop_steps, whole_image_steps
 from segpipe.model.network import build_model, encoder_normalisation
-from segpipe.model.runtime import Runtime, peak_rss_mb, reuse_freed_memory
+from segpipe.model.runtime import Runtime, reuse_freed_memory
+from segpipe.resources import peak_rss_mb
 from segpipe.training import distributed, resume
 from segpipe.training.engine import (
     NonFiniteLossError,
