@@ -130,6 +130,7 @@ def test_ints_still_ints_and_strings_still_strings(tmp_path):
         (lambda r: r["split"].update(test_fraction=0), "split.test_fraction: must be in (0, 1)"),
         (lambda r: r["evaluate"].update(threshold=1.5), "evaluate.threshold"),
         (lambda r: r["evaluate"].update(decode="draft"), "evaluate.decode: got 'draft'"),
+        (lambda r: r["evaluate"].update(backend="onnx"), "evaluate.backend: got 'onnx'"),
         (lambda r: r.update(model=[1, 2]), "model: expected a mapping"),
         (lambda r: r["model"].update(encoder_weights=3), "model.encoder_weights: expected str"),
     ],

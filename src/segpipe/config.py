@@ -28,6 +28,7 @@ Tta = Literal["none", "flip"]
 Scheduler = Literal["none", "cosine", "plateau"]
 Optimizer = Literal["adam", "adamw", "sgd"]
 Decode = Literal["exact", "reduced"]
+Backend = Literal["torch", "openvino"]
 
 LOSS_TERMS = ("ce", "bce", "dice", "focal", "lovasz")
 """Loss names; ``train.loss`` is one of them or a weighted sum such as ``ce+dice``."""
@@ -144,6 +145,7 @@ class EvaluateConfig:
     overlap: float
     tta: Tta
     decode: Decode
+    backend: Backend
 
 
 @dataclasses.dataclass(frozen=True)

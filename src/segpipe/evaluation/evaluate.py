@@ -168,7 +168,8 @@ def run(
 def _predictor(model_path: Path, cfg: EvaluateConfig, classes: list[str]) -> Predictor:
     """The checkpoint ready to predict as ``evaluate.*`` says, refused if it was trained for
     other classes."""
-    predictor = Predictor(model_path, cfg.threshold, options=InferenceOptions.from_evaluate(cfg))
+    options = InferenceOptions.from_evaluate(cfg)
+    predictor = Predictor(model_path, cfg.threshold, options=options, backend=cfg.backend)
     if predictor.classes != classes:
         raise SegpipeError(
             f"{model_path}: trained for classes {predictor.classes}, but data.classes is "

@@ -16,8 +16,10 @@ from PIL import Image
 from segpipe.data.colours import mask_to_png
 from segpipe.data.dataset import build_transform, normalize, to_tensor
 from segpipe.data.images import read_image
+from segpipe.errors import SegpipeError
 from segpipe.model.checkpoint import load_checkpoint
 from segpipe.model.geometry import pad_pair, padded_size, resize_pair
+from segpipe.model.openvino_backend import BACKENDS, compile_openvino
 from segpipe.model.outputs import foreground_probability, logits_to_labels
 from segpipe.model.runtime import Runtime, parse_device
 from segpipe.model.tiling import InferenceOptions, logits_of
@@ -34,6 +36,8 @@ class Predictor:
             GPU if there is one, else the CPU.
         options: sliding windows and flip averaging (``evaluate.tile``, ``evaluate.overlap``,
             ``evaluate.tta``); default: one pass over the whole image.
+        backend: what runs the forward pass: ``torch``, or ``openvino`` (CPU only, see
+            :mod:`~segpipe.model.openvino_backend`).
     """
 
     def __init__(
@@ -43,7 +47,10 @@ class Predictor:
         *,
         device: str | torch.device | None = None,
         options: InferenceOptions | None = None,
+        backend: str = "torch",
     ) -> None:
+        if backend not in BACKENDS:
+            raise SegpipeError(f"backend: must be one of {', '.join(BACKENDS)}, got {backend!r}")
         model, self.checkpoint = load_checkpoint(Path(model_path))
         spec = self.checkpoint.model_config
         self.classes: list[str] = list(spec.classes)
@@ -56,6 +63,12 @@ class Predictor:
             spec.precision, channels_last=spec.channels_last, device=parse_device(device)
         )
         self.model = self.runtime.place(model)
+        self.backend = backend
+        self._compiled = (
+            compile_openvino(self.model, self.runtime, self.image_size)
+            if backend == "openvino"
+            else None
+        )
         self.transform = build_transform(
             self.image_size, augment=False, seed=0, normalisation=spec.normalisation
         )
@@ -108,6 +121,8 @@ class Predictor:
         return logits if valid is None else logits[:, :, : valid[0], : valid[1]]
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._compiled is not None:
+            return self._compiled(x)
         # A window is a strided view: made dense in the model's layout again (to_device), or
         # convolutions take a slow path; a no-op otherwise.
         with self.runtime.autocast():

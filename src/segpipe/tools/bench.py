@@ -320,7 +320,7 @@ def _arguments(prog: str | None = None) -> argparse.ArgumentParser:
         "--variants",
         nargs="+",
         default=["serial", "threads", "reduced"],
-        choices=["serial", "threads", "reduced"],
+        choices=["serial", "threads", "reduced", "openvino"],
         help="--predict: the paths compared",
     )
     p.add_argument("--mode", choices=MODES, help=argparse.SUPPRESS)

@@ -41,12 +41,14 @@ from segpipe.tools import predict
 from segpipe.tools.flops import forward_flops
 
 VARIANTS = {
-    "serial": {"threads": 0, "decode": "exact"},
-    "threads": {"threads": IO_THREADS, "decode": "exact"},
-    "reduced": {"threads": IO_THREADS, "decode": "reduced"},
+    "serial": {"threads": 0, "decode": "exact", "backend": "torch"},
+    "threads": {"threads": IO_THREADS, "decode": "exact", "backend": "torch"},
+    "reduced": {"threads": IO_THREADS, "decode": "reduced", "backend": "torch"},
+    "openvino": {"threads": IO_THREADS, "decode": "exact", "backend": "openvino"},
 }
 """What is compared: everything one step after another; reading and writing on a thread
-pool beside the model; and that plus reduced-scale JPEG decoding."""
+pool beside the model; that plus reduced-scale JPEG decoding; and threads with the forward
+pass run by OpenVINO."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,11 +163,12 @@ def evaluate_speed(load: Workload, args: argparse.Namespace, variant: dict) -> S
         overlap=0.0,
         tta="none",
         decode=variant["decode"],
+        backend=variant["backend"],
     )
     rule = load_rule(load.rule_dir / RULE_FILE)
 
     def run_on(everything: bool) -> None:
-        predictor = Predictor(load.model, 0.5, device="cpu")
+        predictor = Predictor(load.model, 0.5, device="cpu", backend=variant["backend"])
         frame = load.rows if everything else load.rows.head(1)
         out = load.work / "eval_out"
         evaluate.score_test_split(predictor, frame, rule, cfg, out, threads=variant["threads"])
@@ -178,8 +181,13 @@ def run_rounds(load: Workload, args: argparse.Namespace) -> dict:
     reuse_freed_memory()
     predictor = Predictor(load.model, 0.5, device="cpu")
     rounds = []
+    compiled = None
+    if "openvino" in args.variants:  # the bound of the OpenVINO variant's forward pass
+        compiled = Predictor(load.model, 0.5, device="cpu", backend="openvino")
     for _ in range(args.repeats):
         result = {"model": model_bound(predictor, args.eval_batch_size, args.batches)}
+        if compiled is not None:
+            result["model_openvino"] = model_bound(compiled, args.eval_batch_size, args.batches)
         for name in args.variants:
             result[f"predict_{name}"] = predict_speed(load, args, VARIANTS[name])
             result[f"evaluate_{name}"] = evaluate_speed(load, args, VARIANTS[name])
@@ -235,6 +243,14 @@ def format_report(result: dict, variants: list[str]) -> str:
         bound = r["model"]
         cells = [f"{bound['images_per_s']:.2f}", "1", f"{bound['cpu_ms_per_image']:.0f}", "1"]
         lines.append(f"| {i} | model-only | " + " | ".join(cells) + " |")
+        if "model_openvino" in r:
+            ov = r["model_openvino"]
+            cells = [
+                f"{ov['images_per_s']:.2f}",
+                f"{ov['images_per_s'] / bound['images_per_s']:.2f}",
+            ]
+            cells += [f"{ov['cpu_ms_per_image']:.0f}", ""]
+            lines.append(f"| {i} | model-only, openvino | " + " | ".join(cells) + " |")
         for name in variants:
             for path in ("predict", "evaluate"):
                 s = r[f"{path}_{name}"]

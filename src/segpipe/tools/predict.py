@@ -21,6 +21,7 @@ from segpipe.data.images import IMAGE_EXTENSIONS, scan_folder, stem_of
 from segpipe.errors import SegpipeError
 from segpipe.files import ensure_writable_dir, require_folder, write_error
 from segpipe.model.inference import Predictor
+from segpipe.model.openvino_backend import BACKENDS
 from segpipe.model.runtime import reuse_freed_memory
 from segpipe.model.stream import (
     DECODE_MODES,
@@ -40,6 +41,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_THRESHOLD = 0.5
 DEFAULT_PARAMS = Path("params.yaml")
+DEFAULTS = {"decode": "exact", "backend": "torch"}
+"""``--decode`` and ``--backend`` without the flag and without a params file."""
 
 
 def list_inputs(path: Path, out_dir: Path | None = None) -> tuple[dict[str, Path], list[Path]]:
@@ -181,13 +184,16 @@ def resolve_options(params_path: Path | None) -> tuple[InferenceOptions, str]:
     return options, f"evaluate.tile/overlap/tta in {path}"
 
 
-def resolve_decode(decode: str | None, params_path: Path | None) -> str:
-    """How photos are decoded: ``--decode``, else ``evaluate.decode`` of the params file (see
-    :func:`params_file`), so predict writes the masks evaluate scored; else ``exact``."""
-    if decode is not None:
-        return decode
+def resolve_setting(name: str, value: str | None, params_path: Path | None) -> str:
+    """``--decode`` or ``--backend`` (``name``): the flag's ``value``, else ``evaluate.<name>``
+    of the params file (see :func:`params_file`), so predict writes the masks evaluate scored;
+    else the default (``exact`` decoding, the ``torch`` backend)."""
+    if value is not None:
+        return value
     path = params_file(params_path)
-    return "exact" if path is None else load_params(path).evaluate.decode
+    if path is None:
+        return DEFAULTS[name]
+    return getattr(load_params(path).evaluate, name)
 
 
 def overlay(
@@ -213,13 +219,15 @@ def run(
     params_path: Path | None = None,
     decode: str | None = None,
     threads: int = IO_THREADS,
+    backend: str | None = None,
 ) -> dict[str, float]:
     """Write ``out_dir/<stem>.png`` for every readable input, at the input's own resolution
     and orientation (as viewers show it). Inputs in subfolders keep them: ``in/a/1.jpg``
     gives ``out/a/1.png``. The threshold is ``threshold``, else evaluate's (see
     :func:`resolve_threshold`); so is ``decode`` (``exact`` or ``reduced``, see
-    :data:`~segpipe.model.stream.DECODE_MODES`). Reading and writing run on ``threads``
-    threads beside the model (0: one step after another).
+    :data:`~segpipe.model.stream.DECODE_MODES`), and so is ``backend`` (``torch`` or
+    ``openvino``). Reading and writing run on ``threads`` threads beside the model (0: one
+    step after another).
 
     Nothing is written before every output path is checked (see :func:`check_outputs`);
     unreadable inputs are reported and skipped; each file is written atomically.
@@ -235,14 +243,17 @@ def run(
         raise SegpipeError(f"--threads: must be >= 0, got {threads}")
     if decode is not None and decode not in DECODE_MODES:
         raise SegpipeError(f"--decode: must be one of {', '.join(DECODE_MODES)}, got {decode!r}")
+    if backend is not None and backend not in BACKENDS:
+        raise SegpipeError(f"--backend: must be one of {', '.join(BACKENDS)}, got {backend!r}")
     inputs_by_stem, duplicates = list_inputs(inputs, out_dir)
     plan = plan_outputs(inputs_by_stem, out_dir, with_overlay=with_overlay)
     targets = [p for _, mask, over in plan for p in (mask, over) if p is not None]
     input_files = [*inputs_by_stem.values(), *duplicates]
     check_outputs(inputs, input_files, out_dir, targets, overwrite=overwrite)
     reuse_freed_memory()  # as the evaluate stage does: large buffers are not mapped afresh
-    predictor, decode = _load_predictor(model_path, threshold, decode, params_path)
-    settings = StreamSettings(batch_size, decode, threads)
+    backend = resolve_setting("backend", backend, params_path)
+    predictor = _load_predictor(model_path, threshold, backend, params_path)
+    settings = StreamSettings(batch_size, resolve_setting("decode", decode, params_path), threads)
     ensure_writable_dir(out_dir, "--output")
     start = time.perf_counter()
     written, skipped = _predict_in_batches(predictor, plan, inputs_by_stem, settings)
@@ -259,13 +270,12 @@ def run(
 
 
 def _load_predictor(
-    model_path: Path, threshold: float | None, decode: str | None, params_path: Path | None
-) -> tuple[Predictor, str]:
-    """The model at ``model_path``, thresholded as :func:`resolve_threshold` says (binary),
-    with the tiles and TTA :func:`resolve_options` says, and the decoding
-    :func:`resolve_decode` says."""
+    model_path: Path, threshold: float | None, backend: str, params_path: Path | None
+) -> Predictor:
+    """The model at ``model_path`` on ``backend``, thresholded as :func:`resolve_threshold`
+    says (binary), with the tiles and TTA :func:`resolve_options` says."""
     options, options_source = resolve_options(params_path)
-    predictor = Predictor(model_path, DEFAULT_THRESHOLD, options=options)
+    predictor = Predictor(model_path, DEFAULT_THRESHOLD, options=options, backend=backend)
     log.info(
         "tile %s, overlap %g, tta %s (%s)",
         options.tile,
@@ -278,7 +288,7 @@ def _load_predictor(
         log.info("threshold %g (%s)", predictor.threshold, source)
     else:
         log.info("class of each pixel by argmax over %d classes", predictor.num_classes)
-    return predictor, resolve_decode(decode, params_path)
+    return predictor
 
 
 def _predict_in_batches(
@@ -349,6 +359,13 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "input stays covered (faster; default: evaluate.decode of --params, else exact)",
     )
     p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default=None,
+        help="what runs the network: torch, or openvino (CPU only, faster; default: "
+        "evaluate.backend of --params, else torch)",
+    )
+    p.add_argument(
         "--threads",
         type=int,
         default=IO_THREADS,
@@ -377,6 +394,7 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
             params_path=Path(args.params),
             decode=args.decode,
             threads=args.threads,
+            backend=args.backend,
         )
 
     return run_stage(predict, verbose=args.verbose)
