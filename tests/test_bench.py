@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from segpipe.config import ModelConfig
+from segpipe.model.folding import fold_batch_norms
 from segpipe.model.network import build_model
 from segpipe.tools import bench, bench_backends, bench_predict
 
@@ -148,9 +149,10 @@ def test_folding_batch_norms_keeps_the_logits(encoder):
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         before, norms = model(x), batch_norms_run(model, x)
-        assert bench_backends.fold_batch_norms(model, x[:1]) == norms > 10
-        assert batch_norms_run(model, x) == 0
-        assert torch.allclose(model(x), before, atol=1e-4, rtol=1e-4)
+        folded, count = fold_batch_norms(model, x[:1])
+        assert count == norms > 10 and batch_norms_run(folded, x) == 0
+        assert torch.allclose(folded(x), before, atol=1e-4, rtol=1e-4)
+        assert batch_norms_run(model, x) == norms  # the model itself is left as it was
 
 
 @pytest.mark.slow  # exports the model to ONNX
@@ -177,3 +179,35 @@ def test_profile_benchmark_splits_the_step_by_kind(tmp_path):
         assert sum(size["by_kind"].values()) == pytest.approx(size["profiled_ms_per_image"])
         assert size["achieved_gflop_per_s"] > 0
     assert large["train_gflop_per_image"] == pytest.approx(4 * small["train_gflop_per_image"])
+
+
+class ReluBeforeNorm(torch.nn.Module):
+    """conv -> in-place ReLU -> batch norm: the norm's input is the convolution's output
+    tensor, changed in place, so it must not be folded."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.norm = torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.BatchNorm2d(4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(torch.relu_(self.conv(x)))
+
+
+class SkipAroundNorm(ReluBeforeNorm):
+    """conv -> batch norm, with the convolution's output also added after it: folding would
+    change the skip, so the check must refuse it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return self.norm(y) + y
+
+
+@pytest.mark.parametrize("network", [ReluBeforeNorm, SkipAroundNorm])
+def test_folding_leaves_what_it_cannot_fold_exactly(network):
+    torch.manual_seed(0)
+    model = network().eval()
+    model.norm.running_mean.uniform_(-1, 1)
+    x = torch.randn(2, 3, 8, 8)
+    folded, count = fold_batch_norms(model, x[:1])
+    assert folded is model and count == 0
+    assert isinstance(model.norm, torch.nn.BatchNorm2d)

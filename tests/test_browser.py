@@ -12,6 +12,8 @@ from PIL import Image
 from .browser import BrowserError, find_chromium, render_page
 from .helpers import REPO
 
+pytestmark = pytest.mark.slow  # each test starts a headless Chromium (seconds)
+
 OFFLINE_TEMPLATE = REPO / ".dvc" / "plots" / "offline.html"
 
 

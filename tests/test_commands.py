@@ -109,6 +109,7 @@ def test_predict_and_export_report_a_missing_model(tmp_path: Path) -> None:
     assert not (tmp_path / "model.onnx").exists()
 
 
+@pytest.mark.slow  # a Python start and the torch imports
 def test_bench_still_runs_as_a_module() -> None:
     result = segpipe("--help", command=[sys.executable, "-m", "segpipe.tools.bench"])
     assert result.returncode == 0 and "--image-size" in result.stdout, result.stderr

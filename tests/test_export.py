@@ -84,9 +84,10 @@ def export_in_process(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 QUICK = "resnet18-opset17"
-"""The case the fast tests export, through the real stage script; torch.export (opset 18) and
-the larger encoder take several seconds more each, so their cases run with the slow tests,
-through ``export.main`` in this process (the script's start and imports once are enough)."""
+"""The case the fast tests export, through ``export.main`` in this process; torch.export
+(opset 18) and the larger encoder take several seconds more each, so their cases run with the
+slow tests, the first through the real stage script (its start and imports once are enough)."""
+REAL_SCRIPT = "efficientnet-b0-opset17"
 
 
 @pytest.fixture(
@@ -97,7 +98,7 @@ def exported(request, tmp_path_factory) -> Exported:
     encoder, classes, opset = CASES[request.param]
     folder = tmp_path_factory.mktemp(request.param)
     config = tiny_checkpoint(folder / "model.pt", encoder, classes)
-    export_with = export_cmd if request.param == QUICK else export_in_process
+    export_with = export_cmd if request.param == REAL_SCRIPT else export_in_process
     result = export_with(
         "--model",
         str(folder / "model.pt"),

@@ -172,8 +172,9 @@ def test_longest_side_inference_cuts_the_padding_before_resizing_back(tmp_path, 
     model_input, valid = predictor.prepare(image)
     assert valid == (36, 64) and tuple(model_input.shape) == (3, 64, 64)
     assert predictor.decode_size(50, 90) == (36, 64)
-    with torch.no_grad():
-        logits = predictor.model(model_input[None])[:, :, :36, :64]
+    with torch.no_grad(), predictor.runtime.autocast():  # the predictor's precision and layout
+        batch = predictor.runtime.to_device(model_input[None])
+        logits = predictor.model(batch).float()[:, :, :36, :64]
     resized = torch.nn.functional.interpolate(logits, size=(50, 90), mode="bilinear")
     expected = (torch.sigmoid(resized[0, 0]) > 0.5).numpy().astype(np.uint8)
     assert np.array_equal(predictor.predict([image])[0], expected)

@@ -25,6 +25,7 @@ from segpipe.tools import predict
 pytest.importorskip("openvino")
 
 
+@pytest.mark.slow  # converts and compiles the network (seconds)
 def test_labels_match_pytorch_within_the_parity_bound(tiny_run):
     images = [read_image(p) for p in read_split(tiny_run / "splits" / "test.csv")["image"]]
     torch_labels = Predictor(tiny_run / "model.pt", device="cpu").predict(images)
@@ -37,6 +38,7 @@ def test_labels_match_pytorch_within_the_parity_bound(tiny_run):
     assert differ / total <= openvino_backend.MAX_LABEL_MISMATCH
 
 
+@pytest.mark.slow  # converts and compiles the network twice
 def test_predict_writes_the_masks_evaluate_scored_with_openvino(tmp_path, tiny_run, params):
     params = dataclasses.replace(
         params, evaluate=dataclasses.replace(params.evaluate, backend="openvino")

@@ -94,6 +94,7 @@ def test_predict_reproduces_evaluate_exactly(tmp_path, params, splits_dir, model
     assert len(names) == 2 * len(test) and not any(n.startswith(".") for n in names)
 
 
+@pytest.mark.slow  # the real script: a Python start and the torch imports
 def test_predict_single_file_and_errors(tmp_path, splits_dir, model_path):
     image = read_split(splits_dir / "test.csv")["image"][0]
     result = run_stage(

@@ -9,6 +9,8 @@ batch (inference is as fast for random weights as for learnt ones):
   has native bf16, channels-last);
 - ``torch folded``: the same with every batch norm folded into the convolution before it;
 - ``torch fp32``: no autocast, channels-last;
+- ``openvino``: ``evaluate.backend: openvino`` (:mod:`segpipe.model.openvino_backend`: the
+  network converted and compiled for the CPU in bf16 where PyTorch autocasts to bf16);
 - ``onnxruntime``: the model exported as ``segpipe export`` exports it (opset 17), run by
   onnxruntime's CPU provider with all graph optimisations (which fold batch norms too).
 
@@ -28,55 +30,11 @@ import torch
 from torch import nn
 
 from segpipe.config import ModelConfig
+from segpipe.model.folding import fold_batch_norms
 from segpipe.model.network import build_model
 from segpipe.model.runtime import Runtime, reuse_freed_memory
 
-BACKENDS = ("torch", "torch folded", "torch fp32", "onnxruntime")
-
-
-def fold_batch_norms(model: nn.Module, example: torch.Tensor) -> int:
-    """Fold each eval-mode batch norm whose input is the output of the convolution run right
-    before it into that convolution's weights (the norm becomes an identity). Returns how many
-    were folded. The pairs are found by running ``example`` once with hooks."""
-    produced: dict[int, nn.Conv2d] = {}
-    pairs: list[tuple[nn.Conv2d, str]] = []
-    names = {module: name for name, module in model.named_modules()}
-
-    def after_conv(module: nn.Module, _: tuple, out: torch.Tensor) -> None:
-        produced.clear()
-        produced[id(out)] = module
-
-    def before_norm(module: nn.Module, args: tuple) -> None:
-        conv = produced.get(id(args[0]))
-        if conv is not None:
-            pairs.append((conv, names[module]))
-
-    hooks = []
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            hooks.append(module.register_forward_hook(after_conv))
-        elif isinstance(module, nn.BatchNorm2d):
-            hooks.append(module.register_forward_pre_hook(before_norm))
-    with torch.no_grad():
-        model.eval()(example)
-    for hook in hooks:
-        hook.remove()
-    for conv, norm_name in pairs:
-        parent_name, _, attr = norm_name.rpartition(".")
-        parent = model.get_submodule(parent_name)
-        norm = getattr(parent, attr)
-        weight, bias = torch.nn.utils.fusion.fuse_conv_bn_weights(
-            conv.weight,
-            conv.bias,
-            norm.running_mean,
-            norm.running_var,
-            norm.eps,
-            norm.weight,
-            norm.bias,
-        )
-        conv.weight, conv.bias = weight, bias
-        setattr(parent, attr, nn.Identity())
-    return len(pairs)
+BACKENDS = ("torch", "torch folded", "torch fp32", "openvino", "onnxruntime")
 
 
 def _timed(fn: Callable[[], torch.Tensor], batches: int) -> float:
@@ -107,14 +65,16 @@ def backends(args: argparse.Namespace, work: Path) -> tuple[dict[str, Callable],
 
         return run
 
-    folded = build_model(ModelConfig("Unet", args.encoder, None), 2).eval()
-    folded.load_state_dict(base.state_dict())
-    n_folded = fold_batch_norms(folded, x[:1])
+    folded, n_folded = fold_batch_norms(base, x[:1])
     runs = {
         "torch": on(fast, base),
         "torch folded": on(fast, folded),
         "torch fp32": on(fp32, base),
     }
+    from segpipe.model.openvino_backend import compile_openvino
+
+    compiled = compile_openvino(base, fast, size)
+    runs["openvino"] = lambda: compiled(x)
     import onnxruntime as ort
 
     from segpipe.tools.export import INPUT_NAME, OUTPUT_NAME, export_onnx
