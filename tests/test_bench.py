@@ -13,6 +13,7 @@ from segpipe.config import ModelConfig
 from segpipe.model.folding import fold_batch_norms
 from segpipe.model.network import build_model
 from segpipe.tools import bench, bench_backends, bench_predict
+from segpipe.tools.flops import forward_flops
 
 from .realdata import KVASIR, kvasir_sample
 
@@ -211,3 +212,11 @@ def test_folding_leaves_what_it_cannot_fold_exactly(network):
     folded, count = fold_batch_norms(model, x[:1])
     assert folded is model and count == 0
     assert isinstance(model.norm, torch.nn.BatchNorm2d)
+
+
+def test_counting_flops_leaves_a_training_model_as_it_was():
+    model = build_model(ModelConfig("Unet", "resnet18", None), 2).train()
+    stats = {k: v.clone() for k, v in model.state_dict().items()}
+    assert forward_flops(model, 32) > 0  # 1x1 at the bottleneck: train-mode batch norm refuses
+    assert model.training
+    assert all(torch.equal(v, stats[k]) for k, v in model.state_dict().items())
