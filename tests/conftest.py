@@ -4,6 +4,7 @@ that only read it. Plain helpers live in ``helpers.py``."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +12,59 @@ import pytest
 
 from segpipe.config import Params
 
-from .helpers import reproduce_repo, tiny_params
+from .helpers import TRAINING_THREADS, reproduce_repo, tiny_params, torch_threads
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """On a pytest-xdist worker, share the cores between the workers: each worker's torch, and
+    every command it runs, gets cores / workers threads (OpenMP threads of two processes that
+    outnumber the cores spin against each other)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        threads = str(max(1, len(os.sched_getaffinity(0)) // workers))
+        os.environ["OMP_NUM_THREADS"] = threads
+        import torch
+
+        torch.set_num_threads(int(threads))
+
+
+SHARED_REPOSITORY = "reproduced_template"
+"""The session fixture that costs most (a real `dvc repro`)."""
+
+SHARING_MODULES = ("tests/test_e2e.py", "tests/test_remote_s3.py")
+"""The modules whose tests copy :data:`SHARED_REPOSITORY`: pytest-xdist runs them on one
+worker, so that it is reproduced once."""
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """pytest-xdist (``-n auto`` in ``pyproject.toml``) hands out whole modules, so that each
+    module's fixtures are built on one worker only, and :data:`SHARING_MODULES` as one unit, in
+    the order collected (see below)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByModule(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return SHARING_MODULES[0] if module in SHARING_MODULES else module
+
+    return ByModule(config, log)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tests that copy the reproduced repository first, then the other slow ones, then the
+    rest: under pytest-xdist the longest units start first while the short ones fill the other
+    workers. A test outside :data:`SHARING_MODULES` that copies the repository is an error here,
+    so that the grouping cannot fall behind."""
+
+    def rank(item: pytest.Item) -> int:
+        if SHARED_REPOSITORY in item.fixturenames:
+            module = item.nodeid.split("::", 1)[0]
+            assert module in SHARING_MODULES, f"add {module} to conftest.SHARING_MODULES"
+            return 0
+        return 1 if item.get_closest_marker("slow") else 2
+
+    items.sort(key=rank)
 
 
 @pytest.fixture
@@ -76,7 +129,8 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     split.run(p.split, p.seed, root / "raw", root / "splits")
     rule = load_rule(root / "splits" / RULE_FILE, p.data)
     cache.run(root / "splits", root / "cache", Geometry.from_train(p.train), rule)
-    best = train.run(p, root / "cache", root / "model.pt", root / "live", root / "resume")
+    with torch_threads(TRAINING_THREADS):
+        best = train.run(p, root / "cache", root / "model.pt", root / "live", root / "resume")
     (root / "best.json").write_text(json.dumps(best))
     before = _listing(root)
     yield root

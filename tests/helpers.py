@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,26 @@ CUT_DOWN: dict[str, object] = {
 smaller encoder (2.2M parameters instead of resnet18's 14M: every run writes, hashes, caches,
 pushes and pulls smaller checkpoints) for three epochs, so that a run can be killed between
 two of them."""
+
+
+TRAINING_THREADS = 2
+"""Threads for training the session's tiny run, and any training compared with it bit for bit:
+a fixed count, so that the same model comes out with or without pytest-xdist's workers (which
+give each worker a share of the cores) and whatever the machine's core count: float sums split
+over another number of threads round otherwise."""
+
+
+@contextlib.contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Run the block with torch on ``count`` threads."""
+    import torch
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
 
 
 def set_keys(raw: dict[str, Any], edits: Mapping[str, object]) -> dict[str, Any]:
@@ -204,14 +224,15 @@ def dvc(args: Sequence[object], root: Path, env: Mapping[str, str], *, check: bo
 
 def run_queue(root: Path, env: Mapping[str, str], timeout: float = 600) -> str:
     """`dvc queue start -j 1`, then wait until nothing is queued or running; returns the last
-    `dvc queue status`."""
+    `dvc queue status`. It asks every few seconds: each `dvc queue status` is a Python start and
+    DVC's imports, CPU taken from the experiments it waits for."""
     dvc(["queue", "start", "-j", "1"], root, env)
     deadline = time.monotonic() + timeout
     while True:
         status = dvc(["queue", "status"], root, env)
         if ("Queued" not in status and "Running" not in status) or time.monotonic() > deadline:
             return status
-        time.sleep(1)
+        time.sleep(5)
 
 
 def collect_runs(node: Any, found: list | None = None) -> list[tuple[str | None, Any, Any]]:

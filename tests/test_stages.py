@@ -19,7 +19,7 @@ from segpipe.model.checkpoint import load_checkpoint
 from segpipe.reporting import plot
 from segpipe.training import train
 
-from .helpers import REPO, run_stage
+from .helpers import REPO, TRAINING_THREADS, run_stage, torch_threads
 
 
 @pytest.fixture
@@ -53,7 +53,8 @@ def test_train_writes_checkpoint_and_history(trained, params):
 def test_training_is_reproducible(tmp_path, params, cache_dir, trained):
     """Training again, on a cache built again, gives the session's tiny run exactly."""
     out, a = trained
-    b = train.run(params, cache_dir, tmp_path / "b.pt", tmp_path / "live_b")
+    with torch_threads(TRAINING_THREADS):
+        b = train.run(params, cache_dir, tmp_path / "b.pt", tmp_path / "live_b")
     assert a == b
     sa = torch.load(out / "model.pt", weights_only=True)["state_dict"]
     sb = torch.load(tmp_path / "b.pt", weights_only=True)["state_dict"]
