@@ -36,6 +36,7 @@ SHARING_MODULES = ("tests/test_e2e.py", "tests/test_remote_s3.py")
 worker, so that it is reproduced once."""
 
 
+@pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
     """pytest-xdist (``-n auto`` in ``pyproject.toml``) hands out whole modules, so that each
     module's fixtures are built on one worker only, and :data:`SHARING_MODULES` as one unit, in
