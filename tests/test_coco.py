@@ -16,7 +16,7 @@ from segpipe.data import download, split
 from segpipe.data.images import read_image
 from segpipe.data.masks import RULE_FILE, load_rule, read_pair
 from segpipe.data.source_report import read_source_report
-from segpipe.data.validate import DatasetCheck
+from segpipe.data.validate import DatasetCheck, inspect_pair
 from segpipe.errors import SegpipeError
 
 from .annotations import (
@@ -280,7 +280,10 @@ def test_exif_rotated_photos_line_up_with_their_masks(tmp_path):
         assert (upright[mask == 1][:, 0] > 180).all() and (upright[mask == 0][:, 0] < 180).all()
     check = DatasetCheck(3, IGNORE)  # the split stage's check of each pair
     for stem in ("shown", "stored"):
-        assert check.check(stem, raw / "images" / f"{stem}.png", raw / "masks" / f"{stem}.png")
+        pair = inspect_pair(
+            stem, raw / "images" / f"{stem}.png", raw / "masks" / f"{stem}.png", False
+        )
+        assert check.record(pair)
     assert check.skipped == [] and check.exif_turned == 2
 
 

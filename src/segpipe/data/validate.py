@@ -110,8 +110,9 @@ def inspect_pair(stem: str, image_path: Path, mask_path: Path, colours: bool) ->
 
 
 class DatasetCheck:
-    """Validates pairs one at a time and gathers the statistics of the valid ones; then
-    :meth:`decide` chooses the one mask rule from the value histograms of all masks."""
+    """Records the pairs :func:`inspect_pair` read, one at a time, and gathers the statistics
+    of the valid ones; then :meth:`decide` chooses the one mask rule from the value histograms
+    of all masks."""
 
     def __init__(
         self,
@@ -144,17 +145,11 @@ class DatasetCheck:
         elif len(self.skipped) == MAX_WARNINGS + 1:
             log.warning("more files skipped: not logged one by one (report.json lists all)")
 
-    def check(self, stem: str, image_path: Path, mask_path: Path) -> dict[str, Any] | None:
-        """A CSV row (without split and ``fg_fraction``, which need the mask rule: see
-        :meth:`decide`) for a valid pair, or None if the pair is skipped.
-
-        Each file is decoded once; the mask's value histogram is kept.
-        """
-        return self.record(inspect_pair(stem, image_path, mask_path, self.mask_colours is not None))
-
     def record(self, pair: PairFacts) -> dict[str, Any] | None:
-        """:meth:`check` for a pair already read by :func:`inspect_pair` (on any thread):
-        the pairs must be recorded in row order, on one thread."""
+        """A CSV row (without split and ``fg_fraction``, which need the mask rule: see
+        :meth:`decide`) for a valid pair read by :func:`inspect_pair` (on any thread), or None
+        if the pair is skipped; the mask's value histogram is kept. The pairs must be
+        recorded in row order, on one thread."""
         if pair.skip is not None:
             self.skip(pair.stem, *pair.skip)
             return None
