@@ -20,6 +20,6 @@ if __name__ == "__main__":
 
     def main() -> None:
         params = load_params(args.params)
-        download.run(params.data, params.seed, args.out, args.downloads)
+        download.run(params.data, params.data.synthetic.seed, args.out, args.downloads)
 
     raise SystemExit(run_stage(main, verbose=args.verbose, params=args.params))

@@ -21,7 +21,7 @@ if __name__ == "__main__":
         params = load_params(args.params)
         split.run(
             params.split,
-            params.seed,
+            params.split.seed,
             args.raw,
             args.out,
             params.data.num_classes,

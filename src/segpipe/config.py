@@ -36,6 +36,7 @@ LOSS_TERMS = ("ce", "bce", "dice", "focal", "lovasz")
 
 @dataclasses.dataclass(frozen=True)
 class SyntheticConfig:
+    seed: int
     n_images: int
     min_size: int
     max_size: int
@@ -80,6 +81,7 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class SplitConfig:
+    seed: int
     val_fraction: float
     test_fraction: float
 
@@ -291,11 +293,20 @@ def _require(ok: bool, message: str) -> None:
         raise SegpipeError(message)
 
 
-def _check_values(p: Params) -> None:
+def _check_seed(seed: int, key: str) -> None:
     _require(
-        0 <= p.seed <= MAX_SEED,
-        f"seed: must be an integer in 0..{MAX_SEED} (2**32 - 1), got {p.seed}",
+        0 <= seed <= MAX_SEED,
+        f"{key}: must be an integer in 0..{MAX_SEED} (2**32 - 1), got {seed}",
     )
+
+
+def _check_values(p: Params) -> None:
+    for seed, key in (
+        (p.seed, "seed"),
+        (p.data.synthetic.seed, "data.synthetic.seed"),
+        (p.split.seed, "split.seed"),
+    ):
+        _check_seed(seed, key)
     _check_data(p.data)
     _check_format(p.data)
     _check_synthetic(p.data)

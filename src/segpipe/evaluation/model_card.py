@@ -101,7 +101,9 @@ def _model_section(params: Params, checkpoint: Checkpoint) -> list[str]:
 def _data_section(params: Params, split_counts: dict[str, int]) -> list[str]:
     d = params.data
     source = {
-        "synthetic": f"built-in synthetic data ({d.synthetic.n_images} images, seed {params.seed})",
+        "synthetic": (
+            f"built-in synthetic data ({d.synthetic.n_images} images, seed {d.synthetic.seed})"
+        ),
         "folder": f"image folder `{d.path}`",
         "kaggle": f"Kaggle dataset `{d.kaggle_dataset}`",
     }[d.source]
@@ -110,7 +112,7 @@ def _data_section(params: Params, split_counts: dict[str, int]) -> list[str]:
     return [
         "## Data",
         f"- Source: {source}.",
-        f"- Splits (seed {params.seed}): train {split_counts['train']}, "
+        f"- Splits (seed {params.split.seed}): train {split_counts['train']}, "
         f"val {split_counts['val']}, test {split_counts['test']} images.",
         "",
     ]

@@ -6,6 +6,9 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
+import platform
+import re
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -124,3 +127,79 @@ def reuse_freed_memory() -> bool:
         return False
     m_trim_threshold, m_mmap_max = -1, -4  # glibc's malloc.h
     return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
+
+
+NUMERIC_ISA = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16")
+"""CPU features whose presence changes which oneDNN/ATen kernels run, and so the low bits of
+every result (bf16 matrix products on avx512_bf16 and on AMX round differently)."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Environment:
+    """What decides a run's numbers besides code, data and params: two runs with equal
+    environments and inputs are bit-identical; with different ones they differ by rounding,
+    which training amplifies up to the spread between seeds (README, Reproducibility).
+
+    Args:
+        cpu: the CPU's model name (and vendor family/model numbers).
+        isa: the :data:`NUMERIC_ISA` features the CPU has, space-separated ('' if none).
+        kernels: ATen's CPU kernel level (``torch.backends.cpu.get_cpu_capability()``).
+        device: ``cpu``, or the GPU's name.
+        torch, onednn, cuda: library versions (``cuda`` '' on a CPU-only build or device).
+        threads: torch's intra-op threads.
+        precision: the arithmetic the model ran in (fp32, bf16 or fp16 autocast).
+    """
+
+    cpu: str
+    isa: str
+    kernels: str
+    device: str
+    torch: str
+    onednn: str
+    cuda: str
+    threads: int
+    precision: str
+
+    @classmethod
+    def current(cls, runtime: Runtime) -> Environment:
+        """This process's environment when running on ``runtime``."""
+        on_gpu = runtime.device.type == "cuda"
+        onednn = re.search(r"MKL-DNN v([\w.]+)", torch.__config__.show())
+        return cls(
+            cpu=_cpu_model(),
+            isa=" ".join(f for f in NUMERIC_ISA if f in _cpu_flags()),
+            kernels=torch.backends.cpu.get_cpu_capability(),
+            device=torch.cuda.get_device_name(runtime.device) if on_gpu else "cpu",
+            torch=torch.__version__,
+            onednn=onednn.group(1) if onednn else "",
+            cuda=(torch.version.cuda or "") if on_gpu else "",
+            threads=torch.get_num_threads(),
+            precision={None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[runtime.dtype],
+        )
+
+    def to_dict(self) -> dict[str, str | int]:
+        return dataclasses.asdict(self)
+
+
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's entries of /proc/cpuinfo ({} where there is none)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return {}
+    first = text.split("\n\n", 1)[0]
+    return dict(
+        (k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in first.splitlines())
+    )
+
+
+def _cpu_model() -> str:
+    info = _cpuinfo()
+    if not info:
+        return platform.processor() or platform.machine()
+    numbers = "/".join(info.get(k, "?") for k in ("cpu family", "model", "stepping"))
+    return f"{info.get('model name', '?')} ({info.get('vendor_id', '?')} {numbers})"
+
+
+def _cpu_flags() -> set[str]:
+    return set(_cpuinfo().get("flags", "").split())
