@@ -134,6 +134,7 @@ class TrainConfig:
     channels_last: bool
     num_workers: int
     sync_bn: bool
+    seed: int | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,6 +164,12 @@ class Params:
     train: TrainConfig
     evaluate: EvaluateConfig
     plot: PlotConfig
+
+    @property
+    def train_seed(self) -> int:
+        """Training's seed (weights, shuffling, augmentation): ``train.seed``, or the top-level
+        ``seed`` when that is null. Unlike ``seed``, it leaves the data and its split alone."""
+        return self.seed if self.train.seed is None else self.train.seed
 
 
 class _Yaml12Loader(yaml.SafeLoader):
@@ -295,6 +302,10 @@ def _check_values(p: Params) -> None:
     _require(
         0 <= p.seed <= MAX_SEED,
         f"seed: must be an integer in 0..{MAX_SEED} (2**32 - 1), got {p.seed}",
+    )
+    _require(
+        p.train.seed is None or 0 <= p.train.seed <= MAX_SEED,
+        f"train.seed: must be null or an integer in 0..{MAX_SEED}, got {p.train.seed}",
     )
     _check_data(p.data)
     _check_format(p.data)

@@ -89,7 +89,7 @@ def _fit(
     keeping the checkpoint of the best one and saving the resume state after each."""
     t = params.train
     cpu_start = time.process_time()
-    generator = seed_everything(params.seed)
+    generator = seed_everything(params.train_seed)
     runtime = Runtime.choose(t.precision, channels_last=t.channels_last, device=ctx.device)
     if runtime.device.type == "cpu":
         reuse_freed_memory()
@@ -166,7 +166,7 @@ def build_loaders(
     augment = build_transform(
         t.image_size,
         augment=t.augment,
-        seed=params.seed + ctx.rank,
+        seed=params.train_seed + ctx.rank,
         normalisation=normalisation,
         geometry=_steps(t.crop),
         augment_size=t.crop,
@@ -181,14 +181,16 @@ def build_loaders(
         build_transform(
             t.image_size,
             augment=False,
-            seed=params.seed,
+            seed=params.train_seed,
             normalisation=normalisation,
             geometry=val_geometry,
         ),
         crop=t.crop,
     )
     train_sampler = (
-        DistributedSampler(train_set, ctx.world_size, ctx.rank, shuffle=True, seed=params.seed)
+        DistributedSampler(
+            train_set, ctx.world_size, ctx.rank, shuffle=True, seed=params.train_seed
+        )
         if ctx.distributed
         else None
     )
