@@ -19,6 +19,9 @@ from segpipe.evaluation.compare import (
     holm,
 )
 from segpipe.evaluation.metrics import count_columns, counts_of_table, counts_row, dataset_scores
+from segpipe.tools import compare as compare_tool
+
+from .helpers import call
 
 PARAMS = {"seed": 42, "train.lr": 0.001, "data.classes": ["background", "foreground"]}
 
@@ -139,3 +142,13 @@ def test_fingerprint_names_added_removed_and_changed_images(tmp_path):
     assert (difference.added, difference.removed, difference.changed) == (1, 0, 1)
     assert str(difference) == "1 added, 1 changed" and other["sha256"] != base["sha256"]
     assert str(fingerprint.difference(base, fingerprint.fingerprint(frame.iloc[1:]))) == "1 removed"
+
+
+def test_the_command_wants_two_runs_and_a_dvc_repository(tmp_path):
+    result = call(compare_tool.main, "v1")
+    assert result.returncode == 2
+    assert "give at least two runs" in result.stderr.strip().splitlines()[-1]
+    result = call(compare_tool.main, "v1", "v2", "--repo", tmp_path)
+    assert result.returncode == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: {tmp_path}: not a DVC repository")
