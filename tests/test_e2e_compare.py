@@ -41,13 +41,15 @@ def compare(repo, *args: object, code: int = 0):
 
 
 def test_the_same_run_shows_no_difference(repo):
-    report = json.loads(compare(repo, "v1", "workspace", "--json").stdout)
-    assert [r["name"] for r in report["runs"]] == ["v1", "workspace"]
+    report = json.loads(compare(repo, "v1", "HEAD", "workspace", "--json").stdout)
+    assert [r["name"] for r in report["runs"]] == ["v1", "HEAD", "workspace"]
+    assert report["runs"][0]["rev"] == report["runs"][1]["rev"] != report["runs"][2]["rev"]
     assert report["test_set"]["n_images"] == 6
-    (comparison,) = report["comparisons"]
-    for d in comparison["metrics"]:
-        assert d["difference"] == 0 and d["low"] == 0 and d["high"] == 0
-        assert d["verdict"] == "no clear difference"
+    assert report["method"]["correction"] == "Holm over the 2 comparison(s), per metric"
+    for comparison in report["comparisons"]:
+        for d in comparison["metrics"]:
+            assert d["difference"] == 0 and d["low"] == 0 and d["high"] == 0
+            assert d["p_holm"] == 1 and d["verdict"] == "no clear difference"
 
 
 def test_seed_experiments_form_a_group_against_the_tag(repo, tmp_path):

@@ -157,7 +157,7 @@ def render(groups: list[Group], comparisons: list[Comparison], header: str) -> s
             "",
             f"{c.other} vs {c.baseline}",
             f"  {'metric':<16}{'baseline':>9}{'other':>9}{'diff':>9}  {pct}% interval"
-            f"{'':<9}verdict (Holm p){'':<8}seed spread (baseline | other)",
+            f"{'':<9}{'verdict (Holm p)':<30}seed spread (baseline | other)",
         ]
         for d in c.metrics:
             interval = f"[{_number(d.low, True)}, {_number(d.high, True)}]"
@@ -167,7 +167,7 @@ def render(groups: list[Group], comparisons: list[Comparison], header: str) -> s
             lines.append(
                 f"  {d.metric:<16}{_number(d.baseline):>9}{_number(d.other):>9}"
                 f"{_number(d.difference, True):>9}  {interval:<20}"
-                f"{d.verdict + f' ({d.p_holm:.3f})':<24}{spread}"
+                f"{d.verdict + f' ({d.p_holm:.3f})':<30}{spread}"
             )
     return "\n".join(lines)
 
@@ -249,12 +249,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         prog=prog,
         description=(
             "Compare evaluated runs with the first: Dice, IoU (and each class's Dice when "
-            "multi-class), the difference, its paired 95%% bootstrap interval over the same "
+            "multi-class), the difference, its paired 95% bootstrap interval over the same "
             "test images, and a verdict (better, worse, no clear difference) from the "
             "Holm-adjusted p-value over the runs compared (per metric). Runs whose params "
             "differ only in seed (seed, train.seed) form a group: its score is the mean over "
             "its seeds, which are resampled too, and the spread between them is shown. Runs "
-            "scored on different test images are refused (exit 1)."
+            "scored on different test images are refused (exit 1). Method: docs/compare.md."
         ),
     )
     p.add_argument(
