@@ -16,6 +16,7 @@ if __name__ == "__main__":
     p.add_argument("--card", type=Path, default=None, help="model card (markdown) to write")
     p.add_argument("--sweep", type=Path, default=None, help="validation threshold sweep CSV")
     p.add_argument("--confusion", type=Path, default=None, help="confusion matrix rows CSV")
+    p.add_argument("--test-set", type=Path, default=None, help="test-set fingerprint JSON")
     args = p.parse_args()
 
     def main() -> None:
@@ -30,6 +31,7 @@ if __name__ == "__main__":
             args.card,
             args.sweep,
             args.confusion,
+            args.test_set,
         )
 
     raise SystemExit(run_stage(main, verbose=args.verbose, params=args.params))

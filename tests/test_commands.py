@@ -69,6 +69,7 @@ BAD_ARGUMENTS = {
     "export": "the following arguments are required: --model, --out",
     "bench": "unrecognized arguments: --no-such-option",
     "check": "unrecognized arguments: --no-such-option",
+    "compare": "the following arguments are required: REV",
 }
 
 

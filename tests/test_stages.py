@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -15,6 +16,8 @@ from segpipe.data.masks import RULE_FILE, load_rule
 from segpipe.data.tables import read_split, read_table
 from segpipe.errors import SegpipeError
 from segpipe.evaluation import evaluate
+from segpipe.evaluation.fingerprint import file_sha256
+from segpipe.evaluation.metrics import counts_of_table, dataset_scores
 from segpipe.model.checkpoint import load_checkpoint
 from segpipe.reporting import plot
 from segpipe.training import train
@@ -73,6 +76,7 @@ def test_evaluate_and_plot(trained, params, splits_dir):
         out / "card.md",
         out / "sweep.csv",
         out / "confusion.csv",
+        out / "test_set.json",
     )
     written = json.loads((out / "eval.json").read_text())
     assert written == pytest.approx(metrics)
@@ -113,6 +117,14 @@ def test_evaluate_and_plot(trained, params, splits_dir):
     test = read_split(splits_dir / "test.csv")
     assert list(per_image["stem"]) == list(test["stem"])
     assert per_image["dice"].mean() == pytest.approx(written["dice_per_image"])
+    # The per-image counts give back the dataset-level scores, as compare resamples them.
+    counts = counts_of_table(per_image, ["background", "foreground"]).sum(axis=0)
+    assert dataset_scores(counts, first=1)["dice"] == pytest.approx(written["dice"])
+    # The fingerprint: each test stem with the hashes of its image and mask files.
+    test_set = json.loads((out / "test_set.json").read_text())
+    assert sorted(test_set["images"]) == sorted(test["stem"]) and test_set["n_images"] == 6
+    first = test.sort_values("stem").iloc[0]
+    assert test_set["images"][first["stem"]]["mask"] == file_sha256(Path(first["mask"]))
     for _, row in test.iterrows():  # predictions come back at each image's own size
         pred = Image.open(out / "pred" / f"{row['stem']}.png")
         assert pred.size == (row["width"], row["height"])

@@ -24,8 +24,8 @@ from segpipe.data import masks
 from segpipe.data.masks import RULE_FILE, MaskRule, load_rule, read_mask_for
 from segpipe.data.tables import read_split
 from segpipe.errors import SegpipeError
-from segpipe.evaluation import model_card
-from segpipe.evaluation.metrics import SegmentationMetrics, ThresholdSweep
+from segpipe.evaluation import fingerprint, model_card
+from segpipe.evaluation.metrics import SegmentationMetrics, ThresholdSweep, counts_row
 from segpipe.files import atomic_write, write_json
 from segpipe.model.inference import Predictor
 from segpipe.model.runtime import reuse_freed_memory
@@ -120,10 +120,12 @@ def run(
     card_path: Path | None = None,
     sweep_path: Path | None = None,
     confusion_path: Path | None = None,
+    test_set_path: Path | None = None,
 ) -> dict[str, float]:
     """Write ``metrics_path`` (JSON), ``per_image_path`` (CSV), one predicted mask per test
     image (``predictions_dir/<stem>.png``, at the image's own size), the model card, the
-    validation threshold sweep (CSV) and the test confusion rows (CSV).
+    validation threshold sweep (CSV), the test confusion rows (CSV) and the test set's
+    fingerprint (JSON, see :mod:`segpipe.evaluation.fingerprint`).
 
     Returns:
         The metrics written.
@@ -135,6 +137,8 @@ def run(
     rule = load_rule(splits_dir / RULE_FILE, params.data)
     test = read_split(splits_dir / "test.csv")
     metrics, rows, images_per_s = score_test_split(predictor, test, rule, cfg, predictions_dir)
+    for row, counts in zip(rows, metrics.image_counts, strict=True):
+        row.update(counts_row(counts, classes))
     result = {
         **metrics.compute(classes),
         **metrics.bootstrap_interval(),  # one fixed resampling: intervals do not move with seed
@@ -150,6 +154,8 @@ def run(
 
     _write_tables(rows, per_image_path, sweep, sweep_path, metrics, confusion_path, classes)
     write_json(metrics_path, result)
+    if test_set_path is not None:
+        fingerprint.write(test_set_path, test)
     if card_path is not None:
         counts = {name: len(read_split(splits_dir / f"{name}.csv")) for name in SPLITS}
         confusion = metrics.confusion.numpy()

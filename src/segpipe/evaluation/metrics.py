@@ -22,6 +22,7 @@ Reductions over the "averaged classes" (the foreground classes, or all classes w
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -161,7 +162,12 @@ class SegmentationMetrics:
 
 
 def bootstrap_scores(
-    image_counts: list[np.ndarray], first: int, *, resamples: int = 1000, seed: int = 0
+    image_counts: list[np.ndarray],
+    first: int,
+    *,
+    resamples: int = 1000,
+    seed: int = 0,
+    class_names: Sequence[str] | None = None,
 ) -> list[dict[str, np.ndarray]]:
     """Dataset-level mean Dice and IoU of bootstrap resamples of the images, the same resamples
     for every model scored on the same images (a paired bootstrap).
@@ -170,6 +176,8 @@ def bootstrap_scores(
         image_counts: per model, its (N, C, 3) tp, fp, fn of each class on each image, the
             images in the same order for every model.
         first: the first class averaged (0 with background, else 1).
+        class_names: with them, also each class's Dice (``dice/<name>``; NaN in a draw where
+            the class is absent from truth and prediction).
 
     Returns:
         Per model, ``{"dice": (resamples,), "iou": (resamples,)}``: each draw's counts summed
@@ -178,16 +186,58 @@ def bootstrap_scores(
     stacked = [np.asarray(c).astype(np.int64) for c in image_counts]
     n = len(stacked[0])
     rng = np.random.default_rng(seed)
-    draws: list[dict[str, list[float]]] = [{"dice": [], "iou": []} for _ in stacked]
+    names = ["dice", "iou", *(f"dice/{c}" for c in class_names or ())]
+    draws: list[dict[str, list[float]]] = [{name: [] for name in names} for _ in stacked]
     for start in range(0, resamples, 100):  # chunks bound memory for large test sets
         size = min(100, resamples - start)
         weights = rng.multinomial(n, np.full(n, 1.0 / n), size=size)  # (R, N)
         for counts, by_name in zip(stacked, draws, strict=True):
-            sums = torch.from_numpy(np.einsum("rn,nck->rck", weights, counts))
-            scores = class_scores(sums[..., 0], sums[..., 1], sums[..., 2])
-            for name, values in by_name.items():
-                values += scores[name][:, first:].nanmean(dim=-1).tolist()
+            sums = np.einsum("rn,nck->rck", weights, counts)
+            for name, values in dataset_scores(sums, first, class_names).items():
+                by_name[name] += values.tolist()
     return [{name: np.array(v) for name, v in by_name.items()} for by_name in draws]
+
+
+def dataset_scores(
+    sums: np.ndarray, first: int, class_names: Sequence[str] | None = None
+) -> dict[str, np.ndarray]:
+    """Mean Dice and IoU over the averaged classes (and ``dice/<name>`` per class with
+    ``class_names``) from counts already summed over images, as
+    :meth:`SegmentationMetrics.compute` reduces them.
+
+    Shape:
+        sums: (..., C, 3) tp, fp, fn per class.
+        returns: arrays of shape (...).
+    """
+    sums = torch.from_numpy(np.asarray(sums, dtype=np.int64))
+    scores = class_scores(sums[..., 0], sums[..., 1], sums[..., 2])
+    out = {name: scores[name][..., first:].nanmean(dim=-1).numpy() for name in ("dice", "iou")}
+    for c, class_name in enumerate(class_names or ()):
+        out[f"dice/{class_name}"] = scores["dice"][..., c].numpy()
+    return out
+
+
+COUNTS = ("tp", "fp", "fn")
+
+
+def count_columns(class_names: Sequence[str]) -> list[str]:
+    """The per-image table's count columns: ``tp/<class>``, ``fp/<class>``, ``fn/<class>`` for
+    every class, background included (the pixels of one image, ignored ones left out)."""
+    return [f"{kind}/{name}" for name in class_names for kind in COUNTS]
+
+
+def counts_row(counts: np.ndarray, class_names: Sequence[str]) -> dict[str, int]:
+    """One image's (C, 3) tp, fp, fn counts as the columns of :func:`count_columns`."""
+    values = np.asarray(counts).reshape(-1)
+    return dict(zip(count_columns(class_names), (int(v) for v in values), strict=True))
+
+
+def counts_of_table(table: Any, class_names: Sequence[str]) -> np.ndarray:
+    """The (N, C, 3) counts back from a per-image table (a DataFrame with the columns of
+    :func:`count_columns`), in its row order."""
+    columns = count_columns(class_names)
+    values = table[columns].to_numpy(dtype=np.int64)
+    return values.reshape(len(table), len(class_names), len(COUNTS))
 
 
 def percentile_interval(draws_by_name: dict[str, np.ndarray], level: float = 0.95) -> dict:

@@ -1,4 +1,4 @@
-"""The ``segpipe`` command: ``segpipe predict|export|bench|check ...``, one tool each.
+"""The ``segpipe`` command: ``segpipe predict|export|bench|check|compare ...``, one tool each.
 
 Each subcommand is the ``main`` of its module in :mod:`segpipe.tools`, imported only when it
 runs: ``segpipe check`` loads no ONNX and ``segpipe --help`` no torch. No pipeline stage
@@ -18,6 +18,7 @@ COMMANDS = {
     "export": "ONNX export of a checkpoint, checked against PyTorch in onnxruntime",
     "bench": "throughput: the pipeline vs. a tutorial-style loader vs. the model alone",
     "check": "validate a params.yaml (every key, type and range, model names)",
+    "compare": "runs against a baseline: paired bootstrap intervals and verdicts",
 }
 
 

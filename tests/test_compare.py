@@ -1,0 +1,154 @@
+"""`segpipe compare`'s statistics on hand-made per-image counts, and the test-set fingerprint.
+The command on real revisions and experiments is in test_e2e_compare.py."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from segpipe.evaluation import fingerprint
+from segpipe.evaluation.compare import (
+    BETTER,
+    UNCLEAR,
+    WORSE,
+    Difference,
+    Run,
+    compare,
+    group_runs,
+    holm,
+)
+from segpipe.evaluation.metrics import count_columns, counts_of_table, counts_row, dataset_scores
+from segpipe.tools import compare as compare_tool
+
+from .helpers import call
+
+PARAMS = {"seed": 42, "train.lr": 0.001, "data.classes": ["background", "foreground"]}
+
+
+def binary_counts(n: int, error: int, seed: int = 0) -> np.ndarray:
+    """(n, 2, 3) counts: about 100 foreground pixels per image, ``error`` of them missed and
+    ``error`` false alarms, give or take (so images differ)."""
+    rng = np.random.default_rng(seed)
+    tp = rng.integers(80, 120, n)
+    fp = rng.integers(0, 2 * error + 1, n)
+    fn = rng.integers(0, 2 * error + 1, n)
+    background = np.stack([np.full(n, 1000), fn, fp], axis=1)  # background's fp: missed fg
+    return np.stack([background, np.stack([tp, fp, fn], axis=1)], axis=1)
+
+
+def run(name: str, counts: np.ndarray, **params: object) -> Run:
+    return Run(name, counts, {**PARAMS, **params})
+
+
+def test_identical_runs_have_a_zero_interval_and_no_verdict():
+    counts = binary_counts(30, 10)
+    groups, (comparison,) = compare([run("a", counts), run("b", counts.copy())], first=1)
+    assert [g.name for g in groups] == ["a", "b"]
+    for d in comparison.metrics:
+        assert d.difference == 0 and d.low == 0 and d.high == 0
+        assert d.p == 1 and d.p_holm == 1 and d.verdict == UNCLEAR
+
+
+def test_a_clearly_better_run_is_better_and_the_report_is_seeded():
+    a, b = run("a", binary_counts(30, 20)), run("b", binary_counts(30, 2, seed=1))
+    _, (comparison,) = compare([a, b], first=1, resamples=500, seed=3)
+    dice = comparison.metrics[0]
+    assert dice.metric == "dice" and dice.verdict == BETTER
+    assert dice.baseline == pytest.approx(dataset_scores(a.counts.sum(0), 1)["dice"])
+    assert 0 < dice.low <= dice.difference <= dice.high
+    assert compare([a, b], first=1, resamples=500, seed=3)[1][0] == comparison
+    _, (reverse,) = compare([b, a], first=1, resamples=500, seed=3)
+    assert reverse.metrics[0].verdict == WORSE
+
+
+def test_holm_adjusts_the_p_values_step_down():
+    found = [
+        Difference("dice", 0.5, 0.6, 0.1, 0.0, 0.2, p, 1.0, UNCLEAR) for p in (0.01, 0.04, 0.03)
+    ]
+    adjusted = holm(found)
+    assert [d.p_holm for d in adjusted] == pytest.approx([0.03, 0.06, 0.06])
+    assert [d.verdict for d in adjusted] == [BETTER, UNCLEAR, UNCLEAR]
+    assert [d.verdict for d in holm(found[1:2])] == [BETTER]  # alone, 0.04 passes
+
+
+def test_runs_that_differ_only_in_seed_are_one_group_with_their_spread():
+    runs = [
+        run("s1", binary_counts(20, 10, seed=1), seed=1),
+        run("s2", binary_counts(20, 12, seed=2), seed=2),
+        run("lr1", binary_counts(20, 3, seed=3), seed=1, **{"train.lr": 0.01}),
+        run("lr2", binary_counts(20, 4, seed=4), seed=2, **{"train.lr": 0.01}),
+    ]
+    assert group_runs(runs) == [[0, 1], [2, 3]]
+    assert group_runs(runs, by_seed=False) == [[0], [1], [2], [3]]
+    groups, (comparison,) = compare(runs, first=1)
+    base, other = groups
+    assert base.name == "s1+s2" and base.seeds == [{"seed": 1}, {"seed": 2}]
+    dice = [float(dataset_scores(r.counts.sum(0), 1)["dice"]) for r in runs]
+    spread = base.scores["dice"]
+    assert spread.mean == pytest.approx(np.mean(dice[:2]))
+    assert (spread.min, spread.max) == pytest.approx((min(dice[:2]), max(dice[:2])))
+    assert spread.sd == pytest.approx(np.std(dice[:2], ddof=1))
+    assert comparison.metrics[0].difference == pytest.approx(np.mean(dice[2:]) - np.mean(dice[:2]))
+
+
+def test_runs_with_the_same_seed_or_all_in_one_group_stay_apart():
+    same = [run("a", binary_counts(5, 1)), run("b", binary_counts(5, 1))]  # a code change
+    assert group_runs(same) == [[0], [1]]
+    seeds = [run("a", binary_counts(5, 1), seed=1), run("b", binary_counts(5, 1), seed=2)]
+    assert group_runs(seeds) == [[0], [1]]  # one group alone: nothing to compare it with
+    mixed = [
+        *seeds,
+        run("c", binary_counts(5, 1), seed=1),
+        run("d", binary_counts(5, 2), seed=7, **{"train.lr": 1.0}),
+    ]
+    assert group_runs(mixed) == [[0, 1], [2], [3]]
+
+
+def test_multiclass_compares_each_class():
+    classes = ["background", "a", "b"]
+    counts = np.concatenate([binary_counts(10, 5), binary_counts(10, 5, seed=2)[:, 1:]], axis=1)
+    _, (comparison,) = compare([run("x", counts), run("y", counts)], first=1, class_names=classes)
+    assert [d.metric for d in comparison.metrics] == [
+        "dice",
+        "iou",
+        *(f"dice/{c}" for c in classes),
+    ]
+
+
+def test_per_image_counts_round_trip_through_the_table():
+    counts = binary_counts(3, 2)
+    table = pd.DataFrame([counts_row(c, ["background", "foreground"]) for c in counts])
+    assert list(table.columns) == count_columns(["background", "foreground"])
+    assert list(table.columns)[:3] == ["tp/background", "fp/background", "fn/background"]
+    assert np.array_equal(counts_of_table(table, ["background", "foreground"]), counts)
+
+
+def test_fingerprint_names_added_removed_and_changed_images(tmp_path):
+    for name in ("1", "2", "3"):
+        (tmp_path / f"{name}.jpg").write_bytes(name.encode())
+        (tmp_path / f"{name}.png").write_bytes(b"mask" + name.encode())
+    frame = pd.DataFrame(
+        {"stem": s, "image": str(tmp_path / f"{s}.jpg"), "mask": str(tmp_path / f"{s}.png")}
+        for s in ("2", "1")
+    )
+    base = fingerprint.write(tmp_path / "test_set.json", frame)
+    assert list(base["images"]) == ["1", "2"] and base["n_images"] == 2
+    assert not fingerprint.difference(base, fingerprint.fingerprint(frame.iloc[::-1]))
+    (tmp_path / "2.png").write_bytes(b"relabelled")
+    added = {"stem": "3", "image": str(tmp_path / "3.jpg"), "mask": str(tmp_path / "3.png")}
+    other = fingerprint.fingerprint(pd.concat([frame, pd.DataFrame([added])]))  # 2 changed
+    difference = fingerprint.difference(base, other)
+    assert (difference.added, difference.removed, difference.changed) == (1, 0, 1)
+    assert str(difference) == "1 added, 1 changed" and other["sha256"] != base["sha256"]
+    assert str(fingerprint.difference(base, fingerprint.fingerprint(frame.iloc[1:]))) == "1 removed"
+
+
+def test_the_command_wants_two_runs_and_a_dvc_repository(tmp_path):
+    result = call(compare_tool.main, "v1")
+    assert result.returncode == 2
+    assert "give at least two runs" in result.stderr.strip().splitlines()[-1]
+    result = call(compare_tool.main, "v1", "v2", "--repo", tmp_path)
+    assert result.returncode == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: {tmp_path}: not a DVC repository")
