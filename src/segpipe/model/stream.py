@@ -103,17 +103,17 @@ def labels_at(
         logits[index : index + 1], size=size, mode="bilinear", align_corners=False
     )
     if resized.shape[1] == 1:
-        return (torch.sigmoid(resized[0, 0]) > threshold).numpy().view(np.uint8)
-    return resized.argmax(dim=1)[0].to(torch.uint8).numpy()
+        return (torch.sigmoid(resized[0, 0]) > threshold).cpu().numpy().view(np.uint8)
+    return resized.argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
 
 
 def probability_at(logits: torch.Tensor, index: int, size: tuple[int, int]) -> torch.Tensor:
-    """The foreground probability (H, W) float32 of image ``index`` of a batch of logits,
-    resized back as :func:`labels_at` resizes it."""
+    """The foreground probability (H, W) float32, on the CPU, of image ``index`` of a batch of
+    logits, resized back as :func:`labels_at` resizes it."""
     resized = F.interpolate(
         logits[index : index + 1], size=size, mode="bilinear", align_corners=False
     )
-    return foreground_probability(resized)[0]
+    return foreground_probability(resized)[0].cpu()
 
 
 def save_png(image: Image.Image, path: Path) -> None:

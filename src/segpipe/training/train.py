@@ -188,9 +188,7 @@ def build_loaders(
         crop=t.crop,
     )
     train_sampler = (
-        DistributedSampler(
-            train_set, ctx.world_size, ctx.rank, shuffle=True, seed=params.seed
-        )
+        DistributedSampler(train_set, ctx.world_size, ctx.rank, shuffle=True, seed=params.seed)
         if ctx.distributed
         else None
     )
