@@ -15,6 +15,12 @@ if __name__ == "__main__":
         required=True,
         help="folder for {train,val,test}.csv and report.{json,md}; replaced as a whole",
     )
+    p.add_argument(
+        "--lists",
+        type=Path,
+        default=None,
+        help="the folder that split.lists files must lie in (a dependency of this stage)",
+    )
     args = p.parse_args()
 
     def main() -> None:
@@ -28,6 +34,7 @@ if __name__ == "__main__":
             params.data.ignore_index,
             params.data.mask_suffix,
             params.data.mask_colours,
+            lists_dir=args.lists,
         )
 
     raise SystemExit(run_stage(main, verbose=args.verbose, params=args.params))

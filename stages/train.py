@@ -18,10 +18,17 @@ if __name__ == "__main__":
         help="folder for the training state saved after every epoch (an interrupted run "
         "continues from it; a finished run deletes it); not a DVC output",
     )
+    p.add_argument(
+        "--weights",
+        type=Path,
+        default=None,
+        help="the folder that model.encoder_weights and model.init_from files must lie in "
+        "(a dependency of this stage)",
+    )
     args = p.parse_args()
 
     def main() -> None:
         params = load_params(args.params)
-        train.run(params, args.cache, args.model, args.live, args.resume)
+        train.run(params, args.cache, args.model, args.live, args.resume, weights_dir=args.weights)
 
     raise SystemExit(run_stage(main, verbose=args.verbose, params=args.params))

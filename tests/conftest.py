@@ -31,7 +31,12 @@ def pytest_configure(config: pytest.Config) -> None:
 SHARED_REPOSITORY = "reproduced_template"
 """The session fixture that costs most (a real `dvc repro`)."""
 
-SHARING_MODULES = ("tests/test_e2e.py", "tests/test_e2e_compare.py", "tests/test_remote_s3.py")
+SHARING_MODULES = (
+    "tests/test_e2e.py",
+    "tests/test_e2e_compare.py",
+    "tests/test_e2e_pretrained.py",
+    "tests/test_remote_s3.py",
+)
 """The modules whose tests copy :data:`SHARED_REPOSITORY`: pytest-xdist runs them on one
 worker, so that it is reproduced once."""
 

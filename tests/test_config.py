@@ -133,6 +133,62 @@ def test_ints_still_ints_and_strings_still_strings(tmp_path):
         (lambda r: r["evaluate"].update(backend="onnx"), "evaluate.backend: got 'onnx'"),
         (lambda r: r.update(model=[1, 2]), "model: expected a mapping"),
         (lambda r: r["model"].update(encoder_weights=3), "model.encoder_weights: expected str"),
+        (
+            lambda r: r["model"].update(encoder_weights="../lite0.pth"),
+            "model.encoder_weights: a state dict of the encoder, a path relative to the "
+            "repository and inside it",
+        ),
+        (
+            lambda r: r["model"].update(init_from="/abs/model.pt"),
+            "model.init_from: a segpipe checkpoint or smp model folder, a path relative",
+        ),
+        (
+            lambda r: r["model"].update(init_from="weights/a.pt", encoder_weights="imagenet"),
+            "model.init_from: it sets every weight, the encoder's included; set "
+            "model.encoder_weights: null",
+        ),
+        (
+            lambda r: r["model"].update(normalisation={"mean": [0.5, 0.5], "std": [1, 1, 1]}),
+            "model.normalisation.mean: expected 3 numbers (R, G, B) in [0, 1], got [0.5, 0.5]",
+        ),
+        (
+            lambda r: r["model"].update(normalisation={"mean": [0, 0, 0], "std": [0, 1, 1]}),
+            "model.normalisation.std: expected 3 numbers (R, G, B) in (0, 1]",
+        ),
+        (
+            lambda r: r["model"].update(normalisation={"mean": [0, 0, 0]}),
+            "missing parameter 'model.normalisation.std'",
+        ),
+        (
+            lambda r: r["train"].update(freeze_encoder_epochs=2),
+            "train.freeze_encoder_epochs: freezes pretrained encoder weights, and the encoder "
+            "starts random",
+        ),
+        (
+            lambda r: r["train"].update(freeze_encoder_epochs=8),
+            "train.freeze_encoder_epochs: must be in 0..train.epochs - 1 (7), got 8",
+        ),
+        (lambda r: r["split"].update(lists="random"), "split.lists: expected null (a random"),
+        (
+            lambda r: r["split"].update(lists={"train": "data/lists/a.txt", "test": "b.txt"}),
+            "missing parameter 'split.lists.val'",
+        ),
+        (
+            lambda r: r["split"].update(lists={"train": "a.txt", "test": "a.txt", "val": None}),
+            "split.lists: each split needs its own file",
+        ),
+        (
+            lambda r: r["split"].update(lists={"train": "/a.txt", "test": "b.txt", "val": None}),
+            "split.lists.train: a text file of stems, one per line, a path relative",
+        ),
+        (
+            lambda r: (
+                r["data"].update(source="folder", format="voc", ignore_index=255),
+                r["data"]["voc"].update(image_sets=True),
+                r["split"].update(lists="folders"),
+            ),
+            "split.lists: data.voc.image_sets already makes the split",
+        ),
     ],
 )
 def test_bad_params_name_the_key(tmp_path, edit, message):
@@ -365,3 +421,25 @@ def test_augment_true_is_the_default_list_and_a_list_loads_in_order(tmp_path):
     )
     off = load_params(edited(tmp_path, lambda r: r["train"].update(augment=False)))
     assert off.train.augment == ()
+
+
+def test_pretrained_and_split_list_params_parse(tmp_path):
+    def edit(raw: dict) -> None:
+        raw["model"].update(
+            encoder="tu-efficientnet_lite0",
+            encoder_weights="weights/lite0.safetensors",
+            normalisation={"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]},
+        )
+        raw["train"].update(freeze_encoder_epochs=2)
+        raw["split"].update(lists={"train": "data/lists/t.txt", "test": "data/lists/e.txt"})
+        raw["split"]["lists"]["val"] = None
+
+    p = load_params(edited(tmp_path, edit))
+    assert p.model.weights_file == "weights/lite0.safetensors"
+    assert p.model.normalisation.mean == (0.5, 0.5, 0.5)
+    assert p.train.freeze_encoder_epochs == 2
+    assert p.split.lists.train == "data/lists/t.txt" and p.split.lists.val is None
+    hub = load_params(edited(tmp_path, lambda r: r["model"].update(encoder_weights="imagenet")))
+    assert hub.model.weights_file is None
+    folders = load_params(edited(tmp_path, lambda r: r["split"].update(lists="folders")))
+    assert folders.split.lists == "folders"

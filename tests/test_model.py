@@ -210,9 +210,10 @@ def test_resume_state_and_mismatched_weights_are_named(tmp_path):
         load_checkpoint(tmp_path / "m.pt")
     assert str(err.value) == (
         f"{tmp_path / 'm.pt'}: its weights do not fit its model_config (Unet, resnet18, 3 "
-        "classes): 0 missing, 0 unexpected and 2 wrongly shaped tensor(s), e.g. "
-        "'segmentation_head.0.weight' is 1x16x3x3, the model needs 3x16x3x3; the file was "
-        "altered or mixes two models, use the checkpoint the train stage wrote"
+        "classes): 0 missing, 0 unexpected and 2 wrongly shaped tensor(s); wrongly shaped "
+        "'segmentation_head.0.weight' is 1x16x3x3, needs 3x16x3x3, 'segmentation_head.0.bias' "
+        "is 1, needs 3; the file was altered or mixes two models, use the checkpoint the train "
+        "stage wrote"
     )
     torch.save({"format": 1, "model_config": {"arch": "Unet"}, "state_dict": {}}, tmp_path / "n.pt")
     with pytest.raises(SegpipeError, match="n.pt: not a complete segpipe checkpoint"):

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
-from segpipe.config import SplitConfig
+from segpipe.config import SplitConfig, SplitLists
 from segpipe.data import split
 from segpipe.data.images import UnreadableImageError, open_image, read_image
 from segpipe.data.masks import MaskRule
@@ -279,3 +281,98 @@ def test_threads_write_the_same_outputs_and_warnings(tmp_path, raw_dir, params, 
         warnings[threads] = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert outputs[0] == outputs[3] and len(outputs[0]) == 6
     assert warnings[0] == warnings[3] and len(warnings[0]) >= 6
+
+
+def write_lists(folder, **lists):
+    """One text file per split (``train=["0001", ...]``); returns ``split.lists``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, stems in lists.items():
+        (folder / f"{name}.txt").write_text("".join(f"{s}\n" for s in stems))
+    files = {name: str(folder / f"{name}.txt") for name in lists}
+    return SplitLists(train=files["train"], test=files["test"], val=files.get("val"))
+
+
+def stems_of(raw_dir):
+    return sorted(p.stem for p in (raw_dir / "images").iterdir())
+
+
+def test_split_lists_make_the_split(tmp_path, raw_dir, params):
+    stems = stems_of(raw_dir)
+    lists = write_lists(tmp_path / "lists", train=stems[:16], val=stems[16:18], test=stems[18:])
+    cfg = dataclasses.replace(params.split, lists=lists)
+    counts = split.run(cfg, 0, raw_dir, tmp_path / "out", lists_dir=tmp_path / "lists")
+    assert counts == {"train": 16, "val": 2, "test": len(stems) - 18}
+    got = read_splits(tmp_path / "out")
+    assert sorted(got["test"]["stem"]) == stems[18:]
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["split_method"].startswith("the split lists: train ")
+
+
+def test_without_a_val_list_val_is_carved_from_train(tmp_path, raw_dir, params, caplog):
+    stems = stems_of(raw_dir)
+    lists = write_lists(tmp_path / "lists", train=stems[:19], test=stems[19:23])  # 1 unlisted
+    cfg = dataclasses.replace(params.split, lists=lists, val_fraction=0.25)
+    counts = split.run(cfg, 7, raw_dir, tmp_path / "out")
+    assert counts == {"train": 14, "val": 5, "test": 4}
+    got = read_splits(tmp_path / "out")
+    assert set(got["train"]["stem"]) | set(got["val"]["stem"]) == set(stems[:19])
+    assert "1 pair(s) are in no list and left out" in caplog.text
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["split_method"].endswith("val is 0.25 of train (seed 7)")
+
+
+@pytest.mark.parametrize(
+    ("lists", "message"),
+    [
+        (
+            {"train": ["a", "missing_one"], "test": ["b"]},
+            "split.lists.train: 1 stem(s), e.g. 'missing_one', are no valid image/mask pair",
+        ),
+        ({"train": ["a", "c", "a"], "test": ["b"]}, "lists 'a' twice (lines 1 and 3)"),
+        ({"train": ["a", "c"], "test": ["c"]}, "'c' is in both"),
+    ],
+    ids=["missing-stem", "duplicate", "overlap"],
+)
+def test_bad_split_lists_fail_in_one_line(tmp_path, raw_dir, params, lists, message):
+    stems = stems_of(raw_dir)
+    named = {"a": stems[0], "b": stems[1], "c": stems[2], "missing_one": "missing_one"}
+    lists = write_lists(tmp_path / "lists", **{k: [named[s] for s in v] for k, v in lists.items()})
+    cfg = dataclasses.replace(params.split, lists=lists)
+    (tmp_path / "out").mkdir()
+    with pytest.raises(SegpipeError) as err:
+        split.run(cfg, 0, raw_dir, tmp_path / "out")
+    text = str(err.value)
+    assert "\n" not in text
+    assert message.replace("'a'", repr(stems[0])).replace("'c'", repr(stems[2])) in text
+    assert list((tmp_path / "out").iterdir()) == []  # nothing written
+
+
+def test_a_list_outside_the_lists_folder_or_missing(tmp_path, raw_dir, params):
+    stems = stems_of(raw_dir)
+    lists = write_lists(tmp_path / "elsewhere", train=stems[:10], test=stems[10:])
+    cfg = dataclasses.replace(params.split, lists=lists)
+    with pytest.raises(SegpipeError, match=r"split.lists.train: .* is outside .*lists/"):
+        split.run(cfg, 0, raw_dir, tmp_path / "out", lists_dir=tmp_path / "lists")
+    gone = dataclasses.replace(lists, test=str(tmp_path / "nope.txt"))
+    with pytest.raises(SegpipeError, match=r"split.lists.test: .*nope.txt cannot be read"):
+        split.run(dataclasses.replace(cfg, lists=gone), 0, raw_dir, tmp_path / "out")
+
+
+def test_folders_keep_a_train_val_test_layout(tmp_path, raw_dir, params):
+    layout = tmp_path / "layout"
+    stems = stems_of(raw_dir)
+    for i, stem in enumerate(stems):
+        folder = "train" if i < 16 else "test"  # no val/: carved from train
+        for kind in ("images", "masks"):
+            src = next((raw_dir / kind).glob(f"{stem}.*"))
+            (layout / kind / folder).mkdir(parents=True, exist_ok=True)
+            shutil.copy(src, layout / kind / folder / src.name)
+    cfg = dataclasses.replace(params.split, lists="folders", val_fraction=0.25)
+    counts = split.run(cfg, 0, layout, tmp_path / "out")
+    assert counts == {"train": 12, "val": 4, "test": len(stems) - 16}
+    assert all(s.startswith("test/") for s in read_splits(tmp_path / "out")["test"]["stem"])
+    for kind in ("images", "masks"):
+        (layout / kind / "other").mkdir()
+        shutil.move(next((layout / kind / "test").iterdir()), layout / kind / "other")
+    with pytest.raises(SegpipeError, match=r"split.lists: folders: pair 'other/.*' is in no"):
+        split.run(cfg, 0, layout, tmp_path / "out2")

@@ -80,10 +80,37 @@ class DataConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class SplitLists:
+    """``split.lists`` as files: text files of stems, one per line, relative to the
+    repository. Without ``val``, the validation split is carved from ``train``."""
+
+    train: str
+    test: str
+    val: str | None
+
+
+SPLIT_LISTS_FOLDERS = "folders"
+"""``split.lists: folders``: a dataset laid out as ``train/``, ``val/``, ``test/`` keeps it."""
+
+
+@dataclasses.dataclass(frozen=True)
 class SplitConfig:
     seed: int
     val_fraction: float
     test_fraction: float
+    lists: SplitLists | Literal["folders"] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Normalisation:
+    """``model.normalisation``: the per-channel (RGB, 0..1) mean and std of the model's input."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+WEIGHTS_SUFFIXES = (".pth", ".pt", ".safetensors")
+"""``model.encoder_weights`` ending in one of these is a file; anything else a hub name."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +118,14 @@ class ModelConfig:
     arch: str
     encoder: str
     encoder_weights: str | None
+    normalisation: Normalisation | None = None
+    init_from: str | None = None
+
+    @property
+    def weights_file(self) -> str | None:
+        """``encoder_weights`` if it names a file (by its suffix), else None."""
+        w = self.encoder_weights
+        return w if w is not None and w.lower().endswith(WEIGHTS_SUFFIXES) else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,6 +171,7 @@ class TrainConfig:
     channels_last: bool
     num_workers: int
     sync_bn: bool
+    freeze_encoder_epochs: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -262,6 +298,8 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
     if tp == tuple[AugmentStep, ...]:
         return parse_augment(value, key)
+    if key == "split.lists":
+        return _parse_split_lists(value, key)
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, key + ".")
     if origin is Literal:
@@ -311,7 +349,14 @@ def _check_values(p: Params) -> None:
     _check_format(p.data)
     _check_synthetic(p.data)
     _check_split(p.split)
+    _require(
+        not (p.data.format == "voc" and p.data.voc.image_sets and p.split.lists is not None),
+        "split.lists: data.voc.image_sets already makes the split from VOC's lists; set one of "
+        "them (split.lists: null, or data.voc.image_sets: false)",
+    )
+    _check_model(p.model)
     _check_train(p.train, p.data.num_classes)
+    _check_freeze(p.train, p.model)
     e = p.evaluate
     _require(0.0 < e.threshold < 1.0, f"evaluate.threshold: must be in (0, 1), got {e.threshold}")
     _require(e.batch_size >= 1, f"evaluate.batch_size: must be >= 1, got {e.batch_size}")
@@ -430,6 +475,84 @@ def _check_split(split: SplitConfig) -> None:
     _require(
         total < 1.0,
         f"split: val_fraction + test_fraction must be below 1 (leave training images), got {total}",
+    )
+    _check_split_lists(split)
+
+
+def _parse_split_lists(value: Any, key: str) -> SplitLists | str | None:
+    """``split.lists``: null, ``folders`` or ``{train: FILE, test: FILE, val: FILE or null}``."""
+    if value is None or value == SPLIT_LISTS_FOLDERS:
+        return value
+    if not isinstance(value, dict):
+        raise SegpipeError(
+            f"{key}: expected null (a random split), {SPLIT_LISTS_FOLDERS} (keep a train/ val/ "
+            "test/ layout) or {train: FILE, test: FILE, val: FILE or null}, got "
+            f"{value!r}"
+        )
+    return _build(SplitLists, value, key + ".")
+
+
+def _check_repo_file(value: str | None, key: str, what: str) -> None:
+    """A path in params.yaml that a stage depends on: relative to the repository, inside it."""
+    _require(
+        value is None or (value.strip() == value and value != "" and _inside(value)),
+        f"{key}: {what}, a path relative to the repository and inside it (a dependency in "
+        f"dvc.yaml), got {value!r}",
+    )
+
+
+def _check_split_lists(split: SplitConfig) -> None:
+    lists = split.lists
+    if not isinstance(lists, SplitLists):
+        return
+    files = {"train": lists.train, "test": lists.test, "val": lists.val}
+    for name, value in files.items():
+        _check_repo_file(value, f"split.lists.{name}", "a text file of stems, one per line")
+    given = [v for v in files.values() if v is not None]
+    _require(
+        len(set(given)) == len(given),
+        f"split.lists: each split needs its own file, got {files}",
+    )
+
+
+def _check_model(m: ModelConfig) -> None:
+    """``model.encoder_weights`` as a file, ``model.normalisation`` and ``model.init_from``."""
+    w = m.encoder_weights
+    _require(
+        w is None or (w.strip() == w and w != ""),
+        f"model.encoder_weights: null, a hub name (imagenet) or a file "
+        f"({', '.join(WEIGHTS_SUFFIXES)}), got {w!r}",
+    )
+    if m.weights_file is not None:
+        _check_repo_file(m.weights_file, "model.encoder_weights", "a state dict of the encoder")
+    _check_repo_file(m.init_from, "model.init_from", "a segpipe checkpoint or smp model folder")
+    _require(
+        m.init_from is None or m.encoder_weights is None,
+        "model.init_from: it sets every weight, the encoder's included; set "
+        "model.encoder_weights: null (or model.init_from: null)",
+    )
+    n = m.normalisation
+    if n is not None:
+        for name in ("mean", "std"):
+            values = getattr(n, name)
+            low = 0.0 if name == "mean" else 1e-6
+            _require(
+                len(values) == 3 and all(low <= v <= 1.0 for v in values),
+                f"model.normalisation.{name}: expected 3 numbers (R, G, B) in "
+                f"{'[0, 1]' if name == 'mean' else '(0, 1]'}, got {list(values)}",
+            )
+
+
+def _check_freeze(t: TrainConfig, m: ModelConfig) -> None:
+    f = t.freeze_encoder_epochs
+    _require(
+        0 <= f < t.epochs,
+        f"train.freeze_encoder_epochs: must be in 0..train.epochs - 1 ({t.epochs - 1}), got {f}",
+    )
+    _require(
+        f == 0 or m.encoder_weights is not None or m.init_from is not None,
+        "train.freeze_encoder_epochs: freezes pretrained encoder weights, and the encoder "
+        "starts random; set model.encoder_weights or model.init_from, or set it to 0",
     )
 
 

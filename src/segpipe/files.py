@@ -203,3 +203,19 @@ def link_or_copy(src: Path, dest: Path) -> None:
         except OSError:
             pass
     shutil.copy2(src, dest)
+
+
+def require_inside(path: str, folder: Path | None, key: str) -> Path:
+    """``path`` (a parameter's value) as a Path, if it lies below ``folder``: the folder a
+    stage depends on in dvc.yaml, so that a change of the file reruns the stage. No folder
+    (a stage run by hand, a test) checks nothing.
+
+    Raises:
+        SegpipeError: naming ``key``, the path and the folder to move it into.
+    """
+    if folder is not None and not Path(path).resolve().is_relative_to(Path(folder).resolve()):
+        raise SegpipeError(
+            f"{key}: {path} is outside {Path(folder).as_posix()}/, the folder dvc.yaml makes "
+            f"this stage depend on; move the file there (and `dvc add` it if it is large)"
+        )
+    return Path(path)

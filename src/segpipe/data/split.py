@@ -9,7 +9,9 @@ the report are built in a staging folder and swapped in together, so a failed ru
 
 If the download stage wrote a ``source.json`` (an annotation export, see
 :mod:`segpipe.data.source_report`), the report carries it, and its subsets, where it has them,
-make the split (:func:`assign_listed`) instead of a random one.
+make the split (:func:`assign_listed`) instead of a random one. So do ``split.lists``: files
+listing the stems of each split, or the dataset's own ``train/``, ``val/``, ``test/`` folders
+(:func:`given_subsets`).
 """
 
 from __future__ import annotations
@@ -22,14 +24,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from segpipe.config import SplitConfig
+from segpipe.config import SplitConfig, SplitLists
 from segpipe.constants import SPLITS
 from segpipe.data.images import scan_folder
 from segpipe.data.masks import RULE_FILE
 from segpipe.data.source_report import SourceReport, read_source_report
 from segpipe.data.validate import DatasetCheck, PairFacts, inspect_pair, render_markdown
 from segpipe.errors import SegpipeError
-from segpipe.files import staged_dir, write_error
+from segpipe.files import require_inside, staged_dir, write_error
 from segpipe.resources import data_threads, ordered_map
 
 log = logging.getLogger(__name__)
@@ -151,9 +153,7 @@ def assign_listed(
     names = np.array([where[stem] for stem in stems], dtype=object)
     if "test" not in subsets:
         names[names == "val"] = "test"
-        train = np.flatnonzero(names == "train")
-        n_val = max(1, round(len(train) * cfg.val_fraction))
-        names[train[np.random.default_rng(seed).permutation(len(train))[:n_val]]] = "val"
+        _carve_val(names, cfg, seed)
     empty = [name for name in SPLITS if not (names == name).any()]
     if empty:
         raise SegpipeError(
@@ -161,6 +161,129 @@ def assign_listed(
             "pairs listed); set data.voc.image_sets: false to split at random"
         )
     return names
+
+
+FOLDER_SPLITS = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+    "testing": "test",
+}
+"""``split.lists: folders``: the first folder of a pair's stem (``train/0001``) names its split."""
+
+
+def given_subsets(
+    cfg: SplitConfig, stems: Sequence[str], lists_dir: Path | None
+) -> tuple[dict[str, list[str]], str] | None:
+    """The split ``split.lists`` gives: each split's stems, and where they came from (for the
+    report); None for a random split.
+
+    Raises:
+        SegpipeError: a list file missing, a stem twice in one file or in two files, or a
+            folder that is no split's.
+    """
+    if cfg.lists is None:
+        return None
+    if isinstance(cfg.lists, SplitLists):
+        files = {k: getattr(cfg.lists, k) for k in ("train", "val", "test")}
+        subsets = {k: _read_list(v, k, lists_dir) for k, v in files.items() if v is not None}
+        _require_disjoint(subsets, files)
+        where = ", ".join(f"{k} {files[k]} ({len(v)})" for k, v in subsets.items())
+        return subsets, f"the split lists: {where}"
+    subsets: dict[str, list[str]] = {}
+    for stem in stems:
+        folder = stem.split("/")[0].lower() if "/" in stem else ""
+        if folder not in FOLDER_SPLITS:
+            raise SegpipeError(
+                f"split.lists: folders: pair {stem!r} is in no {'/, '.join(FOLDER_SPLITS)}/ "
+                "folder; set split.lists: null to split at random"
+            )
+        subsets.setdefault(FOLDER_SPLITS[folder], []).append(stem)
+    counts = ", ".join(f"{k} ({len(v)})" for k, v in sorted(subsets.items()))
+    return subsets, f"the dataset's folders: {counts}"
+
+
+def _read_list(value: str, name: str, lists_dir: Path | None) -> list[str]:
+    """The stems a list file names, one per line (blank lines skipped)."""
+    path = require_inside(value, lists_dir, f"split.lists.{name}")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise SegpipeError(f"split.lists.{name}: {value} cannot be read ({e})") from None
+    stems, seen = [], {}
+    for number, line in enumerate(lines, 1):
+        stem = line.strip()
+        if not stem:
+            continue
+        if stem in seen:
+            raise SegpipeError(
+                f"split.lists.{name}: {value} lists {stem!r} twice (lines {seen[stem]} and "
+                f"{number}); list each pair once"
+            )
+        seen[stem] = number
+        stems.append(stem)
+    if not stems:
+        raise SegpipeError(f"split.lists.{name}: {value} lists no stem")
+    return stems
+
+
+def _require_disjoint(subsets: dict[str, list[str]], files: dict[str, str | None]) -> None:
+    owner: dict[str, str] = {}
+    for name, stems in subsets.items():
+        for stem in stems:
+            if stem in owner:
+                raise SegpipeError(
+                    f"split.lists: {stem!r} is in both {files[owner[stem]]} ({owner[stem]}) and "
+                    f"{files[name]} ({name}); a pair in two splits would be trained and tested on"
+                )
+            owner[stem] = name
+
+
+def assign_given(
+    stems: Sequence[str], subsets: dict[str, list[str]], cfg: SplitConfig, seed: int
+) -> np.ndarray:
+    """A split name per stem from ``split.lists`` (:func:`given_subsets`); without a ``val``
+    subset, a seeded share ``cfg.val_fraction`` of ``train`` is the validation split. Pairs in
+    no list get no split (None), and a warning.
+
+    Raises:
+        SegpipeError: a listed stem that is no valid pair, or a split left empty.
+    """
+    have = set(stems)
+    for name, listed in subsets.items():
+        absent = [stem for stem in listed if stem not in have]
+        if absent:
+            raise SegpipeError(
+                f"split.lists.{name}: {len(absent)} stem(s), e.g. {absent[0]!r}, are no valid "
+                "image/mask pair of the dataset (missing, or skipped: see the warnings)"
+            )
+    where = {stem: name for name, listed in subsets.items() for stem in listed}
+    names = np.array([where.get(stem) for stem in stems], dtype=object)
+    left_out = int(sum(name is None for name in names))
+    if left_out:
+        log.warning("split.lists: %d pair(s) are in no list and left out of every split", left_out)
+    if "val" not in subsets:
+        _carve_val(names, cfg, seed)
+    _require_filled(names, "split.lists")
+    return names
+
+
+def _carve_val(names: np.ndarray, cfg: SplitConfig, seed: int) -> None:
+    """Move a seeded share ``cfg.val_fraction`` of the train split to val, in place."""
+    train = np.flatnonzero(names == "train")
+    n_val = max(1, round(len(train) * cfg.val_fraction))
+    names[train[np.random.default_rng(seed).permutation(len(train))[:n_val]]] = "val"
+
+
+def _require_filled(names: np.ndarray, fix: str) -> None:
+    empty = [name for name in SPLITS if not (names == name).any()]
+    if empty:
+        raise SegpipeError(
+            f"split: the {empty[0]} split is empty ({len(names)} valid pairs); change {fix}"
+        )
 
 
 def split_method(source: SourceReport | None, cfg: SplitConfig, seed: int) -> str:
@@ -206,9 +329,13 @@ def run(
     mask_colours: tuple[tuple[int, ...], ...] | None = None,
     *,
     threads: int | None = None,
+    lists_dir: Path | None = None,
 ) -> dict[str, int]:
     """Write ``train.csv``, ``val.csv``, ``test.csv``, ``mask_rule.json``, ``report.json`` and
     ``report.md`` to ``out_dir`` (replaced as a whole); no image is copied.
+
+    The split is ``cfg.lists``'s if set (list files must lie below ``lists_dir`` if given: the
+    folder the split stage depends on), else the export's subsets, else a seeded random one.
 
     The pairs are read on ``threads`` threads (default :func:`~segpipe.resources.data_threads`;
     0 reads them one by one); the outputs are the same either way.
@@ -227,10 +354,11 @@ def run(
     rule = check.decide(raw_dir / "masks")
     frame["fg_fraction"] = [round(fg, 6) for fg in check.fg]
     source = read_source_report(raw_dir)
-    frame["split"] = _assign(frame, source, cfg, seed, check)
+    given = given_subsets(cfg, list(frame["stem"]), lists_dir)
+    frame["split"] = _assign(frame, source, cfg, seed, check, given)
     parts = {name: frame[frame["split"] == name].drop(columns="split") for name in SPLITS}
     counts = {name: len(part) for name, part in parts.items()}
-    method = split_method(source, cfg, seed)
+    method = split_method(source, cfg, seed) if given is None else _given_method(given, cfg, seed)
     report = check.report(raw_dir, counts, method, source.to_json() if source else None)
     _write_outputs(out_dir, parts, rule.to_json(), report)
     _warn_about(report, check, source, ignore_index, out_dir / "report.md")
@@ -245,10 +373,14 @@ def _assign(
     cfg: SplitConfig,
     seed: int,
     check: DatasetCheck,
+    given: tuple[dict[str, list[str]], str] | None,
 ) -> np.ndarray | list[str]:
-    """Each pair's split: the export's own subsets where it has them, else a seeded random cut.
-    An error names the skipped files too, which may be why a split came out empty."""
+    """Each pair's split: ``split.lists``'s, else the export's own subsets where it has them,
+    else a seeded random cut. An error names the skipped files too, which may be why a split
+    came out empty."""
     try:
+        if given is not None:
+            return assign_given(list(frame["stem"]), given[0], cfg, seed)
         if source is not None and source.subsets is not None:
             return assign_listed(list(frame["stem"]), source.subsets, cfg, seed)
         return assign_splits(len(frame), cfg, seed)
@@ -256,6 +388,13 @@ def _assign(
         if not check.skipped:
             raise
         raise SegpipeError(f"{e}; {_skipped(check)}") from None
+
+
+def _given_method(given: tuple[dict[str, list[str]], str], cfg: SplitConfig, seed: int) -> str:
+    subsets, where = given
+    if "val" in subsets:
+        return where
+    return f"{where}; val is {cfg.val_fraction:g} of train (seed {seed})"
 
 
 def _write_outputs(out_dir: Path, parts: dict[str, pd.DataFrame], rule: dict, report: dict) -> None:

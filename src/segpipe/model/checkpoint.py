@@ -23,6 +23,7 @@ from segpipe.errors import SegpipeError
 from segpipe.files import atomic_write
 from segpipe.model.geometry import Geometry
 from segpipe.model.network import build_model, encoder_normalisation, unwrap
+from segpipe.model.weights import describe_mismatch
 
 FORMAT = 1
 """The checkpoint layout's version, stored as ``format``."""
@@ -130,7 +131,7 @@ def load_checkpoint(path: Path) -> tuple[nn.Module, Checkpoint]:
         SegpipeError: one line naming ``path`` for a missing, foreign, corrupt, incomplete or
             inconsistent file, or a training-resume state given where a checkpoint belongs.
     """
-    payload = _read_payload(path)
+    payload = read_payload(path)
     checkpoint = read_record(path, payload)
     state = payload["state_dict"]
     if not (isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())):
@@ -140,7 +141,7 @@ def load_checkpoint(path: Path) -> tuple[nn.Module, Checkpoint]:
         model = build_model(ModelConfig(spec.arch, spec.encoder, None), len(spec.classes))
     except SegpipeError as e:  # names a model.* param: say which file holds the bad name
         raise SegpipeError(f"{path}: its model_config cannot be built: {e}") from None
-    problem = _weights_mismatch(model, state)
+    problem = describe_mismatch(model.state_dict(), state, optional=set())
     if problem:
         raise SegpipeError(
             f"{path}: its weights do not fit its model_config ({spec.arch}, {spec.encoder}, "
@@ -151,7 +152,7 @@ def load_checkpoint(path: Path) -> tuple[nn.Module, Checkpoint]:
     return model.eval(), checkpoint
 
 
-def _read_payload(path: Path) -> dict[str, Any]:
+def read_payload(path: Path) -> dict[str, Any]:
     """The file's entries, if it is a segpipe checkpoint of this format."""
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
@@ -247,27 +248,3 @@ def _convert(tp: Any, value: Any, key: str, path: Path) -> Any:
         return value
     name = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}[tp]
     raise SegpipeError(f"{path}: {key} is {value!r}, not {name}")
-
-
-def _weights_mismatch(model: nn.Module, state: dict[str, torch.Tensor]) -> str:
-    """What keeps ``state`` from loading into ``model``, in one short clause ('' if nothing):
-    PyTorch's own message lists every key over hundreds of lines."""
-    expected = model.state_dict()
-    missing = sorted(expected.keys() - state.keys())
-    unexpected = sorted(state.keys() - expected.keys())
-    reshaped = [
-        k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)
-    ]
-    if not (missing or unexpected or reshaped):
-        return ""
-    if reshaped:
-        first = reshaped[0]
-        shape = "x".join(map(str, state[first].shape))
-        wanted = "x".join(map(str, expected[first].shape))
-        example = f"{first!r} is {shape}, the model needs {wanted}"
-    else:
-        example = f"{(missing or unexpected)[0]!r} is {'missing' if missing else 'unexpected'}"
-    return (
-        f"{len(missing)} missing, {len(unexpected)} unexpected and {len(reshaped)} wrongly "
-        f"shaped tensor(s), e.g. {example}"
-    )

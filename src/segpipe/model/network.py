@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import types
+from pathlib import Path
 from unittest import mock
 
 import torch
@@ -12,6 +13,7 @@ from torch import nn
 from segpipe.config import ModelConfig
 from segpipe.constants import IMAGENET_MEAN, IMAGENET_STD
 from segpipe.errors import SegpipeError
+from segpipe.model.weights import load_encoder_file
 
 log = logging.getLogger(__name__)
 
@@ -42,17 +44,21 @@ def encoder_normalisation(cfg: ModelConfig) -> tuple[tuple[float, ...], tuple[fl
     """The (mean, std) the encoder's pretrained weights expect, from local configs only: timm's
     ``pretrained_cfg`` for ``tu-`` encoders, smp's ``pretrained_settings`` for the others.
 
-    The values of ``model.encoder_weights`` if it names weights, else of the encoder's default
-    (first) weights, so a model trained from scratch is fed as its pretrained twin would be;
-    ImageNet's when the encoder records none.
+    ``model.normalisation`` if set (a weights file carries no config); else the values of
+    ``model.encoder_weights`` if it names hub weights, else of the encoder's default (first)
+    weights, so a model trained from scratch is fed as its pretrained twin would be; ImageNet's
+    when the encoder records none.
     """
+    if cfg.normalisation is not None:
+        return cfg.normalisation.mean, cfg.normalisation.std
+    hub_name = None if cfg.weights_file else cfg.encoder_weights
     if cfg.encoder.startswith("tu-"):
-        settings = _timm_settings(cfg.encoder[3:], cfg.encoder_weights)
+        settings = _timm_settings(cfg.encoder[3:], hub_name)
     else:
         import segmentation_models_pytorch as smp
 
         known = smp.encoders.encoders.get(cfg.encoder, {}).get("pretrained_settings", {})
-        settings = known.get(cfg.encoder_weights) or next(iter(known.values()), {})
+        settings = known.get(hub_name) or next(iter(known.values()), {})
     mean, std = settings.get("mean"), settings.get("std")
     if mean is None or std is None or len(mean) != 3 or len(std) != 3:
         return IMAGENET_MEAN, IMAGENET_STD
@@ -74,23 +80,32 @@ def _timm_settings(name: str, weights: str | None) -> dict:
 def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
     """``smp.create_model(arch, encoder, encoder_weights, classes)``, checked and offline-safe.
 
+    ``model.encoder_weights`` naming a file loads it into the encoder (checked, see
+    :func:`~segpipe.model.weights.load_encoder_file`), as the hub's weights would be.
+
     Raises:
-        SegpipeError: unknown names, or pretrained weights that are neither cached nor
-            downloadable (fails in seconds instead of retrying for half a minute).
+        SegpipeError: unknown names, a weights file that does not fit, or pretrained weights
+            that are neither cached nor downloadable (fails in seconds instead of retrying for
+            half a minute).
     """
     import segmentation_models_pytorch as smp
 
     check_model_names(cfg)
+    hub_name = None if cfg.weights_file else cfg.encoder_weights
 
     def create() -> nn.Module:
         model = smp.create_model(
             cfg.arch,
             cfg.encoder,
-            encoder_weights=cfg.encoder_weights,
+            encoder_weights=hub_name,
             classes=output_channels(num_classes),
         )
         return _depthwise_trains_in_fp32_on_cpu(_fold_symmetric_padding(model))
 
+    if cfg.weights_file is not None:
+        model = create()
+        load_encoder_file(model, cfg.encoder, Path(cfg.weights_file))
+        return model
     if cfg.encoder_weights is None:
         return _pytorch_bn_momentum(create())
     if _hub_reachable():

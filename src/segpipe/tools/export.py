@@ -2,6 +2,8 @@
 
     segpipe export --model models/model.pt --out models/model.onnx [--opset 17]
 
+(``--format smp`` writes smp's ``save_pretrained`` folder instead: :mod:`segpipe.tools.export_smp`.)
+
 The ONNX model takes ``image`` (float32 NCHW, RGB, normalised with the mean and std of its
 ``preprocessing`` metadata (the encoder's, from the checkpoint), any batch size, height
 and width multiples of the encoder's output stride) and returns ``logits`` (N, C', H, W). The
@@ -34,6 +36,7 @@ from segpipe.errors import SegpipeError
 from segpipe.files import atomic_path, ensure_writable_dir, write_error, write_json
 from segpipe.model.checkpoint import ModelSpec, load_checkpoint
 from segpipe.model.outputs import logits_to_labels
+from segpipe.tools import export_smp
 
 log = logging.getLogger(__name__)
 
@@ -360,7 +363,16 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.prog = prog or p.prog
     p.add_argument("--model", type=Path, required=True, help="checkpoint to export")
     p.add_argument(
-        "--out", type=Path, required=True, help="ONNX file to write (and <out>.json, the figures)"
+        "--out",
+        type=Path,
+        required=True,
+        help="ONNX file to write (and <out>.json, the figures); with --format smp, a folder",
+    )
+    p.add_argument(
+        "--format",
+        choices=("onnx", "smp"),
+        default="onnx",
+        help="onnx (default), or smp: the save_pretrained folder smp.from_pretrained loads",
     )
     p.add_argument(
         "--opset",
@@ -386,6 +398,11 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
     """Run the command on ``argv`` (default: the process's arguments); returns the exit code."""
     args = build_parser(prog).parse_args(argv)
+    if args.format == "smp":
+        return run_stage(
+            lambda: export_smp.run(args.model, args.out, args.check_size, args.tolerance),
+            verbose=args.verbose,
+        )
     return run_stage(
         lambda: run(args.model, args.out, args.opset, args.check_size, args.tolerance),
         verbose=args.verbose,

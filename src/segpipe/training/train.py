@@ -20,7 +20,7 @@ from segpipe.constants import LIVE_HISTORY
 from segpipe.data.cache import cache_paths, shapes_path
 from segpipe.data.dataset import CachedDataset, build_transform
 from segpipe.errors import SegpipeError
-from segpipe.files import atomic_write
+from segpipe.files import atomic_write, require_inside
 from segpipe.model.checkpoint import Checkpoint, ModelSpec, save_checkpoint
 from segpipe.model.geometry import crop_steps, whole_image_steps
 from segpipe.model.network import build_model, encoder_normalisation
@@ -33,6 +33,7 @@ from segpipe.training.engine import (
     evaluate_epoch,
     train_one_epoch,
 )
+from segpipe.training.finetune import freeze_encoder, initialise
 from segpipe.training.losses import LossFn, build_loss
 from segpipe.training.schedule import EpochSchedule, stops_early
 from segpipe.training.seeding import seed_everything, seed_worker
@@ -51,9 +52,13 @@ def run(
     live_dir: Path,
     resume_dir: Path | None = None,
     cpu_budget_s: float | None = None,
+    weights_dir: Path | None = None,
 ) -> dict[str, float]:
     """Train on the cache stage's arrays in ``cache_dir``; write the best checkpoint to
     ``model_path`` and the history to ``live_dir``.
+
+    Files the model starts from (``model.encoder_weights``, ``model.init_from``) must lie below
+    ``weights_dir`` if given: the folder the train stage depends on.
 
     Training ends after ``train.epochs``, earlier by ``train.early_stopping``, or (with
     ``cpu_budget_s``, for benchmarks) before an epoch that would take this process's CPU time
@@ -67,6 +72,7 @@ def run(
         The validation metrics of the best epoch.
     """
 
+    _check_start_files(params, model_path, weights_dir)
     ctx = distributed.setup()
     try:
         best = _fit(params, cache_dir, model_path, live_dir, resume_dir, ctx, cpu_budget_s)
@@ -288,8 +294,16 @@ def build_learner(params: Params, runtime: Runtime, ctx: distributed.Context) ->
     """The model on its device (wrapped for several processes), the loss, the optimizer, the
     lr schedule and, for fp16 on CUDA, the loss scaler."""
     t = params.train
-    model = runtime.place(build_model(params.model, params.data.num_classes))
+    model = build_model(params.model, params.data.num_classes)
+    if params.model.init_from is not None:
+        initialise(model, params.model)
+    model = runtime.place(model)
     if ctx.distributed:
+        if t.freeze_encoder_epochs:
+            raise SegpipeError(
+                "train.freeze_encoder_epochs: not with several processes (DDP's fixed graph); "
+                "set it to 0 or train in one process"
+            )
         if t.sync_bn:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         # static_graph: some encoders hold parameters the segmentation model never uses (e.g.
@@ -309,6 +323,20 @@ def build_learner(params: Params, runtime: Runtime, ctx: distributed.Context) ->
     )
     scheduler = EpochSchedule(optimizer, t)  # stepped once per epoch, after validation
     return Learner(model, loss_fn, optimizer, scheduler, runtime.grad_scaler())
+
+
+def _check_start_files(params: Params, model_path: Path, weights_dir: Path | None) -> None:
+    """Files the model starts from lie in ``weights_dir``; none is the checkpoint to write."""
+    m = params.model
+    for key, value in (("model.encoder_weights", m.weights_file), ("model.init_from", m.init_from)):
+        if value is None:
+            continue
+        path = require_inside(value, weights_dir, key)
+        if path.resolve() == Path(model_path).resolve():
+            raise SegpipeError(
+                f"{key}: {value} is the checkpoint this stage writes (a DVC output); copy it "
+                f"into the weights folder first, e.g. cp {model_path} weights/base.pt"
+            )
 
 
 def _log_start(params: Params, loaders: Loaders, runtime: Runtime) -> None:
@@ -391,6 +419,8 @@ def _epoch(
     t = params.train
     if loaders.sampler is not None:
         loaders.sampler.set_epoch(epoch)
+    if t.freeze_encoder_epochs:
+        freeze_encoder(learner.model, frozen=epoch <= t.freeze_encoder_epochs)
     start = time.perf_counter()
     train_stats = train_one_epoch(
         learner.model,
