@@ -258,17 +258,19 @@ def test_default_threshold_is_the_one_evaluate_used(tmp_path, trained, monkeypat
         assert (project / "masks" / name).read_bytes() == expected
         differ += (project / "masks_05" / name).read_bytes() != expected
     assert differ > 0, "at 0.5 the masks must differ, or this test proves nothing"
-    assert "threshold 0.3 (evaluate.threshold in params.yaml, as the evaluate stage used)" in (
-        result.stderr
-    )
-    assert "threshold 0.5 (--threshold)" in given.stderr
+    assert (
+        "settings: threshold 0.3, tile null, overlap 0.25, tta none, decode exact, backend torch "
+        "(evaluate section of params.yaml, as the evaluate stage used)"
+    ) in result.stderr
+    assert "settings: threshold 0.5 (--threshold); tile null, overlap 0.25" in given.stderr
 
     monkeypatch.chdir(tmp_path)  # no params.yaml here
     caplog.set_level("INFO")
     predict.run(trained / "model.pt", Path(inputs[0]), tmp_path / "x", params_path=None)
-    assert "threshold 0.5 (the default: no params.yaml here to read evaluate.threshold from)" in (
-        caplog.text
-    )
+    assert (
+        "settings: threshold 0.5, tile null, overlap 0, tta none, decode exact, backend torch "
+        "(the default: no params.yaml here to read evaluate settings from)"
+    ) in caplog.text
     other = Path("other.yaml")
     message = refusal(trained / "model.pt", Path(inputs[0]), tmp_path / "y", params_path=other)
     assert message == "other.yaml: --params file not found"
