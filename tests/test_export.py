@@ -189,7 +189,7 @@ def test_metadata_carries_the_checkpoints_normalisation(exported, tmp_path):
     spec = dataclasses.replace(record.model_config, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
     copy = tmp_path / "model.onnx"
     shutil.copyfile(exported.onnx, copy)
-    export.add_metadata(copy, spec, 32, exported.opset)
+    export.add_metadata(copy, spec, 32, exported.opset, 0.5)
     meta = ort.InferenceSession(str(copy), providers=["CPUExecutionProvider"])
     pre = json.loads(meta.get_modelmeta().custom_metadata_map["preprocessing"])
     assert (pre["mean"], pre["std"]) == ([0.5] * 3, [0.5] * 3)

@@ -188,23 +188,24 @@ DEFAULTS: dict[str, Any] = {
 
 
 def resolve_settings(
-    given: dict[str, Any], params_path: Path | None
+    given: dict[str, Any], params_path: Path | None, names: tuple[str, ...] = SETTINGS
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """Each of :data:`SETTINGS` and where it came from: its flag (``given``), else the
     ``evaluate`` section of the params file (see :func:`params_file`), as the evaluate stage
-    used it, so predict writes the masks evaluate scored; else :data:`DEFAULTS`. The file is
-    not read when the flags give every setting.
+    used it, so predict writes the masks evaluate scored; else :data:`DEFAULTS`. Only
+    ``names`` are resolved (export needs the threshold alone); the file is not read when the
+    flags give all of them.
 
     Raises:
         SegpipeError: a ``--params`` file not found or without an ``evaluate`` section, or a
             bad key in that section (naming the file).
     """
-    needed = [name for name in SETTINGS if name not in given]
+    needed = [name for name in names if name not in given]
     section, origin = None, ""
     if needed:
         section, origin = _evaluate_section(params_path)
     values, sources = {}, {}
-    for name in SETTINGS:
+    for name in names:
         if name in given:
             values[name], sources[name] = given[name], f"--{name}"
         elif section is not None:
