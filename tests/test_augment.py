@@ -128,3 +128,59 @@ def test_check_stage_reports_a_bad_transform(tmp_path, capsys):
     assert err.startswith("error: train.augment[0]: unknown transform 'Flip'")
     assert err.count("\n") == 1
     assert check.main(["--params", str(REPO / "params.yaml")]) == 0
+
+
+SIZE_CHANGING = [
+    ({"Rotate": {"crop_border": True}}, "crop_border: true changes the image size"),
+    ({"Rotate": {"limit": [10, 20], "crop_border": True}}, "crop_border: true changes"),
+    ({"Affine": {"fit_output": True}}, "fit_output: true changes the image size"),
+    ({"Affine": {"rotate": [-30, 30], "fit_output": True}}, "fit_output: true changes"),
+    ({"RandomResizedCrop": {"size": [100, 100]}}, "changes the image size (64x64 -> 100x100)"),
+    ({"RandomResizedCrop": {"size": [32, 64]}}, "changes the image size (64x64 -> 32x64)"),
+    (
+        {"RandomResizedCrop": {"size": [96, 96], "p": 0.1}},  # rarely drawn: refused all the same
+        "changes the image size (64x64 -> 96x96)",
+    ),
+]
+
+
+@pytest.mark.parametrize(("step", "message"), SIZE_CHANGING)
+def test_transforms_that_change_the_size_are_refused(step, message):
+    """Batches stack after the transforms: a size change would die in collate, mid-training."""
+    with pytest.raises(SegpipeError) as err:
+        build_augmentations(steps([{"HorizontalFlip": {}}, step]), 64)
+    text = str(err.value)
+    assert text.startswith(f"train.augment[1]: {next(iter(step))}(") and message in text
+    assert "\n" not in text
+
+
+@pytest.mark.parametrize(
+    "step",
+    [
+        {"Rotate": {"crop_border": False}},
+        {"Affine": {"rotate": [-30, 30], "fit_output": False}},
+        {"RandomResizedCrop": {"size": [64, 64]}},
+        {"ElasticTransform": {}},
+    ],
+)
+def test_transforms_that_keep_the_size_pass(step):
+    assert len(build_augmentations(steps([step]), 64)) == 1
+
+
+@pytest.mark.parametrize(
+    ("edits", "message"),
+    [
+        ({"train__augment": [{"Rotate": {"crop_border": True}}]}, "crop_border: true"),
+        ({"train__augment": [{"Affine": {"fit_output": True}}]}, "fit_output: true"),
+        (  # crop training augments crop x crop windows: the model's image_size is not the size
+            {"train__crop": 64, "train__augment": [{"RandomResizedCrop": {"size": [256, 256]}}]},
+            "(64x64 -> 256x256)",
+        ),
+    ],
+)
+def test_check_stage_refuses_size_changing_transforms(tmp_path, capsys, edits, message):
+    params = write_params(tmp_path / "params.yaml", **edits)
+    assert check.main(["--params", str(params)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: train.augment[0]: ") and message in err
+    assert err.count("\n") == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import numpy as np
@@ -19,6 +20,12 @@ from segpipe.model.network import build_model, encoder_normalisation
 from .conftest import tiny_params
 
 TINY = ModelConfig(arch="Unet", encoder="resnet18", encoder_weights=None)
+
+
+@functools.cache
+def _tiny_state() -> dict[str, torch.Tensor]:
+    """The weights of a fresh two-class TINY model, built once (copy before changing them)."""
+    return build_model(TINY, 2).state_dict()
 
 
 def payload_as_train_writes_it() -> dict:
@@ -38,7 +45,7 @@ def payload_as_train_writes_it() -> dict:
             "crop": None,
             "scale": 1.0,
         },
-        "state_dict": build_model(TINY, 2).state_dict(),
+        "state_dict": {k: v.clone() for k, v in _tiny_state().items()},
         "epoch": 2,
         "val_dice": 0.75,
         "train_images_per_s": 31.5,
@@ -216,3 +223,140 @@ def test_normalisation_is_stored_and_the_predictor_feeds_it(tmp_path):
     fed = predictor.transform(image=image)["image"]
     expected = (128 / 255 - np.array([0.5, 0.4, 0.3])) / np.array([0.2, 0.25, 0.3])
     assert np.allclose(fed[0, 0], expected, atol=1e-5)
+
+
+RANGE_HINT = " (the train stage writes valid values; use the checkpoint it wrote)"
+
+OUT_OF_RANGE = [
+    ("image_size", 0, "model_config.image_size: must be a multiple of 32 and >= 32, got 0"),
+    ("image_size", -64, "model_config.image_size: must be a multiple of 32 and >= 32, got -64"),
+    ("image_size", 100, "model_config.image_size: must be a multiple of 32 and >= 32, got 100"),
+    ("crop", 48, "model_config.crop: must be null or a multiple of 32 and >= 32, got 48"),
+    ("crop", 0, "model_config.crop: must be null or a multiple of 32 and >= 32, got 0"),
+    ("scale", 0.0, "model_config.scale: must be in (0, 4] (1.0 = original resolution), got 0.0"),
+    ("scale", -0.5, "model_config.scale: must be in (0, 4]"),
+    ("scale", 1e6, "model_config.scale: must be in (0, 4]"),
+    ("scale", math.inf, "model_config.scale: must be in (0, 4]"),
+    ("scale", math.nan, "model_config.scale: must be in (0, 4]"),
+    ("mean", [0.5, math.nan, 0.5], "model_config.mean[1]: must be in [0, 1] (pixels scaled"),
+    ("mean", [0.5, 0.5, math.inf], "model_config.mean[2]: must be in [0, 1]"),
+    ("mean", [123.7, 116.3, 103.5], "model_config.mean[0]: must be in [0, 1]"),  # 0..255 values
+    ("mean", [-0.1, 0.5, 0.5], "model_config.mean[0]: must be in [0, 1]"),
+    ("std", [0.0, 0.2, 0.2], "model_config.std[0]: must be in [0.01, 1] (pixels scaled"),
+    ("std", [0.2, math.inf, 0.2], "model_config.std[1]: must be in [0.01, 1]"),
+    ("std", [0.2, 0.2, math.nan], "model_config.std[2]: must be in [0.01, 1]"),
+    ("std", [0.2, -0.2, 0.2], "model_config.std[1]: must be in [0.01, 1]"),
+    ("std", [58.4, 57.1, 57.4], "model_config.std[0]: must be in [0.01, 1]"),
+    ("std", [1e-6, 0.2, 0.2], "model_config.std[0]: must be in [0.01, 1]"),
+    ("classes", ["background", "background"], "model_config.classes: names must be unique"),
+    ("classes", ["background", " "], "model_config.classes: class names must be non-empty"),
+    ("classes", ["background", "a/b"], "model_config.classes: class names must be non-empty"),
+    ("classes", [str(i) for i in range(256)], "model_config.classes: at most 255 classes"),
+]
+
+
+@pytest.mark.parametrize(("key", "value", "message"), OUT_OF_RANGE)
+def test_a_model_config_value_out_of_range_is_named_in_one_line(tmp_path, key, value, message):
+    """Checked by range as params.yaml is (the same rules, in segpipe.config): a value that
+    loads by type would give wrong masks, or a 40-second image, and exit 0."""
+    payload = payload_as_train_writes_it()
+    payload["model_config"][key] = value
+    if key == "classes":  # the weights must fit the classes, or that is what fails first
+        payload["state_dict"] = build_model(TINY, len(value)).state_dict()
+    text = _error(tmp_path, payload)
+    assert text.startswith(message) and text.endswith(RANGE_HINT)
+
+
+@pytest.mark.parametrize(
+    ("edits", "message"),
+    [
+        ({"scale": 0.5}, "model_config.scale: applies to crop training; set model_config.crop"),
+        (
+            {"crop": 64, "resize": "longest_side"},
+            "model_config.resize: with model_config.crop, images keep their aspect",
+        ),
+        ({"crop": 64, "scale": 4.5}, "model_config.scale: must be in (0, 4]"),
+    ],
+)
+def test_geometry_values_that_do_not_go_together(tmp_path, edits, message):
+    payload = payload_as_train_writes_it()
+    payload["model_config"].update(edits)
+    assert _error(tmp_path, payload).startswith(message)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("epoch", -1, "epoch: must be >= 0, got -1"),
+        ("val_dice", 1.5, "val_dice: must be in [0, 1] (or NaN), got 1.5"),
+        ("val_dice", -0.1, "val_dice: must be in [0, 1] (or NaN), got -0.1"),
+        ("val_dice", math.inf, "val_dice: must be in [0, 1] (or NaN), got inf"),
+        ("train_images_per_s", -2.0, "train_images_per_s: must be finite and >= 0, got -2.0"),
+        ("train_images_per_s", math.nan, "train_images_per_s: must be finite and >= 0"),
+    ],
+)
+def test_a_record_value_out_of_range_is_named_in_one_line(tmp_path, key, value, message):
+    payload = payload_as_train_writes_it()
+    payload[key] = value
+    assert _error(tmp_path, payload).startswith(message)
+
+
+def _tensor_names() -> dict[str, str]:
+    """One tensor of each kind that a damaged file can hold NaN or inf in."""
+    names = list(_tiny_state())
+    return {
+        "encoder conv": "encoder.conv1.weight",
+        "bn weight": "encoder.bn1.weight",
+        "bn bias": "encoder.bn1.bias",
+        "bn running_mean": "encoder.bn1.running_mean",
+        "bn running_var": "encoder.bn1.running_var",
+        "decoder": next(n for n in names if n.startswith("decoder.") and n.endswith("weight")),
+        "head bias": next(n for n in names if n.startswith("segmentation_head") and "bias" in n),
+    }
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("site", list(_tensor_names()))
+def test_nan_or_inf_weights_are_refused_at_load_naming_the_tensor(tmp_path, site, value):
+    """Every reader (evaluate, predict, export, batch-norm folding) loads through here."""
+    payload = payload_as_train_writes_it()
+    name = _tensor_names()[site]
+    payload["state_dict"][name].view(-1)[0] = value
+    text = _error(tmp_path, payload)
+    assert text.startswith(f"tensor {name!r} holds 1 NaN or infinite value(s) of ")
+    assert "retrain" in text
+
+
+def test_a_negative_running_variance_is_refused(tmp_path):
+    payload = payload_as_train_writes_it()
+    payload["state_dict"]["encoder.bn1.running_var"][3] = -1.0
+    assert _error(tmp_path, payload).startswith(
+        "tensor 'encoder.bn1.running_var' holds a negative variance"
+    )
+
+
+@pytest.mark.parametrize(
+    ("version", "message"),
+    [
+        (2, "written by a newer segpipe (checkpoint format 2; this one reads format 1); "),
+        (17, "written by a newer segpipe (checkpoint format 17;"),
+        (0, "not a segpipe checkpoint (format 1)"),
+        ("1", "not a segpipe checkpoint (format 1)"),
+        (None, "not a segpipe checkpoint (format 1)"),
+    ],
+)
+def test_checkpoint_format_newer_or_foreign(tmp_path, version, message):
+    payload = payload_as_train_writes_it()
+    payload["format"] = version
+    assert _error(tmp_path, payload).startswith(message)
+
+
+def test_finite_weights_that_overflow_are_refused_by_the_predictor(tmp_path):
+    payload = payload_as_train_writes_it()
+    payload["state_dict"]["segmentation_head.0.weight"].fill_(3e38)
+    torch.save(payload, tmp_path / "huge.pt")
+    with pytest.raises(SegpipeError) as err:
+        Predictor(tmp_path / "huge.pt", device="cpu")
+    assert str(err.value).startswith(
+        f"{tmp_path / 'huge.pt'}: the network gives NaN or infinite logits on a test input"
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import json
+import math
 import re
 import shutil
 import subprocess
@@ -189,7 +190,7 @@ def test_metadata_carries_the_checkpoints_normalisation(exported, tmp_path):
     spec = dataclasses.replace(record.model_config, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
     copy = tmp_path / "model.onnx"
     shutil.copyfile(exported.onnx, copy)
-    export.add_metadata(copy, spec, 32, exported.opset)
+    export.add_metadata(copy, spec, 32, exported.opset, 0.5)
     meta = ort.InferenceSession(str(copy), providers=["CPUExecutionProvider"])
     pre = json.loads(meta.get_modelmeta().custom_metadata_map["preprocessing"])
     assert (pre["mean"], pre["std"]) == ([0.5] * 3, [0.5] * 3)
@@ -289,3 +290,42 @@ def test_full_disk_during_export_writes_nothing(tmp_path, monkeypatch):
         "free some space and run again"
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf])
+def test_nan_weights_are_refused_before_export_naming_the_tensor(tmp_path, value):
+    tiny_checkpoint(tmp_path / "model.pt")
+    payload = torch.load(tmp_path / "model.pt", weights_only=True)
+    payload["state_dict"]["decoder.blocks.0.conv1.0.weight"].view(-1)[5] = value
+    torch.save(payload, tmp_path / "model.pt")
+    result = export_in_process("--model", tmp_path / "model.pt", "--out", tmp_path / "m.onnx")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith(
+            f"error: {tmp_path / 'model.pt'}: tensor 'decoder.blocks.0.conv1.0.weight' holds 1 NaN "
+            "or infinite value(s)"
+        )
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
+
+
+def test_the_recorded_threshold_is_the_one_predict_uses(tmp_path):
+    tiny_checkpoint(tmp_path / "model.pt")
+    (tmp_path / "params.yaml").write_text(
+        "evaluate: {threshold: 0.3, batch_size: 16, include_background: false, tile: null,\n"
+        "  overlap: 0.25, tta: none, decode: exact, backend: torch}\n"
+    )
+    args = ["--model", "model.pt", "--check-size", "64"]
+    result = call(export.main, *args, "--out", "a.onnx", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "threshold 0.3 (evaluate section of params.yaml" in result.stderr
+    assert json.loads((tmp_path / "a.onnx.json").read_text())["threshold"] == 0.3
+    result = call(export.main, *args, "--out", "b.onnx", "--threshold", "0.7", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "b.onnx.json").read_text())["threshold"] == 0.7
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(tmp_path / "b.onnx")).metadata_props}
+    assert json.loads(meta["threshold"]) == 0.7

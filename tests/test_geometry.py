@@ -186,7 +186,7 @@ def test_geometry_and_inference_options_are_validated_in_one_line(tmp_path):
         "train__crop": (48, "train.crop: must be null or a multiple of 32 and >= 32, got 48"),
         "train__scale": (0.5, "train.scale: applies to crop training; set train.crop"),
         "evaluate__tile": (100, "evaluate.tile: must be null (whole image) or a multiple of 32"),
-        "evaluate__overlap": (1.0, "evaluate.overlap: must be in [0, 1)"),
+        "evaluate__overlap": (0.99, "evaluate.overlap: must be in [0, 0.75] (the share of"),
         "evaluate__tta": ("rotate", "evaluate.tta: got 'rotate', expected one of 'none' | 'flip'"),
     }
     for key, (value, message) in cases.items():

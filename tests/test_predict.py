@@ -258,17 +258,19 @@ def test_default_threshold_is_the_one_evaluate_used(tmp_path, trained, monkeypat
         assert (project / "masks" / name).read_bytes() == expected
         differ += (project / "masks_05" / name).read_bytes() != expected
     assert differ > 0, "at 0.5 the masks must differ, or this test proves nothing"
-    assert "threshold 0.3 (evaluate.threshold in params.yaml, as the evaluate stage used)" in (
-        result.stderr
-    )
-    assert "threshold 0.5 (--threshold)" in given.stderr
+    assert (
+        "settings: threshold 0.3, tile null, overlap 0.25, tta none, decode exact, backend torch "
+        "(evaluate section of params.yaml, as the evaluate stage used)"
+    ) in result.stderr
+    assert "settings: threshold 0.5 (--threshold); tile null, overlap 0.25" in given.stderr
 
     monkeypatch.chdir(tmp_path)  # no params.yaml here
     caplog.set_level("INFO")
     predict.run(trained / "model.pt", Path(inputs[0]), tmp_path / "x", params_path=None)
-    assert "threshold 0.5 (the default: no params.yaml here to read evaluate.threshold from)" in (
-        caplog.text
-    )
+    assert (
+        "settings: threshold 0.5, tile null, overlap 0, tta none, decode exact, backend torch "
+        "(the default: no params.yaml here to read evaluate settings from)"
+    ) in caplog.text
     other = Path("other.yaml")
     message = refusal(trained / "model.pt", Path(inputs[0]), tmp_path / "y", params_path=other)
     assert message == "other.yaml: --params file not found"
@@ -377,3 +379,155 @@ def test_python_api_predicts_arrays_and_files_on_a_chosen_device(tmp_path, train
     for device, expected in (("gpu", "not a device name"), ("cuda:7", "CUDA GPU")):
         with pytest.raises(SegpipeError, match=expected):
             Predictor(trained / "model.pt", device=device)
+
+
+# --- settings, multi-class threshold, output subfolders, unreadable inputs, memory ----------
+
+
+def untrained_checkpoint(path: Path, classes: int = 2, **geometry: object) -> Path:
+    """A randomly initialised tiny checkpoint (no training): for checks that stop before or
+    beside the masks' values."""
+    from segpipe.config import ModelConfig
+    from segpipe.model.checkpoint import Checkpoint, ModelSpec, save_checkpoint
+    from segpipe.model.network import build_model
+
+    spec = ModelSpec.from_params(tiny_params())
+    names = tuple(["background", *(f"class{i}" for i in range(1, classes))])
+    spec = dataclasses.replace(spec, classes=names, **geometry)
+    model = build_model(ModelConfig(spec.arch, spec.encoder, None), classes)
+    record = Checkpoint(model_config=spec, epoch=1, val_dice=0.5, train_images_per_s=1.0)
+    save_checkpoint(path, model, record)
+    return path
+
+
+def test_another_projects_params_yaml_is_not_read_beyond_evaluate(tmp_path, trained):
+    project = tmp_path / "other"
+    project.mkdir()
+    (project / "params.yaml").write_text("epochs: 10\nlr: 0.1\n")  # not segpipe's
+    image = photos(project / "photos", trained, n=1)[0]
+    args = ["--model", str(trained / "model.pt"), "--input", image]
+    result = predict_cmd(*args, "--output", "a", "--threshold", "0.4", cwd=project)
+    assert result.returncode == 0, result.stderr
+    assert "threshold 0.4 (--threshold)" in result.stderr
+    assert "(the default: params.yaml has no evaluate section (another project's file?))" in (
+        result.stderr
+    )
+    result = predict_cmd(*args, "--output", "b", cwd=project)  # no flag: defaults, said so
+    assert result.returncode == 0, result.stderr
+    (project / "other.yaml").write_text("epochs: 10\n")
+    named = predict_cmd(*args, "--output", "c", "--params", "other.yaml", cwd=project)
+    assert error_line(named) == (
+        "error: other.yaml: has no evaluate section to read predict's settings from; pass a "
+        "segpipe params file, or give the settings as flags (--threshold, --tile, ...)"
+    )
+    (project / "params.yaml").write_text("evaluate: {threshold: 0.4, epochs: 3}\n")
+    bad = predict_cmd(*args, "--output", "d", cwd=project)
+    assert error_line(bad).startswith("error: params.yaml: unknown parameter 'evaluate.epochs'")
+    flags = ["--threshold", "0.4", "--tile", "0", "--overlap", "0", "--tta", "none"]
+    flags += ["--decode", "exact", "--backend", "torch"]
+    every = predict_cmd(*args, "--output", "e", *flags, cwd=project)
+    assert every.returncode == 0, every.stderr  # every setting given: the file is not read
+    assert sorted(p.name for p in project.iterdir()) == [
+        "a", "b", "e", "other.yaml", "params.yaml", "photos"
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--threshold", "1.5"], "--threshold: must be in (0, 1), got 1.5"),
+        (["--threshold", "nan"], "--threshold: must be in (0, 1), got nan"),
+        (["--tile", "100"], "--tile: must be null (whole image) or a multiple of 32"),
+        (["--tile", "-32"], "--tile: must be null (whole image) or a multiple of 32"),
+        (["--tile", "64", "--overlap", "0.99"], "--overlap: must be in [0, 0.75]"),
+        (["--overlap", "-0.1"], "--overlap: must be in [0, 0.75]"),
+    ],
+)
+def test_bad_setting_flags_are_one_line(tmp_path, trained, flags, message):
+    image = photos(tmp_path / "photos", trained, n=1)[0]
+    args = ["--model", str(trained / "model.pt"), "--input", image, "--output", "out"]
+    result = predict_cmd(*args, *flags, cwd=tmp_path)
+    assert error_line(result).startswith(f"error: {message}")
+    assert not (tmp_path / "out").exists()
+
+
+def test_threshold_on_a_multi_class_model_is_refused(tmp_path, trained):
+    model = untrained_checkpoint(tmp_path / "three.pt", classes=3)
+    image = photos(tmp_path / "photos", trained, n=1)[0]
+    args = ["--model", str(model), "--input", image, "--output", str(tmp_path / "out")]
+    result = predict_cmd(*args, "--threshold", "0.3")
+    assert error_line(result) == (
+        f"error: --threshold: {model} has 3 classes and gives each pixel its most likely one "
+        "(argmax); a threshold applies to two-class models only, drop --threshold"
+    )
+    assert not (tmp_path / "out").exists()
+    plain = predict_cmd(*args)  # evaluate.threshold of params.yaml: not the user's ask, unused
+    assert plain.returncode == 0, plain.stderr
+    assert "class of each pixel by argmax over 3 classes" in plain.stderr
+
+
+def test_a_file_where_an_output_subfolder_goes_is_refused_before_loading(tmp_path, trained):
+    photos(tmp_path / "in" / "a", trained, n=2)
+    photos(tmp_path / "in" / "b" / "c", trained, n=1)
+    out = tmp_path / "out"
+    for blocker in (out / "a", out / "b"):
+        out.mkdir(exist_ok=True)
+        blocker.write_text("keep me")
+        # a missing model: the refusal must come first, before the model is read
+        message = refusal(tmp_path / "missing.pt", tmp_path / "in", out, overwrite=True)
+        name = blocker.name
+        count = 2 if name == "a" else 1
+        assert message == (
+            f"{blocker}: a file where the subfolder for {count} output(s) goes (inputs in the "
+            f"subfolder {name} of --input); move or rename it, or choose another --output"
+        )
+        assert blocker.read_text() == "keep me"
+        blocker.unlink()
+
+
+def test_an_unreadable_single_input_fails(tmp_path, trained):
+    (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
+    args = ["--model", str(trained / "model.pt"), "--output", str(tmp_path / "out")]
+    result = predict_cmd(*args, "--input", str(tmp_path / "broken.jpg"))
+    line = error_line(result)
+    assert line.startswith(f"error: {tmp_path / 'broken.jpg'}: ")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(b"")
+    (folder / "b.jpg").write_bytes(b"\xff\xd8 truncated")
+    result = predict_cmd(*args, "--input", str(folder))
+    assert error_line(result).startswith(
+        f"error: {folder}: none of its 2 image(s) could be read, e.g. {folder / 'a.png'}"
+    )
+
+
+def test_an_input_too_large_for_memory_is_refused_with_a_tile_that_fits(
+    tmp_path, trained, monkeypatch
+):
+    """A crop-trained model sees images whole: the estimate is checked before any work."""
+    model = untrained_checkpoint(tmp_path / "crops.pt", crop=64)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.new("RGB", (96, 64)).save(folder / "small.png")
+    Image.new("RGB", (1000, 600)).save(folder / "large.png")
+    monkeypatch.setattr(predict, "available_bytes", lambda device: 200 * 2**20)
+    message = refusal(model, folder, tmp_path / "out")
+    assert message.startswith(
+        f"{folder / 'large.png'}: a 1000x600 image is one 1024x608 input to this model (each "
+        "image at 1 of its size (trained on 64x64 crops)): about "
+    )
+    assert "GiB free (1 of 2 input(s) are too large); predict in windows: pass --tile " in message
+    tile = int(message.split("pass --tile ")[1].split()[0])
+    assert tile % 32 == 0 and 32 <= tile <= 1024
+    assert not (tmp_path / "out").exists()
+    done = predict.run(model, folder, tmp_path / "out", tile=tile)
+    assert done["written"] == 2
+
+
+def test_the_memory_estimate_grows_with_the_input(tmp_path):
+    from segpipe.model.inference import Predictor
+
+    predictor = Predictor(untrained_checkpoint(tmp_path / "c.pt", crop=64), device="cpu")
+    small, large = predictor.memory_needed(256, 256), predictor.memory_needed(1024, 1024)
+    assert large == pytest.approx(16 * small, rel=0.01)
+    assert predictor.memory_needed(1024, 1024, tile=256) == small

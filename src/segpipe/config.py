@@ -264,6 +264,26 @@ def load_params(path: Path | str = "params.yaml") -> Params:
     return parse_params(read_yaml(Path(path)))
 
 
+def load_evaluate(path: Path) -> EvaluateConfig | None:
+    """The ``evaluate`` section of a params file alone, checked as :func:`load_params` checks
+    it; None when the file has no such section (another project's ``params.yaml``). Commands
+    that read only these settings (predict, export) use it, so a key they never read cannot
+    stop them.
+
+    Raises:
+        SegpipeError: naming ``path`` and the first bad key of the section.
+    """
+    raw = read_yaml(path)
+    if not isinstance(raw, dict) or "evaluate" not in raw:
+        return None
+    try:
+        section = _build(EvaluateConfig, raw["evaluate"], "evaluate.")
+        check_evaluate(section)
+    except SegpipeError as e:
+        raise SegpipeError(f"{path}: {e}") from None
+    return section
+
+
 def parse_params(raw: Any) -> Params:
     """Validate params already read (a ``params.yaml`` mapping), as :func:`load_params`."""
     params = _build(Params, raw, "")
@@ -357,25 +377,25 @@ def _check_values(p: Params) -> None:
     _check_model(p.model)
     _check_train(p.train, p.data.num_classes)
     _check_freeze(p.train, p.model)
-    e = p.evaluate
-    _require(0.0 < e.threshold < 1.0, f"evaluate.threshold: must be in (0, 1), got {e.threshold}")
-    _require(e.batch_size >= 1, f"evaluate.batch_size: must be >= 1, got {e.batch_size}")
-    _check_inference(e)
+    check_evaluate(p.evaluate)
     _require(p.plot.n_samples >= 1, f"plot.n_samples: must be >= 1, got {p.plot.n_samples}")
     _require(p.plot.n_worst >= 1, f"plot.n_worst: must be >= 1, got {p.plot.n_worst}")
 
 
-def _check_data(data: DataConfig) -> None:
-    _require(len(data.classes) >= 2, "data.classes: list at least two classes (background first)")
-    _require(len(set(data.classes)) == len(data.classes), "data.classes: names must be unique")
-    _require(
-        len(data.classes) <= 255, f"data.classes: at most 255 classes, got {len(data.classes)}"
-    )
-    for name in data.classes:
+def check_classes(classes: tuple[str, ...], key: str = "data.classes") -> None:
+    """Class names, background first: 2..255 unique, non-empty names without '/'."""
+    _require(len(classes) >= 2, f"{key}: list at least two classes (background first)")
+    _require(len(set(classes)) == len(classes), f"{key}: names must be unique")
+    _require(len(classes) <= 255, f"{key}: at most 255 classes, got {len(classes)}")
+    for name in classes:
         _require(
             bool(name.strip()) and "/" not in name,
-            f"data.classes: class names must be non-empty and hold no '/', got {name!r}",
+            f"{key}: class names must be non-empty and hold no '/', got {name!r}",
         )
+
+
+def _check_data(data: DataConfig) -> None:
+    check_classes(data.classes)
     suffix = data.mask_suffix
     _require(
         not any(c in suffix for c in "/\\") and suffix == suffix.strip(),
@@ -557,11 +577,7 @@ def _check_freeze(t: TrainConfig, m: ModelConfig) -> None:
 
 
 def _check_train(t: TrainConfig, n: int) -> None:
-    _require(
-        t.image_size >= 32 and t.image_size % 32 == 0,
-        f"train.image_size: must be a multiple of 32 and >= 32, got {t.image_size}",
-    )
-    _check_geometry(t)
+    check_geometry(t.resize, t.image_size, t.crop, t.scale, prefix="train.")
     _require(t.epochs >= 1, f"train.epochs: must be >= 1, got {t.epochs}")
     _require(t.batch_size >= 1, f"train.batch_size: must be >= 1, got {t.batch_size}")
     _require(t.lr > 0, f"train.lr: must be > 0, got {t.lr}")
@@ -584,40 +600,74 @@ MAX_SCALE = 4.0
 """The largest ``train.scale``: beyond it crops would come from upsampled pixels only."""
 
 
-def _check_geometry(t: TrainConfig) -> None:
-    """How images become model inputs: ``train.resize``, or crops at ``train.scale``."""
-    if t.crop is not None:
+def check_geometry(
+    resize: Resize, image_size: int, crop: int | None, scale: float, *, prefix: str
+) -> None:
+    """How images become model inputs: ``resize`` at ``image_size``, or crops at ``scale``.
+    The same rules hold for ``train.*`` and for a checkpoint's ``model_config.*`` (``prefix``
+    names the keys)."""
+    _require(
+        image_size >= 32 and image_size % 32 == 0,
+        f"{prefix}image_size: must be a multiple of 32 and >= 32, got {image_size}",
+    )
+    if crop is not None:
         _require(
-            t.crop >= 32 and t.crop % 32 == 0,
-            f"train.crop: must be null or a multiple of 32 and >= 32, got {t.crop}",
+            crop >= 32 and crop % 32 == 0,
+            f"{prefix}crop: must be null or a multiple of 32 and >= 32, got {crop}",
         )
         _require(
-            t.resize == "squash",
-            "train.resize: with train.crop, images keep their aspect at train.scale of their "
-            "size and are not resized to train.image_size; set train.resize: squash (the "
-            "default) or train.crop: null",
+            resize == "squash",
+            f"{prefix}resize: with {prefix}crop, images keep their aspect at {prefix}scale of "
+            f"their size and are not resized to {prefix}image_size; set {prefix}resize: squash "
+            f"(the default) or {prefix}crop: null",
         )
     _require(
-        0.0 < t.scale <= MAX_SCALE,
-        f"train.scale: must be in (0, {MAX_SCALE:g}] (1.0 = original resolution), got {t.scale}",
+        0.0 < scale <= MAX_SCALE,
+        f"{prefix}scale: must be in (0, {MAX_SCALE:g}] (1.0 = original resolution), got {scale}",
     )
     _require(
-        t.scale == 1.0 or t.crop is not None,
-        f"train.scale: applies to crop training; set train.crop (e.g. 256) or leave train.scale "
-        f"at 1.0, got {t.scale}",
+        scale == 1.0 or crop is not None,
+        f"{prefix}scale: applies to crop training; set {prefix}crop (e.g. 256) or leave "
+        f"{prefix}scale at 1.0, got {scale}",
     )
 
 
-def _check_inference(e: EvaluateConfig) -> None:
-    """Sliding-window inference (``evaluate.tile``, ``evaluate.overlap``)."""
+def check_evaluate(e: EvaluateConfig) -> None:
+    """The ``evaluate`` section's ranges (also what predict and export read of it)."""
+    check_threshold(e.threshold, "evaluate.threshold")
+    _require(e.batch_size >= 1, f"evaluate.batch_size: must be >= 1, got {e.batch_size}")
+    check_tile(e.tile, "evaluate.tile")
+    check_overlap(e.overlap, "evaluate.overlap")
+
+
+def check_threshold(threshold: float, key: str) -> None:
+    """A foreground probability cut-off: in (0, 1), finite."""
     _require(
-        e.tile is None or (e.tile >= 32 and e.tile % 32 == 0),
-        f"evaluate.tile: must be null (whole image) or a multiple of 32 and >= 32, got {e.tile}",
+        math.isfinite(threshold) and 0.0 < threshold < 1.0,
+        f"{key}: must be in (0, 1), got {threshold}",
     )
+
+
+def check_tile(tile: int | None, key: str) -> None:
+    """A sliding window's side: None (whole image) or a multiple of 32 of at least 32."""
     _require(
-        0.0 <= e.overlap < 1.0,
-        f"evaluate.overlap: must be in [0, 1) (the share of a tile its neighbour repeats), got "
-        f"{e.overlap}",
+        tile is None or (tile >= 32 and tile % 32 == 0),
+        f"{key}: must be null (whole image) or a multiple of 32 and >= 32, got {tile}",
+    )
+
+
+MAX_OVERLAP = 0.75
+"""The largest ``evaluate.overlap``: a pixel is then in at most 16 windows (4 per axis), 16
+forward passes' worth; at 0.99 a 128 px input took 4,225 windows of 64 px."""
+
+
+def check_overlap(overlap: float, key: str) -> None:
+    """The share of a sliding window its neighbour repeats: in [0, :data:`MAX_OVERLAP`]."""
+    _require(
+        0.0 <= overlap <= MAX_OVERLAP,
+        f"{key}: must be in [0, {MAX_OVERLAP:g}] (the share of a tile its neighbour repeats; "
+        f"at {MAX_OVERLAP:g} each pixel is in up to {round(1 / (1 - MAX_OVERLAP)) ** 2} "
+        f"windows), got {overlap}",
     )
 
 

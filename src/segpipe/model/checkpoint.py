@@ -9,6 +9,7 @@ with ``torch.load(weights_only=True)``.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from segpipe.config import ModelConfig, Params, Precision, Resize
+from segpipe.config import ModelConfig, Params, Precision, Resize, check_classes, check_geometry
 from segpipe.constants import IMAGENET_MEAN, IMAGENET_STD
 from segpipe.errors import SegpipeError
 from segpipe.files import atomic_write
@@ -27,6 +28,12 @@ from segpipe.model.weights import describe_mismatch
 
 FORMAT = 1
 """The checkpoint layout's version, stored as ``format``."""
+
+MIN_STD = 0.01
+"""The smallest per-channel ``std`` a checkpoint may hold (pixels in 0..1; timm's smallest is
+0.143): below it inputs reach +-100 and masks come out wrong without an error."""
+
+REWRITE_HINT = "the train stage writes valid values; use the checkpoint it wrote"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -128,14 +135,18 @@ def load_checkpoint(path: Path) -> tuple[nn.Module, Checkpoint]:
         The model in eval mode on the CPU, and the checkpoint's record.
 
     Raises:
-        SegpipeError: one line naming ``path`` for a missing, foreign, corrupt, incomplete or
-            inconsistent file, or a training-resume state given where a checkpoint belongs.
+        SegpipeError: one line naming ``path`` for a missing, foreign, newer, corrupt,
+            incomplete or inconsistent file, a value out of range (:func:`check_values`),
+            damaged weights (:func:`check_weights`), or a training-resume state given where
+            a checkpoint belongs.
     """
     payload = read_payload(path)
     checkpoint = read_record(path, payload)
+    check_values(path, checkpoint)
     state = payload["state_dict"]
     if not (isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())):
         raise SegpipeError(f"{path}: not a complete segpipe checkpoint: no state_dict of tensors")
+    check_weights(path, state)
     spec = checkpoint.model_config
     try:
         model = build_model(ModelConfig(spec.arch, spec.encoder, None), len(spec.classes))
@@ -152,6 +163,74 @@ def load_checkpoint(path: Path) -> tuple[nn.Module, Checkpoint]:
     return model.eval(), checkpoint
 
 
+def check_weights(path: Path, state: dict[str, torch.Tensor]) -> None:
+    """Refuse weights that cannot give a meaningful mask: NaN or infinite values (a training
+    run that diverged, a damaged file), or a batch norm's negative running variance.
+
+    Raises:
+        SegpipeError: naming ``path`` and the first tensor at fault.
+    """
+    for name, tensor in state.items():
+        if not tensor.is_floating_point():
+            continue  # counters (num_batches_tracked)
+        bad = int((~torch.isfinite(tensor)).sum())
+        if bad:
+            raise SegpipeError(
+                f"{path}: tensor {name!r} holds {bad} NaN or infinite value(s) of "
+                f"{tensor.numel()}: training diverged or the file is damaged; retrain (e.g. "
+                "a lower train.lr) or use another checkpoint"
+            )
+        if name.endswith("running_var") and bool((tensor < 0).any()):
+            raise SegpipeError(
+                f"{path}: tensor {name!r} holds a negative variance: the file is damaged; "
+                "use the checkpoint the train stage wrote"
+            )
+
+
+def check_values(path: Path, checkpoint: Checkpoint) -> None:
+    """Every value of the record in its range, by the rules ``params.yaml`` follows where
+    one exists (:mod:`segpipe.config`).
+
+    Raises:
+        SegpipeError: one line naming ``path`` and the field.
+    """
+    spec = checkpoint.model_config
+    try:
+        check_classes(spec.classes, "model_config.classes")
+        check_geometry(spec.resize, spec.image_size, spec.crop, spec.scale, prefix="model_config.")
+        _check_normalisation(spec)
+        _check_record(checkpoint)
+    except SegpipeError as e:
+        raise SegpipeError(f"{path}: {e} ({REWRITE_HINT})") from None
+
+
+def _check_normalisation(spec: ModelSpec) -> None:
+    """Per-channel mean in [0, 1] and std in [MIN_STD, 1], as for pixels scaled to 0..1."""
+    for i, value in enumerate(spec.mean):
+        if not 0.0 <= value <= 1.0:  # NaN fails too
+            raise SegpipeError(
+                f"model_config.mean[{i}]: must be in [0, 1] (pixels scaled to 0..1), got {value}"
+            )
+    for i, value in enumerate(spec.std):
+        if not MIN_STD <= value <= 1.0:
+            raise SegpipeError(
+                f"model_config.std[{i}]: must be in [{MIN_STD:g}, 1] (pixels scaled to 0..1), "
+                f"got {value}"
+            )
+
+
+def _check_record(checkpoint: Checkpoint) -> None:
+    """The training figures: an epoch count, a Dice (NaN: nothing to score) and a speed."""
+    if checkpoint.epoch < 0:
+        raise SegpipeError(f"epoch: must be >= 0, got {checkpoint.epoch}")
+    dice = checkpoint.val_dice
+    if not (math.isnan(dice) or 0.0 <= dice <= 1.0):
+        raise SegpipeError(f"val_dice: must be in [0, 1] (or NaN), got {dice}")
+    speed = checkpoint.train_images_per_s
+    if not (math.isfinite(speed) and speed >= 0):
+        raise SegpipeError(f"train_images_per_s: must be finite and >= 0, got {speed}")
+
+
 def read_payload(path: Path) -> dict[str, Any]:
     """The file's entries, if it is a segpipe checkpoint of this format."""
     try:
@@ -162,7 +241,13 @@ def read_payload(path: Path) -> dict[str, Any]:
         raise SegpipeError(
             f"{path}: not a loadable segpipe checkpoint ({type(e).__name__})"
         ) from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+    version = payload.get("format") if isinstance(payload, dict) else None
+    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT:
+        raise SegpipeError(
+            f"{path}: written by a newer segpipe (checkpoint format {version}; this one reads "
+            f"format {FORMAT}); upgrade segpipe to use it"
+        )
+    if version != FORMAT:
         raise SegpipeError(f"{path}: not a segpipe checkpoint (format {FORMAT})")
     if "model_config" not in payload and {"optimizer", "fingerprint"} <= payload.keys():
         raise SegpipeError(

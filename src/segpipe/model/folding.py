@@ -14,6 +14,8 @@ import copy
 import torch
 from torch import nn
 
+from segpipe.errors import SegpipeError
+
 
 def fold_batch_norms(model: nn.Module, example: torch.Tensor) -> tuple[nn.Module, int]:
     """An eval-mode copy of ``model`` in which each batch norm whose input is the untouched
@@ -23,6 +25,9 @@ def fold_batch_norms(model: nn.Module, example: torch.Tensor) -> tuple[nn.Module
     The pairs are found by running ``example`` once with hooks. The folded copy must give
     the logits of ``model`` on ``example`` (fp32, within rounding); if it does not (a
     convolution's output also feeds another layer, say), ``model`` itself comes back, with 0.
+
+    Raises:
+        SegpipeError: ``model`` gives NaN or infinite logits on ``example``.
     """
     model = model.eval()
     folded = copy.deepcopy(model)
@@ -43,6 +48,12 @@ def fold_batch_norms(model: nn.Module, example: torch.Tensor) -> tuple[nn.Module
         setattr(parent, attr, nn.Identity())
     with torch.no_grad():
         expected, got = model(example).float(), folded(example).float()
+    if not bool(torch.isfinite(expected).all()):
+        # Finite weights can still overflow; every mask would come out as background.
+        raise SegpipeError(
+            "the network gives NaN or infinite logits on a test input although its weights "
+            "are finite (weights far too large?); retrain or use another checkpoint"
+        )
     scale = expected.abs().max().item() + 1e-6
     if not pairs or not torch.allclose(got, expected, rtol=1e-3, atol=1e-4 * scale):
         return model, 0

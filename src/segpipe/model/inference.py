@@ -20,6 +20,7 @@ from segpipe.errors import SegpipeError
 from segpipe.model.checkpoint import load_checkpoint
 from segpipe.model.folding import fold_batch_norms
 from segpipe.model.geometry import pad_pair, padded_size, resize_pair
+from segpipe.model.memory import bytes_per_pixel
 from segpipe.model.openvino_backend import BACKENDS, compile_openvino
 from segpipe.model.outputs import foreground_probability, logits_to_labels
 from segpipe.model.runtime import Runtime, parse_device
@@ -67,7 +68,10 @@ class Predictor:
             spec.precision, channels_last=spec.channels_last, device=parse_device(device)
         )
         example = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
-        model, self.batch_norms_folded = fold_batch_norms(model, example)
+        try:
+            model, self.batch_norms_folded = fold_batch_norms(model, example)
+        except SegpipeError as e:
+            raise SegpipeError(f"{model_path}: {e}") from None
         self.model = self.runtime.place(model)
         self.backend = backend
         self._compiled = (
@@ -79,6 +83,26 @@ class Predictor:
             self.image_size, augment=False, seed=0, normalisation=spec.normalisation
         )
         self.normalize = normalize(spec.normalisation)
+        self._bytes_per_pixel: float | None = None
+
+    def memory_needed(self, height: int, width: int, tile: int | None = None) -> int:
+        """The estimated peak bytes of one forward pass for an image of ``height`` x ``width``
+        (see :mod:`~segpipe.model.memory`): of one ``tile`` window when given, else of the
+        input :meth:`prepare` makes of it."""
+        if self.geometry.fixed_size:
+            h = w = self.image_size
+        else:
+            h, w = padded_size(*self.geometry.input_size(height, width))
+        if tile is not None:
+            h, w = min(h, tile), min(w, tile)
+        return self.window_memory(h, w)
+
+    def window_memory(self, height: int, width: int | None = None) -> int:
+        """The estimated peak bytes of one forward pass over a model input of ``height`` x
+        ``width`` (default: a square)."""
+        if self._bytes_per_pixel is None:  # traced once, on first use
+            self._bytes_per_pixel = bytes_per_pixel(self.model)
+        return int(self._bytes_per_pixel * height * (width or height))
 
     def predict(self, images: list[np.ndarray]) -> list[np.ndarray]:
         """Label maps at each image's own size: resize + the checkpoint's normalisation in, logits

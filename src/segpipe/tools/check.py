@@ -30,7 +30,8 @@ def run(path: Path) -> Params:
     """
     params = load_params(path)
     check_model_names(params.model)
-    build_augmentations(params.train.augment, params.train.image_size)
+    # Transforms run on crops with train.crop, else on the image_size square, as in training.
+    build_augmentations(params.train.augment, params.train.crop or params.train.image_size)
     log.info("%s: valid", path)
     return params
 

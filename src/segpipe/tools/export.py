@@ -32,11 +32,13 @@ import torch
 from torch import nn
 
 from segpipe.cli import parser, run_stage
+from segpipe.config import check_threshold
 from segpipe.errors import SegpipeError
 from segpipe.files import atomic_path, ensure_writable_dir, write_error, write_json
 from segpipe.model.checkpoint import ModelSpec, load_checkpoint
 from segpipe.model.outputs import logits_to_labels
 from segpipe.tools import export_smp
+from segpipe.tools.predict import resolve_settings
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +49,6 @@ MIN_OPSET = DEFAULT_OPSET = 17
 DYNAMO_MIN_OPSET = 18
 MAX_OPSET = 23
 DEFAULT_TOLERANCE = 1e-3
-THRESHOLD = 0.5
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
 AXES = {0: "batch", 2: "height", 3: "width"}
@@ -146,8 +147,11 @@ OUTSIDE_GRAPH_NOTE = (
 """What segpipe does around the network that the exported graph does not."""
 
 
-def add_metadata(path: Path, model_config: ModelSpec, stride: int, opset: int) -> None:
-    """Embed the model config and the input/output conventions as ``metadata_props``.
+def add_metadata(
+    path: Path, model_config: ModelSpec, stride: int, opset: int, threshold: float | None
+) -> None:
+    """Embed the model config and the input/output conventions as ``metadata_props``
+    (``threshold``: the binary cut-off; None for models of more than two classes).
 
     Also checks the file with ``onnx.checker`` and that it has the requested opset.
     """
@@ -179,6 +183,7 @@ def add_metadata(path: Path, model_config: ModelSpec, stride: int, opset: int) -
             f"sigmoid > threshold; several channels = class index by argmax (order of "
             f"model_config.classes)"
         ),
+        "threshold": json.dumps(threshold),
     }
     kept = [p for p in proto.metadata_props if p.key not in props]
     del proto.metadata_props[:]
@@ -191,9 +196,14 @@ def add_metadata(path: Path, model_config: ModelSpec, stride: int, opset: int) -
 
 
 def check_parity(
-    path: Path, model: nn.Module, shapes: list[tuple[int, int, int, int]], seed: int = 0
+    path: Path,
+    model: nn.Module,
+    shapes: list[tuple[int, int, int, int]],
+    threshold: float,
+    seed: int = 0,
 ) -> Parity:
-    """Run random inputs through onnxruntime (CPU) and PyTorch (fp32, eval mode) and compare."""
+    """Run random inputs through onnxruntime (CPU) and PyTorch (fp32, eval mode) and compare
+    their logits, and their labels at ``threshold`` (binary models)."""
     (ort,) = require("onnxruntime")
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only
@@ -215,7 +225,7 @@ def check_parity(
             )
         diff = (got - expected).abs().max().item()
         max_diff = diff if math.isnan(diff) else max(max_diff, diff)
-        labels = logits_to_labels(got, THRESHOLD) != logits_to_labels(expected, THRESHOLD)
+        labels = logits_to_labels(got, threshold) != logits_to_labels(expected, threshold)
         mismatched += int(labels.sum())
         pixels += labels.numel()
     return Parity([list(s) for s in shapes], max_diff, mismatched / pixels)
@@ -229,6 +239,7 @@ def write_checked(
     check_size: int,
     stride: int,
     tolerance: float,
+    threshold: float | None,
 ) -> tuple[str, float, Parity, int]:
     """Export to a temporary file, check its parity, and rename it onto ``out`` only if
     it passes.
@@ -241,9 +252,10 @@ def write_checked(
             example = torch.randn(2, 3, check_size, check_size)
             start = time.perf_counter()
             exporter = export_onnx(model, tmp, opset, example)
-            add_metadata(tmp, model_config, stride, opset)
+            add_metadata(tmp, model_config, stride, opset, threshold)
             seconds = time.perf_counter() - start
-            parity = check_parity(tmp, model, parity_shapes(check_size, stride))
+            shapes = parity_shapes(check_size, stride)
+            parity = check_parity(tmp, model, shapes, 0.5 if threshold is None else threshold)
             if not parity.max_abs_diff <= tolerance:
                 raise SegpipeError(
                     f"{out}: onnxruntime differs from PyTorch by max |diff| "
@@ -290,10 +302,15 @@ def run(
     opset: int = DEFAULT_OPSET,
     check_size: int = 256,
     tolerance: float = DEFAULT_TOLERANCE,
+    *,
+    threshold: float | None = None,
+    params_path: Path | None = None,
 ) -> dict[str, Any]:
     """Export ``model_path`` to ``out`` (ONNX) and ``<out>.json`` (the parity figures).
 
-    The ONNX file appears only once it passed the parity check.
+    The ONNX file appears only once it passed the parity check. Its ``threshold`` (binary
+    models; null for more classes) is ``threshold``, else the ``evaluate.threshold`` predict
+    would use (:func:`~segpipe.tools.predict.resolve_settings`), logged with its source.
 
     Returns:
         The report written to ``<out>.json``.
@@ -302,9 +319,22 @@ def run(
         raise SegpipeError(f"--opset: must be {MIN_OPSET}..{MAX_OPSET}, got {opset}")
     if not tolerance > 0:
         raise SegpipeError(f"--tolerance: must be positive, got {tolerance}")
+    if threshold is not None:
+        check_threshold(threshold, "--threshold")
     require("onnx", "onnxruntime")
     check_out(model_path, out)
+    given = {} if threshold is None else {"threshold": threshold}
+    settings, sources = resolve_settings(given, params_path, names=("threshold",))
     model, checkpoint = load_checkpoint(model_path)
+    if len(checkpoint.model_config.classes) > 2:
+        if threshold is not None:
+            raise SegpipeError(
+                f"--threshold: {model_path} has {len(checkpoint.model_config.classes)} classes "
+                "(argmax); a threshold applies to two-class models only, drop --threshold"
+            )
+        settings["threshold"] = None
+    else:
+        log.info("threshold %g (%s)", settings["threshold"], sources["threshold"])
     stride = int(getattr(getattr(model, "encoder", None), "output_stride", 32))
     if check_size < stride or check_size % stride:
         raise SegpipeError(
@@ -313,7 +343,7 @@ def run(
         )
     model_config = checkpoint.model_config
     exporter, export_seconds, parity, size = write_checked(
-        model, out, opset, model_config, check_size, stride, tolerance
+        model, out, opset, model_config, check_size, stride, tolerance, settings["threshold"]
     )
     report = {
         "onnx": str(out),
@@ -325,7 +355,7 @@ def run(
         "max_abs_diff": parity.max_abs_diff,
         "label_mismatch_fraction": parity.label_mismatch_fraction,
         "tolerance": tolerance,
-        "threshold": THRESHOLD,
+        "threshold": settings["threshold"],
         "model_config": model_config.to_dict(),
         "inference": OUTSIDE_GRAPH_NOTE,
         "torch": torch.__version__,
@@ -387,6 +417,13 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help="parity check inputs: 1x3xSxS and 2x3x(S-64)x(S+64) (default: %(default)s)",
     )
     p.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="the binary cut-off recorded with the model (default: evaluate.threshold of "
+        "--params if that file exists, else 0.5)",
+    )
+    p.add_argument(
         "--tolerance",
         type=float,
         default=DEFAULT_TOLERANCE,
@@ -404,6 +441,14 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
             verbose=args.verbose,
         )
     return run_stage(
-        lambda: run(args.model, args.out, args.opset, args.check_size, args.tolerance),
+        lambda: run(
+            args.model,
+            args.out,
+            args.opset,
+            args.check_size,
+            args.tolerance,
+            threshold=args.threshold,
+            params_path=Path(args.params),
+        ),
         verbose=args.verbose,
     )

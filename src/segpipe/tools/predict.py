@@ -1,7 +1,10 @@
 """The predict command: masks for new images of any size, from a trained checkpoint.
 
 segpipe predict --model models/model.pt --input DIR_OR_FILE --output DIR [--overlay]
-    [--overwrite] [--threshold T]
+    [--overwrite] [--threshold T] [--tile N] [--overlap F] [--tta flip] [--decode M] [--backend B]
+
+Settings without a flag come from the ``evaluate`` section of ``--params`` (default
+``params.yaml``, if there is one), and only from it; each is logged with where it came from.
 """
 
 from __future__ import annotations
@@ -9,18 +12,29 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+import typing
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from segpipe.cli import parser, run_stage
-from segpipe.config import load_params
+from segpipe.config import (
+    EvaluateConfig,
+    Tta,
+    check_overlap,
+    check_threshold,
+    check_tile,
+    load_evaluate,
+)
 from segpipe.data.colours import blend, palette
 from segpipe.data.images import IMAGE_EXTENSIONS, scan_folder, stem_of
 from segpipe.errors import SegpipeError
 from segpipe.files import ensure_writable_dir, require_folder, write_error
+from segpipe.model.geometry import MULTIPLE, padded_size
 from segpipe.model.inference import Predictor
+from segpipe.model.memory import available_bytes
 from segpipe.model.openvino_backend import BACKENDS
 from segpipe.model.runtime import reuse_freed_memory
 from segpipe.model.stream import (
@@ -39,10 +53,9 @@ from segpipe.model.tiling import InferenceOptions
 
 log = logging.getLogger(__name__)
 
-DEFAULT_THRESHOLD = 0.5
 DEFAULT_PARAMS = Path("params.yaml")
-DEFAULTS = {"decode": "exact", "backend": "torch"}
-"""``--decode`` and ``--backend`` without the flag and without a params file."""
+MAX_SUGGESTED_TILE = 1024
+"""The largest window an out-of-memory refusal suggests (larger gain little)."""
 
 
 def list_inputs(path: Path, out_dir: Path | None = None) -> tuple[dict[str, Path], list[Path]]:
@@ -96,7 +109,8 @@ def check_outputs(
     overwrite: bool,
 ) -> None:
     """Refuse, before any work, to write over an input, into the input folder itself, onto
-    a folder, or (without ``overwrite``) over any existing file.
+    a folder, below a file (where a subfolder of ``out_dir`` goes), or (without
+    ``overwrite``) over any existing file.
 
     Raises:
         SegpipeError: naming the first file at fault (and how many there are).
@@ -107,6 +121,7 @@ def check_outputs(
             "the images; choose another --output"
         )
     require_folder(out_dir, "--output")
+    _check_subfolders(out_dir, targets)
     existing = [t for t in targets if t.exists() or t.is_symlink()]
     originals = {_identity(f) for f in input_files}
     for target in existing:
@@ -127,6 +142,26 @@ def check_outputs(
         )
 
 
+def _check_subfolders(out_dir: Path, targets: list[Path]) -> None:
+    """Refuse an existing file (or a link to one) where a subfolder of ``out_dir`` goes:
+    inputs in ``in/a/`` have their masks in ``out/a/``, and ``--overwrite`` replaces masks,
+    never a file in a folder's place."""
+    blocked: dict[Path, int] = {}
+    for target in targets:
+        for parent in target.relative_to(out_dir).parents:
+            folder = out_dir / parent
+            if parent != Path(".") and folder.exists() and not folder.is_dir():
+                blocked[folder] = blocked.get(folder, 0) + 1
+                break
+    if blocked:
+        folder, count = next(iter(blocked.items()))
+        raise SegpipeError(
+            f"{folder}: a file where the subfolder for {count} output(s) goes (inputs in the "
+            f"subfolder {folder.relative_to(out_dir).as_posix()} of --input); move or rename "
+            "it, or choose another --output"
+        )
+
+
 def _identity(path: Path) -> tuple[int, int] | None:
     """The (device, inode) of an existing file: the same file under any name or link."""
     try:
@@ -136,30 +171,66 @@ def _identity(path: Path) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
-def resolve_threshold(
-    threshold: float | None, params_path: Path | None, classes: list[str]
-) -> tuple[float, str]:
-    """The foreground threshold and where it came from: ``--threshold``, else the
-    ``evaluate.threshold`` of ``params_path`` (default ``params.yaml``, if it exists), as the
-    evaluate stage used it, so predict writes the masks evaluate scored; else 0.5."""
-    if threshold is not None:
-        return threshold, "--threshold"
+SETTINGS = ("threshold", "tile", "overlap", "tta", "decode", "backend")
+"""What predict reads of the ``evaluate`` section, each also a flag (``--tile 0``: whole
+images). Only the settings no flag gives are read, and only from that section: predict runs
+beside another project's ``params.yaml`` (its ``epochs`` is none of predict's business)."""
+
+DEFAULTS: dict[str, Any] = {
+    "threshold": 0.5,
+    "tile": None,
+    "overlap": 0.0,
+    "tta": "none",
+    "decode": "exact",
+    "backend": "torch",
+}
+"""The settings without a flag and without a params file's ``evaluate`` section."""
+
+
+def resolve_settings(
+    given: dict[str, Any], params_path: Path | None, names: tuple[str, ...] = SETTINGS
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Each of :data:`SETTINGS` and where it came from: its flag (``given``), else the
+    ``evaluate`` section of the params file (see :func:`params_file`), as the evaluate stage
+    used it, so predict writes the masks evaluate scored; else :data:`DEFAULTS`. Only
+    ``names`` are resolved (export needs the threshold alone); the file is not read when the
+    flags give all of them.
+
+    Raises:
+        SegpipeError: a ``--params`` file not found or without an ``evaluate`` section, or a
+            bad key in that section (naming the file).
+    """
+    needed = [name for name in names if name not in given]
+    section, origin = None, ""
+    if needed:
+        section, origin = _evaluate_section(params_path)
+    values, sources = {}, {}
+    for name in names:
+        if name in given:
+            values[name], sources[name] = given[name], f"--{name}"
+        elif section is not None:
+            values[name] = getattr(section, name)
+            sources[name] = f"evaluate section of {origin}, as the evaluate stage used"
+        else:
+            values[name], sources[name] = DEFAULTS[name], f"the default: {origin}"
+    return values, sources
+
+
+def _evaluate_section(params_path: Path | None) -> tuple[EvaluateConfig | None, str]:
+    """The params file's ``evaluate`` section (None without one) and the file's name, or why
+    there is none."""
     path = params_file(params_path)
     if path is None:
-        return (
-            DEFAULT_THRESHOLD,
-            f"the default: no {DEFAULT_PARAMS} here to read evaluate.threshold from",
+        return None, f"no {DEFAULT_PARAMS} here to read evaluate settings from"
+    section = load_evaluate(path)
+    if section is None and path != DEFAULT_PARAMS:
+        raise SegpipeError(
+            f"{path}: has no evaluate section to read predict's settings from; pass a segpipe "
+            "params file, or give the settings as flags (--threshold, --tile, ...)"
         )
-    params = load_params(path)
-    if list(params.data.classes) != classes:
-        log.warning(
-            "%s describes classes %s, the model has %s: its evaluate.threshold may belong to "
-            "another model (pass --threshold to choose)",
-            path,
-            list(params.data.classes),
-            classes,
-        )
-    return params.evaluate.threshold, f"evaluate.threshold in {path}, as the evaluate stage used"
+    if section is None:  # another project's params.yaml in this folder: not ours to read
+        return None, f"{path} has no evaluate section (another project's file?)"
+    return section, str(path)
 
 
 def params_file(params_path: Path | None) -> Path | None:
@@ -173,27 +244,22 @@ def params_file(params_path: Path | None) -> Path | None:
     return None
 
 
-def resolve_options(params_path: Path | None) -> tuple[InferenceOptions, str]:
-    """Sliding windows and flip averaging as the evaluate stage used them
-    (``evaluate.tile``, ``evaluate.overlap``, ``evaluate.tta`` of the params file, see
-    :func:`params_file`), so predict writes the masks evaluate scored; else one pass."""
-    path = params_file(params_path)
-    if path is None:
-        return InferenceOptions(), "the default: whole images, no TTA"
-    options = InferenceOptions.from_evaluate(load_params(path).evaluate)
-    return options, f"evaluate.tile/overlap/tta in {path}"
+def check_flags(given: dict[str, Any]) -> None:
+    """The settings given as flags, by the rules of their ``evaluate`` keys.
 
-
-def resolve_setting(name: str, value: str | None, params_path: Path | None) -> str:
-    """``--decode`` or ``--backend`` (``name``): the flag's ``value``, else ``evaluate.<name>``
-    of the params file (see :func:`params_file`), so predict writes the masks evaluate scored;
-    else the default (``exact`` decoding, the ``torch`` backend)."""
-    if value is not None:
-        return value
-    path = params_file(params_path)
-    if path is None:
-        return DEFAULTS[name]
-    return getattr(load_params(path).evaluate, name)
+    Raises:
+        SegpipeError: naming the flag.
+    """
+    if "threshold" in given:
+        check_threshold(given["threshold"], "--threshold")
+    if "tile" in given:
+        check_tile(given["tile"], "--tile")
+    if "overlap" in given:
+        check_overlap(given["overlap"], "--overlap")
+    choices = {"tta": typing.get_args(Tta), "decode": DECODE_MODES, "backend": BACKENDS}
+    for name, valid in choices.items():
+        if name in given and given[name] not in valid:
+            raise SegpipeError(f"--{name}: must be one of {', '.join(valid)}, got {given[name]!r}")
 
 
 def overlay(
@@ -220,44 +286,54 @@ def run(
     decode: str | None = None,
     threads: int = IO_THREADS,
     backend: str | None = None,
+    tile: int | None = None,
+    overlap: float | None = None,
+    tta: str | None = None,
 ) -> dict[str, float]:
     """Write ``out_dir/<stem>.png`` for every readable input, at the input's own resolution
     and orientation (as viewers show it). Inputs in subfolders keep them: ``in/a/1.jpg``
-    gives ``out/a/1.png``. The threshold is ``threshold``, else evaluate's (see
-    :func:`resolve_threshold`); so is ``decode`` (``exact`` or ``reduced``, see
-    :data:`~segpipe.model.stream.DECODE_MODES`), and so is ``backend`` (``torch`` or
-    ``openvino``). Reading and writing run on ``threads`` threads beside the model (0: one
-    step after another).
+    gives ``out/a/1.png``. Each setting of :data:`SETTINGS` (``threshold``, ``tile`` (0:
+    whole images), ``overlap``, ``tta``, ``decode``, ``backend``) is the argument, else
+    evaluate's (see :func:`resolve_settings`); where each came from is logged. Reading and
+    writing run on ``threads`` threads beside the model (0: one step after another).
 
-    Nothing is written before every output path is checked (see :func:`check_outputs`);
-    unreadable inputs are reported and skipped; each file is written atomically.
+    Nothing is written before every output path is checked (see :func:`check_outputs`) and
+    the largest input is known to fit in memory (see :func:`check_memory`); unreadable inputs
+    are reported and skipped (none readable: an error); each file is written atomically.
 
     Returns:
         Counts of written and skipped images, and the throughput.
     """
-    if threshold is not None and not 0.0 < threshold < 1.0:
-        raise SegpipeError(f"--threshold: must be in (0, 1), got {threshold}")
+    flags = dict(zip(SETTINGS, (threshold, tile, overlap, tta, decode, backend), strict=True))
+    given = {name: value for name, value in flags.items() if value is not None}
+    if given.get("tile") == 0:
+        given["tile"] = None  # --tile 0: whole images, whatever evaluate.tile says
+    check_flags(given)
     if batch_size < 1:
         raise SegpipeError(f"--batch-size: must be >= 1, got {batch_size}")
     if threads < 0:
         raise SegpipeError(f"--threads: must be >= 0, got {threads}")
-    if decode is not None and decode not in DECODE_MODES:
-        raise SegpipeError(f"--decode: must be one of {', '.join(DECODE_MODES)}, got {decode!r}")
-    if backend is not None and backend not in BACKENDS:
-        raise SegpipeError(f"--backend: must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    settings, sources = resolve_settings(given, params_path)
     inputs_by_stem, duplicates = list_inputs(inputs, out_dir)
     plan = plan_outputs(inputs_by_stem, out_dir, with_overlay=with_overlay)
     targets = [p for _, mask, over in plan for p in (mask, over) if p is not None]
     input_files = [*inputs_by_stem.values(), *duplicates]
     check_outputs(inputs, input_files, out_dir, targets, overwrite=overwrite)
     reuse_freed_memory()  # as the evaluate stage does: large buffers are not mapped afresh
-    backend = resolve_setting("backend", backend, params_path)
-    predictor = _load_predictor(model_path, threshold, backend, params_path)
-    settings = StreamSettings(batch_size, resolve_setting("decode", decode, params_path), threads)
+    predictor = _load_predictor(model_path, settings, sources, threshold_given=threshold)
+    check_memory(predictor, list(inputs_by_stem.values()))
+    stream = StreamSettings(batch_size, settings["decode"], threads)
     ensure_writable_dir(out_dir, "--output")
     start = time.perf_counter()
-    written, skipped = _predict_in_batches(predictor, plan, inputs_by_stem, settings)
-    skipped += len(duplicates)
+    written, unreadable = _predict_in_batches(predictor, plan, inputs_by_stem, stream)
+    if unreadable and not written:
+        first = unreadable[0]
+        raise SegpipeError(
+            f"{first}"
+            if inputs.is_file()
+            else f"{inputs}: none of its {len(plan)} image(s) could be read, e.g. {first}"
+        )
+    skipped = len(unreadable) + len(duplicates)
     seconds = time.perf_counter() - start
     log.info(
         "wrote %d mask(s) to %s (%d skipped), %.1f images/s",
@@ -270,25 +346,97 @@ def run(
 
 
 def _load_predictor(
-    model_path: Path, threshold: float | None, backend: str, params_path: Path | None
+    model_path: Path,
+    settings: dict[str, Any],
+    sources: dict[str, str],
+    *,
+    threshold_given: float | None,
 ) -> Predictor:
-    """The model at ``model_path`` on ``backend``, thresholded as :func:`resolve_threshold`
-    says (binary), with the tiles and TTA :func:`resolve_options` says."""
-    options, options_source = resolve_options(params_path)
-    predictor = Predictor(model_path, DEFAULT_THRESHOLD, options=options, backend=backend)
-    log.info(
-        "tile %s, overlap %g, tta %s (%s)",
-        options.tile,
-        options.overlap,
-        options.tta,
-        options_source,
+    """The model at ``model_path`` with the resolved ``settings``, each logged with its source.
+
+    Raises:
+        SegpipeError: ``--threshold`` given for a model of more than two classes, which
+            takes each pixel's most likely class and has no threshold to set.
+    """
+    options = InferenceOptions(
+        tile=settings["tile"], overlap=settings["overlap"], tta=settings["tta"]
     )
-    if predictor.num_classes == 2:
-        predictor.threshold, source = resolve_threshold(threshold, params_path, predictor.classes)
-        log.info("threshold %g (%s)", predictor.threshold, source)
-    else:
-        log.info("class of each pixel by argmax over %d classes", predictor.num_classes)
+    predictor = Predictor(
+        model_path, settings["threshold"], options=options, backend=settings["backend"]
+    )
+    if predictor.num_classes > 2 and threshold_given is not None:
+        raise SegpipeError(
+            f"--threshold: {model_path} has {predictor.num_classes} classes and gives each "
+            "pixel its most likely one (argmax); a threshold applies to two-class models only, "
+            "drop --threshold"
+        )
+    groups: dict[str, list[str]] = {}
+    for name in SETTINGS:
+        if name == "threshold" and predictor.num_classes > 2:
+            log.info("class of each pixel by argmax over %d classes", predictor.num_classes)
+        else:
+            groups.setdefault(sources[name], []).append(f"{name} {_shown(settings[name])}")
+    log.info("settings: %s", "; ".join(f"{', '.join(v)} ({k})" for k, v in groups.items()))
     return predictor
+
+
+def _shown(value: Any) -> str:
+    """A setting as params.yaml writes it."""
+    if value is None:
+        return "null"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def check_memory(predictor: Predictor, files: list[Path]) -> None:
+    """Refuse, before any work, an input too large for memory in one forward pass: a model
+    trained on crops sees each image whole at its scale, so a large photo needs gigabytes.
+    The estimate (:meth:`~segpipe.model.inference.Predictor.memory_needed`) is checked for
+    the largest input (by its header) against the memory free on the predictor's device.
+
+    Raises:
+        SegpipeError: naming the file, the estimate, and a ``--tile`` that fits.
+    """
+    if predictor.geometry.fixed_size:
+        return  # every input is the image_size square, as in training
+    sizes = {path: _header_size(path) for path in files}
+    sizes = {path: hw for path, hw in sizes.items() if hw is not None}
+    available = available_bytes(predictor.runtime.device)
+    if not sizes or available is None:
+        return
+    tile = predictor.options.tile
+    largest = max(sizes, key=lambda path: sizes[path][0] * sizes[path][1])
+    need = predictor.memory_needed(*sizes[largest], tile=tile)
+    if need <= available:
+        return
+    too_big = sum(predictor.memory_needed(*hw, tile=tile) > available for hw in sizes.values())
+    height, width = sizes[largest]
+    model_h, model_w = padded_size(*predictor.geometry.input_size(height, width))
+    raise SegpipeError(
+        f"{largest}: a {width}x{height} image is one {model_w}x{model_h} input to this model "
+        f"({predictor.geometry.describe()}): about {need / 2**30:.1f} GiB for one forward pass, "
+        f"{available / 2**30:.1f} GiB free ({too_big} of {len(sizes)} input(s) are too large); "
+        f"predict in windows: pass --tile {_fitting_tile(predictor, available)} (or set "
+        "evaluate.tile)"
+    )
+
+
+def _fitting_tile(predictor: Predictor, available: int) -> int:
+    """The largest window side (a multiple of 32, at most 1024) whose forward pass takes at
+    most half the ``available`` memory."""
+    tile = MAX_SUGGESTED_TILE
+    while tile > MULTIPLE and predictor.window_memory(tile) > available / 2:
+        tile -= MULTIPLE
+    return tile
+
+
+def _header_size(path: Path) -> tuple[int, int] | None:
+    """An image file's (height, width) from its header (no decoding); None if unreadable."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+    return height, width
 
 
 def _predict_in_batches(
@@ -296,11 +444,11 @@ def _predict_in_batches(
     plan: list[tuple[str, Path, Path | None]],
     inputs_by_stem: dict[str, Path],
     settings: StreamSettings,
-) -> tuple[int, int]:
+) -> tuple[int, list[SegpipeError]]:
     """Predict and save each planned output, ``settings.batch_size`` images per forward pass,
-    with reading and writing on a thread pool; returns the numbers of images written and of
-    unreadable ones skipped (each reported)."""
-    written = skipped = 0
+    with reading and writing on a thread pool; returns the number of images written and the
+    errors of the unreadable ones skipped (each reported)."""
+    written, unreadable = 0, []
 
     def read(entry: tuple[str, Path, Path | None]) -> Prepared:
         stem, _, overlay_path = entry
@@ -314,7 +462,7 @@ def _predict_in_batches(
             for outcome in stream.labels(plan, read):
                 if outcome.error is not None:
                     log.warning("skipped %s", outcome.error)
-                    skipped += 1
+                    unreadable.append(outcome.error)
                     continue
                 written += stream.write(_save_outputs, predictor, outcome)
             written += stream.finish()
@@ -325,7 +473,7 @@ def _predict_in_batches(
                 f"{e.done_before} of {len(plan)} image(s) were done before it, each file complete",
                 again="run again with --overwrite",
             ) from None
-    return written, skipped
+    return written, unreadable
 
 
 def _save_outputs(predictor: Predictor, outcome: Outcome) -> None:
@@ -349,6 +497,27 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         default=None,
         help="foreground probability threshold (default: evaluate.threshold of --params if "
         "that file exists, else 0.5)",
+    )
+    p.add_argument(
+        "--tile",
+        type=int,
+        default=None,
+        help="predict in sliding windows of this side, a multiple of 32 (0: whole images; "
+        "default: evaluate.tile of --params, else whole images)",
+    )
+    p.add_argument(
+        "--overlap",
+        type=float,
+        default=None,
+        help="share of a window its neighbour repeats (default: evaluate.overlap of --params, "
+        "else 0)",
+    )
+    p.add_argument(
+        "--tta",
+        choices=typing.get_args(Tta),
+        default=None,
+        help="flip: average the logits of each image and its mirror (default: evaluate.tta of "
+        "--params, else none)",
     )
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument(
@@ -395,6 +564,9 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
             decode=args.decode,
             threads=args.threads,
             backend=args.backend,
+            tile=args.tile,
+            overlap=args.overlap,
+            tta=args.tta,
         )
 
     return run_stage(predict, verbose=args.verbose)
