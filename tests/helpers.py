@@ -38,12 +38,14 @@ TINY: dict[str, object] = {
     "model__encoder_weights": None,
     "train__image_size": 64,
     "train__epochs": 1,
+    "train__warmup_epochs": 0,
+    "train__scheduler": "none",
     "train__batch_size": 4,
     "plot__n_samples": 2,
 }
 """The repository's params.yaml cut down to tiny, fast, offline settings, as
 ``section__key`` edits: 24 small synthetic images split 12/6/6, a resnet18 Unet at 64x64 for
-one epoch. In-process tests get them as :func:`tiny_params`, a stage script as
+one epoch at a constant lr. In-process tests get them as :func:`tiny_params`, a stage script as
 ``write_params(path, tiny_params())``, a copied repository as ``copy_repo(root, TINY)``."""
 
 
@@ -51,7 +53,6 @@ CUT_DOWN: dict[str, object] = {
     **TINY,
     "model__encoder": "tu-mobilenetv3_small_050",
     "train__epochs": 3,
-    "train__scheduler": "none",
 }
 """The tiny settings as the reproduced repository runs them (:func:`reproduce_repo`): a
 smaller encoder (2.2M parameters instead of resnet18's 14M: every run writes, hashes, caches,

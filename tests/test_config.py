@@ -78,7 +78,7 @@ def test_ints_still_ints_and_strings_still_strings(tmp_path):
         (lambda r: r["train"].update(weight_decay=-1), "train.weight_decay: must be >= 0"),
         (lambda r: r["train"].update(momentum=1.0), "train.momentum: must be in [0, 1)"),
         (
-            lambda r: r["train"].update(warmup_epochs=8),
+            lambda r: r["train"].update(epochs=8, warmup_epochs=8),
             "train.warmup_epochs: must be in 0..train.epochs - 1 (7), got 8",
         ),
         (lambda r: r["train"].update(plateau_patience=0), "train.plateau_patience: must be >= 1"),
@@ -165,7 +165,7 @@ def test_ints_still_ints_and_strings_still_strings(tmp_path):
             "starts random",
         ),
         (
-            lambda r: r["train"].update(freeze_encoder_epochs=8),
+            lambda r: r["train"].update(epochs=8, freeze_encoder_epochs=8),
             "train.freeze_encoder_epochs: must be in 0..train.epochs - 1 (7), got 8",
         ),
         (lambda r: r["split"].update(lists="random"), "split.lists: expected null (a random"),
