@@ -29,7 +29,7 @@ from segpipe.data.masks import RULE_FILE
 from segpipe.data.source_report import SourceReport, read_source_report
 from segpipe.data.validate import DatasetCheck, PairFacts, inspect_pair, render_markdown
 from segpipe.errors import SegpipeError
-from segpipe.files import staged_dir, write_error
+from segpipe.files import require_apart, staged_dir, write_error
 from segpipe.resources import data_threads, ordered_map
 
 log = logging.getLogger(__name__)
@@ -218,8 +218,7 @@ def run(
     """
     threads = data_threads() if threads is None else threads
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
-    if raw_dir.resolve().is_relative_to(out_dir.resolve()):
-        raise SegpipeError(f"{out_dir}: the output folder would replace the dataset {raw_dir}")
+    require_apart(out_dir, "--out", {"--raw": raw_dir})
     check = DatasetCheck(num_classes, ignore_index, mask_colours)
     frame = validate_pairs(pair_files(raw_dir, check, mask_suffix), check, threads=threads)
     if frame.empty:

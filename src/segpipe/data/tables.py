@@ -7,6 +7,7 @@ pandas infers column types: left alone, the stem ``0003`` comes back as the inte
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -56,3 +57,12 @@ def read_split(path: Path) -> pd.DataFrame:
     if frame.empty:
         raise SegpipeError(f"{path}: the split is empty")
     return frame
+
+
+def dataset_folder(*frames: pd.DataFrame) -> Path | None:
+    """The folder that holds every image and mask the split tables name (the download stage's
+    output, as a rule); None for no rows. A stage that writes a folder must stay out of it."""
+    paths = [p for frame in frames for col in ("image", "mask") for p in frame[col]]
+    if not paths:
+        return None
+    return Path(os.path.commonpath([str(Path(p).resolve().parent) for p in paths]))
