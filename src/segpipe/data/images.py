@@ -161,6 +161,7 @@ def open_image(
     *,
     upright: bool = True,
     before_load: Callable[[Image.Image], None] | None = None,
+    single_frame: bool = False,
 ) -> Image.Image:
     """Open and fully decode an image, so truncated files fail here rather than in training.
 
@@ -168,6 +169,8 @@ def open_image(
         upright: apply the EXIF orientation (see :func:`make_upright`), as viewers and
             annotation tools show the photo. Masks are read as stored (``upright=False``).
         before_load: called on the opened, not yet decoded image (to set a draft mode).
+        single_frame: refuse an image of several frames (animated GIF, multi-page TIFF)
+            rather than decode its first frame alone.
 
     Raises:
         UnreadableImageError: missing, empty, unrecognised, truncated or corrupt file.
@@ -184,6 +187,13 @@ def open_image(
         warnings.simplefilter("always")
         try:
             with Image.open(path) as image:
+                frames = getattr(image, "n_frames", 1)
+                if single_frame and frames > 1:
+                    raise UnreadableImageError(
+                        path,
+                        f"{frames} frames, an animated or multi-page image: which one is meant "
+                        "is unknown; save the one wanted alone, as a PNG",
+                    )
                 if before_load is not None:
                     before_load(image)
                 image.load()
@@ -191,6 +201,8 @@ def open_image(
                 make_upright(image)
         except FileNotFoundError:
             raise UnreadableImageError(path, "file not found") from None
+        except UnreadableImageError:
+            raise
         except Exception as e:  # untrusted files make PIL's decoders raise many types
             raise UnreadableImageError(path, _decode_failure(e)) from None
     for warning in caught:

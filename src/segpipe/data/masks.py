@@ -43,7 +43,8 @@ FOREGROUND_FROM = 128
 """The 0/255 and grey rules: values from here up are foreground."""
 GREY_MIN_LEVELS = 8
 GREY_MAX_MIDDLE = 0.05
-"""The grey rule: at least 8 distinct values, at most 5% of pixels between 64 and 191."""
+"""The grey rule: at least 8 distinct values, at most 5% of pixels between 64 and 191; or at
+least 3 values and none between 64 and 191 (JPEG at quality 100 leaves 0, 1, 254, 255)."""
 NOISE_ONES = 0.01
 """The grey rule: a mask holding only 0 and 1 is JPEG noise (read as background) if at most 1%
 of its pixels are 1; with more, it is a 0/1 mask among 0/255 ones, and the split stops."""
@@ -75,27 +76,127 @@ def _as_rgb(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"))
 
 
-def mask_values(image: Image.Image, *, colours: bool = False) -> tuple[np.ndarray, bool]:
+def open_mask(path: Path) -> Image.Image:
+    """A mask file decoded as stored (masks are drawn on the photo as shown, so no EXIF turn
+    applies), refused if it holds several frames (an animated GIF, a multi-page TIFF): which
+    frame is the mask is unknown.
+
+    Raises:
+        UnreadableImageError: as :func:`~segpipe.data.images.open_image`, or several frames.
+    """
+    return open_image(path, upright=False, single_frame=True)
+
+
+def mask_values(
+    image: Image.Image, path: Path, *, colours: bool = False
+) -> tuple[np.ndarray, bool]:
     """The raw HxW values of a decoded mask, and whether they are colour codes.
 
     With ``colours`` (``data.mask_colours`` is set) every mask is read as the colours a viewer
     shows (a grey level v is the colour [v, v, v], a palette index its palette colour).
-    Otherwise palette masks give their indices, greyscale masks (8 or 16 bits) their levels,
-    1-bit masks 0/255, RGB(A) masks whose pixels are all grey their grey level, and other RGB(A)
-    masks colour codes (:func:`colour_codes`), which only declared colours can read.
+    Otherwise palette masks give their indices, greyscale masks (8, 16 or 32 bits, or floats
+    that are whole numbers) their levels, 1-bit masks 0/255, RGB(A) masks whose pixels are all
+    grey their grey level, and other colour masks colour codes (:func:`colour_codes`), which
+    only declared colours can read. An alpha channel is read by :func:`_settle_alpha`.
+
+    Raises:
+        SegpipeError: naming ``path``: a float mask with soft values, transparency that
+            disagrees with the colours, or a mode that has no colours.
     """
+    image = _settle_alpha(image, path, colours=colours)
+    if image.mode == "F":
+        return _float_values(image, path, colours=colours)
     if colours:
-        return colour_codes(_as_rgb(image)), True
-    if image.mode == "PA":
-        image = image.getchannel(0)
+        return colour_codes(_rgb_of(image, path)), True
     if image.mode in _INDEX_MODES:
         return np.asarray(image), False
-    if image.mode in ("1", "LA", "La", "F"):
+    if image.mode == "1":
         return np.asarray(image.convert("L")), False
-    rgb = _as_rgb(image)
+    rgb = _rgb_of(image, path)
     if ((rgb[..., 0] == rgb[..., 1]) & (rgb[..., 1] == rgb[..., 2])).all():
         return np.ascontiguousarray(rgb[..., 0]), False
     return colour_codes(rgb), True
+
+
+def _rgb_of(image: Image.Image, path: Path) -> np.ndarray:
+    """The colours a viewer shows, for any mode PIL converts (CMYK, YCbCr, LAB, HSV...)."""
+    try:
+        return _as_rgb(image)
+    except (ValueError, OSError):
+        raise SegpipeError(
+            f"{path}: a mask in mode {image.mode}, which has no RGB colours to read; save it as "
+            "a greyscale, palette or RGB PNG"
+        ) from None
+
+
+_ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+"""Modes with an alpha channel (last); for P, a ``transparency`` entry gives it."""
+
+
+def _settle_alpha(image: Image.Image, path: Path, *, colours: bool) -> Image.Image:
+    """``image`` without its alpha channel, read by what it encodes.
+
+    Opaque everywhere: the colours (or levels, or palette indices). One colour everywhere and
+    the alpha varies: the objects are in the alpha channel alone (a cut-out), which is read as
+    greyscale levels. Both vary: the colours, if every fully transparent pixel is black (index
+    0), as cut-outs on black are; else which one marks the objects is unclear, and the mask is
+    refused. A palette image's transparency is a property of its indices, so its indices say
+    all it encodes; with ``colours``, it is read as the RGBA colours a viewer shows.
+    """
+    if image.mode == "P" and "transparency" in image.info or image.mode == "PA":
+        if colours:
+            image = image.convert("RGBA")
+        elif image.mode == "P":
+            return image
+    if image.mode not in _ALPHA_MODES:
+        return image
+    pixels = np.asarray(image)
+    base, alpha = pixels[..., :-1], pixels[..., -1]
+    kept = {"RGBA": "RGB", "RGBa": "RGB"}.get(image.mode, "L")
+    as_base = Image.fromarray(np.ascontiguousarray(base if kept == "RGB" else base[..., 0]))
+    if image.mode == "RGBa":  # premultiplied: the colours of opaque pixels are as stored
+        as_base = image.convert("RGBA").convert("RGB")
+    if alpha.min() == 255:
+        return as_base
+    flat = base.reshape(-1, base.shape[-1])
+    if (flat == flat[0]).all():
+        return Image.fromarray(np.ascontiguousarray(alpha))
+    hidden = alpha == 0
+    if not base[hidden].any():
+        return as_base
+    coloured = int(base[hidden].any(axis=-1).sum())
+    raise SegpipeError(
+        f"{path}: a {image.mode} mask whose colours and transparency disagree ({coloured} fully "
+        "transparent pixels are not black), so which marks the objects is unclear; save it "
+        "without transparency, or with the objects in the alpha channel alone"
+    )
+
+
+def _float_values(image: Image.Image, path: Path, *, colours: bool) -> tuple[np.ndarray, bool]:
+    """A floating-point (mode F) mask's values, which must be whole numbers: soft values (0.6)
+    are no class and no convention, and truncating them would drop the objects."""
+    values = np.asarray(image, dtype=np.float64)
+    if not np.isfinite(values).all():
+        raise SegpipeError(
+            f"{path}: a floating-point mask holding NaN or infinite values; save class indices "
+            "(whole numbers, e.g. 0/1 or 0/255)"
+        )
+    soft = values != np.round(values)
+    if soft.any():
+        raise SegpipeError(
+            f"{path}: a floating-point mask with values between whole numbers (e.g. "
+            f"{values[soft][0]:g}, {soft.mean():.1%} of the pixels): soft masks are not read; "
+            "threshold them and save class indices (whole numbers, e.g. 0/1 or 0/255)"
+        )
+    whole = values.astype(np.int64)
+    if not colours:
+        return whole, False
+    if whole.min() < 0 or whole.max() > 255:
+        raise SegpipeError(
+            f"{path}: a floating-point mask with values outside 0..255, which are no grey "
+            "colour of data.mask_colours; save it as an 8-bit greyscale or RGB PNG"
+        )
+    return whole * 0x010101, True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,9 +301,7 @@ class MaskRule:
     def read(self, path: Path) -> np.ndarray:
         """A mask file as HxW uint8 class indices, read as stored: masks are drawn on the photo
         as shown, so no EXIF orientation applies to them."""
-        values, colour = mask_values(
-            open_image(path, upright=False), colours=self.rule == "colours"
-        )
+        values, colour = mask_values(open_mask(path), path, colours=self.rule == "colours")
         if colour and self.rule != "colours":  # changed since the split stage decided
             raise SegpipeError(
                 f"{path}: a colour mask, but the split stage read the masks as {self.rule}; "
@@ -371,7 +470,7 @@ class MaskValues:
     @classmethod
     def read(cls, path: Path, *, colours: bool = False) -> MaskValues:
         """The histogram of a mask file (see :func:`mask_values`)."""
-        raw, colour = mask_values(open_image(path, upright=False), colours=colours)
+        raw, colour = mask_values(open_mask(path), path, colours=colours)
         return cls.of(path, raw, colour=colour)
 
     def kept(self, ignore_index: int | None) -> dict[int, int]:
@@ -457,17 +556,21 @@ def _middle_share(total: dict[int, int]) -> float:
 
 def _grey_levels(total: dict[int, int]) -> bool:
     """Whether the values look like 0/255 masks with JPEG noise (or smoothed edges): at least
-    :data:`GREY_MIN_LEVELS` distinct 8-bit values; the white side varies too (values 128..254
-    occur: a lone 255 beside small values is a border or ignore value, as in VOC masks); the
-    most frequent value from 128 up is at least 192 (class indices 128.. are not white); and at
-    most :data:`GREY_MAX_MIDDLE` of the pixels lie between 64 and 191."""
-    if len(total) < GREY_MIN_LEVELS or min(total) < 0 or max(total) > 255:
+    :data:`GREY_MIN_LEVELS` distinct 8-bit values with at most :data:`GREY_MAX_MIDDLE` of the
+    pixels between 64 and 191, or at least 3 values with none there (the light noise of JPEG at
+    high quality); the white side varies too (values 128..254 occur: a lone 255 beside small
+    values is a border or ignore value, as in VOC masks); and the most frequent value from 128
+    up is at least 192 (class indices 128.. are not white)."""
+    if len(total) < 3 or min(total) < 0 or max(total) > 255:
         return False
     high = {v: c for v, c in total.items() if v >= FOREGROUND_FROM}
     if not any(v < 255 for v in high):
         return False
     white = max(high, key=lambda v: (high[v], v))
-    return white >= 192 and _middle_share(total) <= GREY_MAX_MIDDLE
+    middle = _middle_share(total)
+    if len(total) < GREY_MIN_LEVELS and middle > 0:
+        return False
+    return white >= 192 and middle <= GREY_MAX_MIDDLE
 
 
 def _hold(n: int, noun: str = " mask") -> str:
@@ -491,11 +594,20 @@ def _no_rule_error(
     ones = [m for m, v in zip(masks, kept, strict=True) if set(v) <= {0, 1} and 1 in v]
     high = [m for m, v in zip(masks, kept, strict=True) if max(v, default=0) >= FOREGROUND_FROM]
     if ones and high:
+        highs = sorted(v for v in total if v >= FOREGROUND_FROM)
+        # 0/1 objects with a border value: every mask that holds it holds 1 too
+        border = len(highs) == 1 and all(
+            set(v) <= {0, 1, highs[0]} and (highs[0] not in v or 1 in v) for v in kept
+        )
+        fix = (
+            f"if {highs[0]} marks borders or unlabelled pixels, set data.ignore_index: {highs[0]}"
+            if border
+            else "one rule reads every mask: make them all 0/1 or all 0/255"
+        )
         return (
             f"{folder}: the masks disagree: {_hold(len(ones))} only 0 and 1 (e.g. "
             f"{ones[0].path.as_posix()}), {_hold(len(high), '')} values up to {max(total)} (e.g. "
-            f"{high[0].path.as_posix()}); one rule reads every mask: make them all 0/1 or all "
-            "0/255"
+            f"{high[0].path.as_posix()}); {fix}"
         )
     holders: dict[int, list[Path]] = {}
     for mask, values in zip(masks, kept, strict=True):
@@ -522,16 +634,41 @@ def _hints(total: dict[int, int]) -> list[str]:
             "first)"
         )
     elif len(values) == 2 and values[0] == 0 and not hints:
-        v = values[1]
-        hints.append(
-            f"if {v} marks the foreground, set data.mask_colours: [[0, 0, 0], [{v}, {v}, {v}]]"
-        )
+        hints.append(_single_value_hint(values[1]))
     if soft:
-        hints.append(
-            f"{_middle_share(total):.0%} of the pixels lie between 64 and 191, too many for "
-            "noise: save the masks as 0/255"
-        )
+        hints.append(_soft_hint(total))
     return hints or ["save two-class masks as 0/1 or 0/255"]
+
+
+def _single_value_hint(v: int) -> str:
+    """For masks of 0 and one other value ``v``: a grey colour when 8-bit, else resave."""
+    if v <= 255:
+        return f"if {v} marks the foreground, set data.mask_colours: [[0, 0, 0], [{v}, {v}, {v}]]"
+    return (
+        f"{v} is beyond 8 bits (16-bit masks): if it marks the foreground, save the masks as "
+        "0/1 or 0/255 (8 or 16 bits), or as 0/65535"
+    )
+
+
+def _soft_hint(total: dict[int, int]) -> str:
+    """For values near 0 and 255 that are not JPEG noise: too many, or few but in the middle."""
+    share = _middle_share(total)
+    middle = [v for v in total if 64 <= v < 192]
+    if share > GREY_MAX_MIDDLE:
+        return (
+            f"{share:.0%} of the pixels lie between 64 and 191, too many for JPEG noise: "
+            "save the masks as 0/255 (thresholded)"
+        )
+    lone = (
+        f"; if {middle[0]} marks pixels to leave out, set data.ignore_index: {middle[0]}"
+        if len(middle) == 1
+        else ""
+    )
+    return (
+        f"{len(total)} levels, {sum(total[v] for v in middle)} pixel(s) between 64 and 191 "
+        f"(values {short_list(sorted(middle), 4)}): too few levels for JPEG noise; save the "
+        f"masks as 0/255 (thresholded){lone}"
+    )
 
 
 def _ones_among_grey_error(ones: list[tuple[MaskValues, float]], folder: Path) -> str:

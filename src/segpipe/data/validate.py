@@ -32,6 +32,7 @@ from segpipe.data.masks import (
     decide_rule,
     foreground_fraction,
     mask_values,
+    open_mask,
     size_mismatch,
 )
 
@@ -82,11 +83,11 @@ def inspect_pair(stem: str, image_path: Path, mask_path: Path, colours: bool) ->
     except UnreadableImageError as e:
         return facts(skip=(image_path, "unreadable_image", f"cannot read image ({e.reason})"))
     try:
-        mask_image = open_image(mask_path, upright=False)
+        mask_image = open_mask(mask_path)
     except UnreadableImageError as e:
         return facts(skip=(mask_path, "unreadable_mask", f"cannot read mask ({e.reason})"))
     turned = make_upright(image)
-    raw, colour = mask_values(mask_image, colours=colours)
+    raw, colour = mask_values(mask_image, mask_path, colours=colours)
     width, height = image.size
     mismatch = size_mismatch(image_path, (height, width), raw.shape)
     if mismatch:
