@@ -140,14 +140,11 @@ def _settle_alpha(image: Image.Image, path: Path, *, colours: bool) -> Image.Ima
     the alpha varies: the objects are in the alpha channel alone (a cut-out), which is read as
     greyscale levels. Both vary: the colours, if every fully transparent pixel is black (index
     0), as cut-outs on black are; else which one marks the objects is unclear, and the mask is
-    refused. A palette image's transparency is a property of its indices, so its indices say
-    all it encodes; with ``colours``, it is read as the RGBA colours a viewer shows.
+    refused. A palette image's transparency (mode P) belongs to its indices, so the indices (or
+    with ``colours``, their palette colours) say all it encodes.
     """
-    if image.mode == "P" and "transparency" in image.info or image.mode == "PA":
-        if colours:
-            image = image.convert("RGBA")
-        elif image.mode == "P":
-            return image
+    if image.mode == "PA" and colours:
+        image = image.convert("RGBA")
     if image.mode not in _ALPHA_MODES:
         return image
     pixels = np.asarray(image)
