@@ -22,6 +22,7 @@ from segpipe.errors import SegpipeError
 Source = Literal["synthetic", "folder", "kaggle"]
 Format = Literal["masks", "coco", "voc"]
 ExtraCategories = Literal["error", "background", "ignore_index"]
+ExifFrame = Literal["shown", "stored"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Resize = Literal["squash", "longest_side"]
 Tta = Literal["none", "flip"]
@@ -50,6 +51,10 @@ class CocoConfig:
     annotations: str | None
     images: str | None
     extra_categories: ExtraCategories
+    exif: ExifFrame
+    """Which pixels annotations of an EXIF-turned photo were drawn on when its stored and shown
+    sizes are equal (a square photo turned by 90 degrees, any photo turned by 180 or
+    mirrored), so the JSON's size cannot tell: as shown, or as stored."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -83,7 +83,7 @@ def bring(root: Path, dest: Path, cfg: DataConfig, what: str) -> None:
     if cfg.format == "coco":
         from segpipe.data import coco
 
-        report = coco.convert(root, dest, cfg)
+        report = coco.convert(root, dest, cfg, what)
     else:
         from segpipe.data import voc
 
