@@ -280,13 +280,7 @@ def _warn_about(
     """Warnings about the dataset as a whole, each pointing at the report."""
     foreground = sum(n for c, n in report["class_pixels"].items() if c != "0")
     if foreground == 0:
-        log.warning(
-            "no mask has a foreground pixel%s",
-            f" (data.ignore_index {ignore_index} ignores {report['ignored_pixels']} pixels: "
-            "0/255 masks need ignore_index null)"
-            if ignore_index is not None
-            else "",
-        )
+        log.warning("no mask has a foreground pixel%s", _empty_hint(report, source, ignore_index))
     if check.skipped:
         log.warning("skipped %d file(s); see %s", len(check.skipped), report_md.as_posix())
     if source is not None and source.problems:
@@ -297,6 +291,24 @@ def _warn_about(
             source.format,
             report_md.as_posix(),
         )
+
+
+def _empty_hint(report: dict, source: SourceReport | None, ignore_index: int | None) -> str:
+    """Why no mask has a foreground pixel, where the settings can say: every COCO object a
+    crowd region drawn as ``data.ignore_index``, or the ignored value marking the objects."""
+    if ignore_index is None or not report["ignored_pixels"]:
+        return ""
+    counts = source.counts if source is not None and source.format == "coco" else {}
+    if counts.get("crowd_regions") and not counts.get("instances"):
+        return (
+            f" (every annotation of the COCO export is a crowd region, iscrowd: 1, drawn as "
+            f"data.ignore_index {ignore_index} and left out: set data.ignore_index: null to "
+            "train on crowd regions as their class)"
+        )
+    return (
+        f" (data.ignore_index {ignore_index} leaves out {report['ignored_pixels']} pixels: if "
+        f"{ignore_index} marks the objects, set data.ignore_index: null)"
+    )
 
 
 def _skipped(check: DatasetCheck) -> str:
