@@ -28,6 +28,7 @@ if __name__ == "__main__":
             params.data.ignore_index,
             params.data.mask_suffix,
             params.data.mask_colours,
+            ignore_colour=params.data.ignore_colour,
         )
 
     raise SystemExit(run_stage(main, verbose=args.verbose, params=args.params))

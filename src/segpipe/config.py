@@ -74,6 +74,7 @@ class DataConfig:
     classes: tuple[str, ...]
     ignore_index: int | None
     mask_colours: tuple[tuple[int, ...], ...] | None
+    ignore_colour: tuple[int, ...] | None
     synthetic: SyntheticConfig
     coco: CocoConfig
     voc: VocConfig
@@ -339,6 +340,12 @@ def _check_data(data: DataConfig) -> None:
     )
     if data.mask_colours is not None:
         _check_mask_colours(data)
+    _require(
+        data.ignore_colour is None or data.mask_colours is not None,
+        "data.ignore_colour: the colour left out of colour masks, read with data.mask_colours, "
+        "which is null; set data.mask_colours too, or data.ignore_colour: null (for other "
+        "masks, data.ignore_index names the value left out)",
+    )
 
 
 def _check_format(data: DataConfig) -> None:
@@ -569,6 +576,18 @@ def _check_mask_colours(data: DataConfig) -> None:
             f"data.mask_colours: classes {data.classes[j]!r} and {data.classes[i]!r} have the "
             f"same colour {list(colour)}; each class needs its own",
         )
+    if data.ignore_colour is not None:
+        left_out = data.ignore_colour
+        _require(
+            len(left_out) == 3 and all(0 <= v <= 255 for v in left_out),
+            f"data.ignore_colour: expected [r, g, b] with values in 0..255, got {list(left_out)}",
+        )
+        _require(
+            left_out not in colours,
+            f"data.ignore_colour: {list(left_out)} is the colour of class "
+            f"{data.classes[colours.index(left_out)]!r} in data.mask_colours; choose another",
+        )
+        return
     v = data.ignore_index
     if v is not None:
         _require(

@@ -65,6 +65,11 @@ def _code(colour: Sequence[int]) -> int:
     return (int(r) << 16) | (int(g) << 8) | int(b)
 
 
+def _colour(values: Sequence[int]) -> Colour:
+    r, g, b = values
+    return int(r), int(g), int(b)
+
+
 def colour_text(code: int) -> str:
     """A colour code as ``[r, g, b]``, as ``data.mask_colours`` spells it."""
     return f"[{code >> 16 & 255}, {code >> 8 & 255}, {code & 255}]"
@@ -208,6 +213,7 @@ class MaskRule:
     num_classes: int
     ignore_index: int | None = None
     colours: tuple[Colour, ...] | None = None
+    ignore_colour: Colour | None = None
 
     @classmethod
     def predictions(cls, num_classes: int) -> MaskRule:
@@ -224,11 +230,8 @@ class MaskRule:
         Raises:
             SegpipeError: naming ``path``, for a value or colour that fits no class.
         """
-        ignored = None
-        if self.ignore_index is not None:
-            ignored = values == (
-                self.ignore_index * 0x010101 if self.colours else self.ignore_index
-            )
+        left_out = self.left_out()
+        ignored = None if left_out is None else values == left_out
         if self.rule == "colours":
             labels = self._colour_classes(values, ignored, path, counts)
         elif self.rule in ("0/255", "grey"):
@@ -290,9 +293,16 @@ class MaskRule:
             else ""
         )
         declared = ", ".join(colour_text(_code(c)) for c in self.colours or ())
+        top = colour_text(int(codes[most[0]]))
+        border = (
+            f"; if {top} marks borders or unlabelled pixels, set data.ignore_colour: {top}"
+            if self.ignore_colour is None and len(codes) == 1
+            else ""
+        )
         return (
             f"{path}: colours {short_list(found, 3)} are not in data.mask_colours "
             f"({declared}){lossy}; add each with its class to data.classes, or fix the mask"
+            f"{border}"
         )
 
     def read(self, path: Path) -> np.ndarray:
@@ -305,6 +315,15 @@ class MaskRule:
                 "rerun it (dvc repro)"
             )
         return self.to_classes(values, path)
+
+    def left_out(self) -> int | None:
+        """The raw value (with colours, the colour code) that becomes :data:`IGNORE`:
+        ``ignore_colour`` if set, else ``ignore_index`` (with colours, its grey)."""
+        if self.colours and self.ignore_colour is not None:
+            return _code(self.ignore_colour)
+        if self.ignore_index is None:
+            return None
+        return self.ignore_index * 0x010101 if self.colours else self.ignore_index
 
     def describe(self) -> str:
         """One sentence for the split report and logs."""
@@ -322,9 +341,12 @@ class MaskRule:
                 f"{colour_text(_code(c))} is class {i}" for i, c in enumerate(self.colours or ())
             ),
         }[self.rule]
-        if self.ignore_index is not None:
-            v = self.ignore_index
-            what = f"colour [{v}, {v}, {v}]" if self.colours else f"value {v}"
+        left_out = self.left_out()
+        if self.colours and self.ignore_colour is not None:
+            text += f"; colour {colour_text(_code(self.ignore_colour))} is left out "
+            text += "(data.ignore_colour)"
+        elif left_out is not None:
+            what = f"colour {colour_text(left_out)}" if self.colours else f"value {left_out}"
             text += f"; {what} is left out (data.ignore_index)"
         return text
 
@@ -334,6 +356,7 @@ class MaskRule:
             "num_classes": self.num_classes,
             "ignore_index": self.ignore_index,
             "colours": [list(c) for c in self.colours] if self.colours else None,
+            "ignore_colour": list(self.ignore_colour) if self.ignore_colour else None,
             "description": self.describe(),
         }
 
@@ -341,12 +364,13 @@ class MaskRule:
     def from_json(cls, data: Any, path: Path) -> MaskRule:
         """The rule :meth:`to_json` wrote; a file of other content is an error naming it."""
         try:
-            colours = data["colours"]
+            colours, ignore_colour = data["colours"], data["ignore_colour"]
             rule = cls(
                 data["rule"],
                 int(data["num_classes"]),
                 data["ignore_index"],
-                tuple((int(r), int(g), int(b)) for r, g, b in colours) if colours else None,
+                tuple(_colour(c) for c in colours) if colours else None,
+                _colour(ignore_colour) if ignore_colour else None,
             )
             ok = rule.rule in RULES and (rule.rule == "colours") == (rule.colours is not None)
         except (KeyError, TypeError, ValueError):
@@ -361,6 +385,7 @@ class MaskRule:
             ("data.classes (count)", self.num_classes, data.num_classes),
             ("data.ignore_index", self.ignore_index, data.ignore_index),
             ("data.mask_colours", self.colours, data.mask_colours),
+            ("data.ignore_colour", self.ignore_colour, data.ignore_colour),
         ):
             if decided != now:
                 raise SegpipeError(
@@ -447,28 +472,40 @@ def read_mask_for(
 @dataclasses.dataclass(frozen=True)
 class MaskValues:
     """One mask file's histogram: its distinct raw values (colour codes if ``colour``) and the
-    pixels of each. The split stage keeps one per mask instead of the decoded mask."""
+    pixels of each; for a palette image read by index, the palette colour of each value (for
+    hints). The split stage keeps one per mask instead of the decoded mask."""
 
     path: Path
     values: np.ndarray
     counts: np.ndarray
     colour: bool
+    palette: dict[int, Colour] | None = None
 
     @classmethod
-    def of(cls, path: Path, raw: np.ndarray, *, colour: bool) -> MaskValues:
-        """The histogram of ``raw`` (from :func:`mask_values`)."""
+    def of(
+        cls, path: Path, raw: np.ndarray, *, colour: bool, image: Image.Image | None = None
+    ) -> MaskValues:
+        """The histogram of ``raw`` (from :func:`mask_values` of ``image``)."""
         if raw.dtype == np.uint8:  # bincount: far faster than sorting the pixels
             counts = np.bincount(raw.ravel(), minlength=256)
             values = np.flatnonzero(counts)
-            return cls(Path(path), values, counts[values], colour=colour)
-        values, counts = np.unique(raw, return_counts=True)
-        return cls(Path(path), values.astype(np.int64), counts, colour=colour)
+            counts = counts[values]
+        else:
+            values, counts = np.unique(raw, return_counts=True)
+            values = values.astype(np.int64)
+        flat = image.getpalette() if image is not None and image.mode == "P" else None
+        palette = None
+        if flat and not colour:
+            shown = [v for v in values.tolist() if 3 * v + 3 <= len(flat)]
+            palette = {v: _colour(flat[3 * v : 3 * v + 3]) for v in shown}
+        return cls(Path(path), values, counts, colour=colour, palette=palette)
 
     @classmethod
     def read(cls, path: Path, *, colours: bool = False) -> MaskValues:
         """The histogram of a mask file (see :func:`mask_values`)."""
-        raw, colour = mask_values(open_mask(path), path, colours=colours)
-        return cls.of(path, raw, colour=colour)
+        image = open_mask(path)
+        raw, colour = mask_values(image, path, colours=colours)
+        return cls.of(path, raw, colour=colour, image=image)
 
     def kept(self, ignore_index: int | None) -> dict[int, int]:
         """Pixels per value, without the ignored value."""
@@ -490,6 +527,7 @@ def decide_rule(
     ignore_index: int | None = None,
     colours: Sequence[Sequence[int]] | None = None,
     folder: Path = Path("masks"),
+    ignore_colour: Sequence[int] | None = None,
 ) -> MaskRule:
     """The one rule that reads every mask of ``masks`` (see the module's docstring).
 
@@ -499,7 +537,9 @@ def decide_rule(
             that fits no class (naming that file).
     """
     if colours is not None:
-        rule = MaskRule("colours", num_classes, ignore_index, tuple(tuple(c) for c in colours))
+        declared = tuple(_colour(c) for c in colours)
+        left_out = _colour(ignore_colour) if ignore_colour is not None else None
+        rule = MaskRule("colours", num_classes, ignore_index, declared, left_out)
     elif any(m.colour for m in masks):
         raise SegpipeError(_colour_masks_error(masks, num_classes, folder))
     elif num_classes > 2:
@@ -542,7 +582,7 @@ def _two_class_rule(masks: Sequence[MaskValues], ignore_index: int | None, folde
         if ones:
             raise SegpipeError(_ones_among_grey_error(ones, folder))
         return "grey"
-    raise SegpipeError(_no_rule_error(masks, kept, total, folder))
+    raise SegpipeError(_no_rule_error(masks, kept, total, folder, ignore_index))
 
 
 def _middle_share(total: dict[int, int]) -> float:
@@ -585,7 +625,11 @@ def _files(paths: list[Path], total: int) -> str:
 
 
 def _no_rule_error(
-    masks: Sequence[MaskValues], kept: list[dict[int, int]], total: dict[int, int], folder: Path
+    masks: Sequence[MaskValues],
+    kept: list[dict[int, int]],
+    total: dict[int, int],
+    folder: Path,
+    ignore_index: int | None = None,
 ) -> str:
     """What was found, and what to set, when no two-class rule fits the values."""
     ones = [m for m, v in zip(masks, kept, strict=True) if set(v) <= {0, 1} and 1 in v]
@@ -613,12 +657,30 @@ def _no_rule_error(
     found = [f"{v} ({_files(holders[v], len(masks))})" for v in sorted(holders)]
     return (
         f"{folder}: mask values {short_list(found, 6)} fit no two-class rule (0/1, 0/255, or "
-        f"grey levels near 0 and 255 as in JPEG masks); {'; '.join(_hints(total))}"
+        f"grey levels near 0 and 255 as in JPEG masks); "
+        + "; ".join(_hints(total, _palette_of(masks), ignore_index))
     )
 
 
-def _hints(total: dict[int, int]) -> list[str]:
-    """What to set for values that fit no two-class rule."""
+def _palette_of(masks: Sequence[MaskValues]) -> dict[int, Colour] | None:
+    """The colours of the masks' values if every one is a palette image and they agree."""
+    merged: dict[int, Colour] = {}
+    for mask in masks:
+        if mask.palette is None:
+            return None
+        for value, colour in mask.palette.items():
+            if merged.setdefault(value, colour) != colour:
+                return None
+    return merged or None
+
+
+def _hints(
+    total: dict[int, int],
+    palette: dict[int, Colour] | None = None,
+    ignore_index: int | None = None,
+) -> list[str]:
+    """What to set for values that fit no two-class rule (``palette``: the masks' palette,
+    if they are palette images read by index)."""
     values = sorted(total)
     rest = [v for v in values if v != 255]
     soft = 255 in total and any(FOREGROUND_FROM <= v < 255 for v in values)
@@ -631,14 +693,27 @@ def _hints(total: dict[int, int]) -> list[str]:
             "first)"
         )
     elif len(values) == 2 and values[0] == 0 and not hints:
-        hints.append(_single_value_hint(values[1]))
+        hints.append(_single_value_hint(values[1], palette, ignore_index))
     if soft:
         hints.append(_soft_hint(total))
     return hints or ["save two-class masks as 0/1 or 0/255"]
 
 
-def _single_value_hint(v: int) -> str:
-    """For masks of 0 and one other value ``v``: a grey colour when 8-bit, else resave."""
+def _single_value_hint(
+    v: int, palette: dict[int, Colour] | None = None, ignore_index: int | None = None
+) -> str:
+    """For masks of 0 and one other value ``v``: for palette masks, their palette colours (a
+    grey [v, v, v] is no colour of theirs); a grey colour when 8-bit; else resave."""
+    if palette is not None and v in palette and 0 in palette:
+        colours = f"[{list(palette[0])}, {list(palette[v])}]"
+        border = ignore_index is not None and ignore_index in palette
+        also = f" and data.ignore_colour: {list(palette[ignore_index])}" if border else ""
+        return (
+            f"the masks are palette images whose values are class indices (as in Pascal VOC), "
+            f"and {v} is beyond the 2 classes: to read index {v} as the foreground by its "
+            f"colour, set data.mask_colours: {colours}{also} (the palette's colours); or list "
+            f"the classes up to index {v} in data.classes (Pascal VOC: its 21 classes)"
+        )
     if v <= 255:
         return f"if {v} marks the foreground, set data.mask_colours: [[0, 0, 0], [{v}, {v}, {v}]]"
     return (

@@ -205,6 +205,7 @@ def run(
     mask_suffix: str = "",
     mask_colours: tuple[tuple[int, ...], ...] | None = None,
     *,
+    ignore_colour: tuple[int, ...] | None = None,
     threads: int | None = None,
 ) -> dict[str, int]:
     """Write ``train.csv``, ``val.csv``, ``test.csv``, ``mask_rule.json``, ``report.json`` and
@@ -219,7 +220,7 @@ def run(
     threads = data_threads() if threads is None else threads
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     require_apart(out_dir, "--out", {"--raw": raw_dir})
-    check = DatasetCheck(num_classes, ignore_index, mask_colours)
+    check = DatasetCheck(num_classes, ignore_index, mask_colours, ignore_colour)
     frame = validate_pairs(pair_files(raw_dir, check, mask_suffix), check, threads=threads)
     if frame.empty:
         raise SegpipeError(f"{raw_dir}: no valid image/mask pairs left ({_skipped(check)})")
