@@ -295,7 +295,7 @@ class MaskRule:
         declared = ", ".join(colour_text(_code(c)) for c in self.colours or ())
         top = colour_text(int(codes[most[0]]))
         border = (
-            f"; if {top} marks borders or unlabelled pixels, set data.ignore_colour: {top}"
+            f", or, if it marks borders or unlabelled pixels, data.ignore_colour: {top}"
             if self.ignore_colour is None and len(codes) == 1
             else ""
         )
