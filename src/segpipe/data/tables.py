@@ -61,8 +61,12 @@ def read_split(path: Path) -> pd.DataFrame:
 
 def dataset_folder(*frames: pd.DataFrame) -> Path | None:
     """The folder that holds every image and mask the split tables name (the download stage's
-    output, as a rule); None for no rows. A stage that writes a folder must stay out of it."""
-    paths = [p for frame in frames for col in ("image", "mask") for p in frame[col]]
-    if not paths:
+    output, as a rule), links not followed; None for no rows, or when only the file system's
+    root holds them all. A stage that writes a folder must stay out of it."""
+    parents = {
+        os.path.dirname(os.path.abspath(p)) for f in frames for c in ("image", "mask") for p in f[c]
+    }
+    if not parents:
         return None
-    return Path(os.path.commonpath([str(Path(p).resolve().parent) for p in paths]))
+    common = Path(os.path.commonpath(sorted(parents)))
+    return None if common == Path(common.anchor) else common
