@@ -19,6 +19,7 @@ from segpipe.files import path_relation
 from segpipe.model.geometry import Geometry
 from segpipe.reporting import plot
 from segpipe.tools import check
+from segpipe.training import train
 
 from .helpers import REPO, run_stage, tiny_params, write_params
 from .test_bad_inputs import error_line, make_pairs, snapshot
@@ -39,12 +40,13 @@ def layout(tmp: Path) -> dict[str, Path]:
         "--predictions": tmp / "p" / "predictions",
         "--live": tmp / "l" / "live",
         "--per-image": tmp / "t" / "per_image.csv",
+        "--cache": tmp / "c" / "cache",
     }
     split.run(params.split, params.seed, paths["--raw"], paths["--splits"])
     paths["--test"] = paths["--splits"] / "test.csv"
     paths["the dataset"] = paths["--raw"]
     paths["--downloads"].mkdir(parents=True)
-    for folder in ("--predictions", "--live"):
+    for folder in ("--predictions", "--live", "--cache"):
         paths[folder].mkdir(parents=True)
         (paths[folder] / "kept.txt").write_text("kept")
     for file in ("--model", "--per-image"):
@@ -74,6 +76,12 @@ def stage_runs(paths: dict[str, Path]) -> dict[str, Callable[[Path], object]]:
             out.parent / "per_image.csv",
             out,
         ),
+        "train --live": lambda out: train.run(
+            params, paths["--cache"], paths["--model"], out, out.parent / "resume"
+        ),
+        "train --resume": lambda out: train.run(
+            params, paths["--cache"], paths["--model"], out.parent.parent / "other-live", out
+        ),
         "plot": lambda out: plot.run(
             params.plot,
             paths["--test"],
@@ -93,6 +101,8 @@ INPUTS = {
     "cache": ("--splits", "the dataset"),
     "evaluate": ("--splits", "--model", "the dataset"),
     "plot": ("--test", "--per-image", "--predictions", "--live", "the dataset"),
+    "train --live": ("--cache", "--model"),
+    "train --resume": ("--cache", "--model"),
 }
 CASES = [
     (stage, name, relation)
@@ -113,13 +123,14 @@ def test_an_output_over_an_input_is_refused_and_nothing_changes(tmp_path, stage,
     out = output_for(paths[name], relation)
     assert path_relation(out, paths[name]) == relation
     before = snapshot(tmp_path)
-    option = "--predictions" if stage == "evaluate" else "--out"
+    option = {"evaluate": "--predictions", "train --live": "--live"}.get(stage, "--out")
+    option = "--resume" if stage == "train --resume" else option
     with pytest.raises(SegpipeError) as caught:
         stage_runs(paths)[stage](out)
     message = str(caught.value)
     assert message.startswith(f"{option} {out.as_posix()}: "), message
     assert f"{relation} {name}" in message or (relation == "is" and f"is {name}" in message)
-    assert "choose an" in message
+    assert f"choose a folder for {option} apart from the stage's inputs" in message
     assert snapshot(tmp_path) == before
 
 

@@ -189,8 +189,8 @@ def require_apart(output: Path, option: str, inputs: Mapping[str, Path | None]) 
         }[relation]
         raise SegpipeError(
             f"{option} {Path(output).as_posix()}: {what}, which this stage reads; writing "
-            f"{option} there would replace or change it: choose an {option} apart from the "
-            "stage's inputs"
+            f"{option} there would replace or change it: choose a folder for {option} apart "
+            "from the stage's inputs"
         )
 
 
