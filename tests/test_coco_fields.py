@@ -82,10 +82,11 @@ def test_a_field_the_mask_depends_on_leaves_its_image_out(tmp_path, target, key,
     assert kind == ("bad_field" if target == "image" else "bad_segmentation")
 
 
-REPORTED = [  # (key, value): image b is converted, the field named
+REPORTED = [  # (key, value): image b is converted, the field named (an id in the item too)
     *[("bbox", v) for v in ("0,0,1,1", [0, 0, 1], [0, 0, -1, 1], [0, 0, "1", 1], None, {})],
     ("bbox", [0, 0, math.inf, 1]),
     *[("area", v) for v in ("5", -1, None, [], True, math.nan)],
+    *[("id", v) for v in (2.5, None, [2], True)],
 ]
 
 
@@ -94,8 +95,10 @@ def test_bbox_and_area_are_checked_and_reported(tmp_path, key, value):
     raw = convert(export(tmp_path / "export", "annotation", key, value))
     assert np.array_equal(mask_of(raw, "b") == 1, polygon_mask(H, W, SQUARE))
     (item, kind, reason), *_ = problems(raw)
-    assert item == "annotation 2 of image 'b.png'" and kind == "bad_field"
-    assert reason.startswith(f"{key} must be ") and "not used" in reason
+    name = repr(value) if key == "id" else "2"  # an annotation is named by its id
+    assert item == f"annotation {name} of image 'b.png'" and kind == "bad_field"
+    assert reason.startswith(f"{key} must be ")
+    assert "not used" in reason or key == "id"
 
 
 FATAL = [  # (target, key, value): the stage stops, naming the key

@@ -261,9 +261,11 @@ def annotation_problem(entry: dict) -> str | None:
 
 
 def field_problems(entry: dict) -> list[str]:
-    """What in an annotation's ``bbox`` and ``area`` breaks the COCO format; the mask is drawn
-    from the segmentation, so they are reported, not used."""
+    """What in an annotation's ``id``, ``bbox`` and ``area`` breaks the COCO format; the mask is
+    drawn from the segmentation, so they are reported, not used."""
     problems = []
+    if "id" in entry and not (_integer(entry["id"]) or isinstance(entry["id"], str)):
+        problems.append(f"id must be an integer (or a string), got {entry['id']!r:.40}")
     box = entry.get("bbox")
     if "bbox" in entry and not (
         isinstance(box, list)
