@@ -7,9 +7,12 @@ overlap and crowd rules. Categories map to ``data.classes`` by name; class 0 is 
 
 Annotations are drawn at the JSON's ``width x height``, the photo as viewers and annotation tools
 show it (EXIF orientation applied, as every stage reads photos); if that is the stored size of a
-photo an EXIF tag turns, the mask is drawn as stored and turned like the photo. Problems confined
-to one item (a missing image, an annotation of an unknown image, a segmentation that does not fit
-its image) leave that item out and are named in ``source.json``, which the split report carries.
+photo an EXIF tag turns, the mask is drawn as stored and turned like the photo; when the two
+sizes are equal, ``data.coco.exif`` says which, and the report names the image. Every field is
+checked for the type and range the format defines (:func:`annotation_problem`,
+:func:`field_problems`). Problems confined to one item (a missing image, an annotation of an
+unknown image, a segmentation that does not fit its image or draws nothing) leave that item out
+or are named in ``source.json``, which the split report carries.
 """
 
 from __future__ import annotations

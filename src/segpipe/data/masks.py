@@ -135,7 +135,8 @@ def _rgb_of(image: Image.Image, path: Path) -> np.ndarray:
 
 
 _ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
-"""Modes with an alpha channel (last); for P, a ``transparency`` entry gives it."""
+"""Modes with an alpha channel, the last one (a palette image's ``transparency`` is no channel:
+see :func:`_settle_alpha`)."""
 
 
 def _settle_alpha(image: Image.Image, path: Path, *, colours: bool) -> Image.Image:
@@ -206,7 +207,8 @@ class MaskRule:
     """How raw mask values become class indices: the same for every mask of a dataset.
 
     ``rule`` is one of :data:`RULES`. Pixels of value ``ignore_index`` (with colours: of the
-    grey colour [v, v, v]) become :data:`~segpipe.constants.IGNORE`.
+    colour ``ignore_colour``, or else the grey [v, v, v]) become
+    :data:`~segpipe.constants.IGNORE`.
     """
 
     rule: str
