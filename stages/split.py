@@ -35,6 +35,7 @@ if __name__ == "__main__":
             params.data.mask_suffix,
             params.data.mask_colours,
             lists_dir=args.lists,
+            ignore_colour=params.data.ignore_colour,
         )
 
     raise SystemExit(run_stage(main, verbose=args.verbose, params=args.params))

@@ -266,7 +266,8 @@ def test_a_colour_outside_data_mask_colours_is_fatal(case: Case) -> None:
     Image.fromarray(rgb).save(bad)
     assert error_line(case.split(), bad) == (
         f"error: {bad}: colours [0, 0, 255] (30 px) are not in data.mask_colours ([0, 0, 0], "
-        "[255, 0, 0]); add each with its class to data.classes, or fix the mask"
+        "[255, 0, 0]); add each with its class to data.classes, or fix the mask, or, if it "
+        "marks borders or unlabelled pixels, data.ignore_colour: [0, 0, 255]"
     )
     case.assert_unchanged(before)
 

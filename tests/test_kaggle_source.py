@@ -520,3 +520,34 @@ def _closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@needs_kaggle
+@pytest.mark.parametrize("pinned", [True, False])
+def test_an_empty_version_folder_is_no_download(
+    fake_kaggle: FakeKaggle,
+    kaggle_env: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    pinned: bool,
+) -> None:
+    """A version folder with no file (made by hand, or emptied) is downloaded again, with a
+    warning, whether the spec pins the version or Kaggle names it the latest."""
+    from segpipe.data import download
+
+    _use_credentials("env", monkeypatch, kaggle_env)
+    fake_kaggle.versions[DATASET] = {1: _zip_of(("a", "b"))}
+    fake_kaggle.datasets[DATASET] = _zip_of(("a", "b"))
+    spec = f"{DATASET}/versions/1" if pinned else DATASET
+    cfg = dataclasses.replace(_kaggle_data_config(tmp_path), kaggle_dataset=spec)
+    downloads, out = tmp_path / "downloads", tmp_path / "raw"
+    version = downloads / DATASET / "versions" / ("1" if pinned else "2")
+    (version / "images").mkdir(parents=True)
+    with caplog.at_level("WARNING"):
+        assert download.run(cfg, 0, out, downloads) == 2
+    assert len(_downloads(fake_kaggle)) == 1
+    assert f"{version}: an empty version folder, not a download: downloading it again" in (
+        caplog.text
+    )
+    assert sorted(p.stem for p in (version / "images").iterdir()) == ["a", "b"]

@@ -346,6 +346,7 @@ def test_the_report_and_mask_rule_json_state_the_rule(tmp_path, raw_dir, params)
             "num_classes": 2,
             "ignore_index": None,
             "colours": None,
+            "ignore_colour": None,
             "description": "0/255 masks: 255 is foreground",
         }
     )

@@ -216,7 +216,7 @@ def test_a_failed_run_leaves_the_earlier_output(tmp_path, raw_dir, params, monke
 
 
 def test_output_folder_must_not_hold_the_dataset(tmp_path, raw_dir, params):
-    with pytest.raises(SegpipeError, match="would replace the dataset"):
+    with pytest.raises(SegpipeError, match="holds --raw"):
         split.run(params.split, params.seed, raw_dir, tmp_path)
     assert (raw_dir / "images").is_dir()
 

@@ -22,6 +22,7 @@ from segpipe.errors import SegpipeError
 Source = Literal["synthetic", "folder", "kaggle"]
 Format = Literal["masks", "coco", "voc"]
 ExtraCategories = Literal["error", "background", "ignore_index"]
+ExifFrame = Literal["shown", "stored"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Resize = Literal["squash", "longest_side"]
 Tta = Literal["none", "flip"]
@@ -51,6 +52,10 @@ class CocoConfig:
     annotations: str | None
     images: str | None
     extra_categories: ExtraCategories
+    exif: ExifFrame
+    """Which pixels annotations of an EXIF-turned photo were drawn on when its stored and shown
+    sizes are equal (a square photo turned by 90 degrees, any photo turned by 180 or
+    mirrored), so the JSON's size cannot tell: as shown, or as stored."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +75,7 @@ class DataConfig:
     classes: tuple[str, ...]
     ignore_index: int | None
     mask_colours: tuple[tuple[int, ...], ...] | None
+    ignore_colour: tuple[int, ...] | None
     synthetic: SyntheticConfig
     coco: CocoConfig
     voc: VocConfig
@@ -410,6 +416,12 @@ def _check_data(data: DataConfig) -> None:
     )
     if data.mask_colours is not None:
         _check_mask_colours(data)
+    _require(
+        data.ignore_colour is None or data.mask_colours is not None,
+        "data.ignore_colour: the colour left out of colour masks, read with data.mask_colours, "
+        "which is null; set data.mask_colours too, or data.ignore_colour: null (for other "
+        "masks, data.ignore_index names the value left out)",
+    )
 
 
 def _check_format(data: DataConfig) -> None:
@@ -748,6 +760,18 @@ def _check_mask_colours(data: DataConfig) -> None:
             f"data.mask_colours: classes {data.classes[j]!r} and {data.classes[i]!r} have the "
             f"same colour {list(colour)}; each class needs its own",
         )
+    if data.ignore_colour is not None:
+        left_out = data.ignore_colour
+        _require(
+            len(left_out) == 3 and all(0 <= v <= 255 for v in left_out),
+            f"data.ignore_colour: expected [r, g, b] with values in 0..255, got {list(left_out)}",
+        )
+        _require(
+            left_out not in colours,
+            f"data.ignore_colour: {list(left_out)} is the colour of class "
+            f"{data.classes[colours.index(left_out)]!r} in data.mask_colours; choose another",
+        )
+        return
     v = data.ignore_index
     if v is not None:
         _require(

@@ -10,7 +10,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -145,6 +145,52 @@ def require_folder(folder: Path, option: str) -> None:
         what = "an existing file" if blocker == folder else f"{blocker} is an existing file"
         raise SegpipeError(
             f"{folder}: {what}, where {option} needs a folder; choose another {option}"
+        )
+
+
+def path_relation(path: Path, other: Path) -> str | None:
+    """How ``path`` lies to ``other`` once both are resolved: ``"is"`` (the same), ``"holds"``
+    (``other`` is inside it), ``"lies inside"`` (it is inside ``other``), or None (apart)."""
+    a, b = Path(path).resolve(), Path(other).resolve()
+    if a == b:
+        return "is"
+    if b.is_relative_to(a):
+        return "holds"
+    if a.is_relative_to(b):
+        return "lies inside"
+    return None
+
+
+def require_apart(output: Path, option: str, inputs: Mapping[str, Path | None]) -> None:
+    """Refuse an output folder that is, holds or lies inside one of a stage's inputs, before
+    any work: a stage replaces its output folder as a whole (or writes files into it), so the
+    dataset, the annotation file or the model it reads would be deleted or overwritten. The
+    one check of every stage that writes a folder.
+
+    Args:
+        output: the folder the stage writes (``--out``).
+        option: how the user names it (``--out``, ``--predictions``).
+        inputs: what the stage reads, by how the user names it (``data.path``, ``--splits``);
+            None entries are skipped. A file input matters only when the output holds it.
+
+    Raises:
+        SegpipeError: naming the output, the input and the fix.
+    """
+    for name, path in inputs.items():
+        if path is None:
+            continue
+        relation = path_relation(output, path)
+        if relation is None or (relation == "lies inside" and not Path(path).is_dir()):
+            continue
+        what = {
+            "is": f"is {name} itself",
+            "holds": f"holds {name} ({Path(path).as_posix()})",
+            "lies inside": f"lies inside {name} ({Path(path).as_posix()})",
+        }[relation]
+        raise SegpipeError(
+            f"{option} {Path(output).as_posix()}: {what}, which this stage reads; writing "
+            f"{option} there would replace or change it: choose a folder for {option} apart "
+            "from the stage's inputs"
         )
 
 

@@ -23,9 +23,9 @@ import numpy as np
 import pandas as pd
 
 from segpipe.data.masks import MaskRule, read_pair
-from segpipe.data.tables import read_split
+from segpipe.data.tables import dataset_folder, read_split
 from segpipe.errors import SegpipeError
-from segpipe.files import reserve_space, staged_dir, write_error
+from segpipe.files import require_apart, reserve_space, staged_dir, write_error
 from segpipe.model.geometry import Geometry
 from segpipe.resources import data_threads, ordered_map
 
@@ -148,6 +148,8 @@ def run(
     """
     threads = data_threads() if threads is None else threads
     frames = {split: read_split(splits_dir / f"{split}.csv") for split in splits}
+    inputs = {"--splits": splits_dir, "the dataset": dataset_folder(*frames.values())}
+    require_apart(cache_dir, "--out", inputs)
     shapes = {split: array_shapes(frame, geometry) for split, frame in frames.items()}
     counts = {}
     try:

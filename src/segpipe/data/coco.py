@@ -7,15 +7,19 @@ overlap and crowd rules. Categories map to ``data.classes`` by name; class 0 is 
 
 Annotations are drawn at the JSON's ``width x height``, the photo as viewers and annotation tools
 show it (EXIF orientation applied, as every stage reads photos); if that is the stored size of a
-photo an EXIF tag turns, the mask is drawn as stored and turned like the photo. Problems confined
-to one item (a missing image, an annotation of an unknown image, a segmentation that does not fit
-its image) leave that item out and are named in ``source.json``, which the split report carries.
+photo an EXIF tag turns, the mask is drawn as stored and turned like the photo; when the two
+sizes are equal, ``data.coco.exif`` says which, and the report names the image. Every field is
+checked for the type and range the format defines (:func:`annotation_problem`,
+:func:`field_problems`). Problems confined to one item (a missing image, an annotation of an
+unknown image, a segmentation that does not fit its image or draws nothing) leave that item out
+or are named in ``source.json``, which the split report carries.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -60,8 +64,9 @@ and without (all background), instances and crowd regions drawn, masks drawn on 
 pixels of a turned photo (see :meth:`_Conversion._frame`)."""
 
 
-def find_annotation_file(root: Path, data: DataConfig) -> Path:
-    """``data.coco.annotations`` below ``root``, or else the one JSON file below ``root``."""
+def find_annotation_file(root: Path, data: DataConfig, what: str = "data.path") -> Path:
+    """``data.coco.annotations`` below ``root``, or else the one JSON file below ``root``
+    (``what`` names ``root`` for messages: ``data.path``, or the Kaggle dataset)."""
     if data.coco.annotations is not None:
         path = root / data.coco.annotations
         if not path.is_file():
@@ -71,10 +76,11 @@ def find_annotation_file(root: Path, data: DataConfig) -> Path:
     if len(found) == 1:
         return found[0]
     names = short_list([p.relative_to(root).as_posix() for p in found])
+    relative = "data.path" if what == "data.path" else f"the dataset's folder {root}"
     raise SegpipeError(
-        f"data.path: {root} holds {len(found) or 'no'} JSON file(s){': ' + names if found else ''}"
+        f"{what}: {root} holds {len(found) or 'no'} JSON file(s){': ' + names if found else ''}"
         "; a COCO export has one annotation file: set data.coco.annotations to it (relative to "
-        "data.path)"
+        f"{relative})"
     )
 
 
@@ -197,7 +203,10 @@ def find_images_dir(root: Path, annotations: Path, file_names: list[str], data: 
             raise SegpipeError(f"data.coco.images: {folder} is not a folder")
         return folder
     candidates = list(dict.fromkeys([root / "images", annotations.parent, root]))
-    held = [sum((c / f).is_file() for f in file_names) if c.is_dir() else 0 for c in candidates]
+    held = [
+        sum((c / inside_name(c, f)).is_file() for f in file_names) if c.is_dir() else 0
+        for c in candidates
+    ]
     if file_names and max(held) == 0:
         raise SegpipeError(
             f"{annotations}: none of its {len(file_names)} images (e.g. {file_names[0]!r}) is in "
@@ -205,6 +214,80 @@ def find_images_dir(root: Path, annotations: Path, file_names: list[str], data: 
             "their file_names are relative to (relative to data.path)"
         )
     return candidates[held.index(max(held))]
+
+
+def inside_name(folder: Path, file_name: str) -> str:
+    """``file_name`` relative to ``folder``: as it is if relative; an absolute path inside
+    ``folder`` (an export written with full paths) made relative; else unchanged (absolute)."""
+    name = Path(file_name)
+    if not name.is_absolute():
+        return file_name
+    for inside, full in ((folder.absolute(), name), (folder.resolve(), name.resolve())):
+        try:
+            return Path(os.path.normpath(full)).relative_to(inside).as_posix()
+        except ValueError:
+            continue
+    return file_name
+
+
+def _integer(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def annotation_problem(entry: dict) -> str | None:
+    """Why an annotation's fields that make the mask break the COCO format, or None.
+
+    ``segmentation`` must be polygons (a non-empty list) or RLE (an object): a box-only
+    annotation would leave its object as background. ``iscrowd``, if present, must be the
+    integer 0 or 1: ``"0"`` is true in a test and would make the object an ignored crowd."""
+    if "segmentation" not in entry:
+        return "has no segmentation (a box-only annotation?): its object would be background"
+    segmentation = entry["segmentation"]
+    if not isinstance(segmentation, (list, dict)):
+        return (
+            "segmentation must be polygons (a list) or RLE (an object), got "
+            f"{type(segmentation).__name__} {segmentation!r:.40}"
+        )
+    if not segmentation:
+        return (
+            f"segmentation is empty ({segmentation!r}: a box-only annotation?), so it draws no "
+            "pixel and its object would be background"
+        )
+    crowd = entry.get("iscrowd", 0)
+    if not (_integer(crowd) and crowd in (0, 1)):
+        return f"iscrowd must be 0 or 1 (an integer), got {crowd!r}"
+    return None
+
+
+def field_problems(entry: dict) -> list[str]:
+    """What in an annotation's ``id``, ``bbox`` and ``area`` breaks the COCO format; the mask is
+    drawn from the segmentation, so they are reported, not used."""
+    problems = []
+    if "id" in entry and not (_integer(entry["id"]) or isinstance(entry["id"], str)):
+        problems.append(f"id must be an integer (or a string), got {entry['id']!r:.40}")
+    box = entry.get("bbox")
+    if "bbox" in entry and not (
+        isinstance(box, list)
+        and len(box) == 4
+        and all(_number(v) for v in box)
+        and box[2] >= 0
+        and box[3] >= 0
+    ):
+        problems.append(
+            f"bbox must be [x, y, width, height], 4 finite numbers with width and height >= 0, "
+            f"got {box!r:.60}: not used (the mask is drawn from the segmentation)"
+        )
+    area = entry.get("area")
+    if "area" in entry and not (_number(area) and area >= 0):
+        problems.append(
+            f"area must be a finite number >= 0, got {area!r:.40}: not used (the mask is drawn "
+            "from the segmentation)"
+        )
+    return problems
 
 
 def _file_name(entry: dict, where: str, path: Path) -> str:
@@ -284,8 +367,12 @@ class _Conversion:
         source = self.images_dir / file_name
         parts = Path(file_name).parts
         if Path(file_name).is_absolute() or ".." in parts or not parts:
+            how = "an absolute path" if Path(file_name).is_absolute() else "a path"
             self.report.problem(
-                item, "outside_images", f"its file_name is not inside {self.images_dir}: left out"
+                item,
+                "outside_images",
+                f"its file_name is {how} outside {self.images_dir}, the images folder: left out "
+                "(set data.coco.images to the folder that holds it)",
             )
             return None
         if source.is_file() and not source.resolve().is_relative_to(self.images_dir.resolve()):
@@ -308,16 +395,25 @@ class _Conversion:
 
     def _frame(self, entry: dict, photo: Image.Image, item: str) -> tuple[int, int, int] | None:
         """(height, width, orientation) to draw at: the JSON's size, which must be the photo's
-        as shown (orientation 1: no turn) or as stored (turned afterwards like the photo)."""
+        as shown (orientation 1: no turn) or as stored (turned afterwards like the photo).
+        When both are the same size, ``data.coco.exif`` says which, and the report says so."""
         shown, stored = shown_size(photo), photo.size
-        width, height = entry.get("width"), entry.get("height")
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (width, height)):
-            width, height = shown
+        for key in ("width", "height"):
+            value = entry.get(key)
+            if key in entry and not (_integer(value) and value > 0):
+                self.report.problem(
+                    item, "bad_field", f"{key} must be a positive integer, got {value!r}: left out"
+                )
+                return None
+        width, height = entry.get("width", shown[0]), entry.get("height", shown[1])
+        orientation = exif_orientation(photo)
+        if (width, height) == shown == stored and orientation != 1:
+            return self._undecided(item, height, width, orientation)
         if (width, height) == shown:
             return height, width, 1
         if (width, height) == stored:
             self.report.count("drawn_as_stored")
-            return height, width, exif_orientation(photo)
+            return height, width, orientation
         also = f" ({stored[0]}x{stored[1]} as stored)" if stored != shown else ""
         self.report.problem(
             item,
@@ -326,6 +422,26 @@ class _Conversion:
             f"is {shown[0]}x{shown[1]} as shown{also}: left out",
         )
         return None
+
+    def _undecided(
+        self, item: str, height: int, width: int, orientation: int
+    ) -> tuple[int, int, int]:
+        """An EXIF-turned photo of one size shown and stored: the JSON's size cannot tell which
+        pixels were annotated, so ``data.coco.exif`` decides, and the report says so."""
+        assumed = self.data.coco.exif
+        other = "stored" if assumed == "shown" else "shown"
+        self.report.problem(
+            item,
+            "exif_undecided",
+            f"EXIF orientation {orientation} turns it, and it is {width}x{height} both as shown "
+            f"and as stored, so its size cannot tell which its annotations were drawn on: taken "
+            f"as drawn on the photo as {assumed} (data.coco.exif: {assumed}); if its mask comes "
+            f"out turned or mirrored, set data.coco.exif: {other}",
+        )
+        if assumed == "shown":
+            return height, width, 1
+        self.report.count("drawn_as_stored")
+        return height, width, orientation
 
     def _value(self, entry: dict, name: str) -> int:
         """The mask value of an annotation: its class, or the crowd or extra-category value."""
@@ -338,7 +454,7 @@ class _Conversion:
         ignore = self.data.ignore_index
         if index is None:  # not in data.classes: data.coco.extra_categories says what it is
             return 0 if self.data.coco.extra_categories == "background" else int(ignore or 0)
-        if entry.get("iscrowd") and ignore is not None:
+        if entry.get("iscrowd", 0) == 1 and ignore is not None:
             return ignore
         return index
 
@@ -353,19 +469,31 @@ class _Conversion:
         shapes = []
         drawn: Counter[str] = Counter()
         for order, (name, entry) in enumerate(annotations):
+            where = f"{name} of image {file_name!r}"
+            problem = annotation_problem(entry)
+            if problem is not None:
+                raise coco_masks.BadSegmentation(f"{name}: {problem}")
+            for unused in field_problems(entry):
+                self.report.problem(where, "bad_field", unused)
             value = self._value(entry, name)
-            if "segmentation" not in entry:
-                raise coco_masks.BadSegmentation(f"{name} has no segmentation (only a box?)")
             warnings: list[str] = []
             try:
                 rle = coco_masks.to_rle(entry["segmentation"], height, width, warnings)
             except coco_masks.BadSegmentation as e:
                 raise coco_masks.BadSegmentation(f"{name}: {e}") from None
             for warning in warnings:
-                self.report.problem(f"{name} of image {file_name!r}", "short_polygon", warning)
-            if rle is not None:
-                shapes.append(coco_masks.shape(rle, value, order))
-                drawn["crowd_regions" if entry.get("iscrowd") else "instances"] += 1
+                self.report.problem(where, "short_polygon", warning)
+            shape = coco_masks.shape(rle, value, order) if rle is not None else None
+            if shape is not None and shape.area == 0:
+                self.report.problem(
+                    where,
+                    "draws_nothing",
+                    "its segmentation covers no pixel centre (thinner than a pixel?): nothing "
+                    "drawn",
+                )
+            elif shape is not None:
+                shapes.append(shape)
+                drawn["crowd_regions" if entry.get("iscrowd", 0) == 1 else "instances"] += 1
         mask = coco_masks.draw(shapes, height, width)
         for key, n in drawn.items():
             self.report.count(key, n)
@@ -388,7 +516,7 @@ class _Conversion:
         mask.save(target)
 
 
-def convert(root: Path, dest: Path, data: DataConfig) -> SourceReport:
+def convert(root: Path, dest: Path, data: DataConfig, what: str = "data.path") -> SourceReport:
     """Write ``dest/images`` and ``dest/masks`` from the COCO export in ``root``.
 
     Returns:
@@ -398,7 +526,7 @@ def convert(root: Path, dest: Path, data: DataConfig) -> SourceReport:
         SegpipeError: the file is not valid COCO, its categories do not fit ``data.classes``,
             two images share a stem, or no image could be converted.
     """
-    path = find_annotation_file(root, data)
+    path = find_annotation_file(root, data, what)
     lists = load_json(path)
     report = SourceReport("coco", path.as_posix())
     report.counts = dict.fromkeys(COUNTS, 0)
@@ -408,6 +536,7 @@ def convert(root: Path, dest: Path, data: DataConfig) -> SourceReport:
     by_image, uses = _annotations_by_image(lists["annotations"], images, path, report)
     classes = class_indices(categories, uses, data, path)
     images_dir = find_images_dir(root, path, list(file_names.values()), data)
+    file_names = {iid: inside_name(images_dir, name) for iid, name in file_names.items()}
     conversion = _Conversion(path, images_dir, classes, data, dest, report)
     written = sum(
         conversion.image(file_names[iid], entry, by_image.get(iid, []))

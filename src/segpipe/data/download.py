@@ -23,7 +23,7 @@ from segpipe.config import DataConfig
 from segpipe.data.archive import find_image_mask_dirs
 from segpipe.data.images import IMAGE_EXTENSIONS, scan_folder
 from segpipe.errors import SegpipeError
-from segpipe.files import link_or_copy, staged_dir, write_json
+from segpipe.files import link_or_copy, require_apart, staged_dir, write_json
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,12 @@ def run(cfg: DataConfig, seed: int, out_dir: Path, downloads: Path | None = None
     same spec downloads nothing (None: a temporary folder, deleted after).
     """
     out_dir = Path(out_dir)
+    folder = cfg.source == "folder" and cfg.path.strip()
+    inputs = {
+        "data.path": Path(cfg.path) if folder else None,
+        "--downloads": downloads if cfg.source == "kaggle" else None,
+    }
+    require_apart(out_dir, "--out", inputs)
     with staged_dir(out_dir) as staging:
         if cfg.source == "synthetic":
             from segpipe.data.synthetic import generate
@@ -77,7 +83,7 @@ def bring(root: Path, dest: Path, cfg: DataConfig, what: str) -> None:
     if cfg.format == "coco":
         from segpipe.data import coco
 
-        report = coco.convert(root, dest, cfg)
+        report = coco.convert(root, dest, cfg, what)
     else:
         from segpipe.data import voc
 

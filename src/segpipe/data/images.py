@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
+import unicodedata
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -69,9 +71,13 @@ class FolderScan:
 
 def stem_of(path: Path, root: Path) -> str:
     """A file's name without its extension, prefixed by its subfolders below ``root``
-    (``root/a/b/0001.jpg`` -> ``a/b/0001``): the text that names its outputs."""
+    (``root/a/b/0001.jpg`` -> ``a/b/0001``): the text that names its outputs and pairs an image
+    with its mask. It is in Unicode's composed form (NFC): macOS writes names decomposed (NFD),
+    so ``café.jpg`` from one tool and ``café.png`` from another print the same but differ as
+    bytes; two files whose names differ only so share a stem."""
     relative = Path(path).relative_to(root)
-    return relative.with_suffix("").as_posix() if relative.suffix else relative.as_posix()
+    stem = relative.with_suffix("").as_posix() if relative.suffix else relative.as_posix()
+    return unicodedata.normalize("NFC", stem)
 
 
 def is_image_file(path: Path) -> bool:
@@ -143,12 +149,47 @@ class UnreadableImageError(SegpipeError):
         self.reason = reason
 
 
+PIXELS_ENV = "SEGPIPE_MAX_IMAGE_PIXELS"
+"""The environment variable that raises the pixel limit against decompression bombs."""
+_DEFAULT_PIXELS = 2 * Image.MAX_IMAGE_PIXELS
+"""PIL refuses images of more than twice ``Image.MAX_IMAGE_PIXELS`` (about 179 million
+pixels, 13,000 x 13,000): a small file that would decode to gigabytes could be an attack."""
+
+
+def max_pixels() -> int:
+    """The most pixels an image may have: ``SEGPIPE_MAX_IMAGE_PIXELS`` if set, else PIL's
+    limit. Set in PIL, so that every decode in this process follows it.
+
+    Raises:
+        SegpipeError: the variable is not a whole number >= 1.
+    """
+    text = os.environ.get(PIXELS_ENV, "").strip().replace("_", "")
+    if not text:
+        limit = _DEFAULT_PIXELS
+    elif text.isdigit() and int(text) >= 1:
+        limit = int(text)
+    else:
+        raise SegpipeError(
+            f"{PIXELS_ENV}: expected a whole number of pixels (e.g. 400000000 for 20000 x "
+            f"20000), got {os.environ[PIXELS_ENV]!r}"
+        )
+    Image.MAX_IMAGE_PIXELS = max(1, limit // 2)  # PIL refuses above twice this, warns above
+    return limit
+
+
 def _decode_failure(error: Exception) -> str:
     """A short reason for a failed open or decode (PIL's messages repeat the path)."""
     if isinstance(error, UnidentifiedImageError):
         return "not a recognised image format"
     if isinstance(error, Image.DecompressionBombError):
-        return f"too large, refused as a possible decompression bomb: {error}"
+        found = re.search(r"\((\d+) pixels\)", str(error))
+        pixels = int(found[1]) if found else None
+        size = f"{pixels:,} pixels" if pixels else "its pixels"
+        allow = pixels or "N"
+        return (
+            f"{size}, more than the {max_pixels():,} allowed against decompression bombs; if "
+            f"the file is trusted, allow it: set {PIXELS_ENV}={allow} in the environment"
+        )
     if isinstance(error, OSError) and error.strerror:
         return error.strerror.lower()
     if isinstance(error, OSError):
@@ -161,6 +202,7 @@ def open_image(
     *,
     upright: bool = True,
     before_load: Callable[[Image.Image], None] | None = None,
+    single_frame: bool = False,
 ) -> Image.Image:
     """Open and fully decode an image, so truncated files fail here rather than in training.
 
@@ -168,11 +210,14 @@ def open_image(
         upright: apply the EXIF orientation (see :func:`make_upright`), as viewers and
             annotation tools show the photo. Masks are read as stored (``upright=False``).
         before_load: called on the opened, not yet decoded image (to set a draft mode).
+        single_frame: refuse an image of several frames (animated GIF, multi-page TIFF)
+            rather than decode its first frame alone.
 
     Raises:
         UnreadableImageError: missing, empty, unrecognised, truncated or corrupt file.
     """
     path = Path(path)
+    max_pixels()
     try:
         if path.stat().st_size == 0:
             raise UnreadableImageError(path, "empty file, 0 bytes")
@@ -184,6 +229,13 @@ def open_image(
         warnings.simplefilter("always")
         try:
             with Image.open(path) as image:
+                frames = getattr(image, "n_frames", 1)
+                if single_frame and frames > 1:
+                    raise UnreadableImageError(
+                        path,
+                        f"{frames} frames, an animated or multi-page image: which one is meant "
+                        "is unknown; save the one wanted alone, as a PNG",
+                    )
                 if before_load is not None:
                     before_load(image)
                 image.load()
@@ -191,6 +243,8 @@ def open_image(
                 make_upright(image)
         except FileNotFoundError:
             raise UnreadableImageError(path, "file not found") from None
+        except UnreadableImageError:
+            raise
         except Exception as e:  # untrusted files make PIL's decoders raise many types
             raise UnreadableImageError(path, _decode_failure(e)) from None
     for warning in caught:

@@ -260,7 +260,7 @@ def fetch_kaggle(dataset: str, downloads: Path) -> Fetched:
     """
     spec = parse_dataset(dataset)
     folder = Path(downloads) / spec.owner / spec.name / "versions"
-    if spec.version is not None and (folder / str(spec.version)).is_dir():
+    if spec.version is not None and _downloaded(folder / str(spec.version)):
         return Fetched(folder / str(spec.version), spec, downloaded=False)
     try:
         api = authenticated_client(spec)
@@ -269,7 +269,7 @@ def fetch_kaggle(dataset: str, downloads: Path) -> Fetched:
         raise SegpipeError(f"{e}{_offline_hint(spec, folder)}") from None
     pinned = dataclasses.replace(spec, version=version)
     target = folder / str(version)
-    if target.is_dir():
+    if _downloaded(target):
         return Fetched(target, pinned, downloaded=False)
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=folder, prefix=f".{version}.") as tmp:
@@ -279,9 +279,23 @@ def fetch_kaggle(dataset: str, downloads: Path) -> Fetched:
     return Fetched(target, pinned, downloaded=True)
 
 
+def _downloaded(target: Path) -> bool:
+    """Whether ``target`` holds a downloaded version. A download is renamed into place whole,
+    so a version folder with no file in it is no download (made by hand, or emptied): it is
+    removed, with a warning, and the version downloaded again."""
+    if not target.is_dir():
+        return False
+    if any(p.is_file() for p in target.rglob("*")):
+        return True
+    logger.warning("%s: an empty version folder, not a download: downloading it again", target)
+    shutil.rmtree(target)
+    return False
+
+
 def _offline_hint(spec: KaggleSpec, folder: Path) -> str:
     """For ``owner/name`` without Kaggle: the versions downloaded before, one to pin."""
-    versions = sorted(int(p.name) for p in folder.glob("[0-9]*") if p.is_dir())
+    numbered = [p for p in folder.glob("[0-9]*") if p.name.isdigit()]
+    versions = sorted(int(p.name) for p in numbered if _downloaded(p))
     if spec.version is not None or not versions:
         return ""
     listed = ("version " if len(versions) == 1 else "versions ") + ", ".join(map(str, versions))

@@ -31,7 +31,7 @@ from segpipe.data.masks import RULE_FILE
 from segpipe.data.source_report import SourceReport, read_source_report
 from segpipe.data.validate import DatasetCheck, PairFacts, inspect_pair, render_markdown
 from segpipe.errors import SegpipeError
-from segpipe.files import require_inside, staged_dir, write_error
+from segpipe.files import require_apart, require_inside, staged_dir, write_error
 from segpipe.resources import data_threads, ordered_map
 
 log = logging.getLogger(__name__)
@@ -328,6 +328,7 @@ def run(
     mask_suffix: str = "",
     mask_colours: tuple[tuple[int, ...], ...] | None = None,
     *,
+    ignore_colour: tuple[int, ...] | None = None,
     threads: int | None = None,
     lists_dir: Path | None = None,
 ) -> dict[str, int]:
@@ -345,9 +346,8 @@ def run(
     """
     threads = data_threads() if threads is None else threads
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
-    if raw_dir.resolve().is_relative_to(out_dir.resolve()):
-        raise SegpipeError(f"{out_dir}: the output folder would replace the dataset {raw_dir}")
-    check = DatasetCheck(num_classes, ignore_index, mask_colours)
+    require_apart(out_dir, "--out", {"--raw": raw_dir})
+    check = DatasetCheck(num_classes, ignore_index, mask_colours, ignore_colour)
     frame = validate_pairs(pair_files(raw_dir, check, mask_suffix), check, threads=threads)
     if frame.empty:
         raise SegpipeError(f"{raw_dir}: no valid image/mask pairs left ({_skipped(check)})")
@@ -420,13 +420,7 @@ def _warn_about(
     """Warnings about the dataset as a whole, each pointing at the report."""
     foreground = sum(n for c, n in report["class_pixels"].items() if c != "0")
     if foreground == 0:
-        log.warning(
-            "no mask has a foreground pixel%s",
-            f" (data.ignore_index {ignore_index} ignores {report['ignored_pixels']} pixels: "
-            "0/255 masks need ignore_index null)"
-            if ignore_index is not None
-            else "",
-        )
+        log.warning("no mask has a foreground pixel%s", _empty_hint(report, source, ignore_index))
     if check.skipped:
         log.warning("skipped %d file(s); see %s", len(check.skipped), report_md.as_posix())
     if source is not None and source.problems:
@@ -437,6 +431,24 @@ def _warn_about(
             source.format,
             report_md.as_posix(),
         )
+
+
+def _empty_hint(report: dict, source: SourceReport | None, ignore_index: int | None) -> str:
+    """Why no mask has a foreground pixel, where the settings can say: every COCO object a
+    crowd region drawn as ``data.ignore_index``, or the ignored value marking the objects."""
+    if ignore_index is None or not report["ignored_pixels"]:
+        return ""
+    counts = source.counts if source is not None and source.format == "coco" else {}
+    if counts.get("crowd_regions") and not counts.get("instances"):
+        return (
+            f" (every annotation of the COCO export is a crowd region, iscrowd: 1, drawn as "
+            f"data.ignore_index {ignore_index} and left out: set data.ignore_index: null to "
+            "train on crowd regions as their class)"
+        )
+    return (
+        f" (data.ignore_index {ignore_index} leaves out {report['ignored_pixels']} pixels: if "
+        f"{ignore_index} marks the objects, set data.ignore_index: null)"
+    )
 
 
 def _skipped(check: DatasetCheck) -> str:

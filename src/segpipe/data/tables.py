@@ -7,6 +7,7 @@ pandas infers column types: left alone, the stem ``0003`` comes back as the inte
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -56,3 +57,16 @@ def read_split(path: Path) -> pd.DataFrame:
     if frame.empty:
         raise SegpipeError(f"{path}: the split is empty")
     return frame
+
+
+def dataset_folder(*frames: pd.DataFrame) -> Path | None:
+    """The folder that holds every image and mask the split tables name (the download stage's
+    output, as a rule), links not followed; None for no rows, or when only the file system's
+    root holds them all. A stage that writes a folder must stay out of it."""
+    parents = {
+        os.path.dirname(os.path.abspath(p)) for f in frames for c in ("image", "mask") for p in f[c]
+    }
+    if not parents:
+        return None
+    common = Path(os.path.commonpath(sorted(parents)))
+    return None if common == Path(common.anchor) else common

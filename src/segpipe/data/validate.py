@@ -32,6 +32,7 @@ from segpipe.data.masks import (
     decide_rule,
     foreground_fraction,
     mask_values,
+    open_mask,
     size_mismatch,
 )
 
@@ -82,11 +83,11 @@ def inspect_pair(stem: str, image_path: Path, mask_path: Path, colours: bool) ->
     except UnreadableImageError as e:
         return facts(skip=(image_path, "unreadable_image", f"cannot read image ({e.reason})"))
     try:
-        mask_image = open_image(mask_path, upright=False)
+        mask_image = open_mask(mask_path)
     except UnreadableImageError as e:
         return facts(skip=(mask_path, "unreadable_mask", f"cannot read mask ({e.reason})"))
     turned = make_upright(image)
-    raw, colour = mask_values(mask_image, colours=colours)
+    raw, colour = mask_values(mask_image, mask_path, colours=colours)
     width, height = image.size
     mismatch = size_mismatch(image_path, (height, width), raw.shape)
     if mismatch:
@@ -98,7 +99,7 @@ def inspect_pair(stem: str, image_path: Path, mask_path: Path, colours: bool) ->
         )
         return facts(skip=(mask_path, "size_mismatch", mismatch + hint))
     return facts(
-        values=MaskValues.of(mask_path, raw, colour=colour),
+        values=MaskValues.of(mask_path, raw, colour=colour, image=mask_image),
         height=height,
         width=width,
         image_mode=image.mode,
@@ -119,10 +120,12 @@ class DatasetCheck:
         num_classes: int,
         ignore_index: int | None = None,
         mask_colours: tuple[tuple[int, ...], ...] | None = None,
+        ignore_colour: tuple[int, ...] | None = None,
     ) -> None:
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.mask_colours = mask_colours
+        self.ignore_colour = ignore_colour
         self.masks: list[MaskValues] = []  # one histogram per valid mask, in row order
         self.rule: MaskRule | None = None
         self._class_pixels = np.zeros(IGNORE + 1, dtype=np.int64)
@@ -183,7 +186,12 @@ class DatasetCheck:
             SegpipeError: no rule reads every mask, or a value or colour fits no class.
         """
         rule = decide_rule(
-            self.masks, self.num_classes, self.ignore_index, self.mask_colours, folder
+            self.masks,
+            self.num_classes,
+            self.ignore_index,
+            self.mask_colours,
+            folder,
+            ignore_colour=self.ignore_colour,
         )
         self.fg = []
         self._class_pixels[:] = 0

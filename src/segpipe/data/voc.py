@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import unicodedata
 from pathlib import Path
 
 from segpipe.config import DataConfig
@@ -92,7 +93,9 @@ def read_image_sets(voc: Path, pairs: set[str]) -> dict[str, list[str]]:
                 "the images at random"
             )
         lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-        stems = list(dict.fromkeys(line.split()[0] for line in lines if line.strip()))
+        # names in the composed Unicode form, as stems are (see images.stem_of)
+        named = (unicodedata.normalize("NFC", line.split()[0]) for line in lines if line.strip())
+        stems = list(dict.fromkeys(named))
         if name != "test" or any(stem in pairs for stem in stems):
             lists[name] = stems
     for i, first in enumerate(lists):

@@ -22,11 +22,11 @@ from segpipe.config import EvaluateConfig, Params
 from segpipe.constants import SPLITS
 from segpipe.data import masks
 from segpipe.data.masks import RULE_FILE, MaskRule, load_rule, read_mask_for
-from segpipe.data.tables import read_split
+from segpipe.data.tables import dataset_folder, read_split
 from segpipe.errors import SegpipeError
 from segpipe.evaluation import fingerprint, model_card
 from segpipe.evaluation.metrics import SegmentationMetrics, ThresholdSweep, counts_row
-from segpipe.files import atomic_write, write_json
+from segpipe.files import atomic_write, require_apart, write_json
 from segpipe.model.inference import Predictor
 from segpipe.model.runtime import reuse_freed_memory
 from segpipe.model.stream import (
@@ -132,10 +132,12 @@ def run(
     """
     cfg = params.evaluate
     classes = list(params.data.classes)
+    test = read_split(splits_dir / "test.csv")
+    inputs = {"--splits": splits_dir, "--model": model_path, "the dataset": dataset_folder(test)}
+    require_apart(predictions_dir, "--predictions", inputs)
     reuse_freed_memory()
     predictor = _predictor(model_path, cfg, classes)
     rule = load_rule(splits_dir / RULE_FILE, params.data)
-    test = read_split(splits_dir / "test.csv")
     metrics, rows, images_per_s = score_test_split(predictor, test, rule, cfg, predictions_dir)
     for row, counts in zip(rows, metrics.image_counts, strict=True):
         row.update(counts_row(counts, classes))

@@ -18,12 +18,13 @@ from segpipe.constants import IGNORE, LIVE_HISTORY
 from segpipe.data.colours import blend, colourize  # noqa: E402
 from segpipe.data.images import read_image  # noqa: E402
 from segpipe.data.masks import MaskRule  # noqa: E402
-from segpipe.data.tables import (
-    read_split,  # noqa: E402
-    read_table,  # noqa: E402
+from segpipe.data.tables import (  # noqa: E402
+    dataset_folder,
+    read_split,
+    read_table,
 )
 from segpipe.errors import SegpipeError  # noqa: E402
-from segpipe.files import atomic_write  # noqa: E402
+from segpipe.files import atomic_write, require_apart  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +187,14 @@ def run(
     """Write ``predictions.png``, ``worst.png``, ``dice_histogram.png`` and
     ``training_curves.png`` to ``out_dir``; ground-truth masks are read by the split stage's
     ``rule`` (see :func:`~segpipe.data.masks.load_rule`)."""
+    inputs = {
+        "--test": test_csv,
+        "--per-image": per_image_csv,
+        "--predictions": predictions_dir,
+        "--live": live_dir,
+        "the dataset": dataset_folder(read_split(test_csv)),
+    }
+    require_apart(out_dir, "--out", inputs)
     drawn = prediction_grid(
         test_csv, predictions_dir, cfg.n_samples, out_dir / "predictions.png", rule
     )

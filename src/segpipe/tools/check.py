@@ -13,17 +13,21 @@ import argparse
 import logging
 from pathlib import Path
 
+import yaml
+
 from segpipe.cli import parser, run_stage
-from segpipe.config import Params, load_params
+from segpipe.config import DataConfig, Params, load_params
 from segpipe.data.augment import build_augmentations
+from segpipe.errors import SegpipeError
+from segpipe.files import path_relation
 from segpipe.model.network import check_model_names
 
 log = logging.getLogger(__name__)
 
 
 def run(path: Path) -> Params:
-    """Load ``path`` strictly and check the model's architecture and encoder names and the
-    ``train.augment`` transforms.
+    """Load ``path`` strictly and check the model's architecture and encoder names, the
+    ``train.augment`` transforms and that ``data.path`` is no pipeline output.
 
     Raises:
         SegpipeError: the first problem, naming the key.
@@ -32,8 +36,43 @@ def run(path: Path) -> Params:
     check_model_names(params.model)
     # Transforms run on crops with train.crop, else on the image_size square, as in training.
     build_augmentations(params.train.augment, params.train.crop or params.train.image_size)
+    check_data_path(params.data, Path(path).parent / "dvc.yaml")
     log.info("%s: valid", path)
     return params
+
+
+def check_data_path(data: DataConfig, dvc_yaml: Path) -> None:
+    """The folder source's ``data.path`` must lie apart from every output of the pipeline
+    (``dvc.yaml`` beside the params file, if there is one): a stage replaces its output, so a
+    dataset in ``data/raw`` would be deleted by the download stage it feeds. DVC itself only
+    says "Same item(s) are defined as both a dependency and an output".
+
+    Raises:
+        SegpipeError: naming ``data.path``, the output and its stage, and the fix.
+    """
+    if data.source != "folder" or not data.path.strip() or not dvc_yaml.is_file():
+        return
+    try:
+        stages = yaml.safe_load(dvc_yaml.read_text(encoding="utf-8"))["stages"]
+        outs = [
+            (name, next(iter(out)) if isinstance(out, dict) else str(out))
+            for name, stage in stages.items()
+            for out in stage.get("outs", [])
+        ]
+    except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError):
+        return  # not the pipeline's file: DVC reports it
+    root = dvc_yaml.parent  # DVC runs every stage here: relative paths start from it
+    for stage, out in outs:
+        if "${" in out:
+            continue
+        relation = path_relation(root / data.path, root / out)
+        if relation is not None:
+            raise SegpipeError(
+                f"data.path: {data.path} {relation} {out}, the output of the {stage} stage "
+                f'({dvc_yaml.name}), which that stage replaces, so DVC refuses it ("Same item(s) '
+                'are defined as both a dependency and an output" or "overlaps"); move the '
+                "dataset elsewhere (e.g. data/external) and set data.path to it"
+            )
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:

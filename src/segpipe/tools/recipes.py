@@ -182,7 +182,7 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
         d = first.data
         split.run(
             first.split, first.seed, args.data, splits_dir, d.num_classes, d.ignore_index,
-            d.mask_suffix, d.mask_colours,
+            d.mask_suffix, d.mask_colours, ignore_colour=d.ignore_colour,
         )  # fmt: skip
         results, epochs = [], args.max_epochs
         for i, (name, overrides) in enumerate(recipes):

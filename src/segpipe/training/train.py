@@ -20,7 +20,7 @@ from segpipe.constants import LIVE_HISTORY
 from segpipe.data.cache import cache_paths, shapes_path
 from segpipe.data.dataset import CachedDataset, build_transform
 from segpipe.errors import SegpipeError
-from segpipe.files import atomic_write, require_inside
+from segpipe.files import atomic_write, require_apart, require_inside
 from segpipe.model.checkpoint import Checkpoint, ModelSpec, save_checkpoint
 from segpipe.model.geometry import crop_steps, whole_image_steps
 from segpipe.model.network import build_model, encoder_normalisation
@@ -73,6 +73,9 @@ def run(
     """
 
     _check_start_files(params, model_path, weights_dir)
+    for folder, option in ((live_dir, "--live"), (resume_dir, "--resume")):
+        if folder is not None:  # both are replaced as a whole
+            require_apart(folder, option, {"--cache": cache_dir, "--model": model_path})
     ctx = distributed.setup()
     try:
         best = _fit(params, cache_dir, model_path, live_dir, resume_dir, ctx, cpu_budget_s)
