@@ -95,7 +95,9 @@ def build_split_cache(
     pairs = list(zip(frame["image"], frame["mask"], strict=True))
     offset = 0  # pixels written so far
     with ArrayFile(images_path) as images, ArrayFile(masks_path) as masks:
-        done = progress(ordered_map(resized, pairs, threads=threads), desc, total=len(pairs))
+        done = progress(
+            ordered_map(resized, pairs, threads=threads), desc, total=len(pairs), unit="pair"
+        )
         for i, (image, mask) in enumerate(done):
             if geometry.cache_side() is None and mask.shape != tuple(shapes[i]):
                 raise SegpipeError(  # the file changed since the split stage ran

@@ -187,7 +187,9 @@ def validate_pairs(frame: pd.DataFrame, check: DatasetCheck, *, threads: int) ->
 
     pairs = frame[["stem", "image", "mask"]].itertuples(index=False, name=None)
     rows = []
-    checked = progress(ordered_map(inspect, pairs, threads=threads), "check", total=len(frame))
+    checked = progress(
+        ordered_map(inspect, pairs, threads=threads), "check", total=len(frame), unit="pair"
+    )
     for i, facts in enumerate(checked, start=1):
         row = check.record(facts)
         if row is not None:
