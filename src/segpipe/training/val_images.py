@@ -71,8 +71,17 @@ def grid(
         )
         panels = (image, colourize(truth, num_classes), colourize(predicted, num_classes))
         rows.append(np.hstack(panels))
+    return picture(rows)
+
+
+def picture(rows: list[np.ndarray]) -> Image.Image:
+    """The rows (image | truth | prediction, uint8) one below the other, :data:`GAP` apart and
+    padded on the right to the widest; shrunk by a whole factor where a panel's side is above
+    :data:`MAX_SIDE`."""
     side = max(max(row.shape[0], row.shape[1] // 3) for row in rows)
-    image = Image.fromarray(_stacked(rows))
+    width = max(row.shape[1] for row in rows)
+    padded = [np.pad(row, ((0, GAP), (0, width - row.shape[1]), (0, 0))) for row in rows]
+    image = Image.fromarray(np.vstack(padded)[:-GAP])
     factor = math.ceil(side / MAX_SIDE)
     return image.reduce(factor) if factor > 1 else image
 
@@ -89,10 +98,3 @@ def log_grid(
     """Log :func:`grid` as the image of DVCLive's current step in ``live``."""
     image = grid(model, dataset, runtime, num_classes=num_classes, threshold=threshold)
     live.log_image(f"{FOLDER}/{live.step}.png", image)
-
-
-def _stacked(rows: list[np.ndarray]) -> np.ndarray:
-    """The rows one below the other, :data:`GAP` apart, padded on the right to the widest."""
-    width = max(row.shape[1] for row in rows)
-    padded = [np.pad(row, ((0, GAP), (0, width - row.shape[1]), (0, 0))) for row in rows]
-    return np.vstack(padded)[:-GAP]
