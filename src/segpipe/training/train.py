@@ -414,14 +414,10 @@ def _epoch(
     lr = learner.optimizer.param_groups[0]["lr"]  # the rate this epoch ran at
     _log_epoch(live, ctx, train_stats, val, lr=lr, seconds=seconds, n_train=loaders.n_train)
     if ctx.is_main and val_images.due(epoch, t.val_images_every):
-        model = learner.model
+        model = learner.model.module if ctx.distributed else learner.model  # rank 0 alone: no DDP
+        classes = params.data.num_classes
         val_images.log_grid(
-            live,
-            model.module if isinstance(model, DistributedDataParallel) else model,
-            loaders.val.dataset,
-            runtime,
-            num_classes=params.data.num_classes,
-            threshold=VAL_THRESHOLD,
+            live, model, loaders.val.dataset, runtime, num_classes=classes, threshold=VAL_THRESHOLD
         )
     learner.scheduler.step(_selection_score(val))
     log.info(
