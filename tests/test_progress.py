@@ -103,11 +103,21 @@ class Stderr(io.StringIO):
 )
 def test_shown_by_the_setting_else_on_a_terminal(monkeypatch, setting, terminal, expected):
     monkeypatch.setattr(sys, "stderr", Stderr(terminal))
+    monkeypatch.delenv("RANK", raising=False)
     if setting is None:
         monkeypatch.delenv(progress.PROGRESS_ENV, raising=False)
     else:
         monkeypatch.setenv(progress.PROGRESS_ENV, setting)
     assert progress.shown() is expected
+
+
+def test_only_the_first_torchrun_process_draws(monkeypatch):
+    monkeypatch.setattr(sys, "stderr", Stderr(terminal=True))
+    monkeypatch.setenv(progress.PROGRESS_ENV, "1")
+    monkeypatch.setenv("RANK", "1")
+    assert not progress.shown()
+    monkeypatch.setenv("RANK", "0")
+    assert progress.shown()
 
 
 def test_a_bad_setting_is_a_one_line_error_before_any_work(monkeypatch, tmp_path):

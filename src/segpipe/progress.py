@@ -2,7 +2,8 @@
 
 Shown on a terminal and nowhere else unless asked, so that logs (``dvc repro > log``, CI) get
 only the one summary line each loop logs when it ends. ``SEGPIPE_PROGRESS`` decides: ``1``
-always, ``0`` never, unset or ``auto`` when stderr is a terminal.
+always, ``0`` never, unset or ``auto`` when stderr is a terminal. Under ``torchrun`` only the
+first process draws: the others' bars would write over its own.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ _SETTINGS = {"1": True, "0": False, "auto": None, "": None}
 
 
 def shown() -> bool:
-    """Whether progress bars are drawn: as :data:`PROGRESS_ENV` says, else on a terminal.
+    """Whether progress bars are drawn: as :data:`PROGRESS_ENV` says, else on a terminal;
+    never in a process of ``torchrun`` but the first (``RANK`` above 0).
 
     Raises:
         SegpipeError: :data:`PROGRESS_ENV` holds another value.
@@ -39,6 +41,8 @@ def shown() -> bool:
             "auto (on a terminal, the default); set it to one of them or unset it"
         )
     setting = _SETTINGS[value.strip().lower()]
+    if os.environ.get("RANK", "0") != "0":
+        return False
     return sys.stderr.isatty() if setting is None else setting
 
 
