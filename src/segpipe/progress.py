@@ -49,7 +49,7 @@ def shown() -> bool:
 def progress(
     items: Iterable[T], desc: str, *, total: int | None = None, unit: str = "file"
 ) -> tqdm:
-    """``items`` with a progress bar: ``desc: 40%|####  | 400/1000 [00:12<00:18, 33.1 file/s]``.
+    """``items`` with a progress bar: ``desc: 40%|####  | 400/1000 [00:12<00:18, 33.1file/s]``.
 
     The bar is redrawn at most once a second and cleared when the loop ends: the caller logs
     its summary line. ``total`` defaults to ``len(items)`` where there is one.
