@@ -68,6 +68,14 @@ def test_pipeline_experiment_and_metrics_diff(reproduced, repo):
     page = (root / "dvc_plots" / "index.html").read_text()
     assert "cdn.jsdelivr" not in page and "<script src=" not in page
     assert "vegaEmbed" in page and page.count("vegaEmbed(") >= 6  # the 6 DVCLive curves, at least
+
+    # 1c. Training logged its validation images every epoch where DVCLive puts them, and
+    # `dvc plots show` lists them (a DVC-cached plot output of the train stage).
+    shown = json.loads(dvc(["plots", "show", "--json"], *repo))
+    logged = [f"metrics/train/plots/images/val/{step}.png" for step in range(3)]
+    assert all((root / path).is_file() for path in logged)
+    assert [p for p in shown["data"] if "/images/" in p] == logged
+    assert not shown.get("errors")
     for name in ("predictions.png", "worst.png", "dice_histogram.png", "training_curves.png"):
         assert name in page
 
@@ -168,9 +176,10 @@ def test_pipeline_experiment_and_metrics_diff(reproduced, repo):
 
 
 # The pipeline's plots: 6 DVCLive curves (train/loss, val/loss, val/dice, val/iou,
-# val/pixel_accuracy, lr), precision-recall, Dice vs threshold and the confusion matrix; and
-# the prediction grid, worst-case gallery, Dice histogram and training-curve images.
-VEGA_CHARTS, IMAGES = 9, 4
+# val/pixel_accuracy, lr), precision-recall, Dice vs threshold and the confusion matrix; the
+# prediction grid, worst-case gallery, Dice histogram and training-curve images; and training's
+# validation images of its three epochs.
+VEGA_CHARTS, IMAGES = 9, 4 + 3
 
 
 def test_plots_page_renders_in_a_browser(repo):

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from segpipe.errors import SegpipeError
+from segpipe.progress import logs_above_bars
 
 
 def _digest(path: str | Path | None) -> str | None:
@@ -52,7 +53,8 @@ def run_stage(
     )
     try:
         before = _digest(params)
-        main()
+        with logs_above_bars():
+            main()
         if before != _digest(params):
             raise SegpipeError(
                 f"{params}: changed while this stage ran (another `dvc exp run` or an edit in "

@@ -177,6 +177,7 @@ class TrainConfig:
     channels_last: bool
     num_workers: int
     sync_bn: bool
+    val_images_every: int
     freeze_encoder_epochs: int = 0
 
 
@@ -594,6 +595,11 @@ def _check_train(t: TrainConfig, n: int) -> None:
     _require(t.batch_size >= 1, f"train.batch_size: must be >= 1, got {t.batch_size}")
     _require(t.lr > 0, f"train.lr: must be > 0, got {t.lr}")
     _require(t.num_workers >= 0, f"train.num_workers: must be >= 0, got {t.num_workers}")
+    _require(
+        t.val_images_every >= 1,
+        "train.val_images_every: log the validation images of the first epoch and of every "
+        f"N-th after it: must be >= 1, got {t.val_images_every}",
+    )
     loss_terms(t.loss, n)
     _check_optimisation(t)
     if t.class_weights is not None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from segpipe.data.images import scan_folder
 from segpipe.errors import SegpipeError
+from segpipe.progress import progress
 
 logger = logging.getLogger(__name__)
 
@@ -81,13 +82,15 @@ def safe_extract(archive: Path, dest: Path) -> None:
             with zipfile.ZipFile(archive) as zf:
                 _check_zip(archive, zf, dest)
                 dest.mkdir(parents=True, exist_ok=True)
-                zf.extractall(dest)  # noqa: S202 (all members validated above)
+                members = progress(zf.infolist(), f"extract {archive.name}")
+                zf.extractall(dest, members)  # noqa: S202 (all members validated above)
         elif tarfile.is_tarfile(archive):
             with tarfile.open(archive) as tf:
                 _check_tar(archive, tf, dest)
                 dest.mkdir(parents=True, exist_ok=True)
                 extra = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
-                tf.extractall(dest, **extra)  # noqa: S202 (all members validated above)
+                members = progress(tf.getmembers(), f"extract {archive.name}")
+                tf.extractall(dest, members, **extra)  # noqa: S202 (all members validated above)
         else:
             raise SegpipeError(f"{archive}: not a zip or tar archive")
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as e:

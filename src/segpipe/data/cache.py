@@ -27,6 +27,7 @@ from segpipe.data.tables import dataset_folder, read_split
 from segpipe.errors import SegpipeError
 from segpipe.files import require_apart, reserve_space, staged_dir, write_error
 from segpipe.model.geometry import Geometry
+from segpipe.progress import progress
 from segpipe.resources import data_threads, ordered_map
 
 log = logging.getLogger(__name__)
@@ -78,12 +79,14 @@ def build_split_cache(
     rule: MaskRule,
     *,
     threads: int = 0,
+    desc: str = "cache",
 ) -> int:
     """Resize every pair of ``frame`` exactly as training would (albumentations' Resize:
     bilinear for images, nearest for masks; masks read by ``rule``; see
     :meth:`~segpipe.model.geometry.Geometry.for_cache`) into the arrays :func:`allocate` made.
     The pairs are decoded and resized on ``threads`` threads (see
-    :func:`~segpipe.resources.ordered_map`) and written in order. Returns the count."""
+    :func:`~segpipe.resources.ordered_map`) and written in order, under a progress bar named
+    ``desc``. Returns the count."""
     shapes = cached_shapes(frame, geometry)
 
     def resized(pair: tuple[str, str]) -> tuple[np.ndarray, np.ndarray]:
@@ -92,7 +95,10 @@ def build_split_cache(
     pairs = list(zip(frame["image"], frame["mask"], strict=True))
     offset = 0  # pixels written so far
     with ArrayFile(images_path) as images, ArrayFile(masks_path) as masks:
-        for i, (image, mask) in enumerate(ordered_map(resized, pairs, threads=threads)):
+        done = progress(
+            ordered_map(resized, pairs, threads=threads), desc, total=len(pairs), unit="pair"
+        )
+        for i, (image, mask) in enumerate(done):
             if geometry.cache_side() is None and mask.shape != tuple(shapes[i]):
                 raise SegpipeError(  # the file changed since the split stage ran
                     f"{pairs[i][0]}: its size differs from the one in the split; "
@@ -162,7 +168,12 @@ def run(
                     np.save(shapes_path(staging, split), cached_shapes(frames[split], geometry))
             for split, frame in frames.items():
                 counts[split] = build_split_cache(
-                    frame, *cache_paths(staging, split), geometry, rule, threads=threads
+                    frame,
+                    *cache_paths(staging, split),
+                    geometry,
+                    rule,
+                    threads=threads,
+                    desc=f"cache {split}",
                 )
     except OSError as e:
         needed = sum(math.prod(shape) * 4 for shape in shapes.values()) / 2**20

@@ -45,6 +45,7 @@ from segpipe.data.images import (
 from segpipe.data.source_report import SourceReport
 from segpipe.errors import SegpipeError
 from segpipe.files import link_or_copy
+from segpipe.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -540,7 +541,7 @@ def convert(root: Path, dest: Path, data: DataConfig, what: str = "data.path") -
     conversion = _Conversion(path, images_dir, classes, data, dest, report)
     written = sum(
         conversion.image(file_names[iid], entry, by_image.get(iid, []))
-        for iid, entry in images.items()
+        for iid, entry in progress(images.items(), "convert COCO", unit="image")
     )
     _report_unlisted(images_dir, set(file_names.values()), path, report)
     report.counts.update(

@@ -134,15 +134,16 @@ class CachedDataset(Dataset):
         return self.length
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._images is None:
-            self._images = np.load(self.images_path, mmap_mode="r")
-            self._masks = np.load(self.masks_path, mmap_mode="r")
-        image, mask = self._pair(index)
+        image, mask = self.cached(index)
         out = self.transform(image=image, mask=mask)
         return to_tensor(out["image"]), torch.from_numpy(out["mask"].astype(np.int64))
 
-    def _pair(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """The cached image and mask at ``index``, copied out of the memory maps."""
+    def cached(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The image (H, W, 3) and mask (H, W) at ``index`` as cached (uint8, before the
+        transform), copied out of the memory maps."""
+        if self._images is None:
+            self._images = np.load(self.images_path, mmap_mode="r")
+            self._masks = np.load(self.masks_path, mmap_mode="r")
         assert self._images is not None and self._masks is not None
         if self.shapes is None or self.offsets is None:
             return np.array(self._images[index]), np.array(self._masks[index])

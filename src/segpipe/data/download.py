@@ -24,6 +24,7 @@ from segpipe.data.archive import find_image_mask_dirs
 from segpipe.data.images import IMAGE_EXTENSIONS, scan_folder
 from segpipe.errors import SegpipeError
 from segpipe.files import link_or_copy, require_apart, staged_dir, write_json
+from segpipe.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +224,7 @@ def _copy_images(src: Path, target: Path, what: str) -> None:
     scan.require_unique_stems()
     scan.warn_others(f"{what}: {src}")
     target.mkdir(parents=True, exist_ok=True)
-    for path in scan.images.values():
+    for path in progress(scan.images.values(), f"download {src.name}"):
         copy = target / path.relative_to(src)
         copy.parent.mkdir(parents=True, exist_ok=True)
         link_or_copy(path, copy)

@@ -32,6 +32,7 @@ from segpipe.data.source_report import SourceReport, read_source_report
 from segpipe.data.validate import DatasetCheck, PairFacts, inspect_pair, render_markdown
 from segpipe.errors import SegpipeError
 from segpipe.files import require_apart, require_inside, staged_dir, write_error
+from segpipe.progress import progress
 from segpipe.resources import data_threads, ordered_map
 
 log = logging.getLogger(__name__)
@@ -309,12 +310,15 @@ def validate_pairs(frame: pd.DataFrame, check: DatasetCheck, *, threads: int) ->
 
     pairs = frame[["stem", "image", "mask"]].itertuples(index=False, name=None)
     rows = []
-    for i, facts in enumerate(ordered_map(inspect, pairs, threads=threads)):
+    checked = progress(
+        ordered_map(inspect, pairs, threads=threads), "check", total=len(frame), unit="pair"
+    )
+    for i, facts in enumerate(checked, start=1):
         row = check.record(facts)
         if row is not None:
             rows.append(row)
-        if (i + 1) % 500 == 0:
-            log.info("checked %d of %d pairs", i + 1, len(frame))
+        if checked.disable and i % 500 == 0:  # in logs, where no bar is drawn
+            log.info("checked %d of %d pairs", i, len(frame))
     return pd.DataFrame(rows, columns=list(COLUMNS[:-1]))
 
 

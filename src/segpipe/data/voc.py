@@ -23,6 +23,7 @@ from segpipe.data.images import FolderScan, scan_folder, short_list
 from segpipe.data.source_report import SourceReport
 from segpipe.errors import SegpipeError
 from segpipe.files import link_or_copy
+from segpipe.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +164,7 @@ def convert(root: Path, dest: Path, data: DataConfig) -> SourceReport:
         pairs = _listed(voc, pairs, report)
     if not pairs:
         raise SegpipeError(f"{voc}: no image of {IMAGES}/ has a mask in {MASKS}/ to use")
-    for stem in pairs:
+    for stem in progress(pairs, "copy VOC", unit="pair"):
         for scan, sub in ((images, "images"), (masks, "masks")):
             source = scan.images[stem]
             target = dest / sub / source.relative_to(scan.root)

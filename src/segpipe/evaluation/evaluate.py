@@ -38,6 +38,7 @@ from segpipe.model.stream import (
     save_mask,
 )
 from segpipe.model.tiling import InferenceOptions
+from segpipe.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,8 @@ def threshold_sweep(
     """Foreground-vs-background counts at every threshold over the images of ``frame``."""
     sweep = ThresholdSweep()
     with MaskStream(predictor, cfg.batch_size, threads=threads, probability=True) as stream:
-        for outcome in stream.labels(_records(frame), _pair_reader(predictor, rule, cfg)):
+        outcomes = stream.labels(_records(frame), _pair_reader(predictor, rule, cfg))
+        for outcome in progress(outcomes, "threshold sweep (val)", total=len(frame), unit="image"):
             if outcome.error is not None:
                 raise outcome.error
             sweep.update(outcome.labels, torch.from_numpy(outcome.extra))
@@ -209,7 +211,8 @@ def score_test_split(
     read = _pair_reader(predictor, rule, cfg)
     with MaskStream(predictor, cfg.batch_size, threads=threads) as stream:
         try:
-            for outcome in stream.labels(_records(frame), read):
+            outcomes = stream.labels(_records(frame), read)
+            for outcome in progress(outcomes, "evaluate (test)", total=len(frame), unit="image"):
                 if outcome.error is not None:
                     raise outcome.error
                 rows.append(_score(metrics, outcome.item, outcome.labels, outcome.extra))

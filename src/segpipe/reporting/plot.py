@@ -25,6 +25,7 @@ from segpipe.data.tables import (  # noqa: E402
 )
 from segpipe.errors import SegpipeError  # noqa: E402
 from segpipe.files import atomic_write, require_apart  # noqa: E402
+from segpipe.progress import progress  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,8 @@ def prediction_grid(
     num_classes = rule.num_classes
     frame = read_split(test_csv).head(n_samples)
     fig, axes = plt.subplots(len(frame), 3, figsize=(9, 3 * len(frame)), squeeze=False)
-    for row, (_, item) in zip(axes, frame.iterrows(), strict=True):
+    rows = progress(frame.iterrows(), "plot predictions", total=len(frame), unit="image")
+    for row, (_, item) in zip(axes, rows, strict=True):
         pred = _read_prediction(predictions_dir / f"{item['stem']}.png", num_classes)
         truth = rule.read(Path(item["mask"]))
         panels = (
@@ -116,7 +118,8 @@ def worst_gallery(
     frame = _read_per_image(per_image_csv)
     worst = frame.sort_values(["dice", "stem"], kind="stable").head(n_worst)
     fig, axes = plt.subplots(len(worst), 4, figsize=(12, 3 * len(worst)), squeeze=False)
-    for row, (_, item) in zip(axes, worst.iterrows(), strict=True):
+    rows = progress(worst.iterrows(), "plot worst", total=len(worst), unit="image")
+    for row, (_, item) in zip(axes, rows, strict=True):
         image = read_image(Path(item["image"]))
         truth = rule.read(Path(item["mask"]))
         pred = _read_prediction(predictions_dir / f"{item['stem']}.png", num_classes)

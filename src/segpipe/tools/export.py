@@ -37,6 +37,7 @@ from segpipe.errors import SegpipeError
 from segpipe.files import atomic_path, ensure_writable_dir, write_error, write_json
 from segpipe.model.checkpoint import ModelSpec, load_checkpoint
 from segpipe.model.outputs import logits_to_labels
+from segpipe.progress import progress
 from segpipe.tools import export_smp
 from segpipe.tools.predict import resolve_settings
 
@@ -212,7 +213,7 @@ def check_parity(
     )
     generator = torch.Generator().manual_seed(seed)
     max_diff, mismatched, pixels = 0.0, 0, 0
-    for shape in shapes:
+    for shape in progress(shapes, "parity check", unit="input"):
         x = torch.randn(shape, generator=generator)
         with torch.inference_mode():
             expected = model.eval()(x).float()

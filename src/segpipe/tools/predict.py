@@ -50,6 +50,7 @@ from segpipe.model.stream import (
     save_png,
 )
 from segpipe.model.tiling import InferenceOptions
+from segpipe.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -459,7 +460,9 @@ def _predict_in_batches(
 
     with MaskStream(predictor, settings.batch_size, threads=settings.threads) as stream:
         try:
-            for outcome in stream.labels(plan, read):
+            for outcome in progress(
+                stream.labels(plan, read), "predict", total=len(plan), unit="image"
+            ):
                 if outcome.error is not None:
                     log.warning("skipped %s", outcome.error)
                     unreadable.append(outcome.error)

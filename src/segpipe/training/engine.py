@@ -10,12 +10,12 @@ from collections.abc import Iterable, Iterator
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from segpipe.errors import SegpipeError
 from segpipe.evaluation.metrics import SegmentationMetrics
 from segpipe.model.outputs import logits_to_labels
 from segpipe.model.runtime import Runtime
+from segpipe.progress import progress
 from segpipe.training.distributed import sum_over_ranks
 from segpipe.training.losses import LossFn
 
@@ -66,7 +66,7 @@ def build_optimizer(
 
 
 def _batches(loader: DataLoader, desc: str) -> Iterator:
-    return tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0)
+    return progress(loader, desc, unit="batch")
 
 
 def train_one_epoch(

@@ -26,7 +26,7 @@ from segpipe.model.geometry import crop_steps, whole_image_steps
 from segpipe.model.network import build_model, encoder_normalisation
 from segpipe.model.runtime import Runtime, reuse_freed_memory
 from segpipe.resources import peak_rss_mb
-from segpipe.training import distributed, resume
+from segpipe.training import distributed, resume, val_images
 from segpipe.training.engine import (
     NonFiniteLossError,
     build_optimizer,
@@ -446,6 +446,12 @@ def _epoch(
     )
     lr = learner.optimizer.param_groups[0]["lr"]  # the rate this epoch ran at
     _log_epoch(live, ctx, train_stats, val, lr=lr, seconds=seconds, n_train=loaders.n_train)
+    if ctx.is_main and val_images.due(epoch, t.val_images_every):
+        model = learner.model.module if ctx.distributed else learner.model  # rank 0 alone: no DDP
+        classes = params.data.num_classes
+        val_images.log_grid(
+            live, model, loaders.val.dataset, runtime, num_classes=classes, threshold=VAL_THRESHOLD
+        )
     learner.scheduler.step(_selection_score(val))
     log.info(
         "epoch %d/%d: train loss %.4f, val loss %.4f, val dice %.4f, %.1f s",
