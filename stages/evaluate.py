@@ -17,6 +17,9 @@ if __name__ == "__main__":
     p.add_argument("--sweep", type=Path, default=None, help="validation threshold sweep CSV")
     p.add_argument("--confusion", type=Path, default=None, help="confusion matrix rows CSV")
     p.add_argument("--test-set", type=Path, default=None, help="test-set fingerprint JSON")
+    p.add_argument(
+        "--environment", type=Path, default=None, help="JSON of where it was trained and scored"
+    )
     args = p.parse_args()
 
     def main() -> None:
@@ -32,6 +35,7 @@ if __name__ == "__main__":
             args.sweep,
             args.confusion,
             args.test_set,
+            args.environment,
         )
 
     raise SystemExit(run_stage(main, verbose=args.verbose, params=args.params))

@@ -16,6 +16,7 @@ from segpipe.errors import SegpipeError
 from segpipe.model.checkpoint import Checkpoint, ModelSpec, load_checkpoint, save_checkpoint
 from segpipe.model.inference import Predictor
 from segpipe.model.network import build_model, encoder_normalisation
+from segpipe.model.runtime import Environment, Runtime
 
 from .conftest import tiny_params
 
@@ -49,7 +50,38 @@ def payload_as_train_writes_it() -> dict:
         "epoch": 2,
         "val_dice": 0.75,
         "train_images_per_s": 31.5,
+        "environment": {
+            "cpu": "AMD EPYC (AuthenticAMD 25/17/1)",
+            "isa": "avx2 fma avx512f avx512_vnni avx512_bf16",
+            "kernels": "AVX512",
+            "device": "cpu",
+            "torch": "2.14.1+cu130",
+            "onednn": "3.12.0",
+            "cuda": "",
+            "threads": 2,
+            "precision": "bf16",
+        },
     }
+
+
+def test_the_training_environment_round_trips_and_older_files_have_none(tmp_path):
+    payload = payload_as_train_writes_it()
+    torch.save(payload, tmp_path / "m.pt")
+    _, record = load_checkpoint(tmp_path / "m.pt")
+    assert record.environment == Environment(**payload["environment"])
+    del payload["environment"]  # written before the environment was recorded
+    torch.save(payload, tmp_path / "old.pt")
+    assert load_checkpoint(tmp_path / "old.pt")[1].environment is None
+    runtime = Runtime.choose("fp32", channels_last=False, device=torch.device("cpu"))
+    current = Environment.current(runtime)
+    assert current.device == "cpu" and current.precision == "fp32" and current.cuda == ""
+    assert current.threads == torch.get_num_threads() and current.torch == torch.__version__
+    spec = ModelSpec.from_params(tiny_params())
+    record = Checkpoint(
+        model_config=spec, epoch=1, val_dice=0.5, train_images_per_s=2.0, environment=current
+    )
+    save_checkpoint(tmp_path / "new.pt", build_model(TINY, 2), record)
+    assert load_checkpoint(tmp_path / "new.pt")[1].environment == current
 
 
 def test_files_in_the_current_layout_load_into_the_record(tmp_path):
@@ -69,6 +101,7 @@ def test_files_in_the_current_layout_load_into_the_record(tmp_path):
         epoch=2,
         val_dice=0.75,
         train_images_per_s=31.5,
+        environment=Environment(**payload_as_train_writes_it()["environment"]),
     )
 
 
@@ -95,7 +128,13 @@ def test_geometry_fields_round_trip(tmp_path):
 
 def test_save_writes_plain_types_under_the_same_keys(tmp_path):
     spec = ModelSpec.from_params(tiny_params())
-    record = Checkpoint(model_config=spec, epoch=1, val_dice=math.nan, train_images_per_s=2.0)
+    record = Checkpoint(
+        model_config=spec,
+        epoch=1,
+        val_dice=math.nan,
+        train_images_per_s=2.0,
+        environment=Environment(**payload_as_train_writes_it()["environment"]),
+    )
     save_checkpoint(tmp_path / "m.pt", build_model(TINY, 2), record)
     payload = torch.load(tmp_path / "m.pt", weights_only=True)
     expected = payload_as_train_writes_it()

@@ -28,7 +28,7 @@ from segpipe.evaluation import fingerprint, model_card
 from segpipe.evaluation.metrics import SegmentationMetrics, ThresholdSweep, counts_row
 from segpipe.files import atomic_write, require_apart, write_json
 from segpipe.model.inference import Predictor
-from segpipe.model.runtime import reuse_freed_memory
+from segpipe.model.runtime import Environment, reuse_freed_memory
 from segpipe.model.stream import (
     IO_THREADS,
     MaskStream,
@@ -123,11 +123,13 @@ def run(
     sweep_path: Path | None = None,
     confusion_path: Path | None = None,
     test_set_path: Path | None = None,
+    environment_path: Path | None = None,
 ) -> dict[str, float]:
     """Write ``metrics_path`` (JSON), ``per_image_path`` (CSV), one predicted mask per test
     image (``predictions_dir/<stem>.png``, at the image's own size), the model card, the
-    validation threshold sweep (CSV), the test confusion rows (CSV) and the test set's
-    fingerprint (JSON, see :mod:`segpipe.evaluation.fingerprint`).
+    validation threshold sweep (CSV), the test confusion rows (CSV), the test set's
+    fingerprint (JSON, see :mod:`segpipe.evaluation.fingerprint`) and the environments that
+    trained and scored the model (JSON, :class:`~segpipe.model.runtime.Environment`).
 
     Returns:
         The metrics written.
@@ -160,11 +162,19 @@ def run(
     write_json(metrics_path, result)
     if test_set_path is not None:
         fingerprint.write(test_set_path, test)
+    environments = {
+        "train": predictor.checkpoint.environment,
+        "evaluate": Environment.current(predictor.runtime),
+    }
+    if environment_path is not None:
+        write_json(environment_path, {k: v and v.to_dict() for k, v in environments.items()})
     if card_path is not None:
         counts = {name: len(read_split(splits_dir / f"{name}.csv")) for name in SPLITS}
         confusion = metrics.confusion.numpy()
         checkpoint = predictor.checkpoint
-        model_card.write(card_path, params, result, checkpoint, counts, images_per_s, confusion)
+        model_card.write(
+            card_path, params, result, checkpoint, counts, images_per_s, confusion, environments
+        )
     log.info(
         "test: dice %.4f, iou %.4f, pixel accuracy %.4f over %d images",
         result["dice"] if result["dice"] is not None else float("nan"),

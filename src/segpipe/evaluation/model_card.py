@@ -3,6 +3,7 @@ and the exact command that reproduces it."""
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 import subprocess
 from pathlib import Path
@@ -14,6 +15,7 @@ import yaml
 from segpipe.config import Params, to_dict
 from segpipe.files import atomic_write
 from segpipe.model.checkpoint import Checkpoint
+from segpipe.model.runtime import Environment
 
 
 def _leaves(tree: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
@@ -52,9 +54,10 @@ def write(
     split_counts: dict[str, int],
     eval_images_per_s: float,
     confusion: np.ndarray | None = None,
+    environments: dict[str, Environment | None] | None = None,
 ) -> None:
     """Write the card as markdown, atomically. ``confusion``: test pixel counts (C, C), rows
-    the true class."""
+    the true class; ``environments``: where each step ran (``train``, ``evaluate``)."""
     classes = list(checkpoint.model_config.classes)
     lines = [
         *_model_section(params, checkpoint),
@@ -68,6 +71,7 @@ def write(
         f"({params.train.precision} precision, channels-last {params.train.channels_last}).",
         f"- Evaluation: {eval_images_per_s:.1f} images/s, including decoding and resizing back.",
         "",
+        *(_environment_section(environments) if environments else []),
         "## Parameters",
         "```yaml",
         yaml.safe_dump(to_dict(params), sort_keys=False).rstrip(),
@@ -80,6 +84,34 @@ def write(
         "",
     ]
     atomic_write(path, lambda tmp: tmp.write_text("\n".join(lines)))
+
+
+def _environment_section(environments: dict[str, Environment | None]) -> list[str]:
+    """Where each step ran, and what that means for a rerun (README, Reproducibility)."""
+    steps = list(environments)
+    fields = [f.name for f in dataclasses.fields(Environment)]
+    rows = [
+        f"| {name} | "
+        + " | ".join(
+            str(getattr(env, name)) if env is not None else "not recorded"
+            for env in environments.values()
+        )
+        + " |"
+        for name in fields
+    ]
+    return [
+        "## Environment",
+        "| | " + " | ".join(steps) + " |",
+        "|---|" + "---|" * len(steps),
+        *rows,
+        "",
+        "A rerun with the same code, data, params and environment (all rows equal, "
+        "`metrics/environment.json`) gives bit-identical weights and metrics. On another CPU "
+        "model, ISA, library version, thread count or precision the arithmetic rounds "
+        "differently, and the results move within the spread between training seeds "
+        "(`segpipe compare`, BENCHMARKS.md).",
+        "",
+    ]
 
 
 def _model_section(params: Params, checkpoint: Checkpoint) -> list[str]:

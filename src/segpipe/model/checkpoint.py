@@ -24,6 +24,7 @@ from segpipe.errors import SegpipeError
 from segpipe.files import atomic_write
 from segpipe.model.geometry import Geometry
 from segpipe.model.network import build_model, encoder_normalisation, unwrap
+from segpipe.model.runtime import Environment
 from segpipe.model.weights import describe_mismatch
 
 FORMAT = 1
@@ -107,12 +108,15 @@ class Checkpoint:
         epoch: the epoch whose weights these are (the best by validation Dice).
         val_dice: that epoch's validation Dice, at the model's input size.
         train_images_per_s: that epoch's training speed.
+        environment: the machine and libraries it was trained with (None in checkpoints
+            written before it was recorded).
     """
 
     model_config: ModelSpec
     epoch: int
     val_dice: float
     train_images_per_s: float
+    environment: Environment | None = None
 
 
 def save_checkpoint(path: Path, model: nn.Module, checkpoint: Checkpoint) -> None:
@@ -124,6 +128,7 @@ def save_checkpoint(path: Path, model: nn.Module, checkpoint: Checkpoint) -> Non
         "epoch": checkpoint.epoch,
         "val_dice": checkpoint.val_dice,
         "train_images_per_s": checkpoint.train_images_per_s,
+        "environment": checkpoint.environment and checkpoint.environment.to_dict(),
     }
     atomic_write(path, lambda tmp: torch.save(payload, tmp))
 

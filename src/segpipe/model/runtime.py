@@ -168,9 +168,9 @@ class Environment:
         return cls(
             cpu=_cpu_model(),
             isa=" ".join(f for f in NUMERIC_ISA if f in _cpu_flags()),
-            kernels=torch.backends.cpu.get_cpu_capability(),
+            kernels=str(torch.backends.cpu.get_cpu_capability()),
             device=torch.cuda.get_device_name(runtime.device) if on_gpu else "cpu",
-            torch=torch.__version__,
+            torch=str(torch.__version__),
             onednn=onednn.group(1) if onednn else "",
             cuda=(torch.version.cuda or "") if on_gpu else "",
             threads=torch.get_num_threads(),

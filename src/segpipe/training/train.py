@@ -24,7 +24,7 @@ from segpipe.files import atomic_write, require_apart, require_inside
 from segpipe.model.checkpoint import Checkpoint, ModelSpec, save_checkpoint
 from segpipe.model.geometry import crop_steps, whole_image_steps
 from segpipe.model.network import build_model, encoder_normalisation
-from segpipe.model.runtime import Runtime, reuse_freed_memory
+from segpipe.model.runtime import Environment, Runtime, reuse_freed_memory
 from segpipe.resources import peak_rss_mb
 from segpipe.training import distributed, resume, val_images
 from segpipe.training.engine import (
@@ -133,6 +133,7 @@ def _fit(
                         epoch=epoch,
                         val_dice=val["dice"],
                         train_images_per_s=images_per_s,
+                        environment=Environment.current(runtime),
                     )
                     save_checkpoint(model_path, learner.model, record)
             live.next_step()
