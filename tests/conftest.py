@@ -14,11 +14,26 @@ from segpipe.config import Params
 
 from .helpers import TRAINING_THREADS, reproduce_repo, tiny_params, torch_threads
 
+USER_SETTINGS = ("HF_HUB_OFFLINE", "HF_ENDPOINT", "CUDA_VISIBLE_DEVICES")
+"""Settings of the user's environment that the tests must not depend on. The tests that need
+one set it themselves; the rest run as on a machine without them (CI sets them all to check)."""
+
+
+def _clear_user_settings() -> None:
+    """Drop proxies, Kaggle credentials and :data:`USER_SETTINGS` from the environment of the
+    tests and the commands they start: every server the tests talk to is on loopback."""
+    for name in list(os.environ):
+        proxy = name.lower() in ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+        if proxy or name.startswith("KAGGLE_") or name in USER_SETTINGS:
+            del os.environ[name]
+
 
 def pytest_configure(config: pytest.Config) -> None:
-    """On a pytest-xdist worker, share the cores between the workers: each worker's torch, and
-    every command it runs, gets cores / workers threads (OpenMP threads of two processes that
-    outnumber the cores spin against each other)."""
+    """Clear the user's settings (:func:`_clear_user_settings`). On a pytest-xdist worker,
+    share the cores between the workers: each worker's torch, and every command it runs, gets
+    cores / workers threads (OpenMP threads of two processes that outnumber the cores spin
+    against each other)."""
+    _clear_user_settings()
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers > 1:
         threads = str(max(1, len(os.sched_getaffinity(0)) // workers))

@@ -173,6 +173,7 @@ def test_hub_check_goes_through_huggingface_hub(monkeypatch):
 
     from segpipe.model import network as model_module
 
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # whatever the user's setting
     asked = []
 
     class Session:

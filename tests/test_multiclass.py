@@ -224,5 +224,5 @@ def test_a_model_for_other_classes_is_refused(multiclass_run, tmp_path):
 
 def test_ignoring_the_foreground_value_warns(tmp_path, raw_dir, caplog):
     p = tiny_params()  # raw_dir holds 0/255 masks: ignore_index 255 leaves no foreground
-    split.run(p.split, p.seed, raw_dir, tmp_path / "s", num_classes=2, ignore_index=255)
-    assert "no mask has a foreground pixel (data.ignore_index 255 ignores" in caplog.text
+    split.run(p.split, p.split.seed, raw_dir, tmp_path / "s", num_classes=2, ignore_index=255)
+    assert "no mask has a foreground pixel (data.ignore_index 255 leaves out" in caplog.text

@@ -54,7 +54,7 @@ def test_other_seed_other_split(tmp_path, raw_dir, params):
 
 
 def test_split_sizes_follow_fractions():
-    cfg = SplitConfig(val_fraction=0.1, test_fraction=0.2)
+    cfg = SplitConfig(seed=0, val_fraction=0.1, test_fraction=0.2)
     names = split.assign_splits(1000, cfg, seed=0)
     assert (names == "test").sum() == 200
     assert (names == "val").sum() == 100
@@ -62,7 +62,7 @@ def test_split_sizes_follow_fractions():
 
 
 def test_too_few_images_for_the_fractions():
-    cfg = SplitConfig(val_fraction=0.15, test_fraction=0.15)
+    cfg = SplitConfig(seed=0, val_fraction=0.15, test_fraction=0.15)
     with pytest.raises(SegpipeError, match="2 image\\(s\\) are too few"):
         split.assign_splits(2, cfg, seed=0)
     assert len(split.assign_splits(3, cfg, seed=0)) == 3

@@ -157,11 +157,15 @@ def prepare_data(
     if data is None:
         data = work / "synthetic"
         n = int(num_images / 0.8) + 2
-        cfg = SyntheticConfig(n_images=n, min_size=256, max_size=512, empty_fraction=0.1)
+        cfg = SyntheticConfig(seed=0, n_images=n, min_size=256, max_size=512, empty_fraction=0.1)
         synthetic.generate(data, cfg, seed=0)
     splits = work / "splits"
     split.run(
-        SplitConfig(val_fraction=0.1, test_fraction=0.1), 0, data, splits, mask_suffix=mask_suffix
+        SplitConfig(seed=0, val_fraction=0.1, test_fraction=0.1),
+        0,
+        data,
+        splits,
+        mask_suffix=mask_suffix,
     )
     for name, rows in (("train", num_images), ("val", 2), ("test", 2)):  # cache what is timed
         path = splits / f"{name}.csv"
@@ -277,7 +281,9 @@ def _predict_benchmark(data: Path | None, args: argparse.Namespace) -> int:
         work = Path(tmp)
         if data is None:  # photo-like sizes: what the predict path is for
             data = work / "synthetic"
-            cfg = SyntheticConfig(args.images, min_size=600, max_size=1400, empty_fraction=0.1)
+            cfg = SyntheticConfig(
+                seed=0, n_images=args.images, min_size=600, max_size=1400, empty_fraction=0.1
+            )
             synthetic.generate(data, cfg, seed=0)
         result = bench_predict.main(data, work, args)
     if args.json:

@@ -68,7 +68,7 @@ def prepare(data: Path, work: Path, args: argparse.Namespace) -> Workload:
     """Split ``data`` (images/ and masks/), link its first ``args.images`` photos into one
     folder (and the first into another) and write a random-weight checkpoint."""
     splits = work / "splits"
-    split.run(SplitConfig(val_fraction=0.1, test_fraction=0.1), 0, data, splits)
+    split.run(SplitConfig(seed=0, val_fraction=0.1, test_fraction=0.1), 0, data, splits)
     rows = first_rows(splits, args.images)
     one, photos = work / "one", work / "photos"
     for folder, chosen in ((one, rows.head(1)), (photos, rows)):

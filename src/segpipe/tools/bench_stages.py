@@ -27,7 +27,7 @@ from segpipe.config import SplitConfig
 from segpipe.data import split
 from segpipe.resources import peak_rss_mb
 
-SPLIT = SplitConfig(val_fraction=0.1, test_fraction=0.1)
+SPLIT = SplitConfig(seed=0, val_fraction=0.1, test_fraction=0.1)
 
 
 def replicate(data: Path, n: int, out: Path, mask_suffix: str = "") -> Path:
@@ -138,7 +138,7 @@ def measure_counts(data: Path | None, work: Path, args: argparse.Namespace) -> d
         from segpipe.data import synthetic
 
         data = work / "synthetic"
-        cfg = SyntheticConfig(200, min_size=600, max_size=1400, empty_fraction=0.1)
+        cfg = SyntheticConfig(seed=0, n_images=200, min_size=600, max_size=1400, empty_fraction=0.1)
         synthetic.generate(data, cfg, seed=0)
     counts = [run_count(data, n, work, args) for n in args.counts]
     result = {"data": name, "image_size": args.image_size, "repeats": args.repeats}
