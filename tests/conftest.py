@@ -147,7 +147,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     root = tmp_path_factory.mktemp("tiny_run")
     p = tiny_params()
     generate(root / "raw", p.data.synthetic, p.seed)
-    split.run(p.split, p.seed, root / "raw", root / "splits")
+    split.run(p.split, p.split.seed, root / "raw", root / "splits")
     rule = load_rule(root / "splits" / RULE_FILE, p.data)
     cache.run(root / "splits", root / "cache", Geometry.from_train(p.train), rule)
     with torch_threads(TRAINING_THREADS):

@@ -185,7 +185,7 @@ def test_an_all_crowd_coco_export_is_told_about_crowds_not_0_255_masks(tmp_path,
     raw = convert(root)
     p = tiny_params()
     with caplog.at_level("WARNING"):
-        split.run(p.split, p.seed, raw, tmp_path / "splits", 3, 255)
+        split.run(p.split, p.split.seed, raw, tmp_path / "splits", 3, 255)
     text = caplog.text
     assert "every annotation of the COCO export is a crowd region" in text
     assert "set data.ignore_index: null" in text and "0/255" not in text

@@ -63,7 +63,7 @@ def write_dataset(root: Path, masks: dict[str, np.ndarray | bytes]) -> Path:
 
 def run_split(tmp_path: Path, raw: Path, out: str = "splits", **kwargs) -> Path:
     p = tiny_params()
-    split.run(p.split, p.seed, raw, tmp_path / out, **kwargs)
+    split.run(p.split, p.split.seed, raw, tmp_path / out, **kwargs)
     return tmp_path / out
 
 

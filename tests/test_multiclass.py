@@ -71,14 +71,14 @@ def test_palette_masks_with_ignore_index(tmp_path):
     p = tiny_params()
     mask = read_mask(raw / "masks" / "p0.png", 3, ignore_index=255)
     assert set(np.unique(mask).tolist()) == {0, 1, 2, IGNORE}
-    counts = split.run(p.split, p.seed, raw, tmp_path / "s", num_classes=3, ignore_index=255)
+    counts = split.run(p.split, p.split.seed, raw, tmp_path / "s", num_classes=3, ignore_index=255)
     assert sum(counts.values()) == 12
     report = json.loads((tmp_path / "s" / "report.json").read_text())
     assert report["ignored_pixels"] == 12 * 48
     assert report["class_pixels"]["1"] == 12 * 15 * 20
     # Without ignore_index, 255 fits no class: one clear error naming the file and the fix.
     with pytest.raises(SegpipeError) as err:
-        split.run(p.split, p.seed, raw, tmp_path / "s2", num_classes=3)
+        split.run(p.split, p.split.seed, raw, tmp_path / "s2", num_classes=3)
     message = str(err.value)
     assert "masks/p0.png: mask values [255] fit none of the 3 classes" in message
     assert "set data.ignore_index to it" in message and "\n" not in message
@@ -99,7 +99,7 @@ def multiclass_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("multiclass")
     p = multiclass_params()
     download.run(p.data, p.seed, root / "raw")
-    split.run(p.split, p.seed, root / "raw", root / "splits", p.data.num_classes)
+    split.run(p.split, p.split.seed, root / "raw", root / "splits", p.data.num_classes)
     rule = load_rule(root / "splits" / RULE_FILE, p.data)
     cache.run(root / "splits", root / "cache", Geometry.from_train(p.train), rule)
     best = train.run(p, root / "cache", root / "model.pt", root / "live")
