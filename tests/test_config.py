@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,56 @@ def test_exponent_floats_are_floats(tmp_path, text):
     path = tmp_path / "x.yaml"
     path.write_text(f"lr: {text}\n")
     assert read_yaml(path)["lr"] == float(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "010",
+        "017",
+        "0o17",
+        "0x1f",
+        "1:20",
+        "1e-5",
+        "1e-05",
+        ".inf",
+        "-.inf",
+        "yes",
+        "no",
+        "on",
+        "~",
+        "null",
+        "true",
+        "False",
+        "1_000",
+        "+1",
+        "2001-12-14",
+        "'010'",
+    ],
+)
+def test_every_value_reads_as_dvc_reads_it(tmp_path, text):
+    """segpipe uses the value `dvc params diff` and `dvc exp show` display."""
+    from dvc.utils.serialize import parse_yaml
+
+    path = tmp_path / "params.yaml"
+    path.write_text(f"value: {text}\n")
+    assert read_yaml(path) == parse_yaml(path.read_text(), str(path))
+    assert repr(read_yaml(path)["value"]) == repr(parse_yaml(path.read_text(), str(path))["value"])
+
+
+def test_octal_looking_and_sexagesimal_values_follow_yaml_1_2(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("a: 010\nb: 017\nc: 0o17\nd: 1:20\ne: yes\nf: ~\ng: 1e-5\nh: .inf\n")
+    assert read_yaml(path) == {
+        "a": 10,
+        "b": 17,
+        "c": 15,
+        "d": "1:20",
+        "e": "yes",
+        "f": None,
+        "g": 1e-5,
+        "h": math.inf,
+    }
 
 
 def test_dvc_written_lr_reaches_config_as_float(tmp_path):

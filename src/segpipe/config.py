@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 import types
 import typing
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
+from ruamel.yaml import YAML, YAMLError
 
 from segpipe.errors import SegpipeError
 
@@ -210,55 +209,35 @@ class Params:
     plot: PlotConfig
 
 
-class _Yaml12Loader(yaml.SafeLoader):
-    """PyYAML reads ``1e-05`` (what ``dvc exp run -S`` writes) as a string and ``yes`` as a
-    boolean; YAML 1.2 and DVC read a float and a string. These resolvers make both agree."""
-
-
-_Yaml12Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(
-        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
-        |[-+]?\.(?:inf|Inf|INF)
-        |\.(?:nan|NaN|NAN))$""",
-        re.X,
-    ),
-    list("-+0123456789."),
-)
-
-
-# YAML 1.1 (PyYAML) reads yes/no/on/off as booleans; YAML 1.2 (DVC) reads them as strings,
-# so `classes: [background, yes]` names a class "yes" for DVC and must for segpipe too.
-for _first, _resolvers in _Yaml12Loader.yaml_implicit_resolvers.items():
-    _resolvers[:] = [(tag, rx) for tag, rx in _resolvers if tag != "tag:yaml.org,2002:bool"]
-_Yaml12Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool",
-    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
-    list("tTfF"),
-)
-
 MAX_SEED = 2**32 - 1
 """Seeds are 32-bit: numpy's global seed takes no more."""
 
 
+def _parser() -> YAML:
+    """The YAML parser DVC reads ``params.yaml`` with (``dvc.utils.serialize.parse_yaml``:
+    ruamel.yaml, ``typ="safe"``, YAML 1.2), so that every value segpipe uses is the value
+    ``dvc params diff`` and ``dvc exp show`` display: ``1e-05`` is a float, ``010`` is 10,
+    ``yes`` is a string."""
+    return YAML(typ="safe")
+
+
 def read_yaml(path: Path) -> Any:
-    """Read a YAML file with YAML 1.2 float rules (``1e-05`` is a float)."""
+    """Read a YAML file as DVC reads it (:func:`_parser`)."""
     try:
-        with open(path, encoding="utf-8") as f:
-            return yaml.load(f, Loader=_Yaml12Loader)  # noqa: S506 - a SafeLoader subclass
+        text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise SegpipeError(f"{path}: file not found") from None
-    except yaml.YAMLError as e:
+    try:
+        return _parser().load(text)
+    except YAMLError as e:
         raise SegpipeError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
 
 
 def yaml_value(text: str) -> Any:
-    """One value as ``dvc exp run -S key=value`` reads it (YAML 1.2: ``1e-4`` is a float)."""
+    """One YAML value (or document) as DVC reads it (:func:`_parser`)."""
     try:
-        return yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as e:
+        return _parser().load(text)
+    except YAMLError as e:
         raise SegpipeError(f"{text!r}: not a YAML value ({' '.join(str(e).split())})") from None
 
 
