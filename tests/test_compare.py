@@ -13,8 +13,10 @@ from segpipe.evaluation.compare import (
     UNCLEAR,
     WORSE,
     Difference,
+    Revision,
     Run,
     compare,
+    environment_note,
     group_runs,
     holm,
 )
@@ -152,3 +154,19 @@ def test_the_command_wants_two_runs_and_a_dvc_repository(tmp_path):
     assert result.returncode == 1
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith(f"error: {tmp_path}: not a DVC repository")
+
+
+def test_the_report_says_whether_the_runs_were_trained_alike():
+    env = {"cpu": "AMD EPYC", "isa": "avx512_bf16", "torch": "2.14.1", "threads": 2}
+    env.update(precision="bf16", device="cpu", kernels="AVX512", onednn="3.12.0", cuda="")
+
+    def revision(name, environment):
+        return Revision(name, None, {}, pd.DataFrame(), {}, environment)
+
+    same = environment_note([revision("a", env), revision("b", dict(env))])
+    assert same.startswith("training environment: the same in every run (AMD EPYC, torch 2.14.1")
+    xeon = {**env, "cpu": "Intel Xeon", "isa": "avx512_bf16 amx_bf16"}
+    other = environment_note([revision("a", env), revision("b", xeon), revision("c", None)])
+    assert other.startswith("training environment differs in cpu, isa: ")
+    assert other.endswith("; not recorded for c")
+    assert "not recorded" in environment_note([revision("a", None), revision("b", None)])

@@ -71,6 +71,7 @@ def test_seed_experiments_form_a_group_against_the_tag(repo, tmp_path):
     out = tmp_path / "gallery"
     shown = compare(repo, "v1", "seed1", "--gallery", out)
     assert "seed1 vs v1" in shown.stdout and "95% interval" in shown.stdout
+    assert "training environment: the same in every run" in shown.stdout  # one machine
     assert shown.stdout.count("\n  dice ") == 1 and "\n  iou " in shown.stdout
     assert (out / "seed1" / "scatter.png").is_file()
     changed = (out / "seed1" / "changes.png").is_file()

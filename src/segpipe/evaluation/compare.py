@@ -55,13 +55,15 @@ class Run:
 @dataclasses.dataclass(frozen=True)
 class Revision:
     """One argument of ``segpipe compare`` read at its revision (a git revision, tag, DVC
-    experiment or the workspace): its params, per-image table and test-set fingerprint."""
+    experiment or the workspace): its params, per-image table, test-set fingerprint and the
+    environment that trained it."""
 
     name: str
     rev: str | None  # the commit; None: the workspace
     params: dict[str, Any]  # flat section.key values
     table: pd.DataFrame  # metrics/per_image.csv
     test_set: dict
+    environment: dict | None = None  # metrics/environment.json's "train"; None: not recorded
 
     @property
     def classes(self) -> list[str]:
@@ -70,6 +72,30 @@ class Revision:
     @property
     def first(self) -> int:
         return 0 if self.params["evaluate.include_background"] else 1
+
+
+def environment_note(revisions: Sequence[Revision]) -> str:
+    """Whether every run was trained in the same environment (README, Reproducibility): then
+    a rerun is bit-identical and a seed group's spread is training noise alone; otherwise a
+    difference also holds rounding from another CPU, library or precision."""
+    known = [r for r in revisions if r.environment is not None]
+    if not known:
+        return "training environment: not recorded (runs evaluated before segpipe recorded it)"
+    base = known[0].environment or {}
+    differing = sorted(
+        {k for r in known for k, v in (r.environment or {}).items() if base.get(k) != v}
+    )
+    unknown = [r.name for r in revisions if r.environment is None]
+    tail = f"; not recorded for {', '.join(unknown)}" if unknown else ""
+    if not differing:
+        return (
+            f"training environment: the same in every run ({base.get('cpu')}, torch "
+            f"{base.get('torch')}, {base.get('threads')} threads, {base.get('precision')}){tail}"
+        )
+    return (
+        f"training environment differs in {', '.join(differing)}: differences also hold "
+        f"rounding from another machine or library (expect them within the seed spread){tail}"
+    )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,7 +24,15 @@ from segpipe.cli import run_stage
 from segpipe.config import yaml_value
 from segpipe.errors import SegpipeError
 from segpipe.evaluation import fingerprint
-from segpipe.evaluation.compare import LEVEL, Comparison, Group, Revision, Run, compare
+from segpipe.evaluation.compare import (
+    LEVEL,
+    Comparison,
+    Group,
+    Revision,
+    Run,
+    compare,
+    environment_note,
+)
 from segpipe.evaluation.metrics import count_columns, counts_of_table
 
 log = logging.getLogger(__name__)
@@ -32,6 +40,7 @@ log = logging.getLogger(__name__)
 WORKSPACE = "workspace"
 
 PER_IMAGE, TEST_SET, PARAMS = "metrics/per_image.csv", "metrics/test_set.json", "params.yaml"
+ENVIRONMENT = "metrics/environment.json"
 """What compare reads at each revision, where dvc.yaml's evaluate stage writes it (the gallery
 also reads images, masks and predictions: :mod:`segpipe.reporting.compare`)."""
 
@@ -83,7 +92,11 @@ def read_revision(root: Path, repo: Any, name: str) -> Revision:
     table = pd.read_csv(io.StringIO(_read(fs, name, PER_IMAGE, "its per-image scores")))
     table["stem"] = table["stem"].astype(str)
     test_set = json.loads(_read(fs, name, TEST_SET, "the test-set fingerprint"))
-    revision = Revision(name, rev, params, table, test_set)
+    try:
+        environment = json.loads(fs.read_text(ENVIRONMENT, encoding="utf-8")).get("train")
+    except FileNotFoundError:
+        environment = None  # evaluated before segpipe recorded it
+    revision = Revision(name, rev, params, table, test_set, environment)
     missing = [c for c in count_columns(revision.classes) if c not in table.columns]
     if missing:
         raise SegpipeError(
@@ -186,6 +199,7 @@ def as_json(
         "runs": [{"name": r.name, "rev": r.rev} for r in revisions],
         "groups": [dataclasses.asdict(g) for g in groups],
         "comparisons": [dataclasses.asdict(c) for c in comparisons],
+        "environments": {r.name: r.environment for r in revisions},
     }
     return json.dumps(_json_ready(record), indent=2)
 
@@ -227,7 +241,7 @@ def run(args: argparse.Namespace) -> int:
             f"{revisions[0].test_set['n_images']} test images, fingerprint "
             f"{revisions[0].test_set['sha256'][:12]} in every run; paired bootstrap "
             f"({args.resamples} resamples, seed {args.seed}), Holm over {len(comparisons)} "
-            "comparison(s)"
+            f"comparison(s)\n{environment_note(revisions)}"
         )
         print(render(groups, comparisons, header))
     if args.gallery is not None:
