@@ -24,7 +24,7 @@ from segpipe.data.colours import colourize  # noqa: E402
 from segpipe.data.images import read_image  # noqa: E402
 from segpipe.data.masks import MaskRule, load_rule  # noqa: E402
 from segpipe.evaluation.compare import Group, Revision  # noqa: E402
-from segpipe.reporting.plot import _save  # noqa: E402
+from segpipe.reporting.plot import _save, draw_row  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -88,10 +88,7 @@ def draw_changes(
             (colourize(pred_base, num_classes), f"{names[0]}: {item['dice_base']:.3f}"),
             (colourize(pred_other, num_classes), f"{names[1]}: {item['dice_other']:.3f}"),
         )
-        for ax, (panel, title) in zip(row, titled, strict=True):
-            ax.imshow(panel, interpolation="nearest")
-            ax.set_title(title, fontsize=9)
-            ax.axis("off")
+        draw_row(row, titled)
     fig.tight_layout()
     _save(fig, out_path)
 

@@ -4,7 +4,9 @@ errors coloured, the per-image Dice histogram, and the training curves."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -129,13 +131,18 @@ def worst_gallery(
             (colourize(pred, num_classes), "prediction"),
             (error_overlay(image, truth, pred), "TP green, FP red, FN blue"),
         )
-        for ax, (panel, title) in zip(row, panels, strict=True):
-            ax.imshow(panel, interpolation="nearest")
-            ax.set_title(title, fontsize=9)
-            ax.axis("off")
+        draw_row(row, panels)
     fig.tight_layout()
     _save(fig, out_path)
     return worst["stem"].tolist()
+
+
+def draw_row(row: Any, panels: Sequence[tuple[np.ndarray, str]]) -> None:
+    """One row of a gallery: each (image, title) panel in its axes, without ticks."""
+    for ax, (panel, title) in zip(row, panels, strict=True):
+        ax.imshow(panel, interpolation="nearest")
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
 
 
 def dice_histogram(per_image_csv: Path, out_path: Path) -> None:
