@@ -170,3 +170,17 @@ def test_the_report_says_whether_the_runs_were_trained_alike():
     assert other.startswith("training environment differs in cpu, isa: ")
     assert other.endswith("; not recorded for c")
     assert "not recorded" in environment_note([revision("a", None), revision("b", None)])
+
+
+def test_a_single_run_against_a_seed_group_is_flagged_in_the_report():
+    runs = [
+        run("s1", binary_counts(20, 10, seed=1), seed=1),
+        run("s2", binary_counts(20, 12, seed=2), seed=2),
+        run("other", binary_counts(20, 3, seed=3), seed=1, **{"train.lr": 0.01}),
+    ]
+    groups, comparisons = compare(runs, first=1)
+    report = compare_tool.render(groups, comparisons, "header")
+    assert "other vs s1+s2" in report
+    assert "note: one side is a single run, whose own seed noise is not in the interval" in report
+    groups, comparisons = compare(runs, first=1, by_seed=False)  # every run on its own
+    assert "note:" not in compare_tool.render(groups, comparisons, "header")

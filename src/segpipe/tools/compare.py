@@ -176,6 +176,12 @@ def render(groups: list[Group], comparisons: list[Comparison], header: str) -> s
                 f"{_number(d.difference, True):>9}  {interval:<20}"
                 f"{d.verdict + f' ({d.p_holm:.3f})':<30}{spread}"
             )
+        sizes = sorted(len(by_name[name].members) for name in (c.baseline, c.other))
+        if sizes[0] == 1 and sizes[1] > 1:
+            lines.append(
+                "  note: one side is a single run, whose own seed noise is not in the interval: "
+                "queue the same seeds for it (-S seed=...)"
+            )
     return "\n".join(lines)
 
 
