@@ -19,8 +19,8 @@ from typing import Any
 
 from segpipe.config import load_params
 from segpipe.data import cache, download, split
+from segpipe.data.geometry import Geometry
 from segpipe.data.masks import RULE_FILE, load_rule
-from segpipe.model.geometry import Geometry
 from segpipe.training import train, val_images
 
 

@@ -5,8 +5,8 @@ from pathlib import Path
 from segpipe.cli import parser, run_stage
 from segpipe.config import load_params
 from segpipe.data import cache
+from segpipe.data.geometry import Geometry
 from segpipe.data.masks import RULE_FILE, load_rule
-from segpipe.model.geometry import Geometry
 
 if __name__ == "__main__":
     p = parser(__doc__)

@@ -1,6 +1,6 @@
 """Stage and command: check params.yaml (every key, type and range, model names)."""
 
-from segpipe.tools import check
+from segpipe import check
 
 if __name__ == "__main__":
     raise SystemExit(check.main())

@@ -115,8 +115,8 @@ def splits_dir(tmp_path: Path, raw_dir: Path, params: Params) -> Path:
 @pytest.fixture
 def cache_dir(tmp_path: Path, splits_dir: Path, params: Params) -> Path:
     from segpipe.data import cache
+    from segpipe.data.geometry import Geometry
     from segpipe.data.masks import RULE_FILE, load_rule
-    from segpipe.model.geometry import Geometry
 
     out = tmp_path / "cache"
     rule = load_rule(splits_dir / RULE_FILE, params.data)
@@ -139,9 +139,9 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     training returned; the finished run left no resume state). Tests only read it (checked
     at the end of the session); a test that must change something copies it first."""
     from segpipe.data import cache, split
+    from segpipe.data.geometry import Geometry
     from segpipe.data.masks import RULE_FILE, load_rule
     from segpipe.data.synthetic import generate
-    from segpipe.model.geometry import Geometry
     from segpipe.training import train
 
     root = tmp_path_factory.mktemp("tiny_run")

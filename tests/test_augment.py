@@ -6,12 +6,12 @@ import albumentations as A
 import numpy as np
 import pytest
 
+from segpipe import check
 from segpipe.config import AugmentStep, parse_augment
 from segpipe.constants import IMAGENET_MEAN, IMAGENET_STD
 from segpipe.data.augment import AUGMENTATIONS, build_augmentations
 from segpipe.data.dataset import build_transform
 from segpipe.errors import SegpipeError
-from segpipe.tools import check
 
 from .helpers import REPO, write_params
 

@@ -11,10 +11,10 @@ import torch
 
 from segpipe.data import cache
 from segpipe.data.dataset import CachedDataset, SegmentationDataset, build_transform
+from segpipe.data.geometry import Geometry
 from segpipe.data.masks import RULE_FILE, load_rule
 from segpipe.data.tables import read_split
 from segpipe.errors import SegpipeError
-from segpipe.model.geometry import Geometry
 
 
 def test_cache_matches_decoding_on_the_fly(splits_dir, cache_dir, params):

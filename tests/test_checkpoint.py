@@ -13,10 +13,10 @@ import torch
 from segpipe.config import ModelConfig
 from segpipe.constants import IMAGENET_MEAN, IMAGENET_STD
 from segpipe.errors import SegpipeError
+from segpipe.inference.predictor import Predictor
 from segpipe.model.checkpoint import Checkpoint, ModelSpec, load_checkpoint, save_checkpoint
-from segpipe.model.inference import Predictor
 from segpipe.model.network import build_model, encoder_normalisation
-from segpipe.model.runtime import Environment, Runtime
+from segpipe.runtime import Environment, Runtime
 
 from .conftest import tiny_params
 

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from segpipe import __main__ as commands
+from segpipe.__main__ import COMMANDS
 from segpipe.imports import script_closure
-from segpipe.tools import commands
-from segpipe.tools.commands import COMMANDS
 
 from .helpers import REPO, call, run, write_params
 from .test_bad_inputs import error_line
@@ -67,7 +67,6 @@ def test_a_missing_or_unknown_command_is_a_usage_error() -> None:
 BAD_ARGUMENTS = {
     "predict": "the following arguments are required: --input, --output",
     "export": "the following arguments are required: --model, --out",
-    "bench": "unrecognized arguments: --no-such-option",
     "check": "unrecognized arguments: --no-such-option",
     "compare": "the following arguments are required: REV",
 }
@@ -110,15 +109,9 @@ def test_predict_and_export_report_a_missing_model(tmp_path: Path) -> None:
     assert not (tmp_path / "model.onnx").exists()
 
 
-@pytest.mark.slow  # a Python start and the torch imports
-def test_bench_still_runs_as_a_module() -> None:
-    result = segpipe("--help", command=[sys.executable, "-m", "segpipe.tools.bench"])
-    assert result.returncode == 0 and "--image-size" in result.stdout, result.stderr
-
-
 def test_no_stage_script_imports_the_dispatcher() -> None:
     """Were the ``segpipe`` command in a stage's imports, every stage would depend on every
     tool, and an edit to one tool would rerun the whole pipeline."""
-    dispatcher = {REPO / "src/segpipe/tools/commands.py", REPO / "src/segpipe/__main__.py"}
+    dispatcher = {REPO / "src/segpipe/__main__.py"}
     for script in sorted((REPO / "stages").glob("*.py")):
         assert not dispatcher & set(script_closure(script)), script.name

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from segpipe.commands import compare as compare_tool
 from segpipe.evaluation import fingerprint
 from segpipe.evaluation.compare import (
     BETTER,
@@ -20,8 +21,7 @@ from segpipe.evaluation.compare import (
     group_runs,
     holm,
 )
-from segpipe.evaluation.metrics import count_columns, counts_of_table, counts_row, dataset_scores
-from segpipe.tools import compare as compare_tool
+from segpipe.metrics import count_columns, counts_of_table, counts_row, dataset_scores
 
 from .helpers import call
 

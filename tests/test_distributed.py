@@ -12,9 +12,9 @@ import torch
 
 from segpipe.data.cache import cache_paths
 from segpipe.data.dataset import CachedDataset, build_transform
+from segpipe.distributed import ShardSampler
 from segpipe.model.checkpoint import load_checkpoint
-from segpipe.model.runtime import Runtime
-from segpipe.training.distributed import ShardSampler
+from segpipe.runtime import Runtime
 from segpipe.training.engine import evaluate_epoch
 from segpipe.training.losses import build_loss
 from segpipe.training.train import VAL_THRESHOLD, make_loader

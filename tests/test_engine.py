@@ -8,7 +8,7 @@ import platform
 import pytest
 import torch
 
-from segpipe.model.runtime import reuse_freed_memory
+from segpipe.runtime import reuse_freed_memory
 from segpipe.training.engine import adam
 
 

@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from segpipe.commands import export
 from segpipe.config import ModelConfig
 from segpipe.constants import IMAGENET_MEAN, IMAGENET_STD
 from segpipe.errors import SegpipeError
 from segpipe.model.checkpoint import Checkpoint, ModelSpec, load_checkpoint, save_checkpoint
 from segpipe.model.network import build_model
 from segpipe.model.outputs import logits_to_labels
-from segpipe.tools import export
 
 from .helpers import call, run_stage
 

@@ -12,26 +12,32 @@ import numpy as np
 import pytest
 import torch
 
+from segpipe.commands import predict
 from segpipe.config import load_params
 from segpipe.constants import IGNORE
 from segpipe.data import cache
 from segpipe.data.dataset import CachedDataset, build_transform
-from segpipe.data.images import read_image
-from segpipe.data.masks import RULE_FILE, load_rule
-from segpipe.data.tables import read_split
-from segpipe.errors import SegpipeError
-from segpipe.evaluation import evaluate
-from segpipe.evaluation.metrics import SegmentationMetrics
-from segpipe.model.checkpoint import load_checkpoint, save_checkpoint
-from segpipe.model.geometry import (
+from segpipe.data.geometry import (
     Geometry,
     crop_steps,
     padded_size,
     whole_image_steps,
 )
-from segpipe.model.inference import Predictor
-from segpipe.model.tiling import InferenceOptions, flip_averaged, logits_of, tiled, window_starts
-from segpipe.tools import predict
+from segpipe.data.images import read_image
+from segpipe.data.masks import RULE_FILE, load_rule
+from segpipe.data.tables import read_split
+from segpipe.errors import SegpipeError
+from segpipe.evaluation import evaluate
+from segpipe.inference.predictor import Predictor
+from segpipe.inference.tiling import (
+    InferenceOptions,
+    flip_averaged,
+    logits_of,
+    tiled,
+    window_starts,
+)
+from segpipe.metrics import SegmentationMetrics
+from segpipe.model.checkpoint import load_checkpoint, save_checkpoint
 from segpipe.training.losses import build_loss
 
 from .helpers import call, stage_in_process, tiny_params, write_params

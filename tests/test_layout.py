@@ -3,13 +3,14 @@ imports, and the README's layout section names every module."""
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
 import pytest
 import yaml
 
-from segpipe.imports import script_closure
+from segpipe.imports import module_path, script_closure
 
 from .helpers import REPO
 
@@ -94,3 +95,60 @@ def test_readme_layout_names_every_module():
     named = readme_tree()
     assert not modules - named, f"README's layout does not name {sorted(modules - named)}"
     assert not named - modules, f"README's layout names missing {sorted(named - modules)}"
+
+
+# The package's layers, bottom to top. A module may import its own layer and those below it,
+# never one above: the shared base, the data path, the network, then what uses them.
+LAYERS = [
+    {"errors", "constants", "config", "files", "progress", "resources", "imports", "cli"},
+    {"runtime", "distributed", "metrics"},
+    {"data"},
+    {"model"},
+    {"training"},
+    {"inference"},
+    {"evaluation"},
+    {"reporting"},
+    {"check", "commands"},
+    {"api", "__main__"},
+]
+
+
+def layer(module: str) -> int:
+    """The layer of ``segpipe.x...`` from its first name below the package."""
+    name = module.split(".")[1] if "." in module else ""
+    for i, names in enumerate(LAYERS):
+        if name in names:
+            return i
+    raise AssertionError(f"segpipe.{name} is in no layer: add it to LAYERS")
+
+
+def package_imports() -> list[tuple[str, str]]:
+    """(importer, imported) for every segpipe import inside the package, read from source."""
+    edges = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            edges += [(module, n) for n in names if n.startswith("segpipe.") and module_path(n)]
+    return edges
+
+
+def test_no_import_points_up():
+    up = [
+        f"{a} imports {b}"
+        for a, b in package_imports()
+        if a != "segpipe" and layer(b) > layer(a)
+    ]
+    assert not up, "imports that point up a layer:\n" + "\n".join(up)
+
+
+def test_the_layer_rule_catches_an_upward_import():
+    assert layer("segpipe.data.cache") < layer("segpipe.model.network")
+    assert layer("segpipe.metrics") < layer("segpipe.training.engine")
+    with pytest.raises(AssertionError, match="in no layer"):
+        layer("segpipe.newpackage.module")

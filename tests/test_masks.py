@@ -17,11 +17,11 @@ from PIL import Image
 from segpipe.constants import IGNORE
 from segpipe.data import cache, split
 from segpipe.data.dataset import SegmentationDataset, build_transform
+from segpipe.data.geometry import Geometry
 from segpipe.data.masks import RULE_FILE, MaskRule, load_rule, rule_of_files
 from segpipe.data.tables import read_split, read_table
 from segpipe.errors import SegpipeError
 from segpipe.evaluation import evaluate
-from segpipe.model.geometry import Geometry
 from segpipe.reporting import plot
 from segpipe.training import train
 

@@ -11,7 +11,7 @@ import segmentation_models_pytorch as smp
 import torch
 
 from segpipe.constants import IGNORE
-from segpipe.evaluation.metrics import (
+from segpipe.metrics import (
     SegmentationMetrics,
     ThresholdSweep,
     confusion_matrix,

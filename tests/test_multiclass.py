@@ -14,12 +14,12 @@ from PIL import Image
 
 from segpipe.constants import IGNORE
 from segpipe.data import cache, download, split
+from segpipe.data.geometry import Geometry
 from segpipe.data.masks import RULE_FILE, MaskRule, load_rule
 from segpipe.data.synthetic import make_pair
 from segpipe.data.tables import read_split, read_table
 from segpipe.errors import SegpipeError
 from segpipe.evaluation import evaluate
-from segpipe.model.geometry import Geometry
 from segpipe.reporting import plot
 from segpipe.training import train
 
@@ -190,7 +190,7 @@ def test_error_overlay_colours():
 
 
 def test_predict_reproduces_multiclass_predictions(multiclass_run, tmp_path):
-    from segpipe.tools import predict
+    from segpipe.commands import predict
 
     root, _, _, _ = multiclass_run
     test = read_split(root / "splits" / "test.csv")

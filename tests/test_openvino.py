@@ -11,16 +11,16 @@ import numpy as np
 import pytest
 import torch
 
+from segpipe.commands import predict
 from segpipe.config import ModelConfig
 from segpipe.data.images import read_image
 from segpipe.data.tables import read_split
 from segpipe.errors import SegpipeError
 from segpipe.evaluation import evaluate
-from segpipe.model import openvino_backend
-from segpipe.model.inference import Predictor
+from segpipe.inference import openvino_backend
+from segpipe.inference.predictor import Predictor
 from segpipe.model.network import build_model
-from segpipe.model.runtime import Runtime
-from segpipe.tools import predict
+from segpipe.runtime import Runtime
 
 pytest.importorskip("openvino")
 

@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
+from segpipe import check
 from segpipe.data import cache, download, split
+from segpipe.data.geometry import Geometry
 from segpipe.data.masks import RULE_FILE, load_rule
 from segpipe.errors import SegpipeError
 from segpipe.evaluation import evaluate
 from segpipe.files import path_relation
-from segpipe.model.geometry import Geometry
 from segpipe.reporting import plot
-from segpipe.tools import check
 from segpipe.training import train
 
 from .helpers import REPO, run_stage, tiny_params, write_params

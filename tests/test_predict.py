@@ -15,12 +15,12 @@ import torch
 from PIL import Image
 
 from segpipe import files
+from segpipe.commands import predict
 from segpipe.data.masks import RULE_FILE, MaskRule, load_rule
 from segpipe.data.tables import read_split
 from segpipe.errors import SegpipeError
 from segpipe.evaluation import evaluate
-from segpipe.evaluation.metrics import SegmentationMetrics
-from segpipe.tools import predict
+from segpipe.metrics import SegmentationMetrics
 from segpipe.training.resume import save as save_resume_state
 
 from .helpers import REPO, call, run_stage, tiny_params, write_params
@@ -525,7 +525,7 @@ def test_an_input_too_large_for_memory_is_refused_with_a_tile_that_fits(
 
 
 def test_the_memory_estimate_grows_with_the_input(tmp_path):
-    from segpipe.model.inference import Predictor
+    from segpipe.inference.predictor import Predictor
 
     predictor = Predictor(untrained_checkpoint(tmp_path / "c.pt", crop=64), device="cpu")
     small, large = predictor.memory_needed(256, 256), predictor.memory_needed(1024, 1024)

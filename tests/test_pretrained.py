@@ -9,11 +9,11 @@ import json
 import pytest
 import torch
 
+from segpipe.commands import export
 from segpipe.config import ModelConfig, Normalisation
 from segpipe.errors import SegpipeError
 from segpipe.model.checkpoint import load_checkpoint
 from segpipe.model.network import build_model, encoder_normalisation
-from segpipe.tools import export
 from segpipe.training import train
 from segpipe.training.finetune import freeze_encoder, initialise
 

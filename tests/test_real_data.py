@@ -15,11 +15,11 @@ from PIL import Image
 
 from segpipe.config import load_params
 from segpipe.data import cache, download, split
+from segpipe.data.geometry import Geometry
 from segpipe.data.images import open_image, read_image, scan_folder
 from segpipe.data.masks import RULE_FILE, MaskRule, load_rule, read_pair
 from segpipe.data.tables import read_split, read_table
 from segpipe.errors import SegpipeError
-from segpipe.model.geometry import Geometry
 from segpipe.reporting import plot
 
 from .helpers import REPO, read_mask, tiny_params, write_params

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from segpipe.model.runtime import Runtime, pick_device
+from segpipe.runtime import Runtime, pick_device
 
 CPU = torch.device("cpu")
 

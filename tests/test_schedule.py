@@ -152,7 +152,7 @@ def fixed_validation(monkeypatch, dices: list[float]) -> None:
 
 
 def epochs_logged(live) -> int:
-    from segpipe.tools.recipes import epochs_run
+    from benchmarks.recipes import epochs_run
 
     return epochs_run(live)
 

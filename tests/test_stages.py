@@ -17,7 +17,7 @@ from segpipe.data.tables import read_split, read_table
 from segpipe.errors import SegpipeError
 from segpipe.evaluation import evaluate
 from segpipe.evaluation.fingerprint import file_sha256
-from segpipe.evaluation.metrics import counts_of_table, dataset_scores
+from segpipe.metrics import counts_of_table, dataset_scores
 from segpipe.model.checkpoint import load_checkpoint
 from segpipe.reporting import plot
 from segpipe.training import train

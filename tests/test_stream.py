@@ -11,15 +11,15 @@ import pytest
 import torch
 from PIL import Image
 
+from benchmarks.flops import forward_flops
 from segpipe.data.dataset import build_transform
 from segpipe.data.images import read_image, read_image_reduced
 from segpipe.data.masks import RULE_FILE, load_rule
 from segpipe.data.tables import read_split
 from segpipe.errors import SegpipeError
 from segpipe.evaluation import evaluate
-from segpipe.model.inference import Predictor, full_resolution
-from segpipe.model.stream import MaskStream, labels_at, read_prepared
-from segpipe.tools.flops import forward_flops
+from segpipe.inference.predictor import Predictor, full_resolution
+from segpipe.inference.stream import MaskStream, labels_at, read_prepared
 
 from .helpers import REPO, tiny_params
 from .realdata import write_folder_dataset

@@ -7,6 +7,6 @@ masks = predictor.predict_files(["photo.jpg"])   # one HxW uint8 label map per f
 masks = predictor.predict([rgb_array])           # HxWx3 uint8 arrays in, same sizes out
 """
 
-from segpipe.model.inference import Predictor
+from segpipe.inference.predictor import Predictor
 
 __all__ = ["Predictor"]

@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from segpipe.data.geometry import Geometry
 from segpipe.data.masks import MaskRule, read_pair
 from segpipe.data.tables import dataset_folder, read_split
 from segpipe.errors import SegpipeError
 from segpipe.files import require_apart, reserve_space, staged_dir, write_error
-from segpipe.model.geometry import Geometry
 from segpipe.progress import progress
 from segpipe.resources import data_threads, ordered_map
 
@@ -83,7 +83,7 @@ def build_split_cache(
 ) -> int:
     """Resize every pair of ``frame`` exactly as training would (albumentations' Resize:
     bilinear for images, nearest for masks; masks read by ``rule``; see
-    :meth:`~segpipe.model.geometry.Geometry.for_cache`) into the arrays :func:`allocate` made.
+    :meth:`~segpipe.data.geometry.Geometry.for_cache`) into the arrays :func:`allocate` made.
     The pairs are decoded and resized on ``threads`` threads (see
     :func:`~segpipe.resources.ordered_map`) and written in order, under a progress bar named
     ``desc``. Returns the count."""

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from segpipe.evaluation.metrics import bootstrap_scores, dataset_scores
+from segpipe.metrics import bootstrap_scores, dataset_scores
 
 LEVEL = 0.95
 """The confidence level of the intervals, and 1 - the significance level of the verdicts."""

@@ -25,11 +25,9 @@ from segpipe.data.masks import RULE_FILE, MaskRule, load_rule, read_mask_for
 from segpipe.data.tables import dataset_folder, read_split
 from segpipe.errors import SegpipeError
 from segpipe.evaluation import fingerprint, model_card
-from segpipe.evaluation.metrics import SegmentationMetrics, ThresholdSweep, counts_row
 from segpipe.files import atomic_write, require_apart, write_json
-from segpipe.model.inference import Predictor
-from segpipe.model.runtime import Environment, reuse_freed_memory
-from segpipe.model.stream import (
+from segpipe.inference.predictor import Predictor
+from segpipe.inference.stream import (
     IO_THREADS,
     MaskStream,
     Prepared,
@@ -37,8 +35,10 @@ from segpipe.model.stream import (
     read_prepared,
     save_mask,
 )
-from segpipe.model.tiling import InferenceOptions
+from segpipe.inference.tiling import InferenceOptions
+from segpipe.metrics import SegmentationMetrics, ThresholdSweep, counts_row
 from segpipe.progress import progress
+from segpipe.runtime import Environment, reuse_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ def run(
     image (``predictions_dir/<stem>.png``, at the image's own size), the model card, the
     validation threshold sweep (CSV), the test confusion rows (CSV), the test set's
     fingerprint (JSON, see :mod:`segpipe.evaluation.fingerprint`) and the environments that
-    trained and scored the model (JSON, :class:`~segpipe.model.runtime.Environment`).
+    trained and scored the model (JSON, :class:`~segpipe.runtime.Environment`).
 
     Returns:
         The metrics written.
@@ -209,7 +209,7 @@ def score_test_split(
 ) -> tuple[SegmentationMetrics, list[dict], float]:
     """Predict every image of ``frame`` at its original size, save its mask as
     ``predictions_dir/<stem>.png`` and count it against the truth. Reading, resizing back
-    and writing run on ``threads`` threads beside the model (see :mod:`segpipe.model.stream`).
+    and writing run on ``threads`` threads beside the model (see :mod:`segpipe.inference.stream`).
 
     Returns:
         The counts, one row of scores per image, and the images predicted per second.

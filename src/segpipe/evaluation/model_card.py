@@ -15,7 +15,7 @@ import yaml
 from segpipe.config import Params, to_dict
 from segpipe.files import atomic_write
 from segpipe.model.checkpoint import Checkpoint
-from segpipe.model.runtime import Environment
+from segpipe.runtime import Environment
 
 
 def _leaves(tree: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:

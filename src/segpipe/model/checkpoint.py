@@ -20,12 +20,12 @@ from torch import nn
 
 from segpipe.config import ModelConfig, Params, Precision, Resize, check_classes, check_geometry
 from segpipe.constants import IMAGENET_MEAN, IMAGENET_STD
+from segpipe.data.geometry import Geometry
 from segpipe.errors import SegpipeError
 from segpipe.files import atomic_write
-from segpipe.model.geometry import Geometry
 from segpipe.model.network import build_model, encoder_normalisation, unwrap
-from segpipe.model.runtime import Environment
 from segpipe.model.weights import describe_mismatch
+from segpipe.runtime import Environment
 
 FORMAT = 1
 """The checkpoint layout's version, stored as ``format``."""
@@ -49,7 +49,7 @@ class ModelSpec:
         mean, std: the per-channel (RGB, 0..1) normalisation the model was trained with (its
             encoder's, :func:`~segpipe.model.network.encoder_normalisation`).
         resize, crop, scale: its input geometry (``train.*``, see
-            :class:`~segpipe.model.geometry.Geometry`). Checkpoints written before these
+            :class:`~segpipe.data.geometry.Geometry`). Checkpoints written before these
             fields existed load with their defaults: squashed to ``image_size``, as then.
     """
 

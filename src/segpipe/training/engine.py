@@ -1,5 +1,5 @@
 """The training loops over batches: one training epoch and one validation pass (prediction is
-:mod:`segpipe.model.inference`)."""
+:mod:`segpipe.inference.predictor`)."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from segpipe.distributed import sum_over_ranks
 from segpipe.errors import SegpipeError
-from segpipe.evaluation.metrics import SegmentationMetrics
+from segpipe.metrics import SegmentationMetrics
 from segpipe.model.outputs import logits_to_labels
-from segpipe.model.runtime import Runtime
 from segpipe.progress import progress
-from segpipe.training.distributed import sum_over_ranks
+from segpipe.runtime import Runtime
 from segpipe.training.losses import LossFn
 
 log = logging.getLogger(__name__)

@@ -15,18 +15,19 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
+from segpipe import distributed
 from segpipe.config import Params
 from segpipe.constants import LIVE_HISTORY
 from segpipe.data.cache import cache_paths, shapes_path
 from segpipe.data.dataset import CachedDataset, build_transform
+from segpipe.data.geometry import crop_steps, whole_image_steps
 from segpipe.errors import SegpipeError
 from segpipe.files import atomic_write, require_apart, require_inside
 from segpipe.model.checkpoint import Checkpoint, ModelSpec, save_checkpoint
-from segpipe.model.geometry import crop_steps, whole_image_steps
 from segpipe.model.network import build_model, encoder_normalisation
-from segpipe.model.runtime import Environment, Runtime, reuse_freed_memory
 from segpipe.resources import peak_rss_mb
-from segpipe.training import distributed, resume, val_images
+from segpipe.runtime import Environment, Runtime, reuse_freed_memory
+from segpipe.training import resume, val_images
 from segpipe.training.engine import (
     NonFiniteLossError,
     build_optimizer,

@@ -16,7 +16,7 @@ from torch import nn
 from segpipe.data.colours import colourize
 from segpipe.data.dataset import CachedDataset
 from segpipe.model.outputs import logits_to_labels
-from segpipe.model.runtime import Runtime
+from segpipe.runtime import Runtime
 
 COUNT = 4
 """Validation images shown, spread evenly over the split: the same ones every epoch."""

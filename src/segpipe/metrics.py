@@ -120,7 +120,7 @@ class SegmentationMetrics:
     def merge_processes(self) -> None:
         """Under torch.distributed: sum the confusion matrices of all ranks and gather their
         per-image counts, so :meth:`compute` gives what one process would over all images."""
-        from segpipe.training.distributed import gather_lists, sum_over_ranks
+        from segpipe.distributed import gather_lists, sum_over_ranks
 
         self.confusion = sum_over_ranks(self.confusion)
         self.image_counts = gather_lists(self.image_counts)

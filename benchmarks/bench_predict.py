@@ -4,7 +4,7 @@
 
 In one process, in interleaved rounds: the model-only inference bound (the checkpoint's
 model on tensors already in memory), then for each variant the ``predict`` command's path
-(:func:`segpipe.tools.predict.run`) and the evaluate stage's scoring path
+(:func:`segpipe.commands.predict.run`) and the evaluate stage's scoring path
 (:func:`segpipe.evaluation.evaluate.score_test_split`) on full-size photos. Each path's
 steady-state speed is ``(N - 1) / (t_N - t_1)``: the wall time of a one-photo run (model
 load, warm-up) is subtracted from that of the N-photo run. The model has random weights: the
@@ -25,20 +25,20 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from benchmarks.flops import forward_flops
+from segpipe.commands import predict
 from segpipe.config import EvaluateConfig, ModelConfig, SplitConfig
 from segpipe.constants import IMAGENET_MEAN, IMAGENET_STD
 from segpipe.data import split
 from segpipe.data.masks import RULE_FILE, load_rule
 from segpipe.data.tables import read_split
 from segpipe.evaluation import evaluate
+from segpipe.inference.predictor import Predictor
+from segpipe.inference.stream import IO_THREADS
 from segpipe.model.checkpoint import Checkpoint, ModelSpec, save_checkpoint
-from segpipe.model.inference import Predictor
 from segpipe.model.network import build_model
-from segpipe.model.runtime import reuse_freed_memory
-from segpipe.model.stream import IO_THREADS
 from segpipe.resources import peak_rss_mb
-from segpipe.tools import predict
-from segpipe.tools.flops import forward_flops
+from segpipe.runtime import reuse_freed_memory
 
 VARIANTS = {
     "serial": {"threads": 0, "decode": "exact", "backend": "torch"},
@@ -270,7 +270,7 @@ def format_report(result: dict, variants: list[str]) -> str:
 def main(data: Path, work: Path, args: argparse.Namespace) -> dict:
     """Prepare, measure in a child process, and return the report (also printed)."""
     load = prepare(data, work, args)
-    child = [sys.executable, "-m", "segpipe.tools.bench_predict", str(work)]
+    child = [sys.executable, "-m", "benchmarks.bench_predict", str(work)]
     settings = {k: getattr(args, k) for k in ("images", "image_size", "encoder")}
     settings |= {k: getattr(args, k) for k in ("eval_batch_size", "batches", "repeats")}
     (work / "settings.json").write_text(json.dumps({**settings, "variants": args.variants}))

@@ -21,7 +21,7 @@ from torch import nn
 
 from segpipe.config import Backend
 from segpipe.errors import SegpipeError
-from segpipe.model.runtime import Runtime
+from segpipe.runtime import Runtime
 
 BACKENDS: tuple[str, ...] = typing.get_args(Backend)
 PINNED = "openvino==2026.4.1"

@@ -36,12 +36,12 @@ import torch
 from segpipe.config import Params, parse_params, read_yaml, yaml_value
 from segpipe.constants import LIVE_HISTORY
 from segpipe.data import cache, split
+from segpipe.data.geometry import Geometry
 from segpipe.data.masks import RULE_FILE, MaskRule, load_rule
 from segpipe.data.tables import read_split
 from segpipe.errors import SegpipeError
 from segpipe.evaluation import evaluate
-from segpipe.evaluation.metrics import SegmentationMetrics, bootstrap_scores, percentile_interval
-from segpipe.model.geometry import Geometry
+from segpipe.metrics import SegmentationMetrics, bootstrap_scores, percentile_interval
 from segpipe.training import train
 
 log = logging.getLogger(__name__)

@@ -8,12 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from benchmarks import bench, recipes
 from segpipe.config import read_yaml
 from segpipe.errors import SegpipeError
-from segpipe.evaluation.metrics import SegmentationMetrics, bootstrap_scores
-from segpipe.tools import bench, recipes
-
-from .helpers import REPO, tiny_params, write_params
+from segpipe.metrics import SegmentationMetrics, bootstrap_scores
+from tests.helpers import REPO, tiny_params, write_params
 
 # Per-image (C=2, 3) counts: tp, fp, fn of background (unused) and foreground.
 PERFECT = np.array([[0, 0, 0], [1, 0, 0]])  # foreground Dice 1

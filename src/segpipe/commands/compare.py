@@ -33,7 +33,7 @@ from segpipe.evaluation.compare import (
     compare,
     environment_note,
 )
-from segpipe.evaluation.metrics import count_columns, counts_of_table
+from segpipe.metrics import count_columns, counts_of_table
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ WORKSPACE = "workspace"
 PER_IMAGE, TEST_SET, PARAMS = "metrics/per_image.csv", "metrics/test_set.json", "params.yaml"
 ENVIRONMENT = "metrics/environment.json"
 """What compare reads at each revision, where dvc.yaml's evaluate stage writes it (the gallery
-also reads images, masks and predictions: :mod:`segpipe.reporting.compare`)."""
+also reads images, masks and predictions: :mod:`segpipe.reporting.gallery`)."""
 
 RERUN = "run its evaluate stage again (`dvc exp run` or `dvc repro` at that revision) to compare it"
 
@@ -251,7 +251,7 @@ def run(args: argparse.Namespace) -> int:
         )
         print(render(groups, comparisons, header))
     if args.gallery is not None:
-        from segpipe.reporting import compare as gallery
+        from segpipe.reporting import gallery
 
         with tempfile.TemporaryDirectory() as tmp:
             gallery.write_all(root, revisions, groups, args.gallery, args.gallery_size, Path(tmp))

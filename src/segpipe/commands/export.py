@@ -2,7 +2,8 @@
 
     segpipe export --model models/model.pt --out models/model.onnx [--opset 17]
 
-(``--format smp`` writes smp's ``save_pretrained`` folder instead: :mod:`segpipe.tools.export_smp`.)
+(``--format smp`` writes smp's ``save_pretrained`` folder instead:
+:mod:`segpipe.commands.export_smp`.)
 
 The ONNX model takes ``image`` (float32 NCHW, RGB, normalised with the mean and std of its
 ``preprocessing`` metadata (the encoder's, from the checkpoint), any batch size, height
@@ -32,14 +33,14 @@ import torch
 from torch import nn
 
 from segpipe.cli import parser, run_stage
+from segpipe.commands import export_smp
+from segpipe.commands.predict import resolve_settings
 from segpipe.config import check_threshold
 from segpipe.errors import SegpipeError
 from segpipe.files import atomic_path, ensure_writable_dir, write_error, write_json
 from segpipe.model.checkpoint import ModelSpec, load_checkpoint
 from segpipe.model.outputs import logits_to_labels
 from segpipe.progress import progress
-from segpipe.tools import export_smp
-from segpipe.tools.predict import resolve_settings
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +138,7 @@ GEOMETRY_NOTE = (
     "to multiples of size_multiple, and cut the padding off the logits before resizing them "
     "back (bilinear) to the image's size"
 )
-"""How an image becomes this graph's input (:mod:`segpipe.model.geometry`), in words."""
+"""How an image becomes this graph's input (:mod:`segpipe.data.geometry`), in words."""
 
 OUTSIDE_GRAPH_NOTE = (
     "sliding-window inference (evaluate.tile, evaluate.overlap: logits of overlapping windows "
@@ -311,7 +312,7 @@ def run(
 
     The ONNX file appears only once it passed the parity check. Its ``threshold`` (binary
     models; null for more classes) is ``threshold``, else the ``evaluate.threshold`` predict
-    would use (:func:`~segpipe.tools.predict.resolve_settings`), logged with its source.
+    would use (:func:`~segpipe.commands.predict.resolve_settings`), logged with its source.
 
     Returns:
         The report written to ``<out>.json``.

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from benchmarks import bench, bench_backends, bench_predict
+from benchmarks.flops import forward_flops
 from segpipe.config import ModelConfig
-from segpipe.model.folding import fold_batch_norms
+from segpipe.inference.folding import fold_batch_norms
 from segpipe.model.network import build_model
-from segpipe.tools import bench, bench_backends, bench_predict
-from segpipe.tools.flops import forward_flops
-
-from .realdata import KVASIR, kvasir_sample
+from tests.helpers import REPO
+from tests.realdata import KVASIR, kvasir_sample
 
 
 def run_tiny(tmp_path: Path, data: Path, *extra: str) -> dict:
@@ -70,8 +72,7 @@ def test_benchmark_data_keeps_awkward_names(tmp_path):
     """The benchmark's split and its cut-down CSVs keep names such as 0003 and NA, and it
     pairs suffixed masks (--mask-suffix)."""
     from segpipe.data.tables import read_split
-
-    from .realdata import AWKWARD_STEMS, write_folder_dataset
+    from tests.realdata import AWKWARD_STEMS, write_folder_dataset
 
     data = write_folder_dataset(tmp_path / "data", list(AWKWARD_STEMS), rotated=("0003",))
     for mask in sorted((data / "masks").iterdir()):
@@ -220,3 +221,15 @@ def test_counting_flops_leaves_a_training_model_as_it_was():
     assert forward_flops(model, 32) > 0  # 1x1 at the bottleneck: train-mode batch norm refuses
     assert model.training
     assert all(torch.equal(v, stats[k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.slow  # a Python start and the torch imports
+def test_benchmarks_run_as_a_module() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0 and "--image-size" in result.stdout, result.stderr

@@ -1,7 +1,7 @@
 """Throughput benchmark: the pipeline vs. a naive tutorial-style loader vs. the model alone.
 
     segpipe bench [--data DIR] [--image-size 256] [--batch-size 8]
-    python -m segpipe.tools.bench ...                      (the same)
+    python -m benchmarks.bench ...                      (the same)
     segpipe bench recipes --data DIR --budget-cpu-s 360 --recipe NAME ...   (see tools/recipes.py)
     segpipe bench stages [--data DIR] [--counts 1000 10000]    (split and cache: bench_stages.py)
     segpipe bench backends [--image-size 256]     (inference backends: bench_backends.py)
@@ -39,18 +39,18 @@ from torch.utils.data import DataLoader
 from segpipe.config import ModelConfig, SplitConfig, SyntheticConfig
 from segpipe.data import cache
 from segpipe.data.dataset import CachedDataset, SegmentationDataset, build_transform
+from segpipe.data.geometry import Geometry
 from segpipe.data.masks import RULE_FILE, load_rule
 from segpipe.data.tables import read_split
-from segpipe.model.geometry import Geometry
 from segpipe.model.network import build_model
-from segpipe.model.runtime import Runtime, reuse_freed_memory
 from segpipe.resources import peak_rss_mb
+from segpipe.runtime import Runtime, reuse_freed_memory
 from segpipe.training.engine import adam, evaluate_epoch, train_one_epoch
 from segpipe.training.losses import build_loss
 
 MODES = ("naive", "pipeline", "model")
 SUB_BENCHMARKS = ("stages", "backends", "profile")
-"""``segpipe bench <name>``: the modules ``segpipe.tools.bench_<name>``."""
+"""``segpipe bench <name>``: the modules ``benchmarks.bench_<name>``."""
 
 
 def _timed_epochs(step, images_per_call: int, repeats: int) -> float:
@@ -240,9 +240,9 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
 
 
 def recipes_main(argv: list[str], *, prog: str | None = None) -> int:
-    """``bench recipes``: training recipes at an equal CPU budget (:mod:`segpipe.tools.recipes`)."""
+    """``bench recipes``: training recipes at an equal CPU budget (:mod:`benchmarks.recipes`)."""
+    from benchmarks import recipes
     from segpipe.cli import parser, run_stage
-    from segpipe.tools import recipes
 
     p = parser(recipes.__doc__.split("\n\n")[0])
     p.prog = f"{prog or 'segpipe bench'} recipes"
@@ -252,13 +252,13 @@ def recipes_main(argv: list[str], *, prog: str | None = None) -> int:
 
 
 def sub_benchmark(name: str, argv: list[str], *, prog: str | None = None) -> int:
-    """``bench stages|backends|profile``: a module of ``segpipe.tools`` with ``add_arguments``
+    """``bench stages|backends|profile``: a module of ``benchmarks`` with ``add_arguments``
     and ``main(args) -> dict`` (printed by it; also written to ``--json``)."""
     import importlib
 
     from segpipe.cli import parser, run_stage
 
-    module = importlib.import_module(f"segpipe.tools.bench_{name}")
+    module = importlib.import_module(f"benchmarks.bench_{name}")
     p = parser(module.__doc__.split("\n\n")[0])
     p.prog = f"{prog or 'segpipe bench'} {name}"
     module.add_arguments(p)
@@ -274,8 +274,8 @@ def sub_benchmark(name: str, argv: list[str], *, prog: str | None = None) -> int
 
 def _predict_benchmark(data: Path | None, args: argparse.Namespace) -> int:
     """``--predict``: the predict and evaluate paths on files beside the model-only bound."""
+    from benchmarks import bench_predict
     from segpipe.data import synthetic
-    from segpipe.tools import bench_predict
 
     with tempfile.TemporaryDirectory(prefix="segpipe-bench-") as tmp:
         work = Path(tmp)
@@ -348,7 +348,7 @@ CHILD_FLAGS = (
 
 def _measure_in_child(mode: str, work: Path, args: argparse.Namespace) -> dict:
     """:func:`run_mode` in a process of its own, so that its peak memory is its own."""
-    child = [sys.executable, "-m", "segpipe.tools.bench", "--mode", mode, "--work", str(work)]
+    child = [sys.executable, "-m", "benchmarks.bench", "--mode", mode, "--work", str(work)]
     for flag in CHILD_FLAGS:
         child += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
     out = subprocess.run(child, capture_output=True, text=True, check=True).stdout

@@ -29,15 +29,14 @@ from segpipe.config import (
     load_evaluate,
 )
 from segpipe.data.colours import blend, palette
+from segpipe.data.geometry import MULTIPLE, padded_size
 from segpipe.data.images import IMAGE_EXTENSIONS, scan_folder, stem_of
 from segpipe.errors import SegpipeError
 from segpipe.files import ensure_writable_dir, require_folder, write_error
-from segpipe.model.geometry import MULTIPLE, padded_size
-from segpipe.model.inference import Predictor
-from segpipe.model.memory import available_bytes
-from segpipe.model.openvino_backend import BACKENDS
-from segpipe.model.runtime import reuse_freed_memory
-from segpipe.model.stream import (
+from segpipe.inference.memory import available_bytes
+from segpipe.inference.openvino_backend import BACKENDS
+from segpipe.inference.predictor import Predictor
+from segpipe.inference.stream import (
     DECODE_MODES,
     IO_THREADS,
     MaskStream,
@@ -49,8 +48,9 @@ from segpipe.model.stream import (
     save_mask,
     save_png,
 )
-from segpipe.model.tiling import InferenceOptions
+from segpipe.inference.tiling import InferenceOptions
 from segpipe.progress import progress
+from segpipe.runtime import reuse_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -391,7 +391,7 @@ def _shown(value: Any) -> str:
 def check_memory(predictor: Predictor, files: list[Path]) -> None:
     """Refuse, before any work, an input too large for memory in one forward pass: a model
     trained on crops sees each image whole at its scale, so a large photo needs gigabytes.
-    The estimate (:meth:`~segpipe.model.inference.Predictor.memory_needed`) is checked for
+    The estimate (:meth:`~segpipe.inference.predictor.Predictor.memory_needed`) is checked for
     the largest input (by its header) against the memory free on the predictor's device.
 
     Raises:

@@ -64,8 +64,8 @@ def measure(stage: str, data: Path, out: Path, threads: int, args: argparse.Name
         counts = split.run(SPLIT, 0, data, out, mask_suffix=args.mask_suffix, threads=threads)
     else:
         from segpipe.data import cache
+        from segpipe.data.geometry import Geometry
         from segpipe.data.masks import RULE_FILE, load_rule
-        from segpipe.model.geometry import Geometry
 
         start = time.perf_counter()
         rule = load_rule(data / RULE_FILE)
@@ -76,7 +76,7 @@ def measure(stage: str, data: Path, out: Path, threads: int, args: argparse.Name
 
 def in_child(stage: str, data: Path, out: Path, threads: int, args: argparse.Namespace) -> dict:
     """:func:`measure` in a fresh process (its imports, threads and memory its own)."""
-    command = [sys.executable, "-m", "segpipe.tools.bench_stages", stage, str(data), str(out)]
+    command = [sys.executable, "-m", "benchmarks.bench_stages", stage, str(data), str(out)]
     command += [str(threads), str(args.image_size), args.mask_suffix]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:

@@ -9,7 +9,7 @@ batch (inference is as fast for random weights as for learnt ones):
   has native bf16, channels-last);
 - ``torch folded``: the same with every batch norm folded into the convolution before it;
 - ``torch fp32``: no autocast, channels-last;
-- ``openvino``: ``evaluate.backend: openvino`` (:mod:`segpipe.model.openvino_backend`: the
+- ``openvino``: ``evaluate.backend: openvino`` (:mod:`segpipe.inference.openvino_backend`: the
   network converted and compiled for the CPU in bf16 where PyTorch autocasts to bf16);
 - ``onnxruntime``: the model exported as ``segpipe export`` exports it (opset 17), run by
   onnxruntime's CPU provider with all graph optimisations (which fold batch norms too).
@@ -30,9 +30,9 @@ import torch
 from torch import nn
 
 from segpipe.config import ModelConfig
-from segpipe.model.folding import fold_batch_norms
+from segpipe.inference.folding import fold_batch_norms
 from segpipe.model.network import build_model
-from segpipe.model.runtime import Runtime, reuse_freed_memory
+from segpipe.runtime import Runtime, reuse_freed_memory
 
 BACKENDS = ("torch", "torch folded", "torch fp32", "openvino", "onnxruntime")
 
@@ -71,13 +71,13 @@ def backends(args: argparse.Namespace, work: Path) -> tuple[dict[str, Callable],
         "torch folded": on(fast, folded),
         "torch fp32": on(fp32, base),
     }
-    from segpipe.model.openvino_backend import compile_openvino
+    from segpipe.inference.openvino_backend import compile_openvino
 
     compiled = compile_openvino(base, fast, size)
     runs["openvino"] = lambda: compiled(x)
     import onnxruntime as ort
 
-    from segpipe.tools.export import INPUT_NAME, OUTPUT_NAME, export_onnx
+    from segpipe.commands.export import INPUT_NAME, OUTPUT_NAME, export_onnx
 
     path = work / "model.onnx"
     options = ort.SessionOptions()

@@ -3,7 +3,7 @@ encoding run on a small thread pool while the model computes the next batch.
 
 PIL's decoders and encoders, OpenCV's resize and torch's kernels release the GIL, so these
 threads run in parallel with the model's own threads. The labels are computed exactly as
-:func:`~segpipe.model.inference.full_resolution` computes them (the same kernels on
+:func:`~segpipe.inference.predictor.full_resolution` computes them (the same kernels on
 the same logits), so a mask is the same byte for byte whichever path wrote it.
 """
 
@@ -26,7 +26,7 @@ from segpipe.config import Decode
 from segpipe.data.images import read_image, read_image_reduced
 from segpipe.errors import SegpipeError
 from segpipe.files import atomic_write
-from segpipe.model.inference import Predictor
+from segpipe.inference.predictor import Predictor
 from segpipe.model.outputs import foreground_probability
 
 T = TypeVar("T")
@@ -58,7 +58,7 @@ class StreamSettings:
 class Prepared:
     """One input read and made ready for the model: its model input, its full (H, W), the
     (h, w) of the image inside the input's padding (None: no padding, see
-    :meth:`~segpipe.model.inference.Predictor.prepare`), and what the caller needs beside the
+    :meth:`~segpipe.inference.predictor.Predictor.prepare`), and what the caller needs beside the
     labels (the full-size photo for an overlay, the true mask for scoring), if anything."""
 
     tensor: torch.Tensor
@@ -97,7 +97,7 @@ def labels_at(
 ) -> np.ndarray:
     """The label map (H, W) uint8 of image ``index`` of a batch of logits (N, C', h, w),
     resized back bilinearly to ``size`` and thresholded (one channel) or argmax (several):
-    the values :func:`~segpipe.model.inference.full_resolution` gives, without its
+    the values :func:`~segpipe.inference.predictor.full_resolution` gives, without its
     int64 and float copies."""
     resized = F.interpolate(
         logits[index : index + 1], size=size, mode="bilinear", align_corners=False

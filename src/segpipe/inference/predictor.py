@@ -15,23 +15,23 @@ from PIL import Image
 
 from segpipe.data.colours import mask_to_png
 from segpipe.data.dataset import build_transform, normalize, to_tensor
+from segpipe.data.geometry import pad_pair, padded_size, resize_pair
 from segpipe.data.images import read_image
 from segpipe.errors import SegpipeError
+from segpipe.inference.folding import fold_batch_norms
+from segpipe.inference.memory import bytes_per_pixel
+from segpipe.inference.openvino_backend import BACKENDS, compile_openvino
+from segpipe.inference.tiling import InferenceOptions, logits_of
 from segpipe.model.checkpoint import load_checkpoint
-from segpipe.model.folding import fold_batch_norms
-from segpipe.model.geometry import pad_pair, padded_size, resize_pair
-from segpipe.model.memory import bytes_per_pixel
-from segpipe.model.openvino_backend import BACKENDS, compile_openvino
 from segpipe.model.outputs import foreground_probability, logits_to_labels
-from segpipe.model.runtime import Runtime, parse_device
-from segpipe.model.tiling import InferenceOptions, logits_of
+from segpipe.runtime import Runtime, parse_device
 
 
 class Predictor:
     """Loads a checkpoint and turns RGB images (HxWx3 uint8) into label maps (HxW uint8).
 
     Its copy of the network has its batch norms folded into the convolutions (see
-    :mod:`~segpipe.model.folding`): the same function, 9% faster on the reference CPU.
+    :mod:`~segpipe.inference.folding`): the same function, 9% faster on the reference CPU.
 
     Args:
         model_path: a checkpoint written by the train stage (``models/model.pt``).
@@ -42,7 +42,7 @@ class Predictor:
         options: sliding windows and flip averaging (``evaluate.tile``, ``evaluate.overlap``,
             ``evaluate.tta``); default: one pass over the whole image.
         backend: what runs the forward pass: ``torch``, or ``openvino`` (CPU only, see
-            :mod:`~segpipe.model.openvino_backend`).
+            :mod:`~segpipe.inference.openvino_backend`).
     """
 
     def __init__(
@@ -87,7 +87,7 @@ class Predictor:
 
     def memory_needed(self, height: int, width: int, tile: int | None = None) -> int:
         """The estimated peak bytes of one forward pass for an image of ``height`` x ``width``
-        (see :mod:`~segpipe.model.memory`): of one ``tile`` window when given, else of the
+        (see :mod:`~segpipe.inference.memory`): of one ``tile`` window when given, else of the
         input :meth:`prepare` makes of it."""
         if self.geometry.fixed_size:
             h = w = self.image_size

@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from segpipe.model.runtime import Runtime, reuse_freed_memory
-from segpipe.tools.flops import forward_flops
+from benchmarks.flops import forward_flops
+from segpipe.runtime import Runtime, reuse_freed_memory
 from segpipe.training.engine import train_one_epoch
 from segpipe.training.losses import build_loss
 
@@ -48,7 +48,7 @@ def kind_of(name: str) -> str:
 
 def profile_size(size: int, args: argparse.Namespace) -> dict:
     """ms per image by kind of operator, and wall ms per image, for one size."""
-    from segpipe.tools.bench import _model_and_optimizer
+    from benchmarks.bench import _model_and_optimizer
 
     torch.manual_seed(0)
     runtime = Runtime.choose("auto", channels_last=True, device=torch.device("cpu"))

@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
-from segpipe.model.runtime import pick_device
+from segpipe.runtime import pick_device
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,5 @@
+"""Benchmarks of segpipe: throughput, stage times, predict latency, backends, recipes.
+
+Not part of the product package: run them from the repository root with
+``python -m benchmarks --help``.
+"""

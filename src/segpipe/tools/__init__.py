@@ -1,1 +1,0 @@
-"""Commands outside the pipeline: predict, export, bench, check."""
