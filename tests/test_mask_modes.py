@@ -1,6 +1,6 @@
 """Every mode a mask file can come in is read by what it encodes, or refused by name: objects
 in the alpha channel alone, palette transparency, 16- and 32-bit levels, floats that are whole
-numbers or soft, CMYK and other colour spaces, and images of several frames."""
+numbers or soft, CMYK and other colour spaces, and images (masks and photos) of several frames."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segpipe.data.images import UnreadableImageError
+from segpipe.data.images import UnreadableImageError, read_image
 from segpipe.data.masks import mask_values, open_mask, rule_of_files
 from segpipe.errors import SegpipeError
 
@@ -172,6 +172,28 @@ def test_masks_of_several_frames_are_refused(tmp_path, fmt):
     path.write_bytes(several_frames(fmt))
     with pytest.raises(UnreadableImageError, match="2 frames, an animated or multi-page image"):
         open_mask(path)
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "TIFF", "PNG"])
+def test_photos_of_several_frames_are_refused(tmp_path, fmt):
+    path = tmp_path / f"photo.{fmt.lower()}"
+    path.write_bytes(several_frames(fmt))
+    with pytest.raises(UnreadableImageError, match="2 frames, an animated or multi-page image"):
+        read_image(path)
+
+
+def test_a_cameras_multi_picture_jpeg_is_read_at_its_photo(tmp_path):
+    """MPO (CIPA DC-007): the first frame is the photo; the others are previews or views."""
+    photo = np.zeros((32, 48, 3), dtype=np.uint8)
+    photo[:, :24] = 200
+    path = tmp_path / "camera.jpg"
+    Image.fromarray(photo).save(
+        path, "MPO", save_all=True, append_images=[Image.fromarray(photo[:16, :24])], quality=95
+    )
+    with Image.open(path) as image:
+        assert image.format == "MPO" and image.n_frames == 2
+    read = read_image(path)
+    assert read.shape == photo.shape and np.abs(read.astype(int) - photo).max() <= 8
 
 
 SAVED = {  # files as they are written in these modes; each is read back as OBJECT

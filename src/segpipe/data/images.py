@@ -202,7 +202,6 @@ def open_image(
     *,
     upright: bool = True,
     before_load: Callable[[Image.Image], None] | None = None,
-    single_frame: bool = False,
 ) -> Image.Image:
     """Open and fully decode an image, so truncated files fail here rather than in training.
 
@@ -210,11 +209,14 @@ def open_image(
         upright: apply the EXIF orientation (see :func:`make_upright`), as viewers and
             annotation tools show the photo. Masks are read as stored (``upright=False``).
         before_load: called on the opened, not yet decoded image (to set a draft mode).
-        single_frame: refuse an image of several frames (animated GIF, multi-page TIFF)
-            rather than decode its first frame alone.
+
+    An image of several frames (animated GIF or PNG, multi-page TIFF) is refused rather than
+    read at its first frame: which one is meant is unknown. A camera's multi-picture JPEG (MPO)
+    is read: its first frame is the photo, the others are previews or a second view.
 
     Raises:
-        UnreadableImageError: missing, empty, unrecognised, truncated or corrupt file.
+        UnreadableImageError: missing, empty, unrecognised, truncated or corrupt file, or an
+            image of several frames.
     """
     path = Path(path)
     max_pixels()
@@ -230,7 +232,7 @@ def open_image(
         try:
             with Image.open(path) as image:
                 frames = getattr(image, "n_frames", 1)
-                if single_frame and frames > 1:
+                if frames > 1 and image.format != "MPO":
                     raise UnreadableImageError(
                         path,
                         f"{frames} frames, an animated or multi-page image: which one is meant "

@@ -89,7 +89,7 @@ def open_mask(path: Path) -> Image.Image:
     Raises:
         UnreadableImageError: as :func:`~segpipe.data.images.open_image`, or several frames.
     """
-    return open_image(path, upright=False, single_frame=True)
+    return open_image(path, upright=False)
 
 
 def mask_values(
