@@ -16,10 +16,12 @@ from PIL import Image
 
 from segpipe import files
 from segpipe.commands import predict
+from segpipe.config import load_params
 from segpipe.data.masks import RULE_FILE, MaskRule, load_rule
 from segpipe.data.tables import read_split
 from segpipe.errors import SegpipeError
 from segpipe.evaluation import evaluate
+from segpipe.inference import memory
 from segpipe.metrics import SegmentationMetrics
 from segpipe.training.resume import save as save_resume_state
 
@@ -510,7 +512,7 @@ def test_an_input_too_large_for_memory_is_refused_with_a_tile_that_fits(
     folder.mkdir()
     Image.new("RGB", (96, 64)).save(folder / "small.png")
     Image.new("RGB", (1000, 600)).save(folder / "large.png")
-    monkeypatch.setattr(predict, "available_bytes", lambda device: 200 * 2**20)
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 200 * 2**20)
     message = refusal(model, folder, tmp_path / "out")
     assert message.startswith(
         f"{folder / 'large.png'}: a 1000x600 image is one 1024x608 input to this model (each "
@@ -522,6 +524,27 @@ def test_an_input_too_large_for_memory_is_refused_with_a_tile_that_fits(
     assert not (tmp_path / "out").exists()
     done = predict.run(model, folder, tmp_path / "out", tile=tile)
     assert done["written"] == 2
+
+
+def test_the_evaluate_stage_checks_memory_before_any_work(tmp_path, trained, monkeypatch):
+    """The same estimate guards the evaluate stage, which suggests the parameter to set."""
+    model = untrained_checkpoint(tmp_path / "crops.pt", crop=64)
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 2**20)
+    test = read_split(trained / "splits" / "test.csv")
+    largest = max(test.itertuples(), key=lambda row: row.height * row.width)
+    with pytest.raises(SegpipeError) as refused:
+        evaluate.run(
+            load_params(write_params(tmp_path / "p.yaml", data__classes=["background", "class1"])),
+            model,
+            trained / "splits",
+            tmp_path / "evaluate.json",
+            tmp_path / "per_image.csv",
+            tmp_path / "predictions",
+        )
+    message = str(refused.value)
+    assert message.startswith(f"{largest.image}: a {largest.width}x{largest.height} image is ")
+    assert message.endswith("predict in windows: set evaluate.tile: 32 in params.yaml")
+    assert not (tmp_path / "predictions").exists() and not (tmp_path / "evaluate.json").exists()
 
 
 def test_the_memory_estimate_grows_with_the_input(tmp_path):

@@ -29,11 +29,10 @@ from segpipe.config import (
     load_evaluate,
 )
 from segpipe.data.colours import blend, palette
-from segpipe.data.geometry import MULTIPLE, padded_size
 from segpipe.data.images import IMAGE_EXTENSIONS, scan_folder, stem_of
 from segpipe.errors import SegpipeError
 from segpipe.files import ensure_writable_dir, require_folder, write_error
-from segpipe.inference.memory import available_bytes
+from segpipe.inference.memory import check_memory
 from segpipe.inference.openvino_backend import BACKENDS
 from segpipe.inference.predictor import Predictor
 from segpipe.inference.stream import (
@@ -55,8 +54,6 @@ from segpipe.runtime import reuse_freed_memory
 log = logging.getLogger(__name__)
 
 DEFAULT_PARAMS = Path("params.yaml")
-MAX_SUGGESTED_TILE = 1024
-"""The largest window an out-of-memory refusal suggests (larger gain little)."""
 
 
 def list_inputs(path: Path, out_dir: Path | None = None) -> tuple[dict[str, Path], list[Path]]:
@@ -322,7 +319,12 @@ def run(
     check_outputs(inputs, input_files, out_dir, targets, overwrite=overwrite)
     reuse_freed_memory()  # as the evaluate stage does: large buffers are not mapped afresh
     predictor = _load_predictor(model_path, settings, sources, threshold_given=threshold)
-    check_memory(predictor, list(inputs_by_stem.values()))
+    sizes = {path: _header_size(path) for path in inputs_by_stem.values()}
+    check_memory(
+        predictor,
+        {path: hw for path, hw in sizes.items() if hw is not None},
+        fix="pass --tile {tile} (or set evaluate.tile)",
+    )
     stream = StreamSettings(batch_size, settings["decode"], threads)
     ensure_writable_dir(out_dir, "--output")
     start = time.perf_counter()
@@ -386,48 +388,6 @@ def _shown(value: Any) -> str:
     if value is None:
         return "null"
     return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def check_memory(predictor: Predictor, files: list[Path]) -> None:
-    """Refuse, before any work, an input too large for memory in one forward pass: a model
-    trained on crops sees each image whole at its scale, so a large photo needs gigabytes.
-    The estimate (:meth:`~segpipe.inference.predictor.Predictor.memory_needed`) is checked for
-    the largest input (by its header) against the memory free on the predictor's device.
-
-    Raises:
-        SegpipeError: naming the file, the estimate, and a ``--tile`` that fits.
-    """
-    if predictor.geometry.fixed_size:
-        return  # every input is the image_size square, as in training
-    sizes = {path: _header_size(path) for path in files}
-    sizes = {path: hw for path, hw in sizes.items() if hw is not None}
-    available = available_bytes(predictor.runtime.device)
-    if not sizes or available is None:
-        return
-    tile = predictor.options.tile
-    largest = max(sizes, key=lambda path: sizes[path][0] * sizes[path][1])
-    need = predictor.memory_needed(*sizes[largest], tile=tile)
-    if need <= available:
-        return
-    too_big = sum(predictor.memory_needed(*hw, tile=tile) > available for hw in sizes.values())
-    height, width = sizes[largest]
-    model_h, model_w = padded_size(*predictor.geometry.input_size(height, width))
-    raise SegpipeError(
-        f"{largest}: a {width}x{height} image is one {model_w}x{model_h} input to this model "
-        f"({predictor.geometry.describe()}): about {need / 2**30:.1f} GiB for one forward pass, "
-        f"{available / 2**30:.1f} GiB free ({too_big} of {len(sizes)} input(s) are too large); "
-        f"predict in windows: pass --tile {_fitting_tile(predictor, available)} (or set "
-        "evaluate.tile)"
-    )
-
-
-def _fitting_tile(predictor: Predictor, available: int) -> int:
-    """The largest window side (a multiple of 32, at most 1024) whose forward pass takes at
-    most half the ``available`` memory."""
-    tile = MAX_SUGGESTED_TILE
-    while tile > MULTIPLE and predictor.window_memory(tile) > available / 2:
-        tile -= MULTIPLE
-    return tile
 
 
 def _header_size(path: Path) -> tuple[int, int] | None:

@@ -26,6 +26,7 @@ from segpipe.data.tables import dataset_folder, read_split
 from segpipe.errors import SegpipeError
 from segpipe.evaluation import fingerprint, model_card
 from segpipe.files import atomic_write, require_apart, write_json
+from segpipe.inference.memory import check_memory
 from segpipe.inference.predictor import Predictor
 from segpipe.inference.stream import (
     IO_THREADS,
@@ -141,6 +142,8 @@ def run(
     require_apart(predictions_dir, "--predictions", inputs)
     reuse_freed_memory()
     predictor = _predictor(model_path, cfg, classes)
+    val = read_split(splits_dir / "val.csv")
+    check_memory(predictor, _sizes(test, val), fix="set evaluate.tile: {tile} in params.yaml")
     rule = load_rule(splits_dir / RULE_FILE, params.data)
     metrics, rows, images_per_s = score_test_split(predictor, test, rule, cfg, predictions_dir)
     for row, counts in zip(rows, metrics.image_counts, strict=True):
@@ -151,7 +154,7 @@ def run(
         "n_images": len(rows),
         "threshold": cfg.threshold,
     }
-    sweep = threshold_sweep(predictor, read_split(splits_dir / "val.csv"), rule, cfg)
+    sweep = threshold_sweep(predictor, val, rule, cfg)
     if len(classes) == 2:
         best = sweep.best()
         result["val_best_threshold"] = best["threshold"]
@@ -183,6 +186,15 @@ def run(
         len(rows),
     )
     return result
+
+
+def _sizes(*frames: pd.DataFrame) -> dict[Path, tuple[int, int]]:
+    """Each image's (height, width), as the split recorded it."""
+    return {
+        Path(image): (int(h), int(w))
+        for frame in frames
+        for image, h, w in zip(frame["image"], frame["height"], frame["width"], strict=True)
+    }
 
 
 def _predictor(model_path: Path, cfg: EvaluateConfig, classes: list[str]) -> Predictor:

@@ -11,16 +11,26 @@ from __future__ import annotations
 
 import os
 import weakref
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from segpipe.data.geometry import MULTIPLE, padded_size
+from segpipe.errors import SegpipeError
+
+if TYPE_CHECKING:
+    from segpipe.inference.predictor import Predictor
+
 MARGIN = 1.5
 """Measured peak RSS over the traced peak of live tensors, for one fp32 forward pass on the
 CPU: 1.35 (Unet/efficientnet-b3) to 1.5 (Unet/resnet18) at 1024x1024."""
+
+MAX_SUGGESTED_TILE = 1024
+"""The largest window an out-of-memory refusal suggests (larger gain little)."""
 
 CALIBRATION_SIDE = 64
 """The side of the traced input: large enough for every encoder's five downsamplings."""
@@ -81,3 +91,46 @@ def available_bytes(device: torch.device) -> int | None:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return None
+
+
+def check_memory(predictor: Predictor, sizes: dict[Path, tuple[int, int]], fix: str) -> None:
+    """Refuse, before any work, an input too large for memory in one forward pass: a model
+    trained on crops sees each image whole at its scale, so a large photo needs gigabytes.
+    The estimate (:meth:`~segpipe.inference.predictor.Predictor.memory_needed`) is checked for
+    the largest of ``sizes`` (file -> (height, width)) against the memory free on the
+    predictor's device. Used by predict and by the evaluate stage.
+
+    Args:
+        fix: what the user should do, with ``{tile}`` for a window side that fits.
+
+    Raises:
+        SegpipeError: naming the file, the estimate, and a window size that fits.
+    """
+    if predictor.geometry.fixed_size:
+        return  # every input is the image_size square, as in training
+    available = available_bytes(predictor.runtime.device)
+    if not sizes or available is None:
+        return
+    tile = predictor.options.tile
+    largest = max(sizes, key=lambda path: sizes[path][0] * sizes[path][1])
+    need = predictor.memory_needed(*sizes[largest], tile=tile)
+    if need <= available:
+        return
+    too_big = sum(predictor.memory_needed(*hw, tile=tile) > available for hw in sizes.values())
+    height, width = sizes[largest]
+    model_h, model_w = padded_size(*predictor.geometry.input_size(height, width))
+    raise SegpipeError(
+        f"{largest}: a {width}x{height} image is one {model_w}x{model_h} input to this model "
+        f"({predictor.geometry.describe()}): about {need / 2**30:.1f} GiB for one forward pass, "
+        f"{available / 2**30:.1f} GiB free ({too_big} of {len(sizes)} input(s) are too large); "
+        f"predict in windows: {fix.format(tile=_fitting_tile(predictor, available))}"
+    )
+
+
+def _fitting_tile(predictor: Predictor, available: int) -> int:
+    """The largest window side (a multiple of 32, at most 1024) whose forward pass takes at
+    most half the ``available`` memory."""
+    tile = MAX_SUGGESTED_TILE
+    while tile > MULTIPLE and predictor.window_memory(tile) > available / 2:
+        tile -= MULTIPLE
+    return tile
