@@ -1,5 +1,5 @@
 """The layout cannot rot: each stage in dvc.yaml depends on exactly the segpipe code its script
-imports, and the README's layout section names every module."""
+imports, and the layout tree of docs/development.md names every module."""
 
 from __future__ import annotations
 
@@ -72,10 +72,14 @@ def test_script_closure_follows_the_script_imports(tmp_path):
     assert closure == ["__init__.py", "b.py", "sub/__init__.py", "sub/a.py"]
 
 
-def readme_tree() -> set[str]:
-    """The module paths the README's layout tree names, e.g. ``model/network.py``."""
-    readme = (REPO / "README.md").read_text()
-    section = readme[readme.index("### Layout") :]
+LAYOUT_DOC = REPO / "docs" / "development.md"
+
+
+def layout_tree() -> set[str]:
+    """The module paths the layout tree of docs/development.md names, e.g.
+    ``model/network.py``."""
+    doc = LAYOUT_DOC.read_text()
+    section = doc[doc.index("## Layout") :]
     tree = section[section.index("```text") : section.index("```", section.index("```text") + 3)]
     named, folder = set(), ""
     for line in tree.splitlines():
@@ -88,13 +92,14 @@ def readme_tree() -> set[str]:
     return named
 
 
-def test_readme_layout_names_every_module():
+def test_layout_doc_names_every_module():
     modules = {
         p.relative_to(PACKAGE).as_posix() for p in PACKAGE.rglob("*.py") if p.name != "__init__.py"
     }
-    named = readme_tree()
-    assert not modules - named, f"README's layout does not name {sorted(modules - named)}"
-    assert not named - modules, f"README's layout names missing {sorted(named - modules)}"
+    named = layout_tree()
+    page = LAYOUT_DOC.relative_to(REPO)
+    assert not modules - named, f"{page}'s layout does not name {sorted(modules - named)}"
+    assert not named - modules, f"{page}'s layout names missing {sorted(named - modules)}"
 
 
 # The package's layers, bottom to top. A module may import its own layer and those below it,
@@ -140,9 +145,7 @@ def package_imports() -> list[tuple[str, str]]:
 
 def test_no_import_points_up():
     up = [
-        f"{a} imports {b}"
-        for a, b in package_imports()
-        if a != "segpipe" and layer(b) > layer(a)
+        f"{a} imports {b}" for a, b in package_imports() if a != "segpipe" and layer(b) > layer(a)
     ]
     assert not up, "imports that point up a layer:\n" + "\n".join(up)
 

@@ -138,7 +138,7 @@ every result (bf16 matrix products on avx512_bf16 and on AMX round differently).
 class Environment:
     """What decides a run's numbers besides code, data and params: two runs with equal
     environments and inputs are bit-identical; with different ones they differ by rounding,
-    which training amplifies up to the spread between seeds (README, Reproducibility).
+    which training amplifies up to the spread between seeds (docs/experiments.md, Reproducibility).
 
     Args:
         cpu: the CPU's model name (and vendor family/model numbers).

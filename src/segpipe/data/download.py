@@ -122,7 +122,7 @@ def warn_if_untracked(folder: Path) -> None:
         log.warning(
             "data.path %s is outside the repository, so DVC cannot track it: another clone, "
             "`dvc exp run --temp` and `dvc queue` do not have it; move it into the repository "
-            "and `dvc add` it (README: Train on your own folder)",
+            "and `dvc add` it (docs/data.md: Train on your own folder)",
             folder,
         )
         return

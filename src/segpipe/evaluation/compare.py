@@ -75,9 +75,9 @@ class Revision:
 
 
 def environment_note(revisions: Sequence[Revision]) -> str:
-    """Whether every run was trained in the same environment (README, Reproducibility): then
-    a rerun is bit-identical and a seed group's spread is training noise alone; otherwise a
-    difference also holds rounding from another CPU, library or precision."""
+    """Whether every run was trained in the same environment (docs/experiments.md,
+    Reproducibility): then a rerun is bit-identical and a seed group's spread is training noise
+    alone; otherwise a difference also holds rounding from another CPU, library or precision."""
     known = [r for r in revisions if r.environment is not None]
     if not known:
         return "training environment: not recorded (runs evaluated before segpipe recorded it)"

@@ -87,7 +87,8 @@ def write(
 
 
 def _environment_section(environments: dict[str, Environment | None]) -> list[str]:
-    """Where each step ran, and what that means for a rerun (README, Reproducibility)."""
+    """Where each step ran, and what a rerun may differ by (docs/experiments.md,
+    Reproducibility)."""
     steps = list(environments)
     fields = [f.name for f in dataclasses.fields(Environment)]
     rows = [
