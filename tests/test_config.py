@@ -146,15 +146,6 @@ def test_ints_still_ints_and_strings_still_strings(tmp_path):
         (lambda r: r["train"].update(lr=-0.1), "train.lr: must be > 0"),
         (lambda r: r["train"].update(batch_size=0), "train.batch_size: must be >= 1"),
         (lambda r: r["train"].update(image_size=100), "train.image_size: must be a multiple of 32"),
-        (lambda r: r["train"].update(loss="mse"), "train.loss: unknown loss 'mse' in 'mse'"),
-        (lambda r: r["train"].update(loss="2*"), "train.loss: unknown loss '' in '2*'"),
-        (
-            lambda r: r.update(
-                data={**r["data"], "classes": ["bg", "a", "b"]},
-                train={**r["train"], "loss": "bce+dice"},
-            ),
-            "train.loss: 'bce' is the two-class loss; with 3 classes use 'ce'",
-        ),
         (
             lambda r: r["train"].update(class_weights=[1.0]),
             "train.class_weights: expected 2 weights (one per class of data.classes), got 1",

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from segpipe.config import parse_loss
+from segpipe import check
 from segpipe.constants import IGNORE
 from segpipe.errors import SegpipeError
-from segpipe.training.losses import build_loss
+from segpipe.training.losses import build_loss, parse_loss
+
+from .helpers import write_params
 
 BINARY = ["ce", "bce", "dice", "focal", "lovasz", "ce+dice", "0.5*bce + 2*dice"]
 MULTI = ["ce", "dice", "focal", "lovasz", "ce+dice", "ce+0.5*lovasz"]
@@ -100,3 +104,22 @@ def test_parse_loss():
 def test_bad_loss_names_are_clear(spec, num_classes, message):
     with pytest.raises(SegpipeError, match=message):
         build_loss(spec, num_classes)
+
+
+@pytest.mark.parametrize(
+    ("edits", "message"),
+    [
+        ({"train__loss": "mse"}, "train.loss: unknown loss 'mse' in 'mse'"),
+        ({"train__loss": "2*"}, "train.loss: unknown loss '' in '2*'"),
+        (
+            {"data__classes": ["bg", "a", "b"], "train__loss": "bce+dice"},
+            "train.loss: 'bce' is the two-class loss; with 3 classes use 'ce'",
+        ),
+    ],
+)
+def test_the_check_stage_names_a_bad_loss(tmp_path, edits, message):
+    """params.yaml types ``train.loss`` as a string; its names are this module's to check,
+    in the check stage (and when the train stage builds the loss)."""
+    path = write_params(tmp_path / "params.yaml", **edits)
+    with pytest.raises(SegpipeError, match=re.escape(message)):
+        check.run(path)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import pickle
-import time
 
 import pytest
 import torch
@@ -60,10 +59,8 @@ def test_pretrained_weights_offline_fail_fast_with_one_line(tmp_path, monkeypatc
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")
-    start = time.monotonic()
     with pytest.raises(SegpipeError) as err:
         build_model(dataclasses.replace(TINY, encoder_weights="imagenet"), 2)
-    assert time.monotonic() - start < 15
     message = str(err.value)
     assert "\n" not in message
     assert "model.encoder_weights" in message and "encoder_weights: null" in message

@@ -21,13 +21,15 @@ from segpipe.data.augment import build_augmentations
 from segpipe.errors import SegpipeError
 from segpipe.files import path_relation
 from segpipe.model.network import check_model_names
+from segpipe.training.losses import loss_terms
 
 log = logging.getLogger(__name__)
 
 
 def run(path: Path) -> Params:
-    """Load ``path`` strictly and check the model's architecture and encoder names, the
-    ``train.augment`` transforms and that ``data.path`` is no pipeline output.
+    """Load ``path`` strictly and check the names its types cannot: the model's architecture
+    and encoder, the ``train.augment`` transforms and the ``train.loss`` terms (each by the
+    module that uses it); and that ``data.path`` is no pipeline output.
 
     Raises:
         SegpipeError: the first problem, naming the key.
@@ -36,6 +38,7 @@ def run(path: Path) -> Params:
     check_model_names(params.model)
     # Transforms run on crops with train.crop, else on the image_size square, as in training.
     build_augmentations(params.train.augment, params.train.crop or params.train.image_size)
+    loss_terms(params.train.loss, params.data.num_classes)
     check_data_path(params.data, Path(path).parent / "dvc.yaml")
     log.info("%s: valid", path)
     return params

@@ -11,6 +11,7 @@ import dataclasses
 import math
 import types
 import typing
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,9 +30,6 @@ Scheduler = Literal["none", "cosine", "plateau"]
 Optimizer = Literal["adam", "adamw", "sgd"]
 Decode = Literal["exact", "reduced"]
 Backend = Literal["torch", "openvino"]
-
-LOSS_TERMS = ("ce", "bce", "dice", "focal", "lovasz")
-"""Loss names; ``train.loss`` is one of them or a weighted sum such as ``ce+dice``."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,12 +96,16 @@ SPLIT_LISTS_FOLDERS = "folders"
 """``split.lists: folders``: a dataset laid out as ``train/``, ``val/``, ``test/`` keeps it."""
 
 
+Lists = SplitLists | Literal["folders"] | None
+"""``split.lists``: null (a random split), ``folders`` or :class:`SplitLists`."""
+
+
 @dataclasses.dataclass(frozen=True)
 class SplitConfig:
     seed: int
     val_fraction: float
     test_fraction: float
-    lists: SplitLists | Literal["folders"] | None = None
+    lists: Lists = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,7 +171,7 @@ class TrainConfig:
     plateau_patience: int
     plateau_factor: float
     early_stopping: int | None
-    loss: str
+    loss: str  # names and weights: segpipe.training.losses.loss_terms
     class_weights: tuple[float, ...] | None
     augment: tuple[AugmentStep, ...]
     precision: Precision
@@ -263,7 +265,7 @@ def load_evaluate(path: Path) -> EvaluateConfig | None:
     if not isinstance(raw, dict) or "evaluate" not in raw:
         return None
     try:
-        section = _build(EvaluateConfig, raw["evaluate"], "evaluate.")
+        section = read_strict(EvaluateConfig, raw["evaluate"], PARAMS, "evaluate.")
         check_evaluate(section)
     except SegpipeError as e:
         raise SegpipeError(f"{path}: {e}") from None
@@ -272,7 +274,7 @@ def load_evaluate(path: Path) -> EvaluateConfig | None:
 
 def parse_params(raw: Any) -> Params:
     """Validate params already read (a ``params.yaml`` mapping), as :func:`load_params`."""
-    params = _build(Params, raw, "")
+    params = read_strict(Params, raw, PARAMS)
     _check_values(params)
     return params
 
@@ -283,53 +285,131 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp)).replace("NoneType", "null")
 
 
-def _build(cls: type, raw: Any, prefix: str) -> Any:
-    where = prefix.rstrip(".") or "params"
-    if not isinstance(raw, dict):
-        raise SegpipeError(f"{where}: expected a mapping of keys, got {type(raw).__name__}")
-    hints = typing.get_type_hints(cls)
-    fields = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(raw) - set(fields))
-    if unknown:
-        raise SegpipeError(
-            f"unknown parameter '{prefix}{unknown[0]}' (valid keys in {where}: {', '.join(fields)})"
+Reader = Callable[[Any, Any, str], Any]
+"""``read(type, value, key)``: ``value`` read strictly as ``type`` (see :func:`read_strict`)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Strictness:
+    """How one kind of file is read into frozen dataclasses by :func:`read_strict`: how it
+    words each error (every message names the key), and what it allows.
+
+    Args:
+        not_mapping: ``(where, value)`` -> the message for a section that is no mapping.
+        fields: ``(missing, unknown, where, valid)`` -> the message for missing or unknown
+            keys (prefixed keys; ``where``: the section, "" at the top).
+        wrong: ``(key, value, type)`` -> the message for a value not of its type (or, with
+            ``finite``, a float that is NaN or infinite).
+        hooks: types read by a function of their own, ``hook(value, key, read)``.
+        optional_defaults: fields with a default may be absent (files written before them).
+        finite: floats must be finite.
+    """
+
+    not_mapping: Callable[[str, Any], str]
+    fields: Callable[[list[str], list[str], str, list[str]], str]
+    wrong: Callable[[str, Any, Any], str]
+    hooks: Mapping[Any, Callable[[Any, str, Reader], Any]] = dataclasses.field(default_factory=dict)
+    optional_defaults: bool = False
+    finite: bool = True
+
+
+def read_strict(cls: type, raw: Any, strict: Strictness, prefix: str = "") -> Any:
+    """``raw`` (nested mappings of plain values) as the frozen dataclass ``cls``: every field
+    present (or, with ``optional_defaults``, defaulted), none unknown, each of its type; ints
+    are taken for floats, never bools for ints. The one strict reader of ``params.yaml`` and of
+    checkpoints (:mod:`segpipe.model.checkpoint`).
+
+    Raises:
+        SegpipeError: worded by ``strict``, naming the first key at fault.
+    """
+
+    def build(cls: type, raw: Any, prefix: str) -> Any:
+        where = prefix.rstrip(".")
+        if not isinstance(raw, dict):
+            raise SegpipeError(strict.not_mapping(where, raw))
+        fields = dataclasses.fields(cls)
+        names = [f.name for f in fields]
+        missing = [prefix + f.name for f in fields if f.name not in raw and not _optional(f)]
+        unknown = [prefix + k for k in sorted(str(k) for k in raw if k not in names)]
+        if missing or unknown:
+            raise SegpipeError(strict.fields(missing, unknown, where, names))
+        hints = typing.get_type_hints(cls)
+        return cls(**{n: read(hints[n], raw[n], prefix + n) for n in names if n in raw})
+
+    def _optional(f: dataclasses.Field) -> bool:
+        defaulted = (
+            f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
         )
-    missing = [name for name in fields if name not in raw]
-    if missing:
-        raise SegpipeError(f"missing parameter '{prefix}{missing[0]}' in params.yaml")
-    return cls(**{name: _convert(hints[name], raw[name], prefix + name) for name in fields})
+        return strict.optional_defaults and defaulted
+
+    def read(tp: Any, value: Any, key: str) -> Any:
+        origin = typing.get_origin(tp)
+        if tp in strict.hooks:
+            return strict.hooks[tp](value, key, read)
+        if dataclasses.is_dataclass(tp):
+            return build(tp, value, key + ".")
+        if origin in (typing.Union, types.UnionType):  # X | None
+            if value is None and type(None) in typing.get_args(tp):
+                return None
+            return read(next(a for a in typing.get_args(tp) if a is not type(None)), value, key)
+        if origin is Literal and value in typing.get_args(tp):
+            return value
+        if origin is tuple and isinstance(value, list | tuple):
+            inner = typing.get_args(tp)[0]
+            return tuple(read(inner, v, f"{key}[{i}]") for i, v in enumerate(value))
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if tp is float and number and (math.isfinite(value) or not strict.finite):
+            return float(value)
+        plain = origin is None and tp is not float and isinstance(tp, type)
+        if plain and isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
+            return value
+        raise SegpipeError(strict.wrong(key, value, tp))
+
+    return build(cls, raw, prefix)
 
 
-def _convert(tp: Any, value: Any, key: str) -> Any:
-    origin = typing.get_origin(tp)
-    if tp == tuple[AugmentStep, ...]:
-        return parse_augment(value, key)
-    if key == "split.lists":
-        return _parse_split_lists(value, key)
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, key + ".")
-    if origin is Literal:
-        if value not in typing.get_args(tp):
-            raise SegpipeError(f"{key}: got {value!r}, expected one of {_type_name(tp)}")
+def _params_fields(missing: list[str], unknown: list[str], where: str, valid: list[str]) -> str:
+    if unknown:
+        where = where or "params"
+        return f"unknown parameter '{unknown[0]}' (valid keys in {where}: {', '.join(valid)})"
+    return f"missing parameter '{missing[0]}' in params.yaml"
+
+
+def _params_wrong(key: str, value: Any, tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return f"{key}: got {value!r}, expected one of {_type_name(tp)}"
+    if typing.get_origin(tp) is tuple:
+        return f"{key}: expected a list, got {value!r}"
+    if tp is float and isinstance(value, float):
+        return f"{key}: must be a finite number, got {value!r}"
+    return f"{key}: expected {_type_name(tp)}, got {value!r}"
+
+
+def _read_split_lists(value: Any, key: str, read: Reader) -> SplitLists | str | None:
+    """``split.lists``: null, ``folders`` or ``{train: FILE, test: FILE, val: FILE or null}``."""
+    if value is None or value == SPLIT_LISTS_FOLDERS:
         return value
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        inner = next(a for a in args if a is not type(None))
-        return _convert(inner, value, key)
-    if origin is tuple:
-        if not isinstance(value, list):
-            raise SegpipeError(f"{key}: expected a list, got {value!r}")
-        (inner, _) = typing.get_args(tp)
-        return tuple(_convert(inner, v, f"{key}[{i}]") for i, v in enumerate(value))
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, float) and not math.isfinite(value):
-        raise SegpipeError(f"{key}: must be a finite number, got {value!r}")
-    if tp is int and isinstance(value, bool) or not isinstance(value, tp):
-        raise SegpipeError(f"{key}: expected {_type_name(tp)}, got {value!r}")
-    return value
+    if not isinstance(value, dict):
+        raise SegpipeError(
+            f"{key}: expected null (a random split), {SPLIT_LISTS_FOLDERS} (keep a train/ val/ "
+            "test/ layout) or {train: FILE, test: FILE, val: FILE or null}, got "
+            f"{value!r}"
+        )
+    return read(SplitLists, value, key)
+
+
+PARAMS = Strictness(
+    not_mapping=lambda where, raw: (
+        f"{where or 'params'}: expected a mapping of keys, got {type(raw).__name__}"
+    ),
+    fields=_params_fields,
+    wrong=_params_wrong,
+    hooks={
+        tuple[AugmentStep, ...]: lambda value, key, _: parse_augment(value, key),
+        Lists: _read_split_lists,
+    },
+)
+"""How ``params.yaml`` is read: every key present, floats finite."""
 
 
 def _require(ok: bool, message: str) -> None:
@@ -491,19 +571,6 @@ def _check_split(split: SplitConfig) -> None:
     _check_split_lists(split)
 
 
-def _parse_split_lists(value: Any, key: str) -> SplitLists | str | None:
-    """``split.lists``: null, ``folders`` or ``{train: FILE, test: FILE, val: FILE or null}``."""
-    if value is None or value == SPLIT_LISTS_FOLDERS:
-        return value
-    if not isinstance(value, dict):
-        raise SegpipeError(
-            f"{key}: expected null (a random split), {SPLIT_LISTS_FOLDERS} (keep a train/ val/ "
-            "test/ layout) or {train: FILE, test: FILE, val: FILE or null}, got "
-            f"{value!r}"
-        )
-    return _build(SplitLists, value, key + ".")
-
-
 def _check_repo_file(value: str | None, key: str, what: str) -> None:
     """A path in params.yaml that a stage depends on: relative to the repository, inside it."""
     _require(
@@ -579,7 +646,6 @@ def _check_train(t: TrainConfig, n: int) -> None:
         "train.val_images_every: log the validation images of the first epoch and of every "
         f"N-th after it: must be >= 1, got {t.val_images_every}",
     )
-    loss_terms(t.loss, n)
     _check_optimisation(t)
     if t.class_weights is not None:
         _require(
@@ -764,47 +830,6 @@ def _check_mask_colours(data: DataConfig) -> None:
             f"data.ignore_index: with data.mask_colours it leaves out the grey colour [{v}, {v}, "
             f"{v}], which must be in 0..255 and no class's colour",
         )
-
-
-def parse_loss(spec: str) -> tuple[tuple[float, str], ...]:
-    """``train.loss`` as (weight, name) terms: ``"ce+0.5*dice"`` is ``((1, "ce"), (0.5, "dice"))``.
-
-    Raises:
-        SegpipeError: an unknown name, a bad weight or an empty term.
-    """
-    terms = []
-    for part in str(spec).split("+"):
-        weight_text, _, name = part.strip().rpartition("*")
-        name = name.strip()
-        if name not in LOSS_TERMS:
-            raise SegpipeError(
-                f"train.loss: unknown loss {name!r} in {spec!r} (valid: {', '.join(LOSS_TERMS)}, "
-                "or a weighted sum such as ce+dice or 0.5*ce+dice)"
-            )
-        weight_text = weight_text.strip()
-        try:
-            weight = float(weight_text) if weight_text else 1.0
-        except ValueError:
-            raise SegpipeError(f"train.loss: bad weight {weight_text!r} in {spec!r}") from None
-        if not weight > 0:
-            raise SegpipeError(f"train.loss: weights must be > 0, got {weight_text} in {spec!r}")
-        terms.append((weight, name))
-    return tuple(terms)
-
-
-def loss_terms(spec: str, num_classes: int) -> tuple[tuple[float, str], ...]:
-    """:func:`parse_loss`, for ``num_classes`` classes: ``bce`` is the two-class loss.
-
-    Raises:
-        SegpipeError: as :func:`parse_loss`, or ``bce`` with more than two classes.
-    """
-    terms = parse_loss(spec)
-    if num_classes > 2 and any(name == "bce" for _, name in terms):
-        raise SegpipeError(
-            f"train.loss: 'bce' is the two-class loss; with {num_classes} classes use 'ce' "
-            "(e.g. ce+dice)"
-        )
-    return terms
 
 
 def to_dict(obj: Any) -> dict[str, Any]:

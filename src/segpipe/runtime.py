@@ -116,7 +116,7 @@ def reuse_freed_memory() -> bool:
     By default glibc maps every allocation above its mmap threshold (at most 32 MiB) afresh
     and unmaps it on free, and trims the heap's free top, so the large activations and
     gradients of each CPU training step are page-faulted and zero-filled by the kernel all
-    over again: ~12% of the efficientnet-b3 step at 256 px on 2 cores (BENCHMARKS.md). The
+    over again, a share of the CPU training step measured in BENCHMARKS.md. The
     same as running with ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647``; peak
     memory does not grow, freed memory just stays with the process. Returns False (and
     changes nothing) where the C library is not glibc.

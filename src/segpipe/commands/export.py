@@ -19,11 +19,9 @@ onnx, onnxruntime and onnxscript are imported lazily: the rest of the pipeline r
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib
 import json
 import logging
-import math
 import time
 import warnings
 from pathlib import Path
@@ -38,8 +36,9 @@ from segpipe.commands.predict import resolve_settings
 from segpipe.config import check_threshold
 from segpipe.errors import SegpipeError
 from segpipe.files import atomic_path, ensure_writable_dir, write_error, write_json
+from segpipe.model import outputs
 from segpipe.model.checkpoint import ModelSpec, load_checkpoint
-from segpipe.model.outputs import logits_to_labels
+from segpipe.model.outputs import Parity
 from segpipe.progress import progress
 
 log = logging.getLogger(__name__)
@@ -58,15 +57,6 @@ INSTALL_HINT = (
     "pip install onnx onnxruntime onnxscript onnx-ir, or segpipe[export] "
     "(exact versions in requirements.txt)"
 )
-
-
-@dataclasses.dataclass(frozen=True)
-class Parity:
-    """How closely onnxruntime reproduces the PyTorch logits."""
-
-    shapes: list[list[int]]
-    max_abs_diff: float
-    label_mismatch_fraction: float
 
 
 def require(*modules: str) -> list[Any]:
@@ -202,7 +192,6 @@ def check_parity(
     model: nn.Module,
     shapes: list[tuple[int, int, int, int]],
     threshold: float,
-    seed: int = 0,
 ) -> Parity:
     """Run random inputs through onnxruntime (CPU) and PyTorch (fp32, eval mode) and compare
     their logits, and their labels at ``threshold`` (binary models)."""
@@ -212,25 +201,18 @@ def check_parity(
     session = ort.InferenceSession(
         str(path), sess_options=options, providers=["CPUExecutionProvider"]
     )
-    generator = torch.Generator().manual_seed(seed)
-    max_diff, mismatched, pixels = 0.0, 0, 0
-    for shape in progress(shapes, "parity check", unit="input"):
-        x = torch.randn(shape, generator=generator)
-        with torch.inference_mode():
-            expected = model.eval()(x).float()
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
         (got,) = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})
-        got = torch.from_numpy(got)
-        if got.shape != expected.shape:
-            raise SegpipeError(
-                f"{path}: onnxruntime returned logits of shape {tuple(got.shape)} for input "
-                f"{shape}, PyTorch {tuple(expected.shape)}"
-            )
-        diff = (got - expected).abs().max().item()
-        max_diff = diff if math.isnan(diff) else max(max_diff, diff)
-        labels = logits_to_labels(got, threshold) != logits_to_labels(expected, threshold)
-        mismatched += int(labels.sum())
-        pixels += labels.numel()
-    return Parity([list(s) for s in shapes], max_diff, mismatched / pixels)
+        return torch.from_numpy(got)
+
+    def reference(x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return model.eval()(x).float()
+
+    checked = progress(shapes, "parity check", unit="input")
+    what = f"{path} (onnxruntime)"
+    return outputs.check_parity(forward, reference, checked, what=what, threshold=threshold)
 
 
 def write_checked(

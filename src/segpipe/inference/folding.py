@@ -2,9 +2,8 @@
 
 In eval mode a batch norm is an affine map per channel, ``y = (x - mean) / sqrt(var + eps) * w
 + b``; after a convolution it can be merged into that convolution's weights and bias, which
-saves a pass over every activation (9% of the Unet/efficientnet-b3 forward pass on the
-reference CPU, ``segpipe bench backends``). The checkpoint keeps its batch norms: only the
-predictor's copy of the network is folded.
+saves a pass over every activation (the time saved: BENCHMARKS.md). The checkpoint keeps its
+batch norms: only the predictor's copy of the network is folded.
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
 """The OpenVINO inference backend (``evaluate.backend: openvino``, ``segpipe predict --backend``).
 
-On this project's reference CPU (2 Zen 4 cores with AVX-512 bf16) OpenVINO runs the Unet
-~1.3x faster than PyTorch's bf16 path (BENCHMARKS.md, ``segpipe bench backends``): it folds
-batch norms, fuses activations into the convolutions and picks its own kernels. The network
+OpenVINO folds batch norms, fuses activations into the convolutions and picks its own CPU
+kernels (how it compares with PyTorch's path: BENCHMARKS.md, the backends benchmark). The network
 is converted from the checkpoint's PyTorch model when the predictor loads (a few seconds, no
 file written), compiled for the CPU in the checkpoint's precision (bf16 where PyTorch would
 autocast to bf16, else fp32), and checked against PyTorch on one random batch before use.
@@ -21,6 +20,7 @@ from torch import nn
 
 from segpipe.config import Backend
 from segpipe.errors import SegpipeError
+from segpipe.model import outputs
 from segpipe.runtime import Runtime
 
 BACKENDS: tuple[str, ...] = typing.get_args(Backend)
@@ -28,7 +28,7 @@ PINNED = "openvino==2026.4.1"
 """The release this backend is tested with (requirements.txt)."""
 MAX_LABEL_MISMATCH = 0.01
 """Parity: the share of pixels whose label may differ from PyTorch's on one random batch
-(bf16 against bf16 differs on ~0.3%; a wrong conversion on most pixels)."""
+(bf16 against bf16 differs on a few pixels; a wrong conversion on most)."""
 
 
 def compile_openvino(
@@ -81,19 +81,17 @@ def check_parity(
     runtime: Runtime,
     image_size: int,
 ) -> float:
-    """The share of pixels of one random batch whose label (logit > 0, or argmax) differs
-    between ``forward`` and PyTorch's path; an error above :data:`MAX_LABEL_MISMATCH`."""
-    x = torch.randn(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
-    with torch.inference_mode(), runtime.autocast():
-        expected = model(runtime.to_device(x)).float()
-    got = forward(x)
-    if got.shape != expected.shape:
-        raise SegpipeError(
-            f"backend openvino: logits of shape {tuple(got.shape)}, PyTorch gives "
-            f"{tuple(expected.shape)}"
-        )
-    labels = (lambda z: z > 0) if got.shape[1] == 1 else (lambda z: z.argmax(dim=1))
-    mismatch = (labels(got) != labels(expected)).float().mean().item()
+    """The share of pixels of one random batch whose label differs between ``forward`` and
+    PyTorch's path (:func:`~segpipe.model.outputs.check_parity`); an error above
+    :data:`MAX_LABEL_MISMATCH`."""
+
+    def reference(x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode(), runtime.autocast():
+            return model(runtime.to_device(x)).float()
+
+    shapes = [(2, 3, image_size, image_size)]
+    parity = outputs.check_parity(forward, reference, shapes, what="backend openvino")
+    mismatch = parity.label_mismatch_fraction
     if not mismatch <= MAX_LABEL_MISMATCH:
         raise SegpipeError(
             f"backend openvino: labels differ from PyTorch's on {mismatch:.1%} of the pixels "

@@ -23,7 +23,7 @@ from segpipe.inference.memory import bytes_per_pixel
 from segpipe.inference.openvino_backend import BACKENDS, compile_openvino
 from segpipe.inference.tiling import InferenceOptions, logits_of
 from segpipe.model.checkpoint import load_checkpoint
-from segpipe.model.outputs import foreground_probability, logits_to_labels
+from segpipe.model.outputs import logits_to_labels
 from segpipe.runtime import Runtime, parse_device
 
 
@@ -31,7 +31,7 @@ class Predictor:
     """Loads a checkpoint and turns RGB images (HxWx3 uint8) into label maps (HxW uint8).
 
     Its copy of the network has its batch norms folded into the convolutions (see
-    :mod:`~segpipe.inference.folding`): the same function, 9% faster on the reference CPU.
+    :mod:`~segpipe.inference.folding`): the same function, with fewer passes over memory.
 
     Args:
         model_path: a checkpoint written by the train stage (``models/model.pt``).
@@ -107,18 +107,12 @@ class Predictor:
     def predict(self, images: list[np.ndarray]) -> list[np.ndarray]:
         """Label maps at each image's own size: resize + the checkpoint's normalisation in, logits
         resized back bilinearly, then thresholded (one channel) or argmax (several)."""
-        return [labels for labels, _ in self._run(images, with_probability=False)]
+        return self._run(images)
 
     def predict_files(self, paths: list[Path | str]) -> list[np.ndarray]:
         """Label maps for image files, each at its file's size as viewers show it (EXIF
         orientation applied, any format segpipe reads)."""
         return self.predict([read_image(Path(path)) for path in paths])
-
-    def predict_with_probability(
-        self, images: list[np.ndarray]
-    ) -> list[tuple[np.ndarray, torch.Tensor]]:
-        """As :meth:`predict`, each label map with its foreground probability (H, W) float32."""
-        return self._run(images, with_probability=True)
 
     def decode_size(self, height: int, width: int) -> tuple[int, int]:
         """The (h, w) an image of ``height`` x ``width`` becomes before the model sees it
@@ -158,7 +152,7 @@ class Predictor:
         with self.runtime.autocast():
             return self.model(self.runtime.to_device(x)).float()
 
-    def _run(self, images: list[np.ndarray], *, with_probability: bool) -> list:
+    def _run(self, images: list[np.ndarray]) -> list[np.ndarray]:
         prepared = [self.prepare(image) for image in images]
         sizes = [image.shape[:2] for image in images]
         if self.geometry.fixed_size:  # one square size: the whole batch in one pass
@@ -169,10 +163,8 @@ class Predictor:
         outputs = []
         for batch, valid, batch_sizes in passes:
             logits = self.logits(batch, valid)
-            outputs += full_resolution(
-                logits, batch_sizes, self.threshold, with_probability=with_probability
-            )
-        return [(labels.numpy().astype(np.uint8), prob) for labels, prob in outputs]
+            outputs += full_resolution(logits, batch_sizes, self.threshold)
+        return [labels.numpy().astype(np.uint8) for labels in outputs]
 
     def to_png(self, labels: np.ndarray) -> Image.Image:
         """Binary masks as 0/255; multi-class ones as palette PNGs whose pixel values are the
@@ -181,19 +173,12 @@ class Predictor:
 
 
 def full_resolution(
-    logits: torch.Tensor,
-    sizes: list[tuple[int, int]],
-    threshold: float,
-    *,
-    with_probability: bool = False,
-) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    logits: torch.Tensor, sizes: list[tuple[int, int]], threshold: float
+) -> list[torch.Tensor]:
     """Label maps at each image's original (H, W): the logits (N, C', h, w) are resized back
-    bilinearly before thresholding, so the result is what a user of the predictions gets.
-    With ``with_probability``, each label map comes with its foreground probability map."""
+    bilinearly before thresholding, so the result is what a user of the predictions gets."""
     out = []
     for i, size in enumerate(sizes):
         resized = F.interpolate(logits[i : i + 1], size=size, mode="bilinear", align_corners=False)
-        labels = logits_to_labels(resized, threshold)[0].cpu()
-        probability = foreground_probability(resized)[0].cpu() if with_probability else None
-        out.append((labels, probability))
+        out.append(logits_to_labels(resized, threshold)[0].cpu())
     return out

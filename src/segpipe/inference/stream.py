@@ -27,7 +27,7 @@ from segpipe.data.images import read_image, read_image_reduced
 from segpipe.errors import SegpipeError
 from segpipe.files import atomic_write
 from segpipe.inference.predictor import Predictor
-from segpipe.model.outputs import foreground_probability
+from segpipe.model.outputs import foreground_probability, logits_to_labels
 
 T = TypeVar("T")
 
@@ -35,11 +35,11 @@ DECODE_MODES: tuple[str, ...] = typing.get_args(Decode)
 """``exact``: every photo decoded at full size; ``reduced``: JPEGs decoded at 1/2, 1/4 or 1/8
 scale where the model input stays covered (see :func:`~segpipe.data.images.read_image_reduced`)."""
 IO_THREADS = 2
-"""Threads that decode, resize back, threshold and encode beside the model (one per core of
-the 2-core machine in BENCHMARKS.md measured best)."""
+"""Threads that decode, resize back, threshold and encode beside the model (the count measured
+best: BENCHMARKS.md)."""
 MASK_PNG_LEVEL = 1
-"""zlib level of the mask PNGs: level 1 encodes a 2-megapixel mask ~3x faster than PIL's
-default 6, for files ~1.6x larger; the pixels are the same."""
+"""zlib level of the mask PNGs: level 1 encodes faster than PIL's default 6, for larger files
+(BENCHMARKS.md); the pixels are the same."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,9 +102,7 @@ def labels_at(
     resized = F.interpolate(
         logits[index : index + 1], size=size, mode="bilinear", align_corners=False
     )
-    if resized.shape[1] == 1:
-        return (torch.sigmoid(resized[0, 0]) > threshold).cpu().numpy().view(np.uint8)
-    return resized.argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
+    return logits_to_labels(resized, threshold, dtype=torch.uint8)[0].cpu().numpy()
 
 
 def probability_at(logits: torch.Tensor, index: int, size: tuple[int, int]) -> torch.Tensor:
@@ -204,7 +202,7 @@ class MaskStream:
 
     def _finish(self, logits: torch.Tensor, index: int, size: tuple[int, int]) -> Any:
         """Image ``index`` of ``logits`` at ``size``: its labels, or (with ``probability``)
-        its foreground probability (H, W) float32, as ``predict_with_probability`` gives it."""
+        its foreground probability (H, W) float32."""
         if self.probability:
             return probability_at(logits, index, size)
         return labels_at(logits, index, size, self.predictor.threshold)

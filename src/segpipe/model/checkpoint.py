@@ -9,8 +9,8 @@ with ``torch.load(weights_only=True)``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
-import types
 import typing
 from pathlib import Path
 from typing import Any, Literal
@@ -18,7 +18,17 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from segpipe.config import ModelConfig, Params, Precision, Resize, check_classes, check_geometry
+from segpipe.config import (
+    ModelConfig,
+    Params,
+    Precision,
+    Reader,
+    Resize,
+    Strictness,
+    check_classes,
+    check_geometry,
+    read_strict,
+)
 from segpipe.constants import IMAGENET_MEAN, IMAGENET_STD
 from segpipe.data.geometry import Geometry
 from segpipe.errors import SegpipeError
@@ -278,63 +288,49 @@ def read_record(path: Path, payload: dict[str, Any]) -> Checkpoint:
         # Written before checkpoints stored their normalisation: every model then was fed
         # ImageNet's mean and std.
         entries["model_config"] = {**config, "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
-    return _build(Checkpoint, entries, "", path)
+    return read_strict(Checkpoint, entries, _strictness(path))
 
 
-def _build(cls: type, raw: Any, prefix: str, path: Path) -> Any:
-    where = prefix.rstrip(".") or "the file"
-    if not isinstance(raw, dict):
-        raise SegpipeError(f"{path}: {where} is a {type(raw).__name__}, not a mapping of fields")
-    names = [f.name for f in dataclasses.fields(cls)]
-    missing = [prefix + f.name for f in _required_fields(cls) if f.name not in raw]
-    if missing:
-        raise SegpipeError(
-            f"{path}: not a complete segpipe checkpoint: no {', '.join(missing)} (the train "
-            "stage writes every field; use the checkpoint it wrote)"
-        )
-    unknown = sorted(str(key) for key in raw if key not in names)
-    if unknown:
-        raise SegpipeError(
-            f"{path}: not a segpipe checkpoint of format {FORMAT}: unknown field "
-            f"{prefix}{unknown[0]} (valid in {where}: {', '.join(names)})"
-        )
-    hints = typing.get_type_hints(cls)
-    present = [name for name in names if name in raw]  # the rest have defaults
-    return cls(**{name: _convert(hints[name], raw[name], prefix + name, path) for name in present})
+def _strictness(path: Path) -> Strictness:
+    """How a checkpoint is read (:func:`~segpipe.config.read_strict`): fields added later may
+    be absent, a Dice may be NaN; class names at least two, mean and std three numbers; every
+    message names ``path``."""
 
-
-def _required_fields(cls: type) -> list[dataclasses.Field]:
-    """Fields every file holds; those with defaults came later, and older files lack them."""
-    return [
-        f
-        for f in dataclasses.fields(cls)
-        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-    ]
-
-
-def _convert(tp: Any, value: Any, key: str, path: Path) -> Any:
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, key + ".", path)
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):  # X | None
-        if value is None:
-            return None
-        inner = next(a for a in typing.get_args(tp) if a is not type(None))
-        return _convert(inner, value, key, path)
-    if typing.get_origin(tp) is Literal:
-        if value not in typing.get_args(tp):
-            valid = ", ".join(typing.get_args(tp))
-            raise SegpipeError(f"{path}: {key} is {value!r}, not one of {valid}")
-        return value
-    if typing.get_origin(tp) is tuple:  # class names (at least two), or mean/std (three)
+    def sized(value: Any, key: str, read: Reader, tp: Any) -> tuple:
         inner = typing.get_args(tp)[0]
-        what = "at least 2 names" if inner is str else "3 numbers"
-        sized = isinstance(value, list | tuple)
-        if not (sized and (len(value) >= 2 if inner is str else len(value) == 3)):
-            raise SegpipeError(f"{path}: {key} is {value!r}, not a list of {what}")
-        return tuple(_convert(inner, v, f"{key}[{i}]", path) for i, v in enumerate(value))
-    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)  # NaN included: a validation Dice with nothing to score
-    if isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
-        return value
-    name = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}[tp]
-    raise SegpipeError(f"{path}: {key} is {value!r}, not {name}")
+        if isinstance(value, list | tuple) and (
+            len(value) >= 2 if inner is str else len(value) == 3
+        ):
+            return tuple(read(inner, v, f"{key}[{i}]") for i, v in enumerate(value))
+        raise SegpipeError(wrong(key, value, tp))
+
+    def fields(missing: list[str], unknown: list[str], where: str, valid: list[str]) -> str:
+        if missing:
+            return (
+                f"{path}: not a complete segpipe checkpoint: no {', '.join(missing)} (the train "
+                "stage writes every field; use the checkpoint it wrote)"
+            )
+        return (
+            f"{path}: not a segpipe checkpoint of format {FORMAT}: unknown field {unknown[0]} "
+            f"(valid in {where or 'the file'}: {', '.join(valid)})"
+        )
+
+    def wrong(key: str, value: Any, tp: Any) -> str:
+        if typing.get_origin(tp) is Literal:
+            return f"{path}: {key} is {value!r}, not one of {', '.join(typing.get_args(tp))}"
+        if typing.get_origin(tp) is tuple:
+            what = "at least 2 names" if typing.get_args(tp)[0] is str else "3 numbers"
+            return f"{path}: {key} is {value!r}, not a list of {what}"
+        name = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}[tp]
+        return f"{path}: {key} is {value!r}, not {name}"
+
+    return Strictness(
+        not_mapping=lambda where, raw: (
+            f"{path}: {where or 'the file'} is a {type(raw).__name__}, not a mapping of fields"
+        ),
+        fields=fields,
+        wrong=wrong,
+        hooks={tp: functools.partial(sized, tp=tp) for tp in (tuple[str, ...], tuple[float, ...])},
+        optional_defaults=True,
+        finite=False,  # NaN: a validation Dice with nothing to score
+    )

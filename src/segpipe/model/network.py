@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import types
+from collections.abc import Iterator
 from pathlib import Path
-from unittest import mock
 
 import torch
 from torch import nn
@@ -114,9 +115,7 @@ def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
         except KeyError as e:  # smp lists the weights an encoder has
             raise SegpipeError(f"model.encoder_weights: {e.args[0]}") from None
     # Offline: use the local Hugging Face cache only, so a missing file fails at once.
-    import huggingface_hub
-
-    with mock.patch.object(huggingface_hub.constants, "HF_HUB_OFFLINE", True):
+    with _hub_offline():
         try:
             return create()
         except KeyError as e:
@@ -144,13 +143,26 @@ def _pytorch_bn_momentum(model: nn.Module) -> nn.Module:
     return model
 
 
+@contextlib.contextmanager
+def _hub_offline() -> Iterator[None]:
+    """huggingface_hub's offline switch on for the block (its clients read it at each call)."""
+    import huggingface_hub
+
+    before = huggingface_hub.constants.HF_HUB_OFFLINE
+    huggingface_hub.constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        huggingface_hub.constants.HF_HUB_OFFLINE = before
+
+
 def _fold_symmetric_padding(model: nn.Module) -> nn.Module:
     """Let convolutions pad their input themselves where an explicit pad layer does the same.
 
     smp's efficientnet encoders zero-pad before every convolution (TensorFlow's "same"
     padding), which copies each activation forward and its gradient backward. Where that
     padding is symmetric (every stride-1 convolution), the convolution's own ``padding``
-    gives identical outputs without the copies; ~4% of the efficientnet-b3 training step.
+    gives identical outputs without the copies (the time saved: BENCHMARKS.md).
     """
     for module in model.modules():
         pad = getattr(module, "static_padding", None)
@@ -165,12 +177,11 @@ def _fold_symmetric_padding(model: nn.Module) -> nn.Module:
 def _depthwise_trains_in_fp32_on_cpu(model: nn.Module) -> nn.Module:
     """Compute 5x5 and strided depthwise convolutions in fp32 while training under CPU autocast.
 
-    oneDNN's bf16 backward of these depthwise convolutions is 2-8x slower than its fp32 one
-    (per layer of efficientnet-b3; 3x3 stride-1 ones are fine), so under bf16 autocast these
-    few layers cost more than the rest of the encoder. Computing them in fp32, with their
-    output cast back to bf16 for the layers after them, makes the efficientnet-b3 Unet
-    training step ~1.2x faster (BENCHMARKS.md). Inference (no gradients) and fp32 training
-    are untouched.
+    oneDNN's bf16 backward of these depthwise convolutions is slower than its fp32 one (per
+    layer of efficientnet-b3; 3x3 stride-1 ones are fine), so under bf16 autocast these few
+    layers cost more than the rest of the encoder. Computing them in fp32, with their output
+    cast back to bf16 for the layers after them, shortens the training step (BENCHMARKS.md).
+    Inference (no gradients) and fp32 training are untouched.
     """
     for module in model.modules():
         if (

@@ -20,8 +20,53 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from segpipe.config import loss_terms
 from segpipe.constants import IGNORE
+from segpipe.errors import SegpipeError
+
+LOSS_TERMS = ("ce", "bce", "dice", "focal", "lovasz")
+"""Loss names; ``train.loss`` is one of them or a weighted sum such as ``ce+dice``."""
+
+
+def parse_loss(spec: str) -> tuple[tuple[float, str], ...]:
+    """``train.loss`` as (weight, name) terms: ``"ce+0.5*dice"`` is ``((1, "ce"), (0.5, "dice"))``.
+
+    Raises:
+        SegpipeError: an unknown name, a bad weight or an empty term.
+    """
+    terms = []
+    for part in str(spec).split("+"):
+        weight_text, _, name = part.strip().rpartition("*")
+        name = name.strip()
+        if name not in LOSS_TERMS:
+            raise SegpipeError(
+                f"train.loss: unknown loss {name!r} in {spec!r} (valid: {', '.join(LOSS_TERMS)}, "
+                "or a weighted sum such as ce+dice or 0.5*ce+dice)"
+            )
+        weight_text = weight_text.strip()
+        try:
+            weight = float(weight_text) if weight_text else 1.0
+        except ValueError:
+            raise SegpipeError(f"train.loss: bad weight {weight_text!r} in {spec!r}") from None
+        if not weight > 0:
+            raise SegpipeError(f"train.loss: weights must be > 0, got {weight_text} in {spec!r}")
+        terms.append((weight, name))
+    return tuple(terms)
+
+
+def loss_terms(spec: str, num_classes: int) -> tuple[tuple[float, str], ...]:
+    """:func:`parse_loss`, for ``num_classes`` classes: ``bce`` is the two-class loss.
+
+    Raises:
+        SegpipeError: as :func:`parse_loss`, or ``bce`` with more than two classes.
+    """
+    terms = parse_loss(spec)
+    if num_classes > 2 and any(name == "bce" for _, name in terms):
+        raise SegpipeError(
+            f"train.loss: 'bce' is the two-class loss; with {num_classes} classes use 'ce' "
+            "(e.g. ce+dice)"
+        )
+    return terms
+
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
