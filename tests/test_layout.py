@@ -140,9 +140,7 @@ def package_imports() -> list[tuple[str, str]]:
 
 def test_no_import_points_up():
     up = [
-        f"{a} imports {b}"
-        for a, b in package_imports()
-        if a != "segpipe" and layer(b) > layer(a)
+        f"{a} imports {b}" for a, b in package_imports() if a != "segpipe" and layer(b) > layer(a)
     ]
     assert not up, "imports that point up a layer:\n" + "\n".join(up)
 
