@@ -1,6 +1,6 @@
 """Training recipes compared at an equal CPU budget on one dataset folder.
 
-    segpipe bench recipes --data DIR --budget-cpu-s 360 \\
+    python -m benchmarks recipes --data DIR --budget-cpu-s 360 \\
         --recipe baseline --recipe 'adamw: train.optimizer=adamw train.warmup_epochs=1'
 
 The folder (``images/`` + ``masks/``) is split once by the split stage's code (``seed`` and
