@@ -3,7 +3,7 @@
 In eval mode a batch norm is an affine map per channel, ``y = (x - mean) / sqrt(var + eps) * w
 + b``; after a convolution it can be merged into that convolution's weights and bias, which
 saves a pass over every activation (9% of the Unet/efficientnet-b3 forward pass on the
-reference CPU, ``segpipe bench backends``). The checkpoint keeps its batch norms: only the
+reference CPU, BENCHMARKS.md). The checkpoint keeps its batch norms: only the
 predictor's copy of the network is folded.
 """
 

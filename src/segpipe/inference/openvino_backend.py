@@ -1,7 +1,7 @@
 """The OpenVINO inference backend (``evaluate.backend: openvino``, ``segpipe predict --backend``).
 
 On this project's reference CPU (2 Zen 4 cores with AVX-512 bf16) OpenVINO runs the Unet
-~1.3x faster than PyTorch's bf16 path (BENCHMARKS.md, ``segpipe bench backends``): it folds
+~1.3x faster than PyTorch's bf16 path (BENCHMARKS.md, the backends benchmark): it folds
 batch norms, fuses activations into the convolutions and picks its own kernels. The network
 is converted from the checkpoint's PyTorch model when the predictor loads (a few seconds, no
 file written), compiled for the CPU in the checkpoint's precision (bf16 where PyTorch would
