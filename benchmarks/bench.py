@@ -1,11 +1,6 @@
 """Throughput benchmark: the pipeline vs. a naive tutorial-style loader vs. the model alone.
 
-    segpipe bench [--data DIR] [--image-size 256] [--batch-size 8]
-    python -m benchmarks.bench ...                      (the same)
-    segpipe bench recipes --data DIR --budget-cpu-s 360 --recipe NAME ...   (see tools/recipes.py)
-    segpipe bench stages [--data DIR] [--counts 1000 10000]    (split and cache: bench_stages.py)
-    segpipe bench backends [--image-size 256]     (inference backends: bench_backends.py)
-    segpipe bench profile [--sizes 128 256]       (a training step's profile: bench_profile.py)
+    python -m benchmarks loader [--data DIR] [--image-size 256] [--batch-size 8]
 
 All three modes train and run inference with the same model, resolution and batch size, through
 the same loops (``segpipe.training.engine``); only the data source and the numeric settings differ:
@@ -45,12 +40,10 @@ from segpipe.data.tables import read_split
 from segpipe.model.network import build_model
 from segpipe.resources import peak_rss_mb
 from segpipe.runtime import Runtime, reuse_freed_memory
-from segpipe.training.engine import adam, evaluate_epoch, train_one_epoch
+from segpipe.training.engine import build_optimizer, evaluate_epoch, train_one_epoch
 from segpipe.training.losses import build_loss
 
 MODES = ("naive", "pipeline", "model")
-SUB_BENCHMARKS = ("stages", "backends", "profile")
-"""``segpipe bench <name>``: the modules ``benchmarks.bench_<name>``."""
 
 
 def _timed_epochs(step, images_per_call: int, repeats: int) -> float:
@@ -99,7 +92,7 @@ def _model_and_optimizer(
     """segpipe's model (with its CPU fast paths) and fused Adam, or the tutorial's."""
     if segpipe:
         model = runtime.place(build_model(ModelConfig("Unet", encoder, None), 2))
-        return model, adam(model.parameters(), 1e-4, runtime.device)
+        return model, build_optimizer("adam", model.parameters(), lr=1e-4, device=runtime.device)
     import segmentation_models_pytorch as smp
 
     model = smp.Unet(encoder, encoder_weights=None, classes=1)  # as smp builds it
@@ -132,9 +125,9 @@ def _loaders(
         train_set = SegmentationDataset(train_frame, augmented, rule)
         eval_set = SegmentationDataset(train_frame, plain, rule)
     else:
-        images, masks = cache.cache_paths(cache_dir, "train")
-        train_set = CachedDataset(images, masks, augmented, n)
-        eval_set = CachedDataset(images, masks, plain, n)
+        images, masks = cache.cache_paths(cache_dir, "train")  # n images: prepare_data
+        train_set = CachedDataset(images, masks, augmented)
+        eval_set = CachedDataset(images, masks, plain)
     # The naive loader keeps the tutorial's 0 workers; the pipeline takes --num-workers.
     workers = args.num_workers if mode == "pipeline" else 0
     loader = {"num_workers": workers, "persistent_workers": workers > 0}
@@ -190,38 +183,21 @@ def machine() -> str:
     )
 
 
-def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["recipes"]:
-        return recipes_main(argv[1:], prog=prog)
-    if argv[:1] and argv[0] in SUB_BENCHMARKS:
-        return sub_benchmark(argv[0], argv[1:], prog=prog)
-    args = _arguments(prog).parse_args(argv)
-    if args.mode:  # a child process: measure one mode, print JSON
-        work = args.work
-        print(json.dumps(run_mode(args.mode, work / "splits", work / "cache", args)))
-        return 0
-
-    data = args.data
-    if data is None:
-        repo = Path(__file__).resolve().parents[3]
-        found = [b / "shared" / "data" / "kvasir_seg" for b in (repo.parent, repo)]
-        data = next((path for path in found if path.is_dir()), None)
-    if args.predict:
-        return _predict_benchmark(data, args)
+def main(args: argparse.Namespace) -> dict:
+    """Each mode in a process of its own on the same split and cache; prints the table."""
     with tempfile.TemporaryDirectory(prefix="segpipe-bench-") as tmp:
         work = Path(tmp)
         needed = args.batch_size * args.batches
-        cache_seconds = prepare_data(data, work, args.image_size, needed, args.mask_suffix)
+        cache_seconds = prepare_data(args.data, work, args.image_size, needed, args.mask_suffix)
         results = {mode: _measure_in_child(mode, work, args) for mode in MODES}
     report = {
         "machine": machine(),
-        "data": data.name if data else "built-in synthetic (256-512 px)",
+        "data": args.data.name if args.data else "built-in synthetic (256-512 px)",
         "encoder": args.encoder,
         "image_size": args.image_size,
         "batch_size": args.batch_size,
         "num_workers": args.num_workers,
-        "images_per_pass": args.batch_size * args.batches,
+        "images_per_pass": needed,
         "cache_build_seconds": round(cache_seconds, 2),
         "results": results,
         "ratios": {
@@ -234,71 +210,16 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
         },
     }
     print(format_report(report))
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-    return 0
+    return report
 
 
-def recipes_main(argv: list[str], *, prog: str | None = None) -> int:
-    """``bench recipes``: training recipes at an equal CPU budget (:mod:`benchmarks.recipes`)."""
-    from benchmarks import recipes
-    from segpipe.cli import parser, run_stage
-
-    p = parser(recipes.__doc__.split("\n\n")[0])
-    p.prog = f"{prog or 'segpipe bench'} recipes"
-    recipes.add_arguments(p)
-    args = p.parse_args(argv)
-    return run_stage(lambda: recipes.main(args), verbose=args.verbose)
-
-
-def sub_benchmark(name: str, argv: list[str], *, prog: str | None = None) -> int:
-    """``bench stages|backends|profile``: a module of ``benchmarks`` with ``add_arguments``
-    and ``main(args) -> dict`` (printed by it; also written to ``--json``)."""
-    import importlib
-
-    from segpipe.cli import parser, run_stage
-
-    module = importlib.import_module(f"benchmarks.bench_{name}")
-    p = parser(module.__doc__.split("\n\n")[0])
-    p.prog = f"{prog or 'segpipe bench'} {name}"
-    module.add_arguments(p)
-    args = p.parse_args(argv)
-
-    def measure() -> None:
-        result = module.main(args)
-        if args.json:
-            args.json.write_text(json.dumps(result, indent=2) + "\n")
-
-    return run_stage(measure, verbose=args.verbose)
-
-
-def _predict_benchmark(data: Path | None, args: argparse.Namespace) -> int:
-    """``--predict``: the predict and evaluate paths on files beside the model-only bound."""
-    from benchmarks import bench_predict
-    from segpipe.data import synthetic
-
-    with tempfile.TemporaryDirectory(prefix="segpipe-bench-") as tmp:
-        work = Path(tmp)
-        if data is None:  # photo-like sizes: what the predict path is for
-            data = work / "synthetic"
-            cfg = SyntheticConfig(
-                seed=0, n_images=args.images, min_size=600, max_size=1400, empty_fraction=0.1
-            )
-            synthetic.generate(data, cfg, seed=0)
-        result = bench_predict.main(data, work, args)
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-    return 0
-
-
-def _arguments(prog: str | None = None) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The ``loader`` command's options (also those its child processes take)."""
     p.add_argument(
         "--data",
         type=Path,
         default=None,
-        help="folder with images/ and masks/ (default: ../shared/data/kvasir_seg "
-        "next to the repository if present, else built-in synthetic data)",
+        help="folder with images/ and masks/ (default: built-in synthetic data, 256-512 px)",
     )
     p.add_argument(
         "--mask-suffix", default="", help="masks/<stem><suffix>.<ext> (data.mask_suffix)"
@@ -315,23 +236,6 @@ def _arguments(prog: str | None = None) -> argparse.ArgumentParser:
         "--num-workers", type=int, default=0, help="pipeline DataLoader workers (train.num_workers)"
     )
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
-    p.add_argument(
-        "--predict",
-        action="store_true",
-        help="benchmark the predict and evaluate paths (files to masks) beside the model-only "
-        "bound instead",
-    )
-    p.add_argument("--images", type=int, default=150, help="--predict: photos per run")
-    p.add_argument(
-        "--variants",
-        nargs="+",
-        default=["serial", "threads", "reduced"],
-        choices=["serial", "threads", "reduced", "openvino"],
-        help="--predict: the paths compared",
-    )
-    p.add_argument("--mode", choices=MODES, help=argparse.SUPPRESS)
-    p.add_argument("--work", type=Path, help=argparse.SUPPRESS)
-    return p
 
 
 CHILD_FLAGS = (
@@ -348,7 +252,7 @@ CHILD_FLAGS = (
 
 def _measure_in_child(mode: str, work: Path, args: argparse.Namespace) -> dict:
     """:func:`run_mode` in a process of its own, so that its peak memory is its own."""
-    child = [sys.executable, "-m", "benchmarks.bench", "--mode", mode, "--work", str(work)]
+    child = [sys.executable, "-m", "benchmarks.bench", mode, str(work)]
     for flag in CHILD_FLAGS:
         child += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
     out = subprocess.run(child, capture_output=True, text=True, check=True).stdout
@@ -377,5 +281,15 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _child(argv: list[str]) -> None:
+    """``python -m benchmarks.bench MODE WORK [options]``: measure one mode, print JSON."""
+    p = argparse.ArgumentParser()
+    p.add_argument("mode", choices=MODES)
+    p.add_argument("work", type=Path)
+    add_arguments(p)
+    args = p.parse_args(argv)
+    print(json.dumps(run_mode(args.mode, args.work / "splits", args.work / "cache", args)))
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    _child(sys.argv[1:])

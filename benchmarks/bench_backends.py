@@ -1,6 +1,7 @@
 """The inference backends benchmark: the model alone, as segpipe runs it and the alternatives.
 
-    segpipe bench backends [--image-size 256] [--eval-batch-size 16] [--batches 4] [--repeats 3]
+    python -m benchmarks backends [--image-size 256] [--eval-batch-size 16] [--batches 4] \\
+        [--repeats 3]
 
 In one process, in interleaved rounds, on the same random-weight model and the same input
 batch (inference is as fast for random weights as for learnt ones):

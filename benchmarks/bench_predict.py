@@ -1,6 +1,7 @@
 """The predict benchmark: files on disk to mask files written, beside the model-only bound.
 
-    segpipe bench --predict [--data DIR] [--images 150] [--image-size 256] [--eval-batch-size 16]
+    python -m benchmarks predict [--data DIR] [--images 150] [--image-size 256] \\
+        [--eval-batch-size 16]
 
 In one process, in interleaved rounds: the model-only inference bound (the checkpoint's
 model on tensors already in memory), then for each variant the ``predict`` command's path
@@ -18,6 +19,7 @@ import dataclasses
 import json
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,9 +29,9 @@ import torch
 
 from benchmarks.flops import forward_flops
 from segpipe.commands import predict
-from segpipe.config import EvaluateConfig, ModelConfig, SplitConfig
+from segpipe.config import EvaluateConfig, ModelConfig, SplitConfig, SyntheticConfig
 from segpipe.constants import IMAGENET_MEAN, IMAGENET_STD
-from segpipe.data import split
+from segpipe.data import split, synthetic
 from segpipe.data.masks import RULE_FILE, load_rule
 from segpipe.data.tables import read_split
 from segpipe.evaluation import evaluate
@@ -267,8 +269,23 @@ def format_report(result: dict, variants: list[str]) -> str:
     return "\n".join(lines)
 
 
-def main(data: Path, work: Path, args: argparse.Namespace) -> dict:
-    """Prepare, measure in a child process, and return the report (also printed)."""
+def main(args: argparse.Namespace) -> dict:
+    """Photos of ``--data`` (default: synthetic ones at photo-like sizes) in a temporary folder;
+    prepare, measure in a child process, and return the report (also printed)."""
+    with tempfile.TemporaryDirectory(prefix="segpipe-bench-") as tmp:
+        work = Path(tmp)
+        data = args.data
+        if data is None:  # photo-like sizes: what the predict path is for
+            data = work / "synthetic"
+            cfg = SyntheticConfig(
+                seed=0, n_images=args.images, min_size=600, max_size=1400, empty_fraction=0.1
+            )
+            synthetic.generate(data, cfg, seed=0)
+        return measure(data, work, args)
+
+
+def measure(data: Path, work: Path, args: argparse.Namespace) -> dict:
+    """Prepare ``data`` in ``work``, measure in a child process, print and return the report."""
     load = prepare(data, work, args)
     child = [sys.executable, "-m", "benchmarks.bench_predict", str(work)]
     settings = {k: getattr(args, k) for k in ("images", "image_size", "encoder")}
@@ -279,6 +296,30 @@ def main(data: Path, work: Path, args: argparse.Namespace) -> dict:
     result = report(load, measured, one_photo_wall(load), args)
     print(format_report(result, args.variants))
     return result
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The ``predict`` command's options."""
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="folder with images/ and masks/ (default: built-in synthetic photos, 600-1400 px)",
+    )
+    p.add_argument("--images", type=int, default=150, help="photos per run")
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        default=["serial", "threads", "reduced"],
+        choices=list(VARIANTS),
+        help="the paths compared",
+    )
+    p.add_argument("--image-size", type=int, default=256, help="the model's input size")
+    p.add_argument("--eval-batch-size", type=int, default=16, help="evaluate.batch_size")
+    p.add_argument("--batches", type=int, default=6, help="batches of the model-only bound")
+    p.add_argument("--repeats", type=int, default=2, help="interleaved rounds")
+    p.add_argument("--encoder", default="efficientnet-b3")
+    p.add_argument("--json", type=Path, default=None, help="also write the results here")
 
 
 def _child(work: Path) -> None:

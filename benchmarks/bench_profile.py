@@ -1,9 +1,10 @@
 """Where a training step's time goes: torch's profiler on the model-only step at two sizes.
 
-    segpipe bench profile [--sizes 128 256] [--batch-size 8] [--batches 4]
+    python -m benchmarks profile [--sizes 128 256] [--batch-size 8] [--batches 4]
 
-The step is the one ``segpipe bench`` times in its ``model`` mode (segpipe's training loop on
-tensors already in memory: bf16 autocast where native, channels-last, fused Adam). For each
+The step is the one ``python -m benchmarks loader`` times in its ``model`` mode (segpipe's
+training loop on tensors already in memory: bf16 autocast where native, channels-last, fused
+Adam). For each
 size, after one warm-up epoch, ``--batches`` steps run under ``torch.profiler``; the report
 groups the operators' self CPU time into kinds (convolutions forward and backward,
 depthwise ones apart, batch norm, activations, pooling, the optimizer, ...) in ms per image,

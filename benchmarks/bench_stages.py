@@ -1,6 +1,6 @@
 """The split and cache benchmark: both stages on 1,000 and 10,000 pairs, one thread vs. several.
 
-    segpipe bench stages [--data DIR] [--counts 1000 10000] [--threads 0 2] [--repeats 2]
+    python -m benchmarks stages [--data DIR] [--counts 1000 10000] [--threads 0 2] [--repeats 2]
 
 The pairs of ``--data`` (images/ and masks/; default the synthetic source at photo-like
 sizes) are linked over and over, under new names, into a folder of N pairs: the files are

@@ -1,20 +1,32 @@
-"""Training recipes compared at an equal CPU budget on one dataset folder.
+"""Training recipes compared at an equal training budget, as DVC experiments.
 
-    segpipe bench recipes --data DIR --budget-cpu-s 360 \\
-        --recipe baseline --recipe 'adamw: train.optimizer=adamw train.warmup_epochs=1'
+    python -m benchmarks recipes --budget-s 240 [--data DIR] baseline rich_aug \\
+        'adamw: train.optimizer=adamw train.warmup_epochs=1'
 
-The folder (``images/`` + ``masks/``) is split once by the split stage's code (``seed`` and
-``split`` of the params file), so every recipe meets the same test images. Each recipe is a set
-of ``section.key=value`` overrides of the params file (values read as ``dvc exp run -S`` reads
-them). Each trains with the train stage's code, stopped between epochs before its CPU time
-(user + system of this process, so ``train.num_workers: 0``) would pass the budget; the best
-epoch's checkpoint is kept, as always. A recipe that does not set ``train.epochs`` gets as many
-epochs as the first recipe (the baseline) fitted into the budget, so its schedule (cosine,
-warm-up) completes; the baseline itself runs until the budget ends it (``--max-epochs`` caps
-both). The evaluate stage's code
-then scores the test split at original resolution; intervals are 95% percentile bootstraps
-over test images (the same resamples for every recipe: the difference to the baseline is a
-paired bootstrap).
+A recipe is a list of ``section.key=value`` overrides of ``params.yaml``, exactly as
+``dvc exp run -S`` takes them: a name from ``benchmarks/recipes.yaml``, or ``'name: overrides'``
+on the command line. Every override is checked against the params file before anything is
+queued. Each recipe is then queued as one experiment (``dvc exp run --queue -n NAME -S ...``),
+the queue runs one experiment at a time (``dvc exp run --run-all -j 1``), and the results are
+read back from ``dvc exp show --json``: they stay in ``dvc exp show`` like any experiment, and
+``segpipe compare`` (run at the end) gives the paired bootstrap of each recipe against the first.
+``--data DIR`` (images/ + masks/) sets ``data.source: folder`` and ``data.path`` in every recipe;
+without it the params file's data is used. The split is the split stage's, so every recipe
+meets the same test images.
+
+The budget buys epochs: every recipe that does not set ``train.epochs`` itself gets
+``floor(budget / epoch cost)`` epochs (at most ``--max-epochs``), so its schedule (warm-up,
+cosine) completes and the experiment records the epochs it ran. Why not stop each run when
+its budget is spent, as an earlier in-process harness did? A run stopped from the outside
+either fails (DVC then runs no evaluate stage) or, if training swallowed the signal, would be
+recorded by DVC under a ``train.epochs`` it did not run, and its run cache would replay that
+result for those params. Setting ``train.epochs`` keeps every experiment a plain, reproducible
+one. The epoch cost is ``--epoch-s`` if given, else measured: the first recipe runs first as
+experiment ``<first>-calibration`` with ``train.epochs=2``, and its second epoch's
+``perf/epoch_seconds`` (the train stage's own wall time of the training batches, which
+``dvc exp show`` lists) is the cost. So the budget is wall seconds of training batches
+(validation comes on top); torch runs ``--threads`` threads (``OMP_NUM_THREADS`` of the queue's
+worker), and on a busy machine a slow calibration buys fewer epochs.
 """
 
 from __future__ import annotations
@@ -22,63 +34,58 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import logging
 import math
+import os
 import shlex
-import tempfile
-import time
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
-from segpipe.config import Params, parse_params, read_yaml, yaml_value
-from segpipe.constants import LIVE_HISTORY
-from segpipe.data import cache, split
-from segpipe.data.geometry import Geometry
-from segpipe.data.masks import RULE_FILE, MaskRule, load_rule
-from segpipe.data.tables import read_split
+from segpipe.config import parse_params, read_yaml, yaml_value
 from segpipe.errors import SegpipeError
-from segpipe.evaluation import evaluate
-from segpipe.metrics import SegmentationMetrics, bootstrap_scores, percentile_interval
-from segpipe.training import train
 
-log = logging.getLogger(__name__)
+TABLE = Path(__file__).with_name("recipes.yaml")
+CALIBRATION_EPOCHS = 2
+"""Epochs of the calibration run: its last one is past the first epoch's warm-up costs."""
 
-RESAMPLES = 1000
-"""Bootstrap resamples of the test images (seeded with the params' ``seed``)."""
+Recipe = tuple[str, list[str]]
+"""A recipe's name and its ``section.key=value`` overrides, as ``dvc exp run -S`` takes them."""
 
 
-def parse_recipe(text: str) -> tuple[str, dict[str, Any]]:
-    """``"name: section.key=value ..."`` (or a bare ``"name"``: no overrides) as the name and
-    ``{dotted key: value}``; values are YAML, as ``dvc exp run -S`` reads them.
+def parse_recipe(text: str, table: dict[str, list[str]]) -> Recipe:
+    """A name of ``table``, or ``"name: section.key=value ..."`` (shell-quoted values).
 
     Raises:
-        SegpipeError: no name, or an override without ``=``.
+        SegpipeError: an unknown name (listing the table's), no name, or no ``=``.
     """
-    name, _, rest = text.partition(":")
+    name, colon, rest = text.partition(":")
     name = name.strip()
     if not name or any(c.isspace() for c in name):
-        raise SegpipeError(f"--recipe {text!r}: expected 'name: section.key=value ...'")
-    overrides = {}
-    for item in shlex.split(rest):
-        key, eq, value = item.partition("=")
+        raise SegpipeError(f"recipe {text!r}: expected a name or 'name: section.key=value ...'")
+    if not colon:
+        if name not in table:
+            raise SegpipeError(f"recipe {name!r}: not in {TABLE.name} ({', '.join(table)})")
+        return name, list(table[name])
+    overrides = shlex.split(rest)
+    for item in overrides:
+        key, eq, _ = item.partition("=")
         if not eq or not key:
-            raise SegpipeError(f"--recipe {name}: {item!r} is not section.key=value")
-        overrides[key] = yaml_value(value)
+            raise SegpipeError(f"recipe {name}: {item!r} is not section.key=value")
     return name, overrides
 
 
-def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """A copy of the params mapping ``raw`` with each dotted key set (the keys are checked when
-    the result is loaded: an unknown one fails there, naming it).
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """A copy of the params mapping ``raw`` with each ``key=value`` set, the value read as YAML
+    (unknown keys fail when the result is validated, naming them).
 
     Raises:
         SegpipeError: a key whose section is no mapping (``train.lr.x=1``).
     """
     out = copy.deepcopy(raw)
-    for key, value in overrides.items():
+    for item in overrides:
+        key, _, value = item.partition("=")
         *sections, leaf = key.split(".")
         node = out
         for i, section in enumerate(sections):
@@ -86,185 +93,181 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str,
             if not isinstance(node, dict):
                 where = ".".join(sections[: i + 1])
                 raise SegpipeError(f"{key}: {where} is no section of the params file")
-        node[leaf] = value
+        node[leaf] = yaml_value(value)
     return out
 
 
-def recipe_params(base: dict[str, Any], overrides: dict[str, Any], epochs: int | None) -> Params:
-    """The validated params of one recipe; ``epochs`` sets ``train.epochs`` unless the recipe
-    does."""
-    if epochs is not None and "train.epochs" not in overrides:
-        overrides = {**overrides, "train.epochs": epochs}
-    return parse_params(apply_overrides(base, overrides))
-
-
-def paired_differences(
-    baseline: np.ndarray, other: np.ndarray, first: int, *, seed: int, resamples: int = RESAMPLES
-) -> dict[str, float]:
-    """The paired bootstrap of ``other`` minus ``baseline`` (each (N, C, 3) per-image counts
-    of the same images): the mean difference of Dice and IoU and its 95% interval."""
-    draws_a, draws_b = bootstrap_scores([baseline, other], first, resamples=resamples, seed=seed)
-    diffs = {name: draws_b[name] - draws_a[name] for name in draws_a}
-    out = {f"{name}_diff": float(np.mean(values)) for name, values in diffs.items()}
-    return {**out, **{f"{k.replace('_ci', '_diff_ci')}": v for k, v in _ci(diffs).items()}}
-
-
-def _ci(draws: dict[str, np.ndarray]) -> dict[str, float]:
-    return percentile_interval(draws, 0.95)
-
-
-def scored_counts(splits_dir: Path, predictions_dir: Path, params: Params) -> np.ndarray:
-    """The (N, C, 3) per-image counts of the predictions the evaluate code wrote, in test
-    split order (the counts its scores and intervals come from)."""
-    rule = load_rule(splits_dir / RULE_FILE, params.data)
-    predictions = MaskRule.predictions(params.data.num_classes)
-    metrics = SegmentationMetrics(
-        params.data.num_classes, include_background=params.evaluate.include_background
-    )
-    for _, row in read_split(splits_dir / "test.csv").iterrows():
-        pred = predictions.read(predictions_dir / f"{row['stem']}.png")
-        truth = rule.read(Path(row["mask"]))
-        metrics.update(torch.from_numpy(pred)[None], torch.from_numpy(truth)[None])
-    return np.stack(metrics.image_counts)
-
-
-def epochs_run(live_dir: Path) -> int:
-    """Completed epochs: rows of the validation Dice history."""
-    history = live_dir / LIVE_HISTORY / "val" / "dice.tsv"
-    return max(len(history.read_text().splitlines()) - 1, 0)
-
-
-def run_recipe(
-    name: str, params: Params, work: Path, splits_dir: Path, budget_s: float
-) -> dict[str, Any]:
-    """Cache (once per input geometry), train within ``budget_s`` CPU seconds, evaluate."""
-    geometry = Geometry.from_train(params.train)
-    t = params.train
-    cache_dir = work / f"cache-{t.resize}-{t.image_size}-{t.crop}-{t.scale:g}"
-    if not cache_dir.is_dir():
-        rule = load_rule(splits_dir / RULE_FILE, params.data)
-        cache.run(splits_dir, cache_dir, geometry, rule)
-    out = work / name
-    model, live = out / "model.pt", out / "live"
-    cpu, wall = time.process_time(), time.perf_counter()
-    train.run(params, cache_dir, model, live, None, cpu_budget_s=budget_s)
-    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-    preds = out / "predictions"
-    result = evaluate.run(
-        params, model, splits_dir, out / "evaluate.json", out / "per_image.csv", preds
-    )
-    row = {
-        "recipe": name,
-        "epochs": epochs_run(live),
-        "train_wall_s": round(wall, 1),
-        "train_cpu_s": round(cpu, 1),
-        **{k: result[k] for k in ("dice", "iou")},
-        **{k: v for k, v in result.items() if "_ci95_" in k},
-    }
-    return {"row": row, "counts": scored_counts(splits_dir, preds, params)}
-
-
-def compare(args: argparse.Namespace) -> dict[str, Any]:
-    """Split once, run every recipe, add the paired differences to the first."""
-    recipes = [parse_recipe(text) for text in args.recipe]
+def check_recipes(params_file: Path, recipes: list[Recipe], data: list[str]) -> None:
+    """Validate every recipe's params, as the stages will, before anything is queued."""
     names = [name for name, _ in recipes]
     if len(set(names)) != len(names):
-        raise SegpipeError(f"--recipe: names must be unique, got {names}")
-    base = apply_overrides(
-        read_yaml(Path(args.params)),
-        {"data.source": "folder", "data.format": "masks", "data.path": str(args.data)}
-        | {"data.mask_suffix": args.mask_suffix},
-    )
-    first = recipe_params(base, {}, None)
-    with tempfile.TemporaryDirectory(prefix="segpipe-recipes-") as tmp:
-        work = Path(tmp)
-        splits_dir = work / "splits"
-        d = first.data
-        split.run(
-            first.split, first.seed, args.data, splits_dir, d.num_classes, d.ignore_index,
-            d.mask_suffix, d.mask_colours, ignore_colour=d.ignore_colour,
-        )  # fmt: skip
-        results, epochs = [], args.max_epochs
-        for i, (name, overrides) in enumerate(recipes):
-            params = recipe_params(base, overrides, epochs)
-            log.info("recipe %s: %s", name, overrides or "the params file as it is")
-            results.append(run_recipe(name, params, work, splits_dir, args.budget_cpu_s))
-            log.info("recipe %s done: %s", name, json.dumps(results[-1]["row"]))
-            if i == 0:
-                row = results[0]["row"]
-                per_epoch = row["train_cpu_s"] / row["epochs"]
-                epochs = min(args.max_epochs, max(1, math.floor(args.budget_cpu_s / per_epoch)))
-    start = 0 if first.evaluate.include_background else 1
-    rows = [r["row"] for r in results]
-    for r in results[1:]:
-        r["row"].update(
-            paired_differences(results[0]["counts"], r["counts"], start, seed=first.seed)
-        )
-    return {"budget_cpu_s": args.budget_cpu_s, "data": args.data.name, "rows": rows}
+        raise SegpipeError(f"recipe names must be unique, got {names}")
+    base = read_yaml(params_file)
+    for name, overrides in recipes:
+        try:
+            parse_params(apply_overrides(base, data + overrides))
+        except SegpipeError as e:
+            raise SegpipeError(f"recipe {name}: {e}") from None
+
+
+def data_overrides(data: Path | None, mask_suffix: str) -> list[str]:
+    """The overrides that point every recipe at ``data`` (none: the params file's data)."""
+    if data is None:
+        return []
+    if not (data / "images").is_dir():
+        raise SegpipeError(f"--data {data}: no images/ folder (expected images/ and masks/)")
+    out = ["data.source=folder", "data.format=masks", f"data.path={data.resolve()}"]
+    return out + ([f"data.mask_suffix={mask_suffix}"] if mask_suffix else [])
+
+
+def run(*command: str, stream: bool = False, env: dict[str, str] | None = None) -> str:
+    """Run ``command`` (its output shown as it comes with ``stream``); its stdout.
+
+    Raises:
+        SegpipeError: a non-zero exit, with the command and its last error line.
+    """
+    done = subprocess.run(list(command), capture_output=not stream, text=True, env=env, check=False)
+    if done.returncode != 0:
+        last = (done.stderr or "").strip().splitlines() or ["see its output above"]
+        raise SegpipeError(f"{shlex.join(command)}: exit status {done.returncode}: {last[-1]}")
+    return done.stdout or ""
+
+
+def queue(name: str, overrides: list[str]) -> None:
+    """``dvc exp run --queue -n NAME -S override ...``."""
+    run("dvc", "exp", "run", "--queue", "-n", name, *(a for o in overrides for a in ("-S", o)))
+
+
+def run_queue(threads: int) -> None:
+    """Run every queued experiment, one at a time, and wait for them (``dvc exp run
+    --run-all`` follows each one's output)."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    run("dvc", "exp", "run", "--run-all", "-j", "1", stream=True, env=env)
+
+
+def _records(node: Any) -> Iterator[dict[str, Any]]:
+    """Every revision of ``dvc exp show --json`` (baselines and their experiments)."""
+    if isinstance(node, list):
+        for item in node:
+            yield from _records(item)
+    elif isinstance(node, dict):
+        if "data" in node and "rev" in node:
+            yield node
+        for key in ("experiments", "revs"):
+            yield from _records(node.get(key))
+
+
+def shown(names: list[str]) -> dict[str, dict[str, Any]]:
+    """The params and metrics of the named experiments in ``dvc exp show --json``.
+
+    Raises:
+        SegpipeError: a name that is not there (its run failed).
+    """
+    found = {}
+    for record in _records(json.loads(run("dvc", "exp", "show", "--json"))):
+        if record.get("name") in names and record["name"] not in found:
+            data = record["data"]
+            params = data["params"]["params.yaml"]["data"]
+            metrics = {path: m.get("data", {}) for path, m in data.get("metrics", {}).items()}
+            found[record["name"]] = {"params": params, "metrics": metrics}
+    missing = [name for name in names if name not in found]
+    if missing:
+        raise SegpipeError(f"experiments {missing} are not in `dvc exp show` (did they fail?)")
+    return found
+
+
+def calibrate(first: Recipe, data: list[str], threads: int) -> float:
+    """Seconds of one training epoch of the first recipe, run as an experiment of its own."""
+    name = f"{first[0]}-calibration"
+    queue(name, [*data, *first[1], f"train.epochs={CALIBRATION_EPOCHS}"])
+    run_queue(threads)
+    train = shown([name])[name]["metrics"]["metrics/train/metrics.json"]
+    return float(train["perf"]["epoch_seconds"])
+
+
+def with_epochs(overrides: list[str], epochs: str) -> list[str]:
+    """``overrides`` led by the budget's ``train.epochs=N``, unless they set it themselves."""
+    own = any(o.startswith("train.epochs=") for o in overrides)
+    return overrides if own else [epochs, *overrides]
+
+
+def budget_epochs(budget_s: float, epoch_s: float, max_epochs: int) -> int:
+    """Epochs that fit in ``budget_s`` at ``epoch_s`` each: at least 1, at most ``max_epochs``."""
+    return min(max_epochs, max(1, math.floor(budget_s / epoch_s)))
+
+
+def row(name: str, record: dict[str, Any]) -> dict[str, Any]:
+    """One recipe's line: epochs, training cost and test scores with their intervals."""
+    train = record["metrics"].get("metrics/train/metrics.json", {})
+    scores = record["metrics"].get("metrics/evaluate.json", {})
+    keys = ("dice", "dice_ci95_low", "dice_ci95_high", "iou", "iou_ci95_low", "iou_ci95_high")
+    return {
+        "recipe": name,
+        "epochs": record["params"]["train"]["epochs"],
+        "best_epoch": train.get("best", {}).get("epoch"),
+        "epoch_s": train.get("perf", {}).get("epoch_seconds"),
+        **{key: scores[key] for key in keys},
+    }
 
 
 def format_table(report: dict[str, Any]) -> str:
     """The comparison as a Markdown table (Dice and IoU with their 95% intervals)."""
     lines = [
-        f"data: {report['data']}; CPU budget per recipe: {report['budget_cpu_s']:.0f} s of "
-        f"training, {report.get('threads', '?')} torch thread(s)",
+        f"budget {report['budget_s']:.0f} s of training per recipe at {report['epoch_s']:.1f} s "
+        f"per epoch, {report['threads']} torch thread(s)",
         "",
-        "| recipe | epochs | train wall s | train CPU s | test Dice [95% CI] | test IoU [95% CI] "
-        "| Dice vs first [95% CI] |",
-        "|---|---:|---:|---:|---|---|---|",
+        "| recipe | epochs | best epoch | s per epoch | test Dice [95% CI] | test IoU [95% CI] |",
+        "|---|---:|---:|---:|---|---|",
     ]
     for r in report["rows"]:
-        diff = _difference(r) if "dice_diff" in r else "-"
         lines.append(
-            f"| {r['recipe']} | {r['epochs']} | {r['train_wall_s']:.0f} | {r['train_cpu_s']:.0f} "
-            f"| {_score(r, 'dice')} | {_score(r, 'iou')} | {diff} |"
+            f"| {r['recipe']} | {r['epochs']} | {r['best_epoch']} | {r['epoch_s']} "
+            f"| {_score(r, 'dice')} | {_score(r, 'iou')} |"
         )
     return "\n".join(lines)
 
 
-def _difference(row: dict[str, Any]) -> str:
-    low, high = row["dice_diff_ci95_low"], row["dice_diff_ci95_high"]
-    return f"{row['dice_diff']:+.3f} [{low:+.3f}, {high:+.3f}]"
+def _score(r: dict[str, Any], name: str) -> str:
+    return f"{r[name]:.3f} [{r[f'{name}_ci95_low']:.3f}, {r[f'{name}_ci95_high']:.3f}]"
 
 
-def _score(row: dict[str, Any], name: str) -> str:
-    low, high = row[f"{name}_ci95_low"], row[f"{name}_ci95_high"]
-    return f"{row[name]:.3f} [{low:.3f}, {high:.3f}]"
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    """Check, calibrate (unless ``--epoch-s``), queue, run, and report every recipe."""
+    table = read_yaml(args.table)
+    recipes = [parse_recipe(text, table) for text in args.recipes]
+    data = data_overrides(args.data, args.mask_suffix)
+    check_recipes(Path(args.params), recipes, data)
+    epoch_s = args.epoch_s or calibrate(recipes[0], data, args.threads)
+    epochs = f"train.epochs={budget_epochs(args.budget_s, epoch_s, args.max_epochs)}"
+    budgeted = [(name, [*data, *with_epochs(overrides, epochs)]) for name, overrides in recipes]
+    check_recipes(Path(args.params), budgeted, [])  # the epochs fit every recipe (warm-up)
+    for name, overrides in budgeted:
+        queue(name, overrides)
+    run_queue(args.threads)
+    names = [name for name, _ in recipes]
+    records = shown(names)
+    rows = [row(name, records[name]) for name in names]
+    report = {"budget_s": args.budget_s, "epoch_s": epoch_s, "threads": args.threads, "rows": rows}
+    print(format_table(report))
+    if len(names) > 1:  # the paired bootstrap against the first recipe
+        report["compare"] = run(sys.executable, "-m", "segpipe", "compare", *names)
+        print(report["compare"])
+    return report
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The ``recipes`` mode's options."""
-    p.add_argument("--data", type=Path, required=True, help="folder with images/ and masks/")
+    """The ``recipes`` command's options."""
+    p.add_argument("recipes", nargs="+", metavar="RECIPE", help="a name of recipes.yaml or "
+                   "'name: section.key=value ...'; the first is the baseline")  # fmt: skip
+    p.add_argument("--budget-s", type=float, required=True, help="training seconds per recipe")
+    p.add_argument("--epoch-s", type=float, default=None, help="seconds per epoch (default: "
+                   "measured by a calibration experiment of the first recipe)")  # fmt: skip
+    p.add_argument("--max-epochs", type=int, default=100, help="the most epochs the budget buys")
+    p.add_argument("--data", type=Path, default=None, help="folder with images/ and masks/ "
+                   "(default: the data of the params file)")  # fmt: skip
     p.add_argument("--mask-suffix", default="", help="masks/<stem><suffix>.<ext>")
-    p.add_argument(
-        "--budget-cpu-s", type=float, required=True, help="training CPU seconds per recipe"
-    )
-    p.add_argument(
-        "--recipe",
-        action="append",
-        required=True,
-        help="'name: section.key=value ...' (repeat; the first is the baseline)",
-    )
-    p.add_argument(
-        "--max-epochs", type=int, default=100, help="train.epochs of the first recipe (the "
-        "budget stops it sooner), and the most any recipe gets",
-    )  # fmt: skip
-    p.add_argument(
-        "--threads", type=int, default=1, help="torch threads (1: CPU time that contention on "
-        "a shared machine does not inflate; more threads spin while they wait for each other)",
-    )  # fmt: skip
+    p.add_argument("--threads", type=int, default=1, help="torch threads of every run (1: the "
+                   "time a shared machine's load inflates least)")  # fmt: skip
+    p.add_argument("--params", default="params.yaml", help="the params file the recipes change")
+    p.add_argument("--table", type=Path, default=TABLE, help="the named recipes")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
-
-
-def main(args: argparse.Namespace) -> int:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    try:  # put the process's thread count back: a caller's later training must not change
-        report = compare(args)
-    finally:
-        torch.set_num_threads(threads)
-    report["threads"] = args.threads
-    print(format_table(report))
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-    return 0

@@ -1,7 +1,7 @@
 """What logging the validation images (train.val_images_every: 1) costs, per epoch, against the
 epoch itself (training + validation + the images), on the default settings.
 
-    python benchmarks/val_images_cost.py --epochs 3 --runs 2 [--params params.yaml]
+    python -m benchmarks val-images --epochs 3 --runs 2 [--params params.yaml]
 
 The default data (synthetic) is built once in a temporary folder; each run trains from scratch.
 Prints one line per epoch and the range of the share over all epochs.
@@ -35,12 +35,8 @@ def timed(fn: Callable[..., Any], into: list[float]) -> Callable[..., Any]:
     return wrapper
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--params", default="params.yaml")
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--runs", type=int, default=2)
-    args = p.parse_args()
+def main(args: argparse.Namespace) -> dict:
+    """Train ``args.runs`` times from scratch; print and return each epoch's share."""
     params = load_params(Path(args.params))
     params = dataclasses.replace(
         params, train=dataclasses.replace(params.train, epochs=args.epochs, val_images_every=1)
@@ -63,7 +59,12 @@ def main() -> None:
             f"epoch {i % args.epochs + 1} run {i // args.epochs + 1}: images {g:.3f} s of {e:.1f} s"
         )
     print(f"share of epoch time: {min(shares):.2%} .. {max(shares):.2%}")
+    return {"epoch_seconds": epochs, "images_seconds": grids, "shares": shares}
 
 
-if __name__ == "__main__":
-    main()
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The ``val-images`` command's options."""
+    p.add_argument("--params", default="params.yaml", help="the parameters file")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--runs", type=int, default=2)
+    p.add_argument("--json", type=Path, default=None, help="also write the results here")

@@ -1,4 +1,4 @@
-"""The CPU training settings of the engine: fused Adam and the allocator."""
+"""The CPU training settings of the engine: fused optimizers and the allocator."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ import pytest
 import torch
 
 from segpipe.runtime import reuse_freed_memory
-from segpipe.training.engine import adam
+from segpipe.training.engine import build_optimizer
 
 
 def test_adam_is_fused_on_cpu():
-    opt = adam(torch.nn.Linear(2, 2).parameters(), 1e-3, torch.device("cpu"))
+    params = torch.nn.Linear(2, 2).parameters()
+    opt = build_optimizer("adam", params, lr=1e-3, device=torch.device("cpu"))
     assert opt.defaults["fused"] is True
 
 

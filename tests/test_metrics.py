@@ -14,6 +14,7 @@ from segpipe.constants import IGNORE
 from segpipe.metrics import (
     SegmentationMetrics,
     ThresholdSweep,
+    bootstrap_scores,
     confusion_matrix,
     stat_scores,
 )
@@ -316,3 +317,27 @@ def test_threshold_sweep_at_half_equals_the_metrics_at_half():
         m.update((torch.sigmoid(logits[i]) > 0.5).long()[None], target[i][None])
     at_half = next(r for r in sweep.curve() if r["threshold"] == 0.5)
     assert at_half["dice"] == pytest.approx(m.compute()["dice"])
+
+
+# Per-image (C=2, 3) counts: tp, fp, fn of background (unused) and foreground.
+PERFECT = np.array([[0, 0, 0], [1, 0, 0]])  # foreground Dice 1
+WRONG = np.array([[0, 0, 0], [0, 1, 0]])  # foreground Dice 0
+
+
+def test_bootstrap_of_two_images_on_known_outcomes():
+    """Two images, one right, one wrong: a resample holds two copies of one (Dice 1 or 0,
+    each with probability 1/4) or one of each (summed counts tp 1, fp 1: Dice 2/3, 1/2)."""
+    (draws,) = bootstrap_scores([np.stack([PERFECT, WRONG])], 1, resamples=4000, seed=0)
+    values, counts = np.unique(np.round(draws["dice"], 6), return_counts=True)
+    assert values.tolist() == [0.0, round(2 / 3, 6), 1.0]
+    assert counts / counts.sum() == pytest.approx([0.25, 0.5, 0.25], abs=0.03)
+    assert draws["iou"].max() == 1.0 and round(float(np.median(draws["iou"])), 6) == 0.5
+
+
+def test_bootstrap_interval_is_the_percentiles_of_the_draws():
+    metrics = SegmentationMetrics(2)
+    metrics.image_counts = [PERFECT, WRONG, PERFECT]
+    (draws,) = bootstrap_scores([np.stack(metrics.image_counts)], 1, seed=3)
+    interval = metrics.bootstrap_interval(seed=3)
+    assert interval["dice_ci95_low"] == float(np.percentile(draws["dice"], 2.5))
+    assert interval["dice_ci95_high"] == float(np.percentile(draws["dice"], 97.5))

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from benchmarks import bench, bench_backends, bench_predict
+from benchmarks.__main__ import COMMANDS, main
 from benchmarks.flops import forward_flops
 from segpipe.config import ModelConfig
 from segpipe.inference.folding import fold_batch_norms
@@ -20,16 +21,16 @@ from tests.helpers import REPO
 from tests.realdata import KVASIR, kvasir_sample
 
 
-def run_tiny(tmp_path: Path, data: Path, *extra: str) -> dict:
+def run_tiny(tmp_path: Path, data: Path, command: str, *extra: str) -> dict:
+    """``python -m benchmarks COMMAND`` (loader or predict) on tiny settings."""
     out = tmp_path / "bench.json"
     args = [
+        command,
         *extra,
         "--data",
         str(data),
         "--image-size",
         "64",
-        "--batch-size",
-        "2",
         "--batches",
         "2",
         "--repeats",
@@ -39,13 +40,13 @@ def run_tiny(tmp_path: Path, data: Path, *extra: str) -> dict:
         "--json",
         str(out),
     ]
-    assert bench.main(args) == 0
+    assert main(args) == 0
     return json.loads(out.read_text())
 
 
 @pytest.mark.slow  # three processes, each training and evaluating a model
 def test_benchmark_on_synthetic_data(tmp_path, raw_dir):
-    report = run_tiny(tmp_path, raw_dir)
+    report = run_tiny(tmp_path, raw_dir, "loader", "--batch-size", "2")
     results = report["results"]
     assert set(results) == {"naive", "pipeline", "model"}
     for r in results.values():
@@ -63,7 +64,7 @@ def test_benchmark_on_synthetic_data(tmp_path, raw_dir):
 def test_benchmark_on_real_photos(tmp_path):
     """12 Kvasir-SEG photos (up to 1920x1072) and their masks; the pipeline with a worker."""
     data = kvasir_sample(tmp_path / KVASIR.name, 12)
-    report = run_tiny(tmp_path, data, "--num-workers", "1")
+    report = run_tiny(tmp_path, data, "loader", "--batch-size", "2", "--num-workers", "1")
     assert report["data"] == KVASIR.name and report["num_workers"] == 1
     assert report["results"]["pipeline"]["train_images_per_s"] > 0
 
@@ -89,8 +90,8 @@ def test_benchmark_data_keeps_awkward_names(tmp_path):
 
 @pytest.mark.slow  # a child process predicting and evaluating a few photos per variant
 def test_predict_benchmark_reports_each_path_beside_the_bound(tmp_path, raw_dir):
-    extra = ["--predict", "--images", "3", "--variants", "serial", "reduced"]
-    report = run_tiny(tmp_path, raw_dir, *extra, "--eval-batch-size", "2")
+    extra = ["--images", "3", "--variants", "serial", "reduced", "--eval-batch-size", "2"]
+    report = run_tiny(tmp_path, raw_dir, "predict", *extra)
     assert report["images"] == 3 and report["forward_gflops_per_image"] > 0
     (only,) = report["rounds"]
     for path in ("predict_serial", "evaluate_serial", "predict_reduced", "evaluate_reduced"):
@@ -109,7 +110,7 @@ def test_predict_benchmark_reports_each_path_beside_the_bound(tmp_path, raw_dir)
 def test_stages_benchmark_times_split_and_cache_per_thread_count(tmp_path, raw_dir):
     out = tmp_path / "stages.json"
     args = ["stages", "--data", str(raw_dir), "--counts", "30", "--threads", "0", "2"]
-    assert bench.main([*args, "--repeats", "1", "--image-size", "32", "--json", str(out)]) == 0
+    assert main([*args, "--repeats", "1", "--image-size", "32", "--json", str(out)]) == 0
     (count,) = json.loads(out.read_text())["counts"]
     assert count["pairs"] == 30 and count["same_bytes"] is True
     assert sorted(count["runs"]) == [
@@ -161,7 +162,7 @@ def test_folding_batch_norms_keeps_the_logits(encoder):
 def test_backends_benchmark_reports_speed_and_agreement(tmp_path):
     out = tmp_path / "backends.json"
     args = ["backends", "--image-size", "64", "--eval-batch-size", "2", "--batches", "1"]
-    assert bench.main([*args, "--repeats", "2", "--encoder", "resnet18", "--json", str(out)]) == 0
+    assert main([*args, "--repeats", "2", "--encoder", "resnet18", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     assert len(result["rounds"]) == 2 and result["batch_norms_folded"] > 10
     for name in bench_backends.BACKENDS:
@@ -174,7 +175,7 @@ def test_backends_benchmark_reports_speed_and_agreement(tmp_path):
 def test_profile_benchmark_splits_the_step_by_kind(tmp_path):
     out = tmp_path / "profile.json"
     args = ["profile", "--sizes", "32", "64", "--batch-size", "2", "--batches", "1"]
-    assert bench.main([*args, "--encoder", "resnet18", "--json", str(out)]) == 0
+    assert main([*args, "--encoder", "resnet18", "--json", str(out)]) == 0
     small, large = json.loads(out.read_text())["sizes"]
     for size in (small, large):
         assert size["by_kind"]["convolution"] > 0 and size["by_kind"]["convolution backward"] > 0
@@ -224,12 +225,19 @@ def test_counting_flops_leaves_a_training_model_as_it_was():
 
 
 @pytest.mark.slow  # a Python start and the torch imports
-def test_benchmarks_run_as_a_module() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--help"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 0 and "--image-size" in result.stdout, result.stderr
+def test_every_benchmark_is_a_command_with_its_own_help():
+    def help_of(*words: str) -> str:
+        result = subprocess.run(
+            [sys.executable, "-m", "benchmarks", *words, "--help"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    listing = help_of()
+    for name in COMMANDS:
+        assert f"    {name}" in listing
+    assert "--image-size" in help_of("loader") and "--budget-s" in help_of("recipes")

@@ -69,7 +69,7 @@ def to_tensor(image: np.ndarray) -> torch.Tensor:
 
 class SegmentationDataset(Dataset):
     """Pairs from a split frame, decoded and transformed on every access (no cache): the
-    reference the cached path is tested against, and the benchmark's naive baseline.
+    reference the cached path is tested against.
 
     Args:
         frame: rows with ``image`` and ``mask`` paths.
@@ -103,7 +103,6 @@ class CachedDataset(Dataset):
             different sizes (crop training) with ``shapes_path``.
         masks_path: ``(N, S, S)`` uint8 ``.npy`` file of class indices, or ``(P,)``.
         transform: applied to image and mask together (its resize is then a no-op).
-        limit: use only the first ``limit`` items (benchmarks).
         shapes_path: ``(N, 2)`` ``.npy`` file of each image's (h, w) when sizes differ.
     """
 
@@ -112,7 +111,6 @@ class CachedDataset(Dataset):
         images_path: Path,
         masks_path: Path,
         transform: A.Compose,
-        limit: int | None = None,
         shapes_path: Path | None = None,
     ) -> None:
         self.images_path, self.masks_path = Path(images_path), Path(masks_path)
@@ -128,7 +126,7 @@ class CachedDataset(Dataset):
         except FileNotFoundError as e:
             raise SegpipeError(f"{e.filename}: cache not found (run the cache stage)") from None
         self.offsets = None if self.shapes is None else pixel_offsets(self.shapes)
-        self.length = n if limit is None else min(limit, n)
+        self.length = n
 
     def __len__(self) -> int:
         return self.length

@@ -30,12 +30,6 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 """``train.optimizer`` names."""
 
 
-def adam(params: Iterable[nn.Parameter], lr: float, device: torch.device) -> torch.optim.Adam:
-    """Adam with its fused kernel where torch has one (CPU and CUDA): one pass over the
-    parameters per step instead of one per operation."""
-    return build_optimizer("adam", params, lr=lr, device=device)
-
-
 def build_optimizer(
     name: str,
     params: Iterable[nn.Parameter],

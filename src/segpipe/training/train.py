@@ -52,7 +52,6 @@ def run(
     model_path: Path,
     live_dir: Path,
     resume_dir: Path | None = None,
-    cpu_budget_s: float | None = None,
     weights_dir: Path | None = None,
 ) -> dict[str, float]:
     """Train on the cache stage's arrays in ``cache_dir``; write the best checkpoint to
@@ -61,9 +60,7 @@ def run(
     Files the model starts from (``model.encoder_weights``, ``model.init_from``) must lie below
     ``weights_dir`` if given: the folder the train stage depends on.
 
-    Training ends after ``train.epochs``, earlier by ``train.early_stopping``, or (with
-    ``cpu_budget_s``, for benchmarks) before an epoch that would take this process's CPU time
-    (user + system, all threads) since the start past the budget, going by the mean epoch so far.
+    Training ends after ``train.epochs``, or earlier by ``train.early_stopping``.
 
     With ``resume_dir``, the full training state is saved below it after every epoch (see
     :class:`segpipe.training.resume.Resume`), a run interrupted earlier (same params, data
@@ -79,7 +76,7 @@ def run(
             require_apart(folder, option, {"--cache": cache_dir, "--model": model_path})
     ctx = distributed.setup()
     try:
-        best = _fit(params, cache_dir, model_path, live_dir, resume_dir, ctx, cpu_budget_s)
+        best = _fit(params, cache_dir, model_path, live_dir, resume_dir, ctx)
         distributed.finish(ctx)
         return best
     finally:
@@ -93,12 +90,10 @@ def _fit(
     live_dir: Path,
     resume_dir: Path | None,
     ctx: distributed.Context,
-    cpu_budget_s: float | None = None,
 ) -> dict[str, float]:
     """Set up, restore an interrupted run if there is one, then train the remaining epochs,
     keeping the checkpoint of the best one and saving the resume state after each."""
     t = params.train
-    cpu_start = time.process_time()
     generator = seed_everything(params.seed)
     runtime = Runtime.choose(t.precision, channels_last=t.channels_last, device=ctx.device)
     if runtime.device.type == "cpu":
@@ -120,7 +115,7 @@ def _fit(
     with _history(live_dir, ctx, resumed=done > 0) as live:
         live.step = done
         for epoch in range(done + 1, t.epochs + 1):
-            if _stops(params, best, epoch - 1, cpu_start, cpu_budget_s):
+            if _stops_early(params, best, done=epoch - 1):
                 break
             try:
                 val, images_per_s = _epoch(epoch, params, learner, loaders, runtime, live, ctx)
@@ -490,28 +485,19 @@ def _log_epoch(
     live.log_metric("perf/peak_rss_mb", round(peak_rss_mb(), 1), plot=False)
 
 
-def _stops(
-    params: Params,
-    best: dict[str, float],
-    done: int,
-    cpu_start: float,
-    cpu_budget_s: float | None,
-) -> bool:
-    """Whether training ends after ``done`` epochs: early stopping, or the CPU budget."""
-    if "epoch" in best and stops_early(params.train, best_epoch=int(best["epoch"]), done=done):
-        log.info(
-            "early stopping: no better validation Dice for %d epochs (best: epoch %d)",
-            done - int(best["epoch"]),
-            best["epoch"],
-        )
-        return True
-    if cpu_budget_s is None or done == 0:
+def _stops_early(params: Params, best: dict[str, float], *, done: int) -> bool:
+    """Whether ``train.early_stopping`` ends training after ``done`` epochs."""
+    if "epoch" not in best:
         return False
-    used = time.process_time() - cpu_start
-    if used + used / done > cpu_budget_s:  # the next epoch would cost about the mean so far
-        log.info("CPU budget: %.0f of %.0f s used after %d epochs", used, cpu_budget_s, done)
-        return True
-    return False
+    best_epoch = int(best["epoch"])
+    if not stops_early(params.train, best_epoch=best_epoch, done=done):
+        return False
+    log.info(
+        "early stopping: no better validation Dice for %d epochs (best: epoch %d)",
+        done - best_epoch,
+        best_epoch,
+    )
+    return True
 
 
 def _selection_score(metrics: dict[str, float]) -> float:
