@@ -12,4 +12,4 @@ class SegpipeError(Exception):
 def install_extra(extra: str) -> str:
     """How to install one of the optional parts of ``pyproject.toml`` (``export``, ``openvino``,
     ``s3``) at the tested versions, for an error message."""
-    return f"install segpipe[{extra}]: pip install -e '.[{extra}]' -c constraints.txt in the clone"
+    return f"install segpipe[{extra}] (in a clone: pip install -e '.[{extra}]' -c constraints.txt)"
