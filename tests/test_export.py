@@ -233,7 +233,7 @@ def test_missing_package_names_the_install_command(tmp_path, monkeypatch):
         export.run(tmp_path / "model.pt", tmp_path / "m.onnx")
     message = str(err.value)
     assert "\n" not in message
-    assert "needs onnxruntime" in message and "pip install onnx onnxruntime" in message
+    assert "needs onnxruntime" in message and "pip install -e '.[export]'" in message
 
 
 def test_out_that_must_not_or_cannot_be_written(tmp_path):

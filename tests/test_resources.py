@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import random
 import subprocess
 import sys
@@ -75,3 +76,35 @@ def test_a_child_of_a_big_process_reports_its_own_peak():
     out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, check=True)
     assert peak_rss_mb() > 400 > 4 * float(out.stdout)
     del ballast
+
+
+UNIX_ONLY = ("resource", "fcntl", "pwd", "grp", "termios")
+"""Standard modules Windows lacks: a module that imports one at its top fails to import there."""
+
+
+def test_without_the_resource_module_it_imports_and_measures():
+    """As on Windows (no ``resource``, no /proc): the module the split, cache and train stages
+    import still imports, and the peak falls back to psutil's."""
+    child = (
+        "import pathlib, sys\n"
+        "import psutil\n"  # psutil's Linux part itself uses resource; its Windows one does not
+        "sys.modules['resource'] = None\n"
+        "def no_proc(self, *args, **kwargs): raise OSError('no /proc here')\n"
+        "pathlib.Path.read_text = no_proc\n"
+        "from segpipe.resources import peak_rss_mb\n"
+        "print(peak_rss_mb())"
+    )
+    out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, check=True)
+    assert float(out.stdout) > 10
+
+
+def test_no_module_imports_a_unix_only_module_at_its_top():
+    src = Path(__file__).resolve().parents[1] / "src" / "segpipe"
+    found = []
+    for path in sorted(src.rglob("*.py")):
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            found += [f"{path.name}: {n}" for n in names if n.split(".")[0] in UNIX_ONLY]
+    assert found == []

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import collections
 import os
-import resource
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -67,5 +66,18 @@ def peak_rss_mb() -> float:
                 return int(line.split()[1]) / 1024  # kB
     except OSError:
         pass
+    try:
+        import resource  # Unix only: imported here so that this module imports on Windows
+    except ImportError:
+        return _peak_working_set_mb()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
+
+
+def _peak_working_set_mb() -> float:
+    """Peak memory where there is no ``resource`` module (Windows): psutil's peak working set
+    (psutil comes with DVC), or its resident size where the platform reports no peak."""
+    import psutil
+
+    info = psutil.Process().memory_info()
+    return getattr(info, "peak_wset", info.rss) / 2**20

@@ -34,7 +34,7 @@ from segpipe.cli import parser, run_stage
 from segpipe.commands import export_smp
 from segpipe.commands.predict import resolve_settings
 from segpipe.config import check_threshold
-from segpipe.errors import SegpipeError
+from segpipe.errors import SegpipeError, install_extra
 from segpipe.files import atomic_path, ensure_writable_dir, write_error, write_json
 from segpipe.model import outputs
 from segpipe.model.checkpoint import ModelSpec, load_checkpoint
@@ -53,10 +53,6 @@ DEFAULT_TOLERANCE = 1e-3
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
 AXES = {0: "batch", 2: "height", 3: "width"}
-INSTALL_HINT = (
-    "pip install onnx onnxruntime onnxscript onnx-ir, or segpipe[export] "
-    "(exact versions in requirements.txt)"
-)
 
 
 def require(*modules: str) -> list[Any]:
@@ -68,7 +64,7 @@ def require(*modules: str) -> list[Any]:
         except ImportError as e:
             missing.append(name if isinstance(e, ModuleNotFoundError) else f"{name} ({e})")
     if missing:
-        raise SegpipeError(f"ONNX export needs {', '.join(missing)}: {INSTALL_HINT}")
+        raise SegpipeError(f"ONNX export needs {', '.join(missing)}: {install_extra('export')}")
     return found
 
 

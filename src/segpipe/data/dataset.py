@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import albumentations as A
 import numpy as np
-import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
@@ -20,6 +20,9 @@ from segpipe.constants import IMAGENET_MEAN, IMAGENET_STD
 from segpipe.data.augment import build_augmentations
 from segpipe.data.masks import MaskRule, read_pair
 from segpipe.errors import SegpipeError
+
+if TYPE_CHECKING:  # pandas is the split CSVs' reader's; predict imports this module without it
+    import pandas as pd
 
 Normalisation = tuple[tuple[float, ...], tuple[float, ...]]
 """Per-channel (mean, std) of RGB in 0..1: what the encoder expects its input divided into."""

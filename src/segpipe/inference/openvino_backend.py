@@ -19,13 +19,11 @@ import torch
 from torch import nn
 
 from segpipe.config import Backend
-from segpipe.errors import SegpipeError
+from segpipe.errors import SegpipeError, install_extra
 from segpipe.model import outputs
 from segpipe.runtime import Runtime
 
 BACKENDS: tuple[str, ...] = typing.get_args(Backend)
-PINNED = "openvino==2026.4.1"
-"""The release this backend is tested with (requirements.txt)."""
 MAX_LABEL_MISMATCH = 0.01
 """Parity: the share of pixels whose label may differ from PyTorch's on one random batch
 (bf16 against bf16 differs on a few pixels; a wrong conversion on most)."""
@@ -49,8 +47,8 @@ def compile_openvino(
         import openvino as ov
     except ImportError:
         raise SegpipeError(
-            f"backend openvino: the openvino package is not installed (pip install {PINNED}); "
-            "or use backend torch"
+            f"backend openvino: the openvino package is not installed ({install_extra('openvino')})"
+            ", or use backend torch"
         ) from None
     model = model.eval()
     example = torch.zeros(1, 3, image_size, image_size)
