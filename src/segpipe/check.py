@@ -2,9 +2,10 @@
 
     segpipe check [--params params.yaml]      (the check stage: python stages/check.py)
 
-Every stage validates the whole file when it runs, but DVC runs a stage only when the
-parameters it lists change: a misspelt section added by hand (``modle:``) would go unnoticed.
-The check stage depends on the whole file, so ``dvc repro`` reports it.
+Every stage validates the whole file's keys, types and ranges when it runs, but DVC runs a stage
+only when the parameters it lists change: a misspelt section added by hand (``modle:``) would go
+unnoticed. The check stage depends on the whole file, so ``dvc repro`` reports it. It also runs
+the checks of names that the modules using them own (model names, loss terms, transforms).
 """
 
 from __future__ import annotations
