@@ -231,6 +231,28 @@ def test_ints_still_ints_and_strings_still_strings(tmp_path):
             ),
             "split.lists: data.voc.image_sets already makes the split",
         ),
+        (
+            lambda r: r["split"].update(fold=1),
+            "split.fold: 1 names a fold of a cross-validation, but split.folds is null",
+        ),
+        (
+            lambda r: r["split"].update(folds=1, fold=0),
+            "split.folds: null (no cross-validation) or at least 2, got 1",
+        ),
+        (
+            lambda r: r["split"].update(folds=5, fold=5),
+            "split.fold: the fold held out for validation, 0..4 (fold must be < split.folds 5), "
+            "got 5",
+        ),
+        (lambda r: r["split"].update(folds=5), "split.fold: the fold held out for validation"),
+        (lambda r: r["split"].update(folds=5, fold=-1), "0..4 (fold must be < split.folds 5)"),
+        (lambda r: r["split"].update(folds=5.0, fold=0), "split.folds: expected int, got 5.0"),
+        (
+            lambda r: r["split"].update(
+                folds=5, fold=0, lists={"train": "a.txt", "test": "b.txt", "val": "c.txt"}
+            ),
+            "split.folds: the folds rotate the train list into val, but split.lists.val",
+        ),
     ],
 )
 def test_bad_params_name_the_key(tmp_path, edit, message):
@@ -475,8 +497,10 @@ def test_pretrained_and_split_list_params_parse(tmp_path):
         raw["train"].update(freeze_encoder_epochs=2)
         raw["split"].update(lists={"train": "data/lists/t.txt", "test": "data/lists/e.txt"})
         raw["split"]["lists"]["val"] = None
+        raw["split"].update(folds=5, fold=4)
 
     p = load_params(edited(tmp_path, edit))
+    assert (p.split.folds, p.split.fold) == (5, 4)
     assert p.model.weights_file == "weights/lite0.safetensors"
     assert p.model.normalisation.mean == (0.5, 0.5, 0.5)
     assert p.train.freeze_encoder_epochs == 2

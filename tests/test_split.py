@@ -376,3 +376,90 @@ def test_folders_keep_a_train_val_test_layout(tmp_path, raw_dir, params):
         shutil.move(next((layout / kind / "test").iterdir()), layout / kind / "other")
     with pytest.raises(SegpipeError, match=r"split.lists: folders: pair 'other/.*' is in no"):
         split.run(cfg, 0, layout, tmp_path / "out2")
+
+
+def folds_of(assign, k):
+    """``assign(cfg)`` for every fold of ``k``: the split names of each."""
+    return [
+        assign(SplitConfig(seed=0, val_fraction=0.15, test_fraction=0.2, folds=k, fold=i))
+        for i in range(k)
+    ]
+
+
+def test_folds_keep_the_test_split_and_cover_the_rest_once_as_val():
+    plain = split.assign_splits(23, SplitConfig(seed=0, val_fraction=0.15, test_fraction=0.2), 7)
+    folds = folds_of(lambda cfg: split.assign_splits(23, cfg, 7), 5)
+    test = set(np.flatnonzero(plain == "test"))
+    rest = set(range(23)) - test
+    val_sizes = []
+    for names in folds:
+        assert set(np.flatnonzero(names == "test")) == test  # the test split the seed gives
+        val, train = set(np.flatnonzero(names == "val")), set(np.flatnonzero(names == "train"))
+        assert val | train == rest and not val & train
+        val_sizes.append(len(val))
+    vals = [set(np.flatnonzero(names == "val")) for names in folds]
+    assert set.union(*vals) == rest and sum(val_sizes) == len(rest) == 18  # each once
+    assert sorted(val_sizes) == [3, 3, 4, 4, 4]  # near-equal parts
+    again = folds_of(lambda cfg: split.assign_splits(23, cfg, 7), 5)
+    assert all(np.array_equal(a, b) for a, b in zip(folds, again, strict=True))
+    other = folds_of(lambda cfg: split.assign_splits(23, cfg, 8), 5)
+    assert not all(np.array_equal(a, b) for a, b in zip(folds, other, strict=True))
+
+
+def test_folds_need_a_validation_pair_each():
+    cfg = SplitConfig(seed=0, val_fraction=0.15, test_fraction=0.5, folds=5, fold=0)
+    with pytest.raises(SegpipeError) as err:
+        split.assign_splits(8, cfg, 0)
+    assert str(err.value) == (
+        "split.folds: 5 folds need at least 5 non-test pairs (one validation pair per fold), "
+        "the data has 4; lower split.folds"
+    )
+    assert (split.assign_splits(10, cfg, 0) == "val").sum() == 1
+
+
+def test_folds_rotate_a_train_list_and_the_report_names_the_fold(tmp_path, raw_dir, params):
+    stems = stems_of(raw_dir)
+    lists = write_lists(tmp_path / "lists", train=stems[:19], test=stems[19:23])  # 1 unlisted
+    vals = []
+    for fold in range(3):
+        cfg = dataclasses.replace(params.split, lists=lists, folds=3, fold=fold)
+        out = tmp_path / f"fold{fold}"
+        counts = split.run(cfg, 7, raw_dir, out)
+        got = read_splits(out)
+        assert sorted(got["test"]["stem"]) == stems[19:23]
+        assert set(got["train"]["stem"]) | set(got["val"]["stem"]) == set(stems[:19])
+        assert counts["val"] in (6, 7)
+        vals.append(set(got["val"]["stem"]))
+        method = json.loads((out / "report.json").read_text())["split_method"]
+        assert method.endswith(
+            f"train cut into 3 folds (seed 7); val is fold {fold} of 3 (0..2), train the other "
+            "2 folds"
+        )
+        assert f"fold {fold} of 3" in (out / "report.md").read_text()
+    assert set.union(*vals) == set(stems[:19]) and sum(map(len, vals)) == 19
+
+
+def test_the_random_split_report_names_the_fold(tmp_path, raw_dir, params):
+    cfg = dataclasses.replace(params.split, folds=5, fold=2)
+    split.run(cfg, 3, raw_dir, tmp_path / "out")
+    method = json.loads((tmp_path / "out" / "report.json").read_text())["split_method"]
+    assert method == (
+        "random: a permutation (seed 3) cut into test and 5 folds of the rest; val is fold 2 "
+        "of 5 (0..4), train the other 4 folds"
+    )
+    plain = split.run(params.split, 3, raw_dir, tmp_path / "plain")
+    assert read_splits(tmp_path / "plain")["test"].equals(read_splits(tmp_path / "out")["test"])
+    assert plain["test"] == 6  # 24 pairs, test_fraction 0.25
+
+
+def test_folds_with_a_given_val_split_fail_in_one_line(tmp_path, raw_dir, params):
+    stems = stems_of(raw_dir)
+    lists = write_lists(tmp_path / "lists", train=stems[:16], val=stems[16:18], test=stems[18:])
+    cfg = dataclasses.replace(params.split, lists=lists, folds=3, fold=0)
+    with pytest.raises(SegpipeError) as err:
+        split.run(cfg, 0, raw_dir, tmp_path / "out")
+    assert str(err.value) == (
+        "split.folds: split.lists (a val list or folder) gives the val split, which folds would "
+        "replace; set split.folds: null, or give no val split"
+    )
+    assert not (tmp_path / "out").exists()

@@ -106,6 +106,8 @@ class SplitConfig:
     val_fraction: float
     test_fraction: float
     lists: Lists = None
+    folds: int | None = None  # k-fold cross-validation: null (off) or k >= 2
+    fold: int | None = None  # with folds: the fold (0..k-1) that is the validation split
 
 
 @dataclasses.dataclass(frozen=True)
@@ -569,6 +571,30 @@ def _check_split(split: SplitConfig) -> None:
         f"split: val_fraction + test_fraction must be below 1 (leave training images), got {total}",
     )
     _check_split_lists(split)
+    _check_folds(split)
+
+
+def _check_folds(split: SplitConfig) -> None:
+    """``split.folds`` and ``split.fold``: both null, or k >= 2 and a fold in 0..k-1."""
+    k, fold = split.folds, split.fold
+    if k is None:
+        _require(
+            fold is None,
+            f"split.fold: {fold} names a fold of a cross-validation, but split.folds is null; set "
+            "split.folds (k >= 2), or split.fold: null",
+        )
+        return
+    _require(k >= 2, f"split.folds: null (no cross-validation) or at least 2, got {k}")
+    _require(
+        fold is not None and 0 <= fold < k,
+        f"split.fold: the fold held out for validation, 0..{k - 1} (fold must be < split.folds "
+        f"{k}), got {_null(fold)}",
+    )
+    _require(
+        not (isinstance(split.lists, SplitLists) and split.lists.val is not None),
+        "split.folds: the folds rotate the train list into val, but split.lists.val gives the "
+        "val list; set split.lists.val: null, or split.folds: null",
+    )
 
 
 def _check_repo_file(value: str | None, key: str, what: str) -> None:

@@ -117,11 +117,13 @@ def _suffix_hint(image_stems: Iterable[str], mask_stems: Iterable[str], mask_suf
 def assign_splits(n: int, cfg: SplitConfig, seed: int) -> np.ndarray:
     """A split name per item: a seeded permutation cut into test, val and train.
 
-    Every item lands in exactly one split; each split gets at least one item.
+    Every item lands in exactly one split; each split gets at least one item. With
+    ``cfg.folds``, the test split is the same as without, and val is fold ``cfg.fold`` of the
+    rest (:func:`fold_of`).
     """
     n_test = max(1, round(n * cfg.test_fraction))
     n_val = max(1, round(n * cfg.val_fraction))
-    if n - n_test - n_val < 1:
+    if cfg.folds is None and n - n_test - n_val < 1:
         raise SegpipeError(
             f"split: {n} image(s) are too few for val_fraction={cfg.val_fraction} and "
             f"test_fraction={cfg.test_fraction} (each split needs at least one image)"
@@ -129,9 +131,35 @@ def assign_splits(n: int, cfg: SplitConfig, seed: int) -> np.ndarray:
     order = np.random.default_rng(seed).permutation(n)
     names = np.empty(n, dtype=object)
     names[order[:n_test]] = "test"
-    names[order[n_test : n_test + n_val]] = "val"
-    names[order[n_test + n_val :]] = "train"
+    rest = order[n_test:]
+    names[rest] = "train"
+    names[rest[:n_val] if cfg.folds is None else fold_of(rest, cfg, "non-test")] = "val"
     return names
+
+
+def fold_of(items: np.ndarray, cfg: SplitConfig, what: str) -> np.ndarray:
+    """Fold ``cfg.fold`` of ``items`` cut in order into ``cfg.folds`` near-equal parts (sizes
+    differ by one at most), so the folds together hold every item once.
+
+    Raises:
+        SegpipeError: fewer ``items`` (``what`` pairs) than folds.
+    """
+    assert cfg.folds is not None and cfg.fold is not None
+    if len(items) < cfg.folds:
+        raise SegpipeError(
+            f"split.folds: {cfg.folds} folds need at least {cfg.folds} {what} pairs (one "
+            f"validation pair per fold), the data has {len(items)}; lower split.folds"
+        )
+    return np.array_split(items, cfg.folds)[cfg.fold]
+
+
+def _no_folds_with_val(cfg: SplitConfig, given: str) -> None:
+    """Folds make the val split: refuse them where ``given`` already makes one."""
+    if cfg.folds is not None:
+        raise SegpipeError(
+            f"split.folds: {given} gives the val split, which folds would replace; set "
+            "split.folds: null, or give no val split"
+        )
 
 
 def assign_listed(
@@ -152,7 +180,9 @@ def assign_listed(
             "set lists the download stage recorded; rerun it (dvc repro)"
         )
     names = np.array([where[stem] for stem in stems], dtype=object)
-    if "test" not in subsets:
+    if "test" in subsets:
+        _no_folds_with_val(cfg, "the image set lists' val.txt")
+    else:
         names[names == "val"] = "test"
         _carve_val(names, cfg, seed)
     empty = [name for name in SPLITS if not (names == name).any()]
@@ -266,17 +296,23 @@ def assign_given(
     left_out = int(sum(name is None for name in names))
     if left_out:
         log.warning("split.lists: %d pair(s) are in no list and left out of every split", left_out)
-    if "val" not in subsets:
+    if "val" in subsets:
+        _no_folds_with_val(cfg, "split.lists (a val list or folder)")
+    else:
         _carve_val(names, cfg, seed)
     _require_filled(names, "split.lists")
     return names
 
 
 def _carve_val(names: np.ndarray, cfg: SplitConfig, seed: int) -> None:
-    """Move a seeded share ``cfg.val_fraction`` of the train split to val, in place."""
+    """Move a seeded share ``cfg.val_fraction`` of the train split to val, in place; with
+    ``cfg.folds``, fold ``cfg.fold`` of the train split in a seeded order."""
     train = np.flatnonzero(names == "train")
-    n_val = max(1, round(len(train) * cfg.val_fraction))
-    names[train[np.random.default_rng(seed).permutation(len(train))[:n_val]]] = "val"
+    shuffled = train[np.random.default_rng(seed).permutation(len(train))]
+    if cfg.folds is None:
+        names[shuffled[: max(1, round(len(train) * cfg.val_fraction))]] = "val"
+    else:
+        names[fold_of(shuffled, cfg, "train")] = "val"
 
 
 def _require_filled(names: np.ndarray, fix: str) -> None:
@@ -290,13 +326,31 @@ def _require_filled(names: np.ndarray, fix: str) -> None:
 def split_method(source: SourceReport | None, cfg: SplitConfig, seed: int) -> str:
     """How the split was made, for the report."""
     if source is None or source.subsets is None:
+        if cfg.folds is not None:
+            return (
+                f"random: a permutation (seed {seed}) cut into test and {cfg.folds} folds of "
+                f"the rest; {_fold_words(cfg)}"
+            )
         return f"random: a permutation (seed {seed}) cut into test, val and train"
     if "test" in source.subsets:
         return "the image set lists: train.txt, val.txt and test.txt"
+    rest = "" if cfg.folds is not None else "; train the rest of train.txt"
+    return f"the image set lists: test is val.txt; {_val_words(cfg, seed, 'train.txt')}{rest}"
+
+
+def _fold_words(cfg: SplitConfig) -> str:
+    """Which fold is val, for the report: ``fold 2 of 5 (0..4)``."""
     return (
-        f"the image set lists: test is val.txt; val is {cfg.val_fraction:g} of train.txt "
-        f"(seed {seed}); train the rest of train.txt"
+        f"val is fold {cfg.fold} of {cfg.folds} (0..{cfg.folds - 1}), train the other "
+        f"{cfg.folds - 1} folds"
     )
+
+
+def _val_words(cfg: SplitConfig, seed: int, train: str) -> str:
+    """How val was carved from the ``train`` list, for the report."""
+    if cfg.folds is None:
+        return f"val is {cfg.val_fraction:g} of {train} (seed {seed})"
+    return f"{train} cut into {cfg.folds} folds (seed {seed}); {_fold_words(cfg)}"
 
 
 def validate_pairs(frame: pd.DataFrame, check: DatasetCheck, *, threads: int) -> pd.DataFrame:
@@ -398,7 +452,7 @@ def _given_method(given: tuple[dict[str, list[str]], str], cfg: SplitConfig, see
     subsets, where = given
     if "val" in subsets:
         return where
-    return f"{where}; val is {cfg.val_fraction:g} of train (seed {seed})"
+    return f"{where}; {_val_words(cfg, seed, 'train')}"
 
 
 def _write_outputs(out_dir: Path, parts: dict[str, pd.DataFrame], rule: dict, report: dict) -> None:
