@@ -3,12 +3,16 @@ The command on real revisions and experiments is in test_e2e_compare.py."""
 
 from __future__ import annotations
 
+import json
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from segpipe.commands import compare as compare_tool
-from segpipe.evaluation import fingerprint
+from segpipe.errors import SegpipeError
+from segpipe.evaluation import fingerprint, folds
 from segpipe.evaluation.compare import (
     BETTER,
     UNCLEAR,
@@ -21,8 +25,10 @@ from segpipe.evaluation.compare import (
     group_runs,
     holm,
 )
+from segpipe.evaluation.folds import FOLD, FOLDS
 from segpipe.metrics import count_columns, counts_of_table, counts_row, dataset_scores
 
+from . import helpers
 from .helpers import call
 
 PARAMS = {"seed": 42, "train.lr": 0.001, "data.classes": ["background", "foreground"]}
@@ -184,3 +190,140 @@ def test_a_single_run_against_a_seed_group_is_flagged_in_the_report():
     assert "note: one side is a single run, whose own seed noise is not in the interval" in report
     groups, comparisons = compare(runs, first=1, by_seed=False)  # every run on its own
     assert "note:" not in compare_tool.render(groups, comparisons, "header")
+
+
+def fold_runs(k: int = 3, **params: object) -> list[Run]:
+    """The k folds of one cross-validation, given out of order (2, 0, 1, ...)."""
+    order = [*range(2, k), 0, 1]
+    return [
+        run(f"f{i}", binary_counts(12, 2 + i, seed=i), **{FOLDS: k, FOLD: i, **params})
+        for i in order
+    ]
+
+
+def test_folds_are_summarised_in_order_with_mean_and_sd():
+    runs = fold_runs(3)
+    val = {"f0": 0.8, "f1": 0.9, "f2": None}
+    summary = folds.summarize(runs, [val[r.name] for r in runs], first=1)
+    assert [(f.fold, f.name) for f in summary.folds] == [(0, "f0"), (1, "f1"), (2, "f2")]
+    by_name = {r.name: r for r in runs}
+    dice = [float(dataset_scores(by_name[f"f{i}"].counts.sum(0), 1)["dice"]) for i in range(3)]
+    assert [f.scores["dice"] for f in summary.folds] == pytest.approx(dice)
+    assert summary.mean["dice"] == pytest.approx(np.mean(dice))
+    assert summary.sd["dice"] == pytest.approx(np.std(dice, ddof=1))
+    assert list(summary.mean) == ["val_dice", "dice", "iou"]
+    assert summary.mean["val_dice"] is None  # fold 2 has no validation score recorded
+    full = folds.summarize(runs, [0.8, 0.9, 0.7], first=1)  # in the order of the runs: f2 0.8
+    assert [f.scores["val_dice"] for f in full.folds] == [0.9, 0.7, 0.8]
+    assert full.mean["val_dice"] == pytest.approx(0.8) and full.sd["val_dice"] == pytest.approx(0.1)
+    report = compare_tool.render_folds(full, "header")
+    lines = report.splitlines()
+    assert lines[2].split() == ["fold", "run", "val_dice", "dice", "iou"]
+    assert lines[3].split()[:3] == ["0", "f0", "0.9000"]
+    assert lines[-2].split()[:2] == ["mean", "0.8000"] and lines[-1].split()[:2] == ["sd", "0.1000"]
+
+
+def test_multiclass_folds_give_each_class_dice():
+    classes = ["background", "a", "b"]
+    counts = np.concatenate([binary_counts(10, 5), binary_counts(10, 5, seed=2)[:, 1:]], axis=1)
+    runs = [run(f"f{i}", counts, **{FOLDS: 2, FOLD: i}) for i in range(2)]
+    summary = folds.summarize(runs, [0.5, 0.5], first=1, class_names=classes)
+    assert list(summary.mean) == ["val_dice", "dice", "iou", *(f"dice/{c}" for c in classes)]
+    assert summary.sd["dice"] == 0
+
+
+@pytest.mark.parametrize(
+    ("runs", "message"),
+    [
+        (
+            [run("a", binary_counts(3, 1)), run("b", binary_counts(3, 1))],
+            "a: split.folds is null, so it is no fold of a cross-validation (set split.folds",
+        ),
+        (
+            [*fold_runs(3)[:2], run("x", binary_counts(12, 1), **{FOLDS: 4, FOLD: 1})],
+            "x has split.folds 4, f2 3: not folds of one run",
+        ),
+        (
+            [*fold_runs(3)[:2], run("x", binary_counts(12, 1), **{FOLDS: 3, FOLD: 1, "seed": 7})],
+            "x has seed 7, f2 42: folds of one run differ in split.fold alone",
+        ),
+        (
+            [*fold_runs(3), run("x", binary_counts(12, 1), **{FOLDS: 3, FOLD: 1})],
+            "f1 and x are both split.fold 1: give one run per fold",
+        ),
+        (
+            fold_runs(4)[:2],
+            "fold 0, 1 of the 4 folds (0..3) missing from the runs given (folds 2, 3): give one",
+        ),
+    ],
+    ids=["no-folds", "other-k", "other-param", "twice", "missing"],
+)
+def test_runs_that_are_not_the_folds_of_one_run_fail_in_one_line(runs, message):
+    with pytest.raises(SegpipeError) as err:
+        folds.summarize(runs, [None] * len(runs), first=1)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_folds_take_no_gallery():
+    result = call(compare_tool.main, "a", "b", "--folds", "--gallery", "g")
+    assert result.returncode == 2
+    assert "--folds: summarises the folds, with no --gallery" in result.stderr
+
+
+def commit_fold(root, env, fold: int, val_dice: float) -> None:
+    """Commit the files compare reads for fold ``fold`` of 3 (tagged ``fold<i>``): its params,
+    its per-image counts on three test images, the test set's fingerprint, its val Dice."""
+    classes = ["background", "foreground"]
+    params = {
+        "seed": 42,
+        "split": {"folds": 3, "fold": fold},
+        "data": {"classes": classes},
+        "evaluate": {"include_background": False},
+    }
+    (root / "params.yaml").write_text(json.dumps(params))  # JSON is YAML
+    table = pd.DataFrame([counts_row(c, classes) for c in binary_counts(3, 2 + fold, seed=fold)])
+    table.insert(0, "stem", ["0001", "0002", "0003"])
+    (root / "metrics" / "train").mkdir(parents=True, exist_ok=True)
+    table.to_csv(root / "metrics" / "per_image.csv", index=False)
+    images = {s: {"image": s, "mask": s} for s in ("0001", "0002", "0003")}
+    test_set = {"n_images": 3, "sha256": "ab" * 32, "images": images}
+    (root / "metrics" / "test_set.json").write_text(json.dumps(test_set))
+    record = {"best": {"epoch": 1, "val_dice": val_dice}}
+    (root / "metrics" / "train" / "metrics.json").write_text(json.dumps(record))
+    helpers.run(["git", "add", "-A"], root, env)
+    helpers.run(["git", "commit", "-qm", f"fold {fold}"], root, env)
+    helpers.run(["git", "tag", f"fold{fold}"], root, env)
+
+
+def test_the_folds_are_read_at_their_revisions(tmp_path):
+    from dvc.repo import Repo
+
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com"}
+    env.update(GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@example.com")
+    helpers.run(["git", "init", "-q"], tmp_path, env)
+    Repo.init(str(tmp_path)).close()
+    for fold, val in enumerate((0.7, 0.8, 0.9)):
+        commit_fold(tmp_path, env, fold, val)
+    result = call(compare_tool.main, "--folds", "fold2", "fold0", "fold1", "--repo", tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("3 folds of one run, each scored on the same 3 test images")
+    assert [line.split()[:3] for line in lines[4:7]] == [
+        ["0", "fold0", "0.7000"],
+        ["1", "fold1", "0.8000"],
+        ["2", "fold2", "0.9000"],
+    ]
+    report = json.loads(
+        call(
+            compare_tool.main, "--folds", "fold0", "fold1", "fold2", "--json", "--repo", tmp_path
+        ).stdout
+    )
+    assert [f["rev"] is not None for f in report["folds"]] == [True] * 3
+    assert report["mean"]["val_dice"] == pytest.approx(0.8)
+    result = call(compare_tool.main, "--folds", "fold0", "fold1", "--repo", tmp_path)
+    assert result.returncode == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert line == (
+        "error: fold 2 of the 3 folds (0..2) missing from the runs given (folds 0, 1): give one "
+        "run per fold"
+    )

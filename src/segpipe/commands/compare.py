@@ -23,7 +23,7 @@ import pandas as pd
 from segpipe.cli import run_stage
 from segpipe.config import yaml_value
 from segpipe.errors import SegpipeError
-from segpipe.evaluation import fingerprint
+from segpipe.evaluation import fingerprint, folds
 from segpipe.evaluation.compare import (
     LEVEL,
     Comparison,
@@ -43,6 +43,8 @@ PER_IMAGE, TEST_SET, PARAMS = "metrics/per_image.csv", "metrics/test_set.json", 
 ENVIRONMENT = "metrics/environment.json"
 """What compare reads at each revision, where dvc.yaml's evaluate stage writes it (the gallery
 also reads images, masks and predictions: :mod:`segpipe.reporting.gallery`)."""
+TRAIN_METRICS = "metrics/train/metrics.json"
+"""``--folds`` also reads ``best.val_dice`` there, each fold's validation score (train stage)."""
 
 RERUN = "run its evaluate stage again (`dvc exp run` or `dvc repro` at that revision) to compare it"
 
@@ -104,6 +106,21 @@ def read_revision(root: Path, repo: Any, name: str) -> Revision:
             f"before segpipe wrote them; {RERUN}"
         )
     return revision
+
+
+def read_val_dice(root: Path, revision: Revision) -> float | None:
+    """``best.val_dice`` of the run's training record; None where it has none (trained before
+    segpipe recorded it)."""
+    from dvc.api import DVCFileSystem
+
+    fs = DVCFileSystem(repo=str(root), rev=revision.rev)
+    try:
+        record = json.loads(fs.read_text(TRAIN_METRICS, encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    best = record.get("best") if isinstance(record, dict) else None
+    value = best.get("val_dice") if isinstance(best, dict) else None
+    return float(value) if isinstance(value, int | float) else None
 
 
 def check_same_test_set(base: Revision, other: Revision) -> None:
@@ -185,6 +202,33 @@ def render(groups: list[Group], comparisons: list[Comparison], header: str) -> s
     return "\n".join(lines)
 
 
+def render_folds(summary: folds.FoldSummary, header: str) -> str:
+    """The cross-validation table: a line per fold, then the mean and sd over the folds."""
+    metrics = list(summary.mean)
+    width = max(12, *(len(f.name) + 2 for f in summary.folds))
+    head = "".join(f"{m:>{max(10, len(m) + 2)}}" for m in metrics)
+    lines = [header, "", f"{'fold':<6}{'run':<{width}}{head}"]
+
+    def row(label: str, name: str, scores: Mapping[str, float | None]) -> str:
+        cells = "".join(f"{_number(scores[m]):>{max(10, len(m) + 2)}}" for m in metrics)
+        return f"{label:<6}{name:<{width}}{cells}"
+
+    lines += [row(str(f.fold), f.name, f.scores) for f in summary.folds]
+    lines += [row("mean", "", summary.mean), row("sd", "", summary.sd)]
+    return "\n".join(lines)
+
+
+def folds_json(revisions: Sequence[Revision], summary: folds.FoldSummary) -> str:
+    revs = {r.name: r.rev for r in revisions}
+    record = {
+        "test_set": {k: revisions[0].test_set[k] for k in ("n_images", "sha256")},
+        "folds": [{**dataclasses.asdict(f), "rev": revs[f.name]} for f in summary.folds],
+        "mean": summary.mean,
+        "sd": summary.sd,
+    }
+    return json.dumps(_json_ready(record), indent=2)
+
+
 def _json_ready(value: Any) -> Any:
     """NaN becomes null: JSON has no NaN."""
     if isinstance(value, float) and math.isnan(value):
@@ -221,6 +265,8 @@ def run(args: argparse.Namespace) -> int:
         raise SegpipeError(f"{root}: not a DVC repository ({e})") from None
     with repo:
         revisions = [read_revision(root, repo, name) for name in args.revisions]
+    if args.folds:
+        return report_folds(root, revisions, as_json=args.json)
     for other in revisions[1:]:
         check_same_test_set(revisions[0], other)
     classes = revisions[0].classes
@@ -255,6 +301,33 @@ def run(args: argparse.Namespace) -> int:
 
         with tempfile.TemporaryDirectory() as tmp:
             gallery.write_all(root, revisions, groups, args.gallery, args.gallery_size, Path(tmp))
+    return 0
+
+
+def report_folds(root: Path, revisions: Sequence[Revision], *, as_json: bool) -> int:
+    """``--folds``: check that the runs are the folds of one run, scored on one test set, and
+    print their summary (:mod:`segpipe.evaluation.folds`)."""
+    folds.fold_order(revisions)  # before the test sets: the clearer error
+    for other in revisions[1:]:
+        check_same_test_set(revisions[0], other)
+    classes = revisions[0].classes
+    summary = folds.summarize(
+        aligned_runs(revisions),
+        [read_val_dice(root, r) for r in revisions],
+        revisions[0].first,
+        classes if len(classes) > 2 else None,
+    )
+    if as_json:
+        print(folds_json(revisions, summary))
+        return 0
+    test = revisions[0].test_set
+    header = (
+        f"{len(revisions)} folds of one run, each scored on the same {test['n_images']} test "
+        f"images (fingerprint {test['sha256'][:12]}); {folds.VAL}: the best epoch's Dice on "
+        f"the fold's own validation split, the others on the test set\n"
+        f"{environment_note(revisions)}"
+    )
+    print(render_folds(summary, header))
     return 0
 
 
@@ -294,6 +367,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
     p.add_argument("--no-groups", action="store_true", help="compare every run on its own")
     p.add_argument(
+        "--folds",
+        action="store_true",
+        help="the runs are the folds of one cross-validation (they differ in split.fold "
+        "alone): report each fold's validation and test scores, with mean and sd",
+    )
+    p.add_argument(
         "--resamples", type=int, default=2000, help="bootstrap draws (default: %(default)s)"
     )
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: %(default)s)")
@@ -312,4 +391,6 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
         p.error("--resamples: at least 100")
     if args.gallery_size < 1:
         p.error("--gallery-size: at least 1")
+    if args.folds and (args.gallery is not None or args.no_groups):
+        p.error("--folds: summarises the folds, with no --gallery or --no-groups")
     return run_stage(lambda: run(args), verbose=args.verbose)
