@@ -463,3 +463,17 @@ def test_folds_with_a_given_val_split_fail_in_one_line(tmp_path, raw_dir, params
         "replace; set split.folds: null, or give no val split"
     )
     assert not (tmp_path / "out").exists()
+
+
+def test_folds_rotate_voc_train_lists_and_refuse_a_given_val():
+    stems = [f"{i:04d}" for i in range(12)]
+    subsets = {"train": stems[:10], "val": stems[10:]}  # VOC: val.txt is the test split
+    vals = []
+    for fold in range(2):
+        cfg = SplitConfig(seed=0, val_fraction=0.15, test_fraction=0.2, folds=2, fold=fold)
+        names = split.assign_listed(stems, subsets, cfg, seed=3)
+        assert list(names[10:]) == ["test", "test"]
+        vals.append({s for s, n in zip(stems, names, strict=True) if n == "val"})
+    assert vals[0] | vals[1] == set(stems[:10]) and len(vals[0]) == len(vals[1]) == 5
+    with pytest.raises(SegpipeError, match="split.folds: the image set lists' val.txt gives"):
+        split.assign_listed(stems, {**subsets, "test": ["x"]}, cfg, seed=3)
