@@ -7,9 +7,16 @@ import math
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from segpipe.constants import IGNORE
-from segpipe.evaluation.boundary import BoundaryMetrics, boundary, hd95_nsd, image_scores
+from segpipe.evaluation.boundary import (
+    BoundaryMetrics,
+    boundary,
+    hd95_nsd,
+    image_scores,
+    nearest,
+)
 
 
 def square(size: int = 40, top: int = 10, left: int = 10, side: int = 16) -> np.ndarray:
@@ -72,6 +79,17 @@ def test_cropping_changes_no_distance():
     hd95, nsd = hd95_nsd(pred, truth, tolerance=1)
     assert hd95 == pytest.approx(np.percentile(far_distances(pred, truth), 95))
     assert nsd == 0.0
+
+
+def test_the_tree_and_the_distance_transform_agree():
+    rng = np.random.default_rng(0)
+    for density in (0.001, 0.5):  # few boundary pixels (tree) and noise (transform)
+        a, b = rng.random((60, 80)) < density, rng.random((60, 80)) < density
+        a[0, 0] = b[-1, -1] = True
+        edge_a, edge_b = boundary(a), boundary(b)
+        transform = ndimage.distance_transform_edt(~edge_b)[edge_a]
+        assert np.allclose(nearest(edge_a, edge_b), transform)
+        assert np.allclose(far_distances(a, b), transform)
 
 
 def far_distances(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
