@@ -24,6 +24,7 @@ COMMANDS = {
     "profile": ("bench_profile", "where a training step's time goes, by kind of operator"),
     "recipes": ("recipes", "training recipes at an equal budget, as queued DVC experiments"),
     "val-images": ("val_images_cost", "what logging validation images costs per epoch"),
+    "boundary": ("boundary_cost", "boundary metrics and post-processing per image, by size"),
 }  # fmt: skip
 """Command name: (module of ``benchmarks``, one line of help)."""
 

@@ -166,6 +166,8 @@ def evaluate_speed(load: Workload, args: argparse.Namespace, variant: dict) -> S
         tta="none",
         decode=variant["decode"],
         backend=variant["backend"],
+        boundary_tolerance=2.0,
+        postprocess="none",
     )
     rule = load_rule(load.rule_dir / RULE_FILE)
 

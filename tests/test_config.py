@@ -173,6 +173,15 @@ def test_ints_still_ints_and_strings_still_strings(tmp_path):
         (lambda r: r["evaluate"].update(threshold=1.5), "evaluate.threshold"),
         (lambda r: r["evaluate"].update(decode="draft"), "evaluate.decode: got 'draft'"),
         (lambda r: r["evaluate"].update(backend="onnx"), "evaluate.backend: got 'onnx'"),
+        (
+            lambda r: r["evaluate"].update(boundary_tolerance=-1),
+            "evaluate.boundary_tolerance: must be >= 0 (pixels), got -1",
+        ),
+        (lambda r: r["evaluate"].update(boundary_tolerance=".5"), "evaluate.boundary_tolerance"),
+        (
+            lambda r: r["evaluate"].update(postprocess="always"),
+            "evaluate.postprocess: got 'always', expected one of 'none' | 'auto'",
+        ),
         (lambda r: r.update(model=[1, 2]), "model: expected a mapping"),
         (lambda r: r["model"].update(encoder_weights=3), "model.encoder_weights: expected str"),
         (

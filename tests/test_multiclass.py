@@ -128,6 +128,14 @@ def test_multiclass_train_evaluate_plot(multiclass_run):
         fg = [written[f"{name}/{c}"] for c in CLASSES[1:] if written[f"{name}/{c}"] is not None]
         assert written[name] == pytest.approx(np.mean(fg))  # the mean over foreground classes
     assert "val_best_threshold" not in written  # argmax: no threshold to choose
+    # Boundary metrics per foreground class; their means over the classes that have one.
+    for name in ("hd95", "nsd"):
+        assert f"{name}/background" not in written
+        scored = [written[f"{name}/{c}"] for c in CLASSES[1:] if written[f"{name}/{c}"] is not None]
+        assert written[name] == (pytest.approx(np.mean(scored)) if scored else None)
+    per_image = pd.read_csv(root / "per_image.csv")
+    assert {f"nsd/{c}" for c in CLASSES[1:]} <= set(per_image.columns)
+    assert per_image[[f"nsd/{c}" for c in CLASSES[1:]]].stack().between(0, 1).all()
     for _, row in read_split(root / "splits" / "test.csv").iterrows():
         pred = Image.open(root / "pred" / f"{row['stem']}.png")
         assert pred.mode == "P" and pred.size == (row["width"], row["height"])

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -15,7 +17,7 @@ from PIL import Image
 from segpipe.data.masks import RULE_FILE, load_rule
 from segpipe.data.tables import read_split, read_table
 from segpipe.errors import SegpipeError
-from segpipe.evaluation import evaluate
+from segpipe.evaluation import evaluate, postprocess
 from segpipe.evaluation.fingerprint import file_sha256
 from segpipe.metrics import counts_of_table, dataset_scores
 from segpipe.model.checkpoint import load_checkpoint
@@ -64,6 +66,35 @@ def test_training_is_reproducible(tmp_path, params, cache_dir, trained):
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
+def test_postprocess_auto_scores_with_and_without(trained, params, splits_dir):
+    """The rule chosen on val is applied to the written predictions, and the test scores
+    without it are those of evaluating with no post-processing."""
+    out, _ = trained
+    runs = {}
+    for name in ("none", "auto"):
+        cfg = dataclasses.replace(params.evaluate, postprocess=name)
+        p = dataclasses.replace(params, evaluate=cfg)
+        files = [out / f"{name}.{ext}" for ext in ("json", "csv")]
+        runs[name] = evaluate.run(
+            p, out / "model.pt", splits_dir, *files, out / name, out / "card.md"
+        )
+    plain, auto = runs["none"], runs["auto"]
+    card = (out / "card.md").read_text()
+    assert f"without it, Dice {auto['dice_without_postprocess']:.4f}" in card
+    assert auto["dice_without_postprocess"] == pytest.approx(plain["dice"])
+    assert auto["dice_per_image_without_postprocess"] == pytest.approx(plain["dice_per_image"])
+    by_name = {r.describe(): r for r in (postprocess.NO_RULE, *postprocess.CANDIDATES)}
+    chosen = by_name[auto["postprocess/foreground"]]
+    if chosen == postprocess.NO_RULE:
+        assert auto["dice"] == plain["dice"]
+    else:
+        assert auto["val_dice_with_postprocess"] > auto["val_dice_without_postprocess"]
+    for path in sorted((out / "none").iterdir()):
+        raw = (np.asarray(Image.open(path)) > 0).astype(np.uint8)
+        written = (np.asarray(Image.open(out / "auto" / path.name)) > 0).astype(np.uint8)
+        assert (postprocess.apply(raw, {1: chosen}) == written).all()
+
+
 def test_evaluate_and_plot(trained, params, splits_dir):
     out, _ = trained
     metrics = evaluate.run(
@@ -103,6 +134,11 @@ def test_evaluate_and_plot(trained, params, splits_dir):
     assert written["n_images"] == 6 and written["threshold"] == 0.5
     for name in ("dice", "iou"):
         assert written[f"{name}_ci95_low"] <= written[name] <= written[f"{name}_ci95_high"]
+    # Boundary metrics: the foreground's alone, at the configured tolerance.
+    assert written["boundary_tolerance"] == params.evaluate.boundary_tolerance
+    assert written["nsd"] == written["nsd/foreground"] and 0 <= written["nsd"] <= 1
+    assert written["hd95"] == written["hd95/foreground"] and "hd95/background" not in written
+    assert written["hd95_n_infinite"] >= 0 and "postprocess/foreground" not in written
 
     card = (out / "card.md").read_text()
     assert "# Model card: Unet / resnet18" in card
@@ -117,6 +153,9 @@ def test_evaluate_and_plot(trained, params, splits_dir):
     test = read_split(splits_dir / "test.csv")
     assert list(per_image["stem"]) == list(test["stem"])
     assert per_image["dice"].mean() == pytest.approx(written["dice_per_image"])
+    assert per_image["nsd/foreground"].mean() == pytest.approx(written["nsd/foreground"], abs=1e-6)
+    assert (per_image["hd95"] == math.inf).sum() == written["hd95_n_infinite"]
+    assert "| HD95, pixels (mean over images) |" in card
     # The per-image counts give back the dataset-level scores, as compare resamples them.
     counts = counts_of_table(per_image, ["background", "foreground"]).sum(axis=0)
     assert dataset_scores(counts, first=1)["dice"] == pytest.approx(written["dice"])

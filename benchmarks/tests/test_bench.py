@@ -241,3 +241,13 @@ def test_every_benchmark_is_a_command_with_its_own_help():
     for name in COMMANDS:
         assert f"    {name}" in listing
     assert "--image-size" in help_of("loader") and "--budget-s" in help_of("recipes")
+
+
+def test_boundary_benchmark_times_each_step(tmp_path):
+    out = tmp_path / "boundary.json"
+    assert (
+        main(["boundary", "--size", "64", "--classes", "3", "--repeats", "1", "--json", str(out)])
+        == 0
+    )
+    report = json.loads(out.read_text())
+    assert len(report) == 3 and all(r["min_ms"] <= r["max_ms"] for r in report.values())

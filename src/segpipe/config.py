@@ -30,6 +30,7 @@ Scheduler = Literal["none", "cosine", "plateau"]
 Optimizer = Literal["adam", "adamw", "sgd"]
 Decode = Literal["exact", "reduced"]
 Backend = Literal["torch", "openvino"]
+Postprocess = Literal["none", "auto"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,6 +195,8 @@ class EvaluateConfig:
     tta: Tta
     decode: Decode
     backend: Backend
+    boundary_tolerance: float
+    postprocess: Postprocess
 
 
 @dataclasses.dataclass(frozen=True)
@@ -727,6 +730,10 @@ def check_evaluate(e: EvaluateConfig) -> None:
     _require(e.batch_size >= 1, f"evaluate.batch_size: must be >= 1, got {e.batch_size}")
     check_tile(e.tile, "evaluate.tile")
     check_overlap(e.overlap, "evaluate.overlap")
+    _require(
+        e.boundary_tolerance >= 0,
+        f"evaluate.boundary_tolerance: must be >= 0 (pixels), got {e.boundary_tolerance}",
+    )
 
 
 def check_threshold(threshold: float, key: str) -> None:

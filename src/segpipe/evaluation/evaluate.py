@@ -24,7 +24,8 @@ from segpipe.data import masks
 from segpipe.data.masks import RULE_FILE, MaskRule, load_rule, read_mask_for
 from segpipe.data.tables import dataset_folder, read_split
 from segpipe.errors import SegpipeError
-from segpipe.evaluation import fingerprint, model_card
+from segpipe.evaluation import fingerprint, model_card, postprocess
+from segpipe.evaluation.boundary import BoundaryMetrics
 from segpipe.files import atomic_write, require_apart, write_json
 from segpipe.inference.memory import check_memory
 from segpipe.inference.predictor import Predictor
@@ -145,15 +146,22 @@ def run(
     val = read_split(splits_dir / "val.csv")
     check_memory(predictor, _sizes(test, val), fix="set evaluate.tile: {tile} in params.yaml")
     rule = load_rule(splits_dir / RULE_FILE, params.data)
-    metrics, rows, images_per_s = score_test_split(predictor, test, rule, cfg, predictions_dir)
+    cleanup = choose_postprocess(predictor, val, rule, cfg) if cfg.postprocess == "auto" else None
+    boundary = BoundaryMetrics(classes, cfg.boundary_tolerance)
+    metrics, rows, images_per_s = score_test_split(
+        predictor, test, rule, cfg, predictions_dir, boundary=boundary, cleanup=cleanup
+    )
     for row, counts in zip(rows, metrics.image_counts, strict=True):
         row.update(counts_row(counts, classes))
     result = {
         **metrics.compute(classes),
         **metrics.bootstrap_interval(),  # one fixed resampling: intervals do not move with seed
+        **boundary.compute(),
         "n_images": len(rows),
         "threshold": cfg.threshold,
     }
+    if cleanup is not None:
+        result.update(cleanup.summary(classes))
     sweep = threshold_sweep(predictor, val, rule, cfg)
     if len(classes) == 2:
         best = sweep.best()
@@ -210,6 +218,26 @@ def _predictor(model_path: Path, cfg: EvaluateConfig, classes: list[str]) -> Pre
     return predictor
 
 
+def choose_postprocess(
+    predictor: Predictor,
+    frame: pd.DataFrame,
+    rule: MaskRule,
+    cfg: EvaluateConfig,
+    *,
+    threads: int = IO_THREADS,
+) -> postprocess.Postprocess:
+    """The post-processing rules that raise Dice on the images of ``frame`` (the validation
+    split), see :mod:`segpipe.evaluation.postprocess`."""
+    search = postprocess.PostprocessSearch(predictor.num_classes)
+    with MaskStream(predictor, cfg.batch_size, threads=threads) as stream:
+        outcomes = stream.labels(_records(frame), _pair_reader(predictor, rule, cfg))
+        for outcome in progress(outcomes, "post-processing (val)", total=len(frame), unit="image"):
+            if outcome.error is not None:
+                raise outcome.error
+            search.update(outcome.labels, outcome.extra)
+    return search.choose(include_background=cfg.include_background)
+
+
 def score_test_split(
     predictor: Predictor,
     frame: pd.DataFrame,
@@ -218,10 +246,14 @@ def score_test_split(
     predictions_dir: Path,
     *,
     threads: int = IO_THREADS,
+    boundary: BoundaryMetrics | None = None,
+    cleanup: postprocess.Postprocess | None = None,
 ) -> tuple[SegmentationMetrics, list[dict], float]:
     """Predict every image of ``frame`` at its original size, save its mask as
     ``predictions_dir/<stem>.png`` and count it against the truth. Reading, resizing back
     and writing run on ``threads`` threads beside the model (see :mod:`segpipe.inference.stream`).
+    With ``cleanup``, the masks saved and scored are post-processed (it scores them
+    without too); with ``boundary``, each row also holds the image's boundary metrics.
 
     Returns:
         The counts, one row of scores per image, and the images predicted per second.
@@ -237,9 +269,14 @@ def score_test_split(
             for outcome in progress(outcomes, "evaluate (test)", total=len(frame), unit="image"):
                 if outcome.error is not None:
                     raise outcome.error
-                rows.append(_score(metrics, outcome.item, outcome.labels, outcome.extra))
+                labels, truth = outcome.labels, outcome.extra
+                if cleanup is not None:
+                    labels = cleanup(labels, truth)
+                rows.append(_score(metrics, outcome.item, labels, truth))
+                if boundary is not None:
+                    rows[-1].update(boundary.update(labels, truth))
                 path = predictions_dir / f"{outcome.item['stem']}.png"
-                stream.write(save_mask, predictor, outcome.labels, path)
+                stream.write(save_mask, predictor, labels, path)
             stream.finish()
         except WriteFailed as e:
             raise e.error from None

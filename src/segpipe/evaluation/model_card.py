@@ -161,6 +161,8 @@ def _metrics_section(params: Params, m: dict[str, float], classes: list[str]) ->
         ("Pixel accuracy", m["pixel_accuracy"], None, None),
         ("Dice (mean per image)", m["dice_per_image"], None, None),
         ("IoU (mean per image)", m["iou_per_image"], None, None),
+        ("HD95, pixels (mean over images)", m["hd95"], None, None),
+        (f"NSD at {m['boundary_tolerance']:g} px (mean over images)", m["nsd"], None, None),
     ]
     decision = f"threshold {m['threshold']}" if len(classes) == 2 else "argmax over the classes"
     averaged = "all classes" if params.evaluate.include_background else "the foreground classes"
@@ -187,8 +189,26 @@ def _metrics_section(params: Params, m: dict[str, float], classes: list[str]) ->
         ),
         "",
         f"Means are over {averaged} (`evaluate.include_background: "
-        f"{str(params.evaluate.include_background).lower()}`).",
+        f"{str(params.evaluate.include_background).lower()}`). HD95 and NSD: foreground "
+        f"classes, at original resolution; {m['hd95_n_infinite']} (image, class) pairs with the "
+        "class in only one of truth and prediction have no finite HD95 and are left out of its "
+        "mean (docs/pipeline.md, Metrics).",
         *threshold_note,
+        *_postprocess_note(m, classes),
+    ]
+
+
+def _postprocess_note(m: dict[str, Any], classes: list[str]) -> list[str]:
+    """What ``evaluate.postprocess: auto`` chose on the validation split, and what it did."""
+    if "dice_without_postprocess" not in m:
+        return []
+    rules = ", ".join(f"{c}: {m[f'postprocess/{c}']}" for c in classes[1:])
+    return [
+        "",
+        f"Post-processing chosen on the validation split ({rules}; validation Dice "
+        f"{_number(m['val_dice_without_postprocess'])} without, "
+        f"{_number(m['val_dice_with_postprocess'])} with): the test scores above are "
+        f"post-processed; without it, Dice {_number(m['dice_without_postprocess'])}.",
     ]
 
 
@@ -197,11 +217,14 @@ def _per_class_table(m: dict[str, float], classes: list[str]) -> list[str]:
         "",
         "### Per class (dataset level; n/a: class absent from truth and prediction)",
         "",
-        "| class | Dice | IoU | precision | recall |",
-        "|---|---:|---:|---:|---:|",
+        "HD95 and NSD: means over images (foreground classes only).",
+        "",
+        "| class | Dice | IoU | precision | recall | HD95 (px) | NSD |",
+        "|---|---:|---:|---:|---:|---:|---:|",
         *(
             f"| {c} | {_number(m.get(f'dice/{c}'))} | {_number(m.get(f'iou/{c}'))} | "
-            f"{_number(m.get(f'precision/{c}'))} | {_number(m.get(f'recall/{c}'))} |"
+            f"{_number(m.get(f'precision/{c}'))} | {_number(m.get(f'recall/{c}'))} | "
+            f"{_number(m.get(f'hd95/{c}'), '.2f')} | {_number(m.get(f'nsd/{c}'))} |"
             for c in classes
         ),
     ]
@@ -225,5 +248,5 @@ def _interval(low: float | None, high: float | None) -> str:
     return f"{low:.4f} - {high:.4f}" if low is not None and high is not None else ""
 
 
-def _number(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
+def _number(value: float | None, spec: str = ".4f") -> str:
+    return "n/a" if value is None else format(value, spec)
