@@ -166,6 +166,7 @@ def evaluate_speed(load: Workload, args: argparse.Namespace, variant: dict) -> S
         tta="none",
         decode=variant["decode"],
         backend=variant["backend"],
+        ensemble=None,
     )
     rule = load_rule(load.rule_dir / RULE_FILE)
 

@@ -192,6 +192,7 @@ class EvaluateConfig:
     tta: Tta
     decode: Decode
     backend: Backend
+    ensemble: tuple[str, ...] | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -701,6 +702,22 @@ def check_evaluate(e: EvaluateConfig) -> None:
     _require(e.batch_size >= 1, f"evaluate.batch_size: must be >= 1, got {e.batch_size}")
     check_tile(e.tile, "evaluate.tile")
     check_overlap(e.overlap, "evaluate.overlap")
+    _check_ensemble(e.ensemble)
+
+
+def _check_ensemble(ensemble: tuple[str, ...] | None) -> None:
+    """``evaluate.ensemble``: null, or checkpoint files, each listed once."""
+    if ensemble is None:
+        return
+    _require(
+        len(ensemble) >= 1,
+        "evaluate.ensemble: null (score models/model.pt) or a list of checkpoint files, got []",
+    )
+    for i, name in enumerate(ensemble):
+        _require(
+            name not in ensemble[:i],
+            f"evaluate.ensemble: lists {name} twice (it would count double); list each once",
+        )
 
 
 def check_threshold(threshold: float, key: str) -> None:
