@@ -168,6 +168,7 @@ def evaluate_speed(load: Workload, args: argparse.Namespace, variant: dict) -> S
         backend=variant["backend"],
         boundary_tolerance=2.0,
         postprocess="none",
+        ensemble=None,
     )
     rule = load_rule(load.rule_dir / RULE_FILE)
 

@@ -20,6 +20,12 @@ if __name__ == "__main__":
     p.add_argument(
         "--environment", type=Path, default=None, help="JSON of where it was trained and scored"
     )
+    p.add_argument(
+        "--ensemble",
+        type=Path,
+        default=None,
+        help="the folder that evaluate.ensemble files must lie in (the stage's dependency)",
+    )
     args = p.parse_args()
 
     def main() -> None:
@@ -36,6 +42,7 @@ if __name__ == "__main__":
             args.confusion,
             args.test_set,
             args.environment,
+            ensemble_dir=args.ensemble,
         )
 
     raise SystemExit(run_stage(main, verbose=args.verbose, params=args.params))

@@ -316,3 +316,19 @@ def copy_reproduced(template: Path, root: Path) -> None:
 def read_mask(path: Path, num_classes: int = 2, ignore_index: int | None = None) -> np.ndarray:
     """One mask file as class indices, by the rule the split stage would decide for it alone."""
     return rule_of_files([Path(path)], num_classes, ignore_index).read(Path(path))
+
+
+def untrained_checkpoint(path: Path, classes: int = 2, **geometry: object) -> Path:
+    """A randomly initialised tiny checkpoint (no training): for checks that stop before or
+    beside the masks' values."""
+    from segpipe.config import ModelConfig
+    from segpipe.model.checkpoint import Checkpoint, ModelSpec, save_checkpoint
+    from segpipe.model.network import build_model
+
+    spec = ModelSpec.from_params(tiny_params())
+    names = tuple(["background", *(f"class{i}" for i in range(1, classes))])
+    spec = dataclasses.replace(spec, classes=names, **geometry)
+    model = build_model(ModelConfig(spec.arch, spec.encoder, None), classes)
+    record = Checkpoint(model_config=spec, epoch=1, val_dice=0.5, train_images_per_s=1.0)
+    save_checkpoint(path, model, record)
+    return path

@@ -316,7 +316,7 @@ def test_the_recorded_threshold_is_the_one_predict_uses(tmp_path):
     (tmp_path / "params.yaml").write_text(
         "evaluate: {threshold: 0.3, batch_size: 16, include_background: false, tile: null,\n"
         "  overlap: 0.25, tta: none, decode: exact, backend: torch, boundary_tolerance: 2,\n"
-        "  postprocess: none}\n"
+        "  postprocess: none, ensemble: null}\n"
     )
     args = ["--model", "model.pt", "--check-size", "64"]
     result = call(export.main, *args, "--out", "a.onnx", cwd=tmp_path)

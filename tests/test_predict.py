@@ -25,7 +25,7 @@ from segpipe.inference import memory
 from segpipe.metrics import SegmentationMetrics
 from segpipe.training.resume import save as save_resume_state
 
-from .helpers import REPO, call, run_stage, tiny_params, write_params
+from .helpers import REPO, call, run_stage, tiny_params, untrained_checkpoint, write_params
 
 
 @pytest.fixture
@@ -385,22 +385,6 @@ def test_python_api_predicts_arrays_and_files_on_a_chosen_device(tmp_path, train
 
 
 # --- settings, multi-class threshold, output subfolders, unreadable inputs, memory ----------
-
-
-def untrained_checkpoint(path: Path, classes: int = 2, **geometry: object) -> Path:
-    """A randomly initialised tiny checkpoint (no training): for checks that stop before or
-    beside the masks' values."""
-    from segpipe.config import ModelConfig
-    from segpipe.model.checkpoint import Checkpoint, ModelSpec, save_checkpoint
-    from segpipe.model.network import build_model
-
-    spec = ModelSpec.from_params(tiny_params())
-    names = tuple(["background", *(f"class{i}" for i in range(1, classes))])
-    spec = dataclasses.replace(spec, classes=names, **geometry)
-    model = build_model(ModelConfig(spec.arch, spec.encoder, None), classes)
-    record = Checkpoint(model_config=spec, epoch=1, val_dice=0.5, train_images_per_s=1.0)
-    save_checkpoint(path, model, record)
-    return path
 
 
 def test_another_projects_params_yaml_is_not_read_beyond_evaluate(tmp_path, trained):

@@ -197,6 +197,7 @@ class EvaluateConfig:
     backend: Backend
     boundary_tolerance: float
     postprocess: Postprocess
+    ensemble: tuple[str, ...] | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -734,6 +735,22 @@ def check_evaluate(e: EvaluateConfig) -> None:
         e.boundary_tolerance >= 0,
         f"evaluate.boundary_tolerance: must be >= 0 (pixels), got {e.boundary_tolerance}",
     )
+    _check_ensemble(e.ensemble)
+
+
+def _check_ensemble(ensemble: tuple[str, ...] | None) -> None:
+    """``evaluate.ensemble``: null, or checkpoint files, each listed once."""
+    if ensemble is None:
+        return
+    _require(
+        len(ensemble) >= 1,
+        "evaluate.ensemble: null (score models/model.pt) or a list of checkpoint files, got []",
+    )
+    for i, name in enumerate(ensemble):
+        _require(
+            name not in ensemble[:i],
+            f"evaluate.ensemble: lists {name} twice (it would count double); list each once",
+        )
 
 
 def check_threshold(threshold: float, key: str) -> None:

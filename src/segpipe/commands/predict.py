@@ -1,7 +1,11 @@
 """The predict command: masks for new images of any size, from a trained checkpoint.
 
-segpipe predict --model models/model.pt --input DIR_OR_FILE --output DIR [--overlay]
-    [--overwrite] [--threshold T] [--tile N] [--overlap F] [--tta flip] [--decode M] [--backend B]
+segpipe predict --model models/model.pt [--model MORE.pt ...] --input DIR_OR_FILE --output DIR
+    [--overlay] [--probabilities] [--overwrite] [--threshold T] [--tile N] [--overlap F]
+    [--tta flip] [--decode M] [--backend B]
+
+Several ``--model`` flags predict with their ensemble (class probabilities averaged, see
+:mod:`segpipe.inference.ensemble`).
 
 Settings without a flag come from the ``evaluate`` section of ``--params`` (default
 ``params.yaml``, if there is one), and only from it; each is logged with where it came from.
@@ -46,6 +50,7 @@ from segpipe.inference.stream import (
     read_prepared,
     save_mask,
     save_png,
+    save_probabilities,
 )
 from segpipe.inference.tiling import InferenceOptions
 from segpipe.progress import progress
@@ -272,13 +277,14 @@ def overlay(
 
 
 def run(
-    model_path: Path,
+    model_path: Path | list[Path],
     inputs: Path,
     out_dir: Path,
     *,
     threshold: float | None = None,
     batch_size: int = 16,
     with_overlay: bool = False,
+    with_probabilities: bool = False,
     overwrite: bool = False,
     params_path: Path | None = None,
     decode: str | None = None,
@@ -294,6 +300,8 @@ def run(
     whole images), ``overlap``, ``tta``, ``decode``, ``backend``) is the argument, else
     evaluate's (see :func:`resolve_settings`); where each came from is logged. Reading and
     writing run on ``threads`` threads beside the model (0: one step after another).
+    ``model_path``: one checkpoint, or a list (an ensemble). ``with_probabilities``: also
+    write ``out_dir/<stem>.npz``, the class probabilities (docs/inference.md).
 
     Nothing is written before every output path is checked (see :func:`check_outputs`) and
     the largest input is known to fit in memory (see :func:`check_memory`); unreadable inputs
@@ -315,6 +323,8 @@ def run(
     inputs_by_stem, duplicates = list_inputs(inputs, out_dir)
     plan = plan_outputs(inputs_by_stem, out_dir, with_overlay=with_overlay)
     targets = [p for _, mask, over in plan for p in (mask, over) if p is not None]
+    if with_probabilities:
+        targets += [probabilities_path(mask) for _, mask, _ in plan]
     input_files = [*inputs_by_stem.values(), *duplicates]
     check_outputs(inputs, input_files, out_dir, targets, overwrite=overwrite)
     reuse_freed_memory()  # as the evaluate stage does: large buffers are not mapped afresh
@@ -328,7 +338,9 @@ def run(
     stream = StreamSettings(batch_size, settings["decode"], threads)
     ensure_writable_dir(out_dir, "--output")
     start = time.perf_counter()
-    written, unreadable = _predict_in_batches(predictor, plan, inputs_by_stem, stream)
+    written, unreadable = _predict_in_batches(
+        predictor, plan, inputs_by_stem, stream, with_probabilities=with_probabilities
+    )
     if unreadable and not written:
         first = unreadable[0]
         raise SegpipeError(
@@ -348,14 +360,20 @@ def run(
     return {"written": written, "skipped": skipped, "images_per_s": written / seconds}
 
 
+def probabilities_path(mask_path: Path) -> Path:
+    """Where an image's class probabilities go: beside its mask, ``<stem>.npz``."""
+    return mask_path.with_suffix(".npz")
+
+
 def _load_predictor(
-    model_path: Path,
+    model_path: Path | list[Path],
     settings: dict[str, Any],
     sources: dict[str, str],
     *,
     threshold_given: float | None,
 ) -> Predictor:
-    """The model at ``model_path`` with the resolved ``settings``, each logged with its source.
+    """The model at ``model_path`` (or the ensemble of the list) with the resolved
+    ``settings``, each logged with its source.
 
     Raises:
         SegpipeError: ``--threshold`` given for a model of more than two classes, which
@@ -367,9 +385,14 @@ def _load_predictor(
     predictor = Predictor(
         model_path, settings["threshold"], options=options, backend=settings["backend"]
     )
+    if len(predictor.members) > 1:
+        names = ", ".join(path.as_posix() for path in predictor.paths)
+        log.info(
+            "ensemble of %d models (probabilities averaged): %s", len(predictor.members), names
+        )
     if predictor.num_classes > 2 and threshold_given is not None:
         raise SegpipeError(
-            f"--threshold: {model_path} has {predictor.num_classes} classes and gives each "
+            f"--threshold: {predictor.paths[0]} has {predictor.num_classes} classes and gives each "
             "pixel its most likely one (argmax); a threshold applies to two-class models only, "
             "drop --threshold"
         )
@@ -405,6 +428,8 @@ def _predict_in_batches(
     plan: list[tuple[str, Path, Path | None]],
     inputs_by_stem: dict[str, Path],
     settings: StreamSettings,
+    *,
+    with_probabilities: bool = False,
 ) -> tuple[int, list[SegpipeError]]:
     """Predict and save each planned output, ``settings.batch_size`` images per forward pass,
     with reading and writing on a thread pool; returns the number of images written and the
@@ -418,7 +443,9 @@ def _predict_in_batches(
             predictor, path, decode=settings.decode, keep_photo=overlay_path is not None
         )
 
-    with MaskStream(predictor, settings.batch_size, threads=settings.threads) as stream:
+    with MaskStream(
+        predictor, settings.batch_size, threads=settings.threads, probabilities=with_probabilities
+    ) as stream:
         try:
             for outcome in progress(
                 stream.labels(plan, read), "predict", total=len(plan), unit="image"
@@ -440,9 +467,12 @@ def _predict_in_batches(
 
 
 def _save_outputs(predictor: Predictor, outcome: Outcome) -> None:
-    """Write the mask of one outcome, and its overlay if one is planned."""
+    """Write the mask of one outcome, its class probabilities if the stream gave them, and its
+    overlay if one is planned."""
     _, mask_path, overlay_path = outcome.item
     save_mask(predictor, outcome.labels, mask_path)
+    if outcome.probabilities is not None:
+        save_probabilities(probabilities_path(mask_path), outcome.probabilities, predictor.classes)
     if overlay_path is not None:
         save_png(overlay(outcome.extra, outcome.labels, predictor.num_classes), overlay_path)
 
@@ -451,7 +481,14 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     """The command's arguments."""
     p = parser("Predict masks for new images with a trained checkpoint.")
     p.prog = prog or p.prog
-    p.add_argument("--model", type=Path, default=Path("models/model.pt"), help="checkpoint")
+    p.add_argument(
+        "--model",
+        type=Path,
+        action="append",
+        default=None,
+        help="checkpoint (default models/model.pt); give it several times to predict with the "
+        "ensemble of the models (same classes and input geometry; probabilities averaged)",
+    )
     p.add_argument("--input", type=Path, required=True, help="an image file or a folder of images")
     p.add_argument("--output", type=Path, required=True, help="folder for <stem>.png masks")
     p.add_argument(
@@ -505,6 +542,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
     p.add_argument("--overlay", action="store_true", help="also write <stem>_overlay.png")
     p.add_argument(
+        "--probabilities",
+        action="store_true",
+        help="also write <stem>.npz: the class probabilities (C, H, W) float16 at the image's "
+        "size, and the class names (docs/inference.md)",
+    )
+    p.add_argument(
         "--overwrite", action="store_true", help="replace masks and overlays already in --output"
     )
     return p
@@ -516,12 +559,13 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
 
     def predict() -> None:
         run(
-            args.model,
+            args.model or [Path("models/model.pt")],
             args.input,
             args.output,
             threshold=args.threshold,
             batch_size=args.batch_size,
             with_overlay=args.overlay,
+            with_probabilities=args.probabilities,
             overwrite=args.overwrite,
             params_path=Path(args.params),
             decode=args.decode,

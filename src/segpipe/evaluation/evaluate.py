@@ -27,6 +27,7 @@ from segpipe.errors import SegpipeError
 from segpipe.evaluation import fingerprint, model_card, postprocess
 from segpipe.evaluation.boundary import BoundaryMetrics
 from segpipe.files import atomic_write, require_apart, write_json
+from segpipe.inference.ensemble import member_paths
 from segpipe.inference.memory import check_memory
 from segpipe.inference.predictor import Predictor
 from segpipe.inference.stream import (
@@ -126,12 +127,15 @@ def run(
     confusion_path: Path | None = None,
     test_set_path: Path | None = None,
     environment_path: Path | None = None,
+    ensemble_dir: Path | None = None,
 ) -> dict[str, float]:
     """Write ``metrics_path`` (JSON), ``per_image_path`` (CSV), one predicted mask per test
     image (``predictions_dir/<stem>.png``, at the image's own size), the model card, the
     validation threshold sweep (CSV), the test confusion rows (CSV), the test set's
     fingerprint (JSON, see :mod:`segpipe.evaluation.fingerprint`) and the environments that
-    trained and scored the model (JSON, :class:`~segpipe.runtime.Environment`).
+    trained and scored the model (JSON, :class:`~segpipe.runtime.Environment`). With
+    ``evaluate.ensemble``, the ensemble of the files it lists (below ``ensemble_dir``, or
+    ``model_path``) is scored instead of ``model_path`` alone.
 
     Returns:
         The metrics written.
@@ -142,7 +146,7 @@ def run(
     inputs = {"--splits": splits_dir, "--model": model_path, "the dataset": dataset_folder(test)}
     require_apart(predictions_dir, "--predictions", inputs)
     reuse_freed_memory()
-    predictor = _predictor(model_path, cfg, classes)
+    predictor = _predictor(member_paths(cfg.ensemble, model_path, ensemble_dir), cfg, classes)
     val = read_split(splits_dir / "val.csv")
     check_memory(predictor, _sizes(test, val), fix="set evaluate.tile: {tile} in params.yaml")
     rule = load_rule(splits_dir / RULE_FILE, params.data)
@@ -159,6 +163,7 @@ def run(
         **boundary.compute(),
         "n_images": len(rows),
         "threshold": cfg.threshold,
+        **({"ensemble_size": len(predictor.paths)} if cfg.ensemble is not None else {}),
     }
     if cleanup is not None:
         result.update(cleanup.summary(classes))
@@ -184,7 +189,15 @@ def run(
         confusion = metrics.confusion.numpy()
         checkpoint = predictor.checkpoint
         model_card.write(
-            card_path, params, result, checkpoint, counts, images_per_s, confusion, environments
+            card_path,
+            params,
+            result,
+            checkpoint,
+            counts,
+            images_per_s,
+            confusion,
+            environments,
+            members=[(m.path, m.checkpoint) for m in predictor.members],
         )
     log.info(
         "test: dice %.4f, iou %.4f, pixel accuracy %.4f over %d images",
@@ -205,14 +218,14 @@ def _sizes(*frames: pd.DataFrame) -> dict[Path, tuple[int, int]]:
     }
 
 
-def _predictor(model_path: Path, cfg: EvaluateConfig, classes: list[str]) -> Predictor:
-    """The checkpoint ready to predict as ``evaluate.*`` says, refused if it was trained for
-    other classes."""
+def _predictor(model_paths: list[Path], cfg: EvaluateConfig, classes: list[str]) -> Predictor:
+    """The checkpoint (or ensemble) ready to predict as ``evaluate.*`` says, refused if it was
+    trained for other classes."""
     options = InferenceOptions.from_evaluate(cfg)
-    predictor = Predictor(model_path, cfg.threshold, options=options, backend=cfg.backend)
+    predictor = Predictor(model_paths, cfg.threshold, options=options, backend=cfg.backend)
     if predictor.classes != classes:
         raise SegpipeError(
-            f"{model_path}: trained for classes {predictor.classes}, but data.classes is "
+            f"{model_paths[0]}: trained for classes {predictor.classes}, but data.classes is "
             f"{classes}; retrain it (dvc repro)"
         )
     return predictor

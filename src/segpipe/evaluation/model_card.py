@@ -55,12 +55,16 @@ def write(
     eval_images_per_s: float,
     confusion: np.ndarray | None = None,
     environments: dict[str, Environment | None] | None = None,
+    *,
+    members: list[tuple[Path, Checkpoint]] | None = None,
 ) -> None:
     """Write the card as markdown, atomically. ``confusion``: test pixel counts (C, C), rows
-    the true class; ``environments``: where each step ran (``train``, ``evaluate``)."""
+    the true class; ``environments``: where each step ran (``train``, ``evaluate``);
+    ``members``: the checkpoints scored, listed when ``evaluate.ensemble`` is set."""
     classes = list(checkpoint.model_config.classes)
     lines = [
         *_model_section(params, checkpoint),
+        *(_ensemble_section(members) if members and params.evaluate.ensemble else []),
         *_data_section(params, split_counts),
         *_metrics_section(params, metrics, classes),
         *_per_class_table(metrics, classes),
@@ -127,6 +131,26 @@ def _model_section(params: Params, checkpoint: Checkpoint) -> list[str]:
         f"classes {', '.join(config.classes)}.",
         f"- Best epoch {checkpoint.epoch} of {params.train.epochs} by validation Dice "
         f"({checkpoint.val_dice:.4f}, at the model's input size).",
+        "",
+    ]
+
+
+def _ensemble_section(members: list[tuple[Path, Checkpoint]]) -> list[str]:
+    """The members of the ensemble scored (``evaluate.ensemble``); the model above is the
+    first's."""
+    rows = [
+        f"| `{path.as_posix()}` | {c.model_config.arch} / {c.model_config.encoder} | {c.epoch} "
+        f"| {c.val_dice:.4f} |"
+        for path, c in members
+    ]
+    return [
+        "## Ensemble",
+        f"Scored: the ensemble of {len(members)} checkpoint(s) (`evaluate.ensemble`), their "
+        "class probabilities averaged; the model above is the first.",
+        "",
+        "| checkpoint | model | best epoch | validation Dice |",
+        "|---|---|---|---|",
+        *rows,
         "",
     ]
 

@@ -6,35 +6,83 @@ command, so a mask written by ``predict`` is exactly the one evaluate scored.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torch import nn
 
 from segpipe.data.colours import mask_to_png
 from segpipe.data.dataset import build_transform, normalize, to_tensor
 from segpipe.data.geometry import pad_pair, padded_size, resize_pair
 from segpipe.data.images import read_image
 from segpipe.errors import SegpipeError
+from segpipe.inference.ensemble import average_logits, check_members
 from segpipe.inference.folding import fold_batch_norms
 from segpipe.inference.memory import bytes_per_pixel
 from segpipe.inference.openvino_backend import BACKENDS, compile_openvino
 from segpipe.inference.tiling import InferenceOptions, logits_of
-from segpipe.model.checkpoint import load_checkpoint
+from segpipe.model.checkpoint import Checkpoint, load_checkpoint
 from segpipe.model.outputs import logits_to_labels
 from segpipe.runtime import Runtime, parse_device
 
+ModelPaths = Path | str | Sequence[Path | str]
+"""One checkpoint, or the members of an ensemble."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+    """One loaded checkpoint of a predictor: its file, record, network (batch norms folded)
+    and the runtime and compiled forward pass (OpenVINO) it runs with."""
+
+    path: Path
+    checkpoint: Checkpoint
+    model: nn.Module
+    runtime: Runtime
+    batch_norms_folded: int
+    compiled: Callable[[torch.Tensor], torch.Tensor] | None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 3, h, w) model input -> (N, C', h, w) float32 logits."""
+        if self.compiled is not None:
+            return self.compiled(x)
+        # A window is a strided view: made dense in the model's layout again (to_device), or
+        # convolutions take a slow path; a no-op otherwise.
+        with self.runtime.autocast():
+            return self.model(self.runtime.to_device(x)).float()
+
+
+def load_member(path: Path, device: torch.device | None, backend: str) -> Member:
+    """The checkpoint at ``path`` ready to run on ``device`` with ``backend``."""
+    model, checkpoint = load_checkpoint(path)
+    spec = checkpoint.model_config
+    runtime = Runtime.choose(spec.precision, channels_last=spec.channels_last, device=device)
+    example = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    try:
+        model, folded = fold_batch_norms(model, example)
+    except SegpipeError as e:
+        raise SegpipeError(f"{path}: {e}") from None
+    model = runtime.place(model)
+    compiled = compile_openvino(model, runtime, spec.image_size) if backend == "openvino" else None
+    return Member(path, checkpoint, model, runtime, folded, compiled)
+
 
 class Predictor:
-    """Loads a checkpoint and turns RGB images (HxWx3 uint8) into label maps (HxW uint8).
+    """Loads a checkpoint (or several: an ensemble) and turns RGB images (HxWx3 uint8) into
+    label maps (HxW uint8).
 
     Its copy of the network has its batch norms folded into the convolutions (see
     :mod:`~segpipe.inference.folding`): the same function, with fewer passes over memory.
+    The members of an ensemble must share classes and input geometry; their class
+    probabilities are averaged (see :mod:`~segpipe.inference.ensemble`).
 
     Args:
-        model_path: a checkpoint written by the train stage (``models/model.pt``).
+        model_path: a checkpoint written by the train stage (``models/model.pt``), or a list
+            of them (an ensemble; one of one is that model, byte for byte).
         threshold: foreground probability threshold (binary models); the evaluate stage
             uses ``evaluate.threshold``.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or a :class:`torch.device`; default: the
@@ -43,11 +91,15 @@ class Predictor:
             ``evaluate.tta``); default: one pass over the whole image.
         backend: what runs the forward pass: ``torch``, or ``openvino`` (CPU only, see
             :mod:`~segpipe.inference.openvino_backend`).
+
+    Attributes:
+        members: the loaded checkpoints, in the order given. ``checkpoint``, ``model``,
+            ``runtime`` and ``batch_norms_folded`` are the first one's.
     """
 
     def __init__(
         self,
-        model_path: Path | str,
+        model_path: ModelPaths,
         threshold: float = 0.5,
         *,
         device: str | torch.device | None = None,
@@ -56,7 +108,15 @@ class Predictor:
     ) -> None:
         if backend not in BACKENDS:
             raise SegpipeError(f"backend: must be one of {', '.join(BACKENDS)}, got {backend!r}")
-        model, self.checkpoint = load_checkpoint(Path(model_path))
+        paths = [Path(model_path)] if isinstance(model_path, str | Path) else list(model_path)
+        if not paths:
+            raise SegpipeError("model_path: no checkpoint given; pass one file or a list")
+        target = parse_device(device)
+        self.members = [load_member(Path(path), target, backend) for path in paths]
+        check_members([(m.path, m.checkpoint.model_config) for m in self.members])
+        first = self.members[0]
+        self.checkpoint, self.model, self.runtime = first.checkpoint, first.model, first.runtime
+        self.batch_norms_folded = first.batch_norms_folded
         spec = self.checkpoint.model_config
         self.classes: list[str] = list(spec.classes)
         self.num_classes = len(self.classes)
@@ -64,26 +124,17 @@ class Predictor:
         self.geometry = spec.geometry
         self.threshold = threshold
         self.options = options or InferenceOptions()
-        self.runtime = Runtime.choose(
-            spec.precision, channels_last=spec.channels_last, device=parse_device(device)
-        )
-        example = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
-        try:
-            model, self.batch_norms_folded = fold_batch_norms(model, example)
-        except SegpipeError as e:
-            raise SegpipeError(f"{model_path}: {e}") from None
-        self.model = self.runtime.place(model)
         self.backend = backend
-        self._compiled = (
-            compile_openvino(self.model, self.runtime, self.image_size)
-            if backend == "openvino"
-            else None
-        )
         self.transform = build_transform(
             self.image_size, augment=False, seed=0, normalisation=spec.normalisation
         )
         self.normalize = normalize(spec.normalisation)
         self._bytes_per_pixel: float | None = None
+
+    @property
+    def paths(self) -> list[Path]:
+        """The checkpoint files, in the order given."""
+        return [member.path for member in self.members]
 
     def memory_needed(self, height: int, width: int, tile: int | None = None) -> int:
         """The estimated peak bytes of one forward pass for an image of ``height`` x ``width``
@@ -100,8 +151,8 @@ class Predictor:
     def window_memory(self, height: int, width: int | None = None) -> int:
         """The estimated peak bytes of one forward pass over a model input of ``height`` x
         ``width`` (default: a square)."""
-        if self._bytes_per_pixel is None:  # traced once, on first use
-            self._bytes_per_pixel = bytes_per_pixel(self.model)
+        if self._bytes_per_pixel is None:  # traced once, on first use; members run in turn
+            self._bytes_per_pixel = max(bytes_per_pixel(m.model) for m in self.members)
         return int(self._bytes_per_pixel * height * (width or height))
 
     def predict(self, images: list[np.ndarray]) -> list[np.ndarray]:
@@ -139,18 +190,12 @@ class Predictor:
     @torch.inference_mode()
     def logits(self, batch: torch.Tensor, valid: tuple[int, int] | None = None) -> torch.Tensor:
         """The float32 logits (N, C', h, w) of prepared inputs (N, 3, h', w'), with the
-        sliding windows and flip averaging of :attr:`options`, the padding outside ``valid``
-        cut off."""
-        logits = logits_of(self._forward, self.runtime.to_device(batch), self.options)
+        sliding windows and flip averaging of :attr:`options` (per member; an ensemble's
+        probabilities then averaged), the padding outside ``valid`` cut off."""
+        logits = average_logits(
+            [logits_of(m.forward, m.runtime.to_device(batch), self.options) for m in self.members]
+        )
         return logits if valid is None else logits[:, :, : valid[0], : valid[1]]
-
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._compiled is not None:
-            return self._compiled(x)
-        # A window is a strided view: made dense in the model's layout again (to_device), or
-        # convolutions take a slow path; a no-op otherwise.
-        with self.runtime.autocast():
-            return self.model(self.runtime.to_device(x)).float()
 
     def _run(self, images: list[np.ndarray]) -> list[np.ndarray]:
         prepared = [self.prepare(image) for image in images]

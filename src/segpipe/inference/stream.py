@@ -27,7 +27,7 @@ from segpipe.data.images import read_image, read_image_reduced
 from segpipe.errors import SegpipeError
 from segpipe.files import atomic_write
 from segpipe.inference.predictor import Predictor
-from segpipe.model.outputs import foreground_probability, logits_to_labels
+from segpipe.model.outputs import class_probabilities, foreground_probability, logits_to_labels
 
 T = TypeVar("T")
 
@@ -70,12 +70,14 @@ class Prepared:
 @dataclasses.dataclass
 class Outcome(Generic[T]):
     """What became of one input: its label map (H, W) uint8 and its :attr:`Prepared.extra`,
-    or the error that stopped its reading (``labels`` None)."""
+    or the error that stopped its reading (``labels`` None); and its class probabilities
+    (C, H, W) float16 when the stream was asked for them."""
 
     item: T
     labels: np.ndarray | None
     extra: Any
     error: SegpipeError | None
+    probabilities: np.ndarray | None = None
 
 
 def read_prepared(
@@ -92,6 +94,12 @@ def read_prepared(
     return Prepared(tensor, tuple(size), photo, valid)
 
 
+def resized_at(logits: torch.Tensor, index: int, size: tuple[int, int]) -> torch.Tensor:
+    """The logits (1, C', H, W) of image ``index`` of a batch of logits (N, C', h, w), resized
+    back bilinearly to ``size``: what every output at original resolution is made from."""
+    return F.interpolate(logits[index : index + 1], size=size, mode="bilinear", align_corners=False)
+
+
 def labels_at(
     logits: torch.Tensor, index: int, size: tuple[int, int], threshold: float
 ) -> np.ndarray:
@@ -99,19 +107,27 @@ def labels_at(
     resized back bilinearly to ``size`` and thresholded (one channel) or argmax (several):
     the values :func:`~segpipe.inference.predictor.full_resolution` gives, without its
     int64 and float copies."""
-    resized = F.interpolate(
-        logits[index : index + 1], size=size, mode="bilinear", align_corners=False
-    )
+    return _labels(resized_at(logits, index, size), threshold)
+
+
+def _labels(resized: torch.Tensor, threshold: float) -> np.ndarray:
     return logits_to_labels(resized, threshold, dtype=torch.uint8)[0].cpu().numpy()
 
 
 def probability_at(logits: torch.Tensor, index: int, size: tuple[int, int]) -> torch.Tensor:
     """The foreground probability (H, W) float32, on the CPU, of image ``index`` of a batch of
     logits, resized back as :func:`labels_at` resizes it."""
-    resized = F.interpolate(
-        logits[index : index + 1], size=size, mode="bilinear", align_corners=False
-    )
-    return foreground_probability(resized)[0].cpu()
+    return foreground_probability(resized_at(logits, index, size))[0].cpu()
+
+
+def labels_and_probabilities_at(
+    logits: torch.Tensor, index: int, size: tuple[int, int], threshold: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The label map of :func:`labels_at` and, from the same resized logits, the class
+    probabilities (C, H, W) float16 (see :func:`~segpipe.model.outputs.class_probabilities`)."""
+    resized = resized_at(logits, index, size)
+    probabilities = class_probabilities(resized)[0].to(torch.float16).cpu().numpy()
+    return _labels(resized, threshold), probabilities
 
 
 def save_png(image: Image.Image, path: Path) -> None:
@@ -131,6 +147,25 @@ def save_mask(predictor: Predictor, labels: np.ndarray, path: Path) -> None:
     save_png(predictor.to_png(labels), path)
 
 
+def save_probabilities(path: Path, probabilities: np.ndarray, classes: list[str]) -> None:
+    """Write one image's class probabilities as ``path`` (``.npz``, zlib-compressed):
+    ``probabilities`` (C, H, W) float16 and ``classes`` (C,) their names, atomically
+    (docs/inference.md, "Probabilities").
+
+    Raises:
+        WriteFailed: naming ``path``, for a failed write (full disk, permissions).
+    """
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a name
+            np.savez_compressed(f, probabilities=probabilities, classes=np.array(classes))
+
+    try:
+        atomic_write(path, write)
+    except OSError as e:
+        raise WriteFailed(path, e) from None
+
+
 class MaskStream:
     """Label maps for a sequence of inputs, in order, with the I/O on a thread pool.
 
@@ -140,6 +175,8 @@ class MaskStream:
         threads: pool threads; 0 runs everything on the calling thread, one step after
             another (the reference the pool is tested against).
         probability: give each input's foreground probability map instead of its labels.
+        probabilities: also give each input's class probabilities (C, H, W) float16
+            (:attr:`Outcome.probabilities`).
     """
 
     def __init__(
@@ -149,10 +186,12 @@ class MaskStream:
         *,
         threads: int = IO_THREADS,
         probability: bool = False,
+        probabilities: bool = False,
     ) -> None:
         self.predictor = predictor
         self.batch_size = batch_size
         self.probability = probability
+        self.probabilities = probabilities
         self.pool = ThreadPoolExecutor(threads, "segpipe-io") if threads > 0 else None
         self.writer = ThreadPoolExecutor(1, "segpipe-write") if threads > 0 else None
         self._writes: collections.deque[Future] = collections.deque()
@@ -202,9 +241,12 @@ class MaskStream:
 
     def _finish(self, logits: torch.Tensor, index: int, size: tuple[int, int]) -> Any:
         """Image ``index`` of ``logits`` at ``size``: its labels, or (with ``probability``)
-        its foreground probability (H, W) float32."""
+        its foreground probability (H, W) float32, or (with ``probabilities``) its labels and
+        class probabilities."""
         if self.probability:
             return probability_at(logits, index, size)
+        if self.probabilities:
+            return labels_and_probabilities_at(logits, index, size, self.predictor.threshold)
         return labels_at(logits, index, size, self.predictor.threshold)
 
     def _forward(
@@ -310,4 +352,5 @@ def _outcome(item: T, future: Future, prepared: Prepared | None) -> Outcome[T]:
         labels = future.result()
     except SegpipeError as e:
         return Outcome(item, None, None, e)
-    return Outcome(item, labels, prepared.extra if prepared else None, None)
+    labels, probabilities = labels if isinstance(labels, tuple) else (labels, None)
+    return Outcome(item, labels, prepared.extra if prepared else None, None, probabilities)

@@ -31,6 +31,16 @@ def foreground_probability(logits: torch.Tensor) -> torch.Tensor:
     return 1.0 - torch.softmax(logits.float(), dim=1)[:, 0]
 
 
+def class_probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """The probability of each class (B, C, H, W) float32 from logits (B, C', H, W): for one
+    channel (two classes) 1 - sigmoid and sigmoid, else the softmax. Channel 1 of a binary
+    model is above the threshold exactly where :func:`logits_to_labels` gives 1."""
+    if logits.shape[1] == 1:
+        foreground = torch.sigmoid(logits.float())
+        return torch.cat([1.0 - foreground, foreground], dim=1)
+    return torch.softmax(logits.float(), dim=1)
+
+
 @dataclasses.dataclass(frozen=True)
 class Parity:
     """How closely another runtime reproduces PyTorch's logits, and its labels."""
