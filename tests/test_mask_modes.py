@@ -166,20 +166,13 @@ def several_frames(fmt: str) -> bytes:
     return buffer.getvalue()
 
 
+@pytest.mark.parametrize("read", [open_mask, read_image], ids=["mask", "photo"])
 @pytest.mark.parametrize("fmt", ["GIF", "TIFF", "PNG"])
-def test_masks_of_several_frames_are_refused(tmp_path, fmt):
+def test_images_of_several_frames_are_refused(tmp_path, fmt, read):
     path = tmp_path / f"m.{fmt.lower()}"
     path.write_bytes(several_frames(fmt))
     with pytest.raises(UnreadableImageError, match="2 frames, an animated or multi-page image"):
-        open_mask(path)
-
-
-@pytest.mark.parametrize("fmt", ["GIF", "TIFF", "PNG"])
-def test_photos_of_several_frames_are_refused(tmp_path, fmt):
-    path = tmp_path / f"photo.{fmt.lower()}"
-    path.write_bytes(several_frames(fmt))
-    with pytest.raises(UnreadableImageError, match="2 frames, an animated or multi-page image"):
-        read_image(path)
+        read(path)
 
 
 def test_a_cameras_multi_picture_jpeg_is_read_at_its_photo(tmp_path):
