@@ -178,27 +178,9 @@ def run(
     write_json(metrics_path, result)
     if test_set_path is not None:
         fingerprint.write(test_set_path, test)
-    environments = {
-        "train": predictor.checkpoint.environment,
-        "evaluate": Environment.current(predictor.runtime),
-    }
-    if environment_path is not None:
-        write_json(environment_path, {k: v and v.to_dict() for k, v in environments.items()})
-    if card_path is not None:
-        counts = {name: len(read_split(splits_dir / f"{name}.csv")) for name in SPLITS}
-        confusion = metrics.confusion.numpy()
-        checkpoint = predictor.checkpoint
-        model_card.write(
-            card_path,
-            params,
-            result,
-            checkpoint,
-            counts,
-            images_per_s,
-            confusion,
-            environments,
-            members=[(m.path, m.checkpoint) for m in predictor.members],
-        )
+    _write_card_and_environment(
+        params, splits_dir, predictor, result, metrics, images_per_s, card_path, environment_path
+    )
     log.info(
         "test: dice %.4f, iou %.4f, pixel accuracy %.4f over %d images",
         result["dice"] if result["dice"] is not None else float("nan"),
@@ -207,6 +189,39 @@ def run(
         len(rows),
     )
     return result
+
+
+def _write_card_and_environment(
+    params: Params,
+    splits_dir: Path,
+    predictor: Predictor,
+    result: dict,
+    metrics: SegmentationMetrics,
+    images_per_s: float,
+    card_path: Path | None,
+    environment_path: Path | None,
+) -> None:
+    """The environments that trained and scored the model (JSON) and the model card."""
+    environments = {
+        "train": predictor.checkpoint.environment,
+        "evaluate": Environment.current(predictor.runtime),
+    }
+    if environment_path is not None:
+        write_json(environment_path, {k: v and v.to_dict() for k, v in environments.items()})
+    if card_path is None:
+        return
+    counts = {name: len(read_split(splits_dir / f"{name}.csv")) for name in SPLITS}
+    model_card.write(
+        card_path,
+        params,
+        result,
+        predictor.checkpoint,
+        counts,
+        images_per_s,
+        metrics.confusion.numpy(),
+        environments,
+        members=[(m.path, m.checkpoint) for m in predictor.members],
+    )
 
 
 def _sizes(*frames: pd.DataFrame) -> dict[Path, tuple[int, int]]:
