@@ -240,6 +240,13 @@ def counts_of_table(table: Any, class_names: Sequence[str]) -> np.ndarray:
     return values.reshape(len(table), len(class_names), len(COUNTS))
 
 
+def defined_mean(values: np.ndarray) -> float:
+    """The mean of the values that are not NaN (infinities count); NaN if there are none."""
+    defined = np.asarray(values, dtype=np.float64)
+    defined = defined[~np.isnan(defined)]
+    return float(defined.mean()) if len(defined) else float("nan")
+
+
 def percentile_interval(draws_by_name: dict[str, np.ndarray], level: float = 0.95) -> dict:
     """``{name}_ci95_low`` / ``_high`` (for ``level`` 0.95): percentiles of bootstrap draws."""
     tail = (1 - level) / 2 * 100

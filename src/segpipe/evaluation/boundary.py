@@ -27,6 +27,7 @@ import numpy as np
 from scipy import ndimage, spatial
 
 from segpipe.constants import IGNORE
+from segpipe.metrics import defined_mean
 
 PERCENTILE = 95
 TREE_SHARE = 0.05
@@ -118,7 +119,7 @@ class BoundaryMetrics:
         is in only one of truth and prediction) and ``hd95/<class>``, ``nsd/<class>``."""
         scores = image_scores(pred, truth, len(self.foreground) + 1, self.tolerance)
         self.scores.append(scores)
-        row = {"hd95": _image_mean(scores[:, 0]), "nsd": _image_mean(scores[:, 1])}
+        row = {"hd95": defined_mean(scores[:, 0]), "nsd": defined_mean(scores[:, 1])}
         for name, (hd95, nsd) in zip(self.foreground, scores, strict=True):
             row[f"hd95/{name}"], row[f"nsd/{name}"] = float(hd95), float(nsd)
         return row
@@ -134,22 +135,12 @@ class BoundaryMetrics:
         hd95, nsd = scores[..., 0], scores[..., 1]
         finite = np.isfinite(hd95)
         per_class = {
-            "hd95": [_mean(hd95[:, c][finite[:, c]]) for c in range(len(self.foreground))],
-            "nsd": [_mean(nsd[:, c][~np.isnan(nsd[:, c])]) for c in range(len(self.foreground))],
+            "hd95": [defined_mean(hd95[:, c][finite[:, c]]) for c in range(len(self.foreground))],
+            "nsd": [defined_mean(nsd[:, c]) for c in range(len(self.foreground))],
         }
-        out = {name: _mean(np.array(v)[~np.isnan(v)]) for name, v in per_class.items()}
+        out = {name: defined_mean(np.array(v)) for name, v in per_class.items()}
         out["hd95_n_infinite"] = int(np.isinf(hd95).sum())
         out["boundary_tolerance"] = self.tolerance
         for c, name in enumerate(self.foreground):
             out[f"hd95/{name}"], out[f"nsd/{name}"] = per_class["hd95"][c], per_class["nsd"][c]
         return out
-
-
-def _image_mean(values: np.ndarray) -> float:
-    """The mean of one image's defined per-class values (inf if any is inf; NaN if none)."""
-    defined = values[~np.isnan(values)]
-    return float(defined.mean()) if len(defined) else float("nan")
-
-
-def _mean(values: np.ndarray) -> float:
-    return float(values.mean()) if len(values) else float("nan")

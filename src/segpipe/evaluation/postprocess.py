@@ -19,7 +19,7 @@ import torch
 from scipy import ndimage
 
 from segpipe.constants import IGNORE
-from segpipe.metrics import SegmentationMetrics, dice_score
+from segpipe.metrics import SegmentationMetrics, defined_mean, dice_score
 
 log = logging.getLogger(__name__)
 
@@ -143,8 +143,8 @@ class PostprocessSearch:
         index = {rule: r for r, rule in enumerate(self.candidates)}
         with_rules = [dice[index[rules[c + 1]], c] for c in range(dice.shape[1])]
         return {
-            "val_dice_without_postprocess": _nanmean(dice[0]),
-            "val_dice_with_postprocess": _nanmean(np.array(with_rules)),
+            "val_dice_without_postprocess": defined_mean(dice[0]),
+            "val_dice_with_postprocess": defined_mean(np.array(with_rules)),
         }
 
 
@@ -185,8 +185,3 @@ class Postprocess:
         for name in ("dice", "iou", "dice_per_image"):
             out[f"{name}_without_postprocess"] = scores[name]
         return out
-
-
-def _nanmean(values: np.ndarray) -> float:
-    defined = values[~np.isnan(values)]
-    return float(defined.mean()) if len(defined) else float("nan")
