@@ -30,7 +30,7 @@ def folder_config(path: str):
 
 def test_read_only_files_are_linked_writable_ones_copied(in_repo: Path) -> None:
     """DVC's hard-linked files are read-only: linking them stores the dataset once. A
-    writable file is copied, so editing it in place never changes data/raw or the cache."""
+    writable file is copied, so editing it in place never changes data/imported or the cache."""
     data = write_folder_dataset(in_repo / "data" / "external", ["0001", "0002"])
     for mask in (data / "masks").iterdir():
         mask.chmod(0o444)

@@ -213,7 +213,7 @@ def test_remote_push_pull_round_trip(repo, tmp_path):
     assert any(p.is_file() for p in remote.rglob("*"))
     shutil.rmtree(root / ".dvc" / "cache")
     outs = (
-        "data/raw",
+        "data/imported",
         "data/splits",
         "data/cache",
         "data/predictions",
@@ -224,7 +224,7 @@ def test_remote_push_pull_round_trip(repo, tmp_path):
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     dvc(["pull"], *repo)
     assert (root / "models" / "model.pt").is_file()
-    assert len(list((root / "data" / "raw" / "images").iterdir())) == 24
+    assert len(list((root / "data" / "imported" / "images").iterdir())) == 24
     out = dvc(["repro"], *repo)
     assert "Running stage" not in out and "up to date" in out
 

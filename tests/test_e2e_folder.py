@@ -169,11 +169,11 @@ def md5(path) -> str:
 
 
 def test_the_dataset_is_stored_once(reproduced):
-    """The user's files, data/raw and DVC's cache are one file on disk (hard links), read-only
-    so that an edit in place cannot change the cache."""
+    """The user's files, data/imported and DVC's cache are one file on disk (hard links),
+    read-only so that an edit in place cannot change the cache."""
     root, _, external, _ = reproduced
     for kind, name in (("images", "0010.jpg"), ("masks", "0010.png")):
-        mine, raw = external / kind / name, root / "data" / "raw" / kind / name
+        mine, raw = external / kind / name, root / "data" / "imported" / kind / name
         digest = md5(mine)
         cached = root / ".dvc" / "cache" / "files" / "md5" / digest[:2] / digest[2:]
         assert mine.stat().st_ino == raw.stat().st_ino == cached.stat().st_ino

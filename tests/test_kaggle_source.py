@@ -437,8 +437,8 @@ def test_pinned_version_is_downloaded_once_and_recorded(
     fake_kaggle: FakeKaggle, kaggle_env: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """`owner/name/versions/1` asks Kaggle for that version; the stage records it in
-    data/raw/kaggle_version.json; a second run (a code edit, `dvc repro -f`) downloads nothing and
-    needs neither network nor credentials."""
+    data/imported/kaggle_version.json; a second run (a code edit, `dvc repro -f`) downloads
+    nothing and needs neither network nor credentials."""
     from segpipe.data import download
 
     _use_credentials("env", monkeypatch, kaggle_env)

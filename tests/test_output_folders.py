@@ -1,7 +1,8 @@
 """No stage writes a folder over what it reads: every stage that writes a folder (download,
 split, cache, evaluate's predictions, plot) refuses an output that is, holds or lies inside one
 of its inputs, before any work, with one line naming both; nothing on disk changes. The check
-command names a ``data.path`` inside a pipeline output, which DVC refuses without saying why."""
+command names a ``data.path`` inside a pipeline output, which DVC refuses without saying why;
+``data/raw`` is no output, and a dataset there works with DVC."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from segpipe.files import path_relation
 from segpipe.reporting import plot
 from segpipe.training import train
 
-from .helpers import REPO, run_stage, tiny_params, write_params
+from .helpers import REPO, call, copy_repo, dvc, run, run_stage, tiny_params, write_params
 from .test_bad_inputs import error_line, make_pairs, snapshot
 
 RELATIONS = ("is", "holds", "lies inside")
@@ -147,9 +148,10 @@ def test_the_download_script_refuses_an_out_equal_to_data_path(tmp_path):
 @pytest.mark.parametrize(
     ("data_path", "relation", "out"),
     [
-        ("data/raw", "is", "data/raw"),
-        ("data/raw/coco", "lies inside", "data/raw"),
-        ("data", "holds", "data/raw"),
+        ("data/imported", "is", "data/imported"),
+        ("data/imported/coco", "lies inside", "data/imported"),
+        ("data", "holds", "data/imported"),
+        ("data/cache/x", "lies inside", "data/cache"),
         ("data/splits/x", "lies inside", "data/splits"),
         ("plots", "is", "plots"),
     ],
@@ -160,12 +162,35 @@ def test_check_names_a_data_path_inside_a_pipeline_output(tmp_path, data_path, r
     with pytest.raises(SegpipeError) as caught:
         check.check_data_path(check.load_params(params).data, tmp_path / "dvc.yaml")
     assert str(caught.value).startswith(f"data.path: {data_path} {relation} {out}, the output")
-    assert "set data.path" in str(caught.value)
+    assert "such as data/raw/<name> (the place for your own files)" in str(caught.value)
 
 
-def test_check_accepts_a_data_path_apart_from_the_outputs(tmp_path):
+@pytest.mark.parametrize("data_path", ["data/external", "data/raw", "data/raw/coco"])
+def test_check_accepts_a_data_path_apart_from_the_outputs(tmp_path, data_path):
     (tmp_path / "dvc.yaml").write_text((REPO / "dvc.yaml").read_text())
-    params = write_params(
-        tmp_path / "params.yaml", data__source="folder", data__path="data/external"
-    )
+    params = write_params(tmp_path / "params.yaml", data__source="folder", data__path=data_path)
     check.check_data_path(check.load_params(params).data, tmp_path / "dvc.yaml")
+
+
+@pytest.mark.slow
+def test_a_dataset_in_data_raw_works_with_dvc(tmp_path):
+    """data/raw is the user's, as in most projects: `dvc add` of a dataset there keeps only its
+    .dvc file in git, `segpipe check` passes and `dvc repro download` imports it into
+    data/imported. Inside data/imported, DVC refuses the pipeline and the check names why."""
+    root = tmp_path / "repo"
+    env = copy_repo(root, {"data__source": "folder", "data__path": "data/raw/mine"})
+    make_pairs(root / "data" / "raw" / "mine")
+    dvc(["add", "data/raw/mine"], root, env)
+    run(["git", "add", "-A"], root, env)
+    tracked = run(["git", "ls-files", "data/raw"], root, env).stdout.split()
+    assert tracked == ["data/raw/mine.dvc"]
+    assert call(check.main, "--params", root / "params.yaml", cwd=root).returncode == 0
+    assert "Running stage 'download'" in dvc(["repro", "download"], root, env)
+    imported = sorted(p.name for p in (root / "data" / "imported" / "images").iterdir())
+    assert imported == sorted(p.name for p in (root / "data" / "raw" / "mine" / "images").iterdir())
+
+    write_params(root / "params.yaml", data__source="folder", data__path="data/imported/mine")
+    refused = dvc(["repro", "--dry"], root, env, check=False)
+    assert "Same item(s) are defined as both a dependency and an output" in refused
+    result = call(check.main, "--params", root / "params.yaml", cwd=root)
+    error_line(result, "data.path: data/imported/mine lies inside data/imported", "data/raw")

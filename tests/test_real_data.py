@@ -316,7 +316,8 @@ def test_scan_folder_names_duplicates_and_skips_the_output(tmp_path):
 
 
 def test_links_leaving_the_folder_are_skipped(tmp_path, params, caplog):
-    """`masks/passwd.png -> /etc/passwd` used to copy that file into data/raw (and a remote)."""
+    """`masks/passwd.png -> /etc/passwd` used to copy that file into data/imported (and a
+    remote)."""
     ext = write_folder_dataset(tmp_path / "ext", [f"{i:04d}" for i in range(6)])
     secret = tmp_path / "secret.png"
     Image.new("L", (64, 48)).save(secret)

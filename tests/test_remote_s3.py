@@ -80,7 +80,13 @@ def test_push_wipe_pull_is_up_to_date(repo, s3):
     model = (root / "models" / "model.pt").read_bytes()
 
     shutil.rmtree(root / ".dvc" / "cache")
-    for out in ("data/raw", "data/splits", "data/cache", "data/predictions", "models/model.pt"):
+    for out in (
+        "data/imported",
+        "data/splits",
+        "data/cache",
+        "data/predictions",
+        "models/model.pt",
+    ):
         path = root / out
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     dvc(["pull"], root, env)

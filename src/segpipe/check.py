@@ -48,8 +48,9 @@ def run(path: Path) -> Params:
 def check_data_path(data: DataConfig, dvc_yaml: Path) -> None:
     """The folder source's ``data.path`` must lie apart from every output of the pipeline
     (``dvc.yaml`` beside the params file, if there is one): a stage replaces its output, so a
-    dataset in ``data/raw`` would be deleted by the download stage it feeds. DVC itself only
-    says "Same item(s) are defined as both a dependency and an output".
+    dataset in ``data/imported`` would be deleted by the download stage it feeds. DVC itself only
+    says "Same item(s) are defined as both a dependency and an output". ``data/raw`` is no
+    output: the error suggests it as the place for the user's own dataset.
 
     Raises:
         SegpipeError: naming ``data.path``, the output and its stage, and the fix.
@@ -75,7 +76,8 @@ def check_data_path(data: DataConfig, dvc_yaml: Path) -> None:
                 f"data.path: {data.path} {relation} {out}, the output of the {stage} stage "
                 f'({dvc_yaml.name}), which that stage replaces, so DVC refuses it ("Same item(s) '
                 'are defined as both a dependency and an output" or "overlaps"); move the '
-                "dataset elsewhere (e.g. data/external) and set data.path to it"
+                "dataset to a folder no stage writes, such as data/raw/<name> (the place for "
+                "your own files), and set data.path to it"
             )
 
 
