@@ -1,16 +1,16 @@
 """End to end on a folder dataset as users bring one, set up as the README says (`dvc add` of
 its folders): `dvc repro` and `predict` keep every file name exactly, EXIF-rotated phone photos
 line up with masks drawn on them as shown, the data is stored once, and a clone, `dvc exp run
---temp`, the queue, the run cache and `dvc artifacts get` all work on it."""
+--temp` and `dvc artifacts get` work on it. (The queue, the run cache and `dvc exp apply` are
+tested on the synthetic repository: tests/test_e2e_compare.py, tests/test_e2e.py and
+tests/test_remote_s3.py.)"""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import re
 import shutil
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -19,7 +19,7 @@ from PIL import Image
 from segpipe.constants import SPLITS
 from segpipe.data.tables import read_split, read_table
 
-from .helpers import TINY, collect_runs, copy_repo, dvc, run, run_queue
+from .helpers import TINY, copy_repo, dvc, run
 from .realdata import AWKWARD_STEMS, dice, write_folder_dataset
 
 pytestmark = pytest.mark.slow
@@ -33,8 +33,8 @@ EDITS = {
     "model__encoder": "tu-mobilenetv3_small_050",
 }
 """The tiny settings on the folder dataset with the 2.2M-parameter encoder (resnet18 has 14M):
-every run here writes, hashes and copies its checkpoints (the temporary copy, the queue, the
-run cache, push, pull, `dvc artifacts get`), and four epochs still learn the disc."""
+every run here writes, hashes and copies its checkpoints (the temporary copy, push, pull,
+`dvc artifacts get`), and four epochs still learn the disc."""
 
 
 def read_mask_file(path) -> np.ndarray:
@@ -133,9 +133,9 @@ def dvc_fails(args: list[str], root, env) -> str:
 
 
 def test_misspelt_section_and_temporary_copies(reproduced):
-    """A section no stage reads stops `dvc repro`; `dvc exp run --temp` and a grid through the
-    queue run in copies of the repository that get the DVC-tracked data as they are, no -C
-    needed."""
+    """A section no stage reads stops `dvc repro`; `dvc exp run --temp` runs in a copy of the
+    repository that gets the DVC-tracked data as it is, no -C needed (the queue runs in such
+    copies too: tests/test_e2e_compare.py)."""
     root, env, _, _ = reproduced
 
     params = (root / "params.yaml").read_text()
@@ -151,17 +151,6 @@ def test_misspelt_section_and_temporary_copies(reproduced):
     assert "Running stage 'download'" in out and "Running stage 'train'" in out
     assert "not tracked by DVC" not in out
     assert "0.002" in dvc(["exp", "show", "--json"], root, env)
-
-    run(["git", "add", "-A"], root, env)
-    run(["git", "commit", "-qm", "baseline", "--allow-empty"], root, env)
-    # A grid through the queue: both experiments run, each from a copy of the last commit.
-    dvc(["exp", "run", "--queue", "-S", "train.lr=0.003,0.01"], root, env)
-    status = run_queue(root, env)
-    assert "Success" in status and "Failed" not in status, status
-    runs = collect_runs(json.loads(dvc(["exp", "show", "--json"], root, env)))
-    queued = {lr: dice for name, lr, dice in runs if name and lr in (0.003, 0.01)}
-    assert set(queued) == {0.003, 0.01}, runs
-    assert queued[0.003] != queued[0.01]
 
 
 def md5(path) -> str:
@@ -214,35 +203,3 @@ def test_clone_pull_is_up_to_date_and_artifact_get(reproduced, tmp_path):
     get = ["artifacts", "get", bare, "segmentation-model", "--rev", "v1.0.0", "-o", got / "v1.pt"]
     dvc(get, got, env)
     assert (got / "v1.pt").read_bytes() == model
-
-
-def test_earlier_params_restore_the_model_from_the_run_cache(reproduced):
-    """Back at earlier params (params.yaml reverted), `dvc repro` restores the trained model
-    from DVC's run cache without training; `dvc exp apply` brings an experiment's back."""
-    root, env, _, _ = reproduced
-    run(["git", "add", "-A"], root, env)
-    run(["git", "commit", "-qm", "before the experiment", "--allow-empty"], root, env)
-    assert "Running stage" not in dvc(["repro"], root, env)
-    baseline = (root / "models" / "model.pt").read_bytes()
-    history = (root / "metrics" / "train" / "metrics.json").read_bytes()
-
-    out = dvc(["exp", "run", "-n", "lr-high", "-S", "train.lr=0.005"], root, env)
-    assert "Running stage 'train'" in out and "epoch 1/4" in out
-    changed = (root / "models" / "model.pt").read_bytes()
-    assert changed != baseline
-
-    run(["git", "checkout", "--", "params.yaml"], root, env)
-    started = time.monotonic()
-    out = dvc(["repro"], root, env)
-    seconds = time.monotonic() - started
-    assert "Stage 'train' is cached - skipping run, checking out outputs" in out
-    assert not re.search(r"epoch \d+/\d+", out), "no training"
-    assert (root / "models" / "model.pt").read_bytes() == baseline
-    assert (root / "metrics" / "train" / "metrics.json").read_bytes() == history
-    print(f"restored from the run cache in {seconds:.1f} s")
-
-    dvc(["exp", "apply", "lr-high"], root, env)
-    assert (root / "models" / "model.pt").read_bytes() == changed
-    assert "lr: 0.005" in (root / "params.yaml").read_text()
-    run(["git", "checkout", "--", "params.yaml", "dvc.lock", "metrics"], root, env)
-    dvc(["checkout"], root, env)

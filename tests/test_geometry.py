@@ -21,6 +21,7 @@ from segpipe.data.geometry import (
     Geometry,
     crop_steps,
     padded_size,
+    resize_pair,
     whole_image_steps,
 )
 from segpipe.data.images import read_image
@@ -54,6 +55,24 @@ def test_longest_side_keeps_the_aspect_and_pads_to_multiples_of_32(height, width
     ph, pw = padded_size(h, w)
     assert ph % 32 == 0 and pw % 32 == 0 and 0 <= ph - h < 32 and 0 <= pw - w < 32
     assert Geometry.squash(128).input_size(height, width) == (128, 128)
+
+
+@pytest.mark.parametrize("size", [(64, 64), (37, 91), (300, 200), (129, 128)])
+@pytest.mark.parametrize("mask_dtype", [np.uint8, np.uint16])
+def test_resizing_is_albumentations_resize_byte_for_byte(size, mask_dtype):
+    """Inference resizes without albumentations; the arrays are those its ``Resize`` gives
+    (the cache stage and training used it), up and down, for every mask type the data gives."""
+    import albumentations as A
+
+    rng = np.random.default_rng(sum(size))
+    image = rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    mask = rng.integers(0, 6, (128, 128)).astype(mask_dtype)
+    expected = A.Resize(*size)(image=image, mask=mask)
+    got_image, got_mask = resize_pair(image, mask, size)
+    assert got_image.dtype == np.uint8 and got_mask.dtype == mask_dtype
+    assert np.array_equal(got_image, expected["image"])
+    assert np.array_equal(got_mask, expected["mask"])
+    assert resize_pair(image, None, size)[1] is None
 
 
 def test_crops_keep_the_image_at_its_scale():

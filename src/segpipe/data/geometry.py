@@ -18,13 +18,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import TYPE_CHECKING
 
-import albumentations as A
 import cv2
 import numpy as np
 
 from segpipe.config import Resize, TrainConfig
 from segpipe.constants import IGNORE
+
+if TYPE_CHECKING:  # albumentations is imported by the training steps only: inference needs none
+    import albumentations as A
 
 MULTIPLE = 32
 """Encoders downsample 5 times: every model input side is a multiple of 32."""
@@ -105,13 +108,16 @@ def padded_size(height: int, width: int, multiple: int = MULTIPLE) -> tuple[int,
 def resize_pair(
     image: np.ndarray, mask: np.ndarray | None, size: tuple[int, int]
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Resize to (h, w) as training always did (albumentations' Resize: bilinear for the image,
-    nearest for the mask); a no-op at the same size."""
-    resize = A.Resize(*size)
-    if mask is None:
-        return resize(image=image)["image"], None
-    out = resize(image=image, mask=mask)
-    return out["image"], out["mask"]
+    """Resize to (h, w) as training always did: bilinear for the image, nearest for the mask,
+    a no-op at the same size. This is albumentations' ``Resize`` (``cv2.resize`` for these
+    arrays) without importing albumentations, which inference needs for nothing else."""
+    if image.shape[:2] == tuple(size):
+        return image, mask
+    dsize = (size[1], size[0])
+    image = cv2.resize(image, dsize, interpolation=cv2.INTER_LINEAR)
+    if mask is not None:
+        mask = cv2.resize(mask, dsize, interpolation=cv2.INTER_NEAREST)
+    return image, mask
 
 
 def pad_pair(
@@ -131,6 +137,8 @@ def pad_pair(
 def crop_steps(crop: int) -> list[A.BasicTransform]:
     """Training's geometry with crops: pad (below/right, mask IGNORE) images smaller than the
     crop, then take a random ``crop`` x ``crop`` window."""
+    import albumentations as A
+
     return [_pad_below_right(min_height=crop, min_width=crop), A.RandomCrop(crop, crop)]
 
 
@@ -149,6 +157,8 @@ def whole_image_steps() -> list[A.BasicTransform]:
 
 def _pad_below_right(**size: int | None) -> A.PadIfNeeded:
     """Black image pixels and IGNORE mask pixels below and to the right, up to ``size``."""
+    import albumentations as A
+
     return A.PadIfNeeded(
         **size, position="top_left", border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=IGNORE
     )
