@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from segpipe.cli import parser, run_stage
+from segpipe.cli import exit_process, parser, run_stage
 from segpipe.config import load_params
 from segpipe.data import cache
 from segpipe.data.geometry import Geometry
@@ -19,4 +19,4 @@ if __name__ == "__main__":
         rule = load_rule(args.splits / RULE_FILE, params.data)
         cache.run(args.splits, args.out, Geometry.from_train(params.train), rule)
 
-    raise SystemExit(run_stage(main, verbose=args.verbose, params=args.params))
+    exit_process(run_stage(main, verbose=args.verbose, params=args.params))

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from segpipe.cli import parser, run_stage
+from segpipe.cli import exit_process, parser, run_stage
 from segpipe.config import load_params
 from segpipe.data import download
 
@@ -22,4 +22,4 @@ if __name__ == "__main__":
         params = load_params(args.params)
         download.run(params.data, params.data.synthetic.seed, args.out, args.downloads)
 
-    raise SystemExit(run_stage(main, verbose=args.verbose, params=args.params))
+    exit_process(run_stage(main, verbose=args.verbose, params=args.params))

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from segpipe.cli import parser, run_stage
+from segpipe.cli import exit_process, parser, run_stage
 from segpipe.config import load_params
 from segpipe.evaluation import evaluate
 
@@ -45,4 +45,4 @@ if __name__ == "__main__":
             ensemble_dir=args.ensemble,
         )
 
-    raise SystemExit(run_stage(main, verbose=args.verbose, params=args.params))
+    exit_process(run_stage(main, verbose=args.verbose, params=args.params))

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from segpipe.cli import parser, run_stage
+from segpipe.cli import exit_process, parser, run_stage
 from segpipe.config import load_params
 from segpipe.data.masks import load_rule
 from segpipe.reporting import plot
@@ -29,4 +29,4 @@ if __name__ == "__main__":
             load_rule(args.mask_rule, params.data),
         )
 
-    raise SystemExit(run_stage(main, verbose=args.verbose, params=args.params))
+    exit_process(run_stage(main, verbose=args.verbose, params=args.params))

@@ -4,7 +4,8 @@ python stages/predict.py --model models/model.pt --input DIR_OR_FILE --output DI
     [--overwrite] [--threshold T]      (the same as `segpipe predict`)
 """
 
+from segpipe.cli import exit_process
 from segpipe.commands import predict
 
 if __name__ == "__main__":
-    raise SystemExit(predict.main())
+    exit_process(predict.main())

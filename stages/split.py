@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from segpipe.cli import parser, run_stage
+from segpipe.cli import exit_process, parser, run_stage
 from segpipe.config import load_params
 from segpipe.data import split
 
@@ -38,4 +38,4 @@ if __name__ == "__main__":
             ignore_colour=params.data.ignore_colour,
         )
 
-    raise SystemExit(run_stage(main, verbose=args.verbose, params=args.params))
+    exit_process(run_stage(main, verbose=args.verbose, params=args.params))

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from segpipe.cli import parser, run_stage
+from segpipe.cli import exit_process, parser, run_stage
 from segpipe.config import load_params
 from segpipe.training import train
 
@@ -31,4 +31,4 @@ if __name__ == "__main__":
         params = load_params(args.params)
         train.run(params, args.cache, args.model, args.live, args.resume, weights_dir=args.weights)
 
-    raise SystemExit(run_stage(main, verbose=args.verbose, params=args.params))
+    exit_process(run_stage(main, verbose=args.verbose, params=args.params))

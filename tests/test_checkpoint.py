@@ -259,9 +259,9 @@ def test_normalisation_is_stored_and_the_predictor_feeds_it(tmp_path):
     ]
     predictor = Predictor(tmp_path / "m.pt", device="cpu")
     image = np.full((64, 64, 3), 128, np.uint8)
-    fed = predictor.transform(image=image)["image"]
+    fed, _ = predictor.prepare(image)
     expected = (128 / 255 - np.array([0.5, 0.4, 0.3])) / np.array([0.2, 0.25, 0.3])
-    assert np.allclose(fed[0, 0], expected, atol=1e-5)
+    assert np.allclose(fed[:, 0, 0].numpy(), expected, atol=1e-5)
 
 
 RANGE_HINT = " (the train stage writes valid values; use the checkpoint it wrote)"

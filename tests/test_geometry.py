@@ -26,6 +26,7 @@ from segpipe.data.geometry import (
 )
 from segpipe.data.images import read_image
 from segpipe.data.masks import RULE_FILE, load_rule
+from segpipe.data.normalise import IMAGENET, normalise
 from segpipe.data.tables import read_split
 from segpipe.errors import SegpipeError
 from segpipe.evaluation import evaluate
@@ -73,6 +74,35 @@ def test_resizing_is_albumentations_resize_byte_for_byte(size, mask_dtype):
     assert np.array_equal(got_image, expected["image"])
     assert np.array_equal(got_mask, expected["mask"])
     assert resize_pair(image, None, size)[1] is None
+
+
+@pytest.mark.parametrize(
+    "normalisation",
+    [IMAGENET, ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)), ((0.5, 0.4, 0.3), (0.2, 0.25, 0.3))],
+)
+def test_inference_normalises_as_albumentations_normalize_byte_for_byte(normalisation):
+    """Every uint8 value of every channel, normalised as training's ``A.Normalize`` does."""
+    import albumentations as A
+
+    values = np.arange(256, dtype=np.uint8)
+    image = np.stack([values, values[::-1], np.roll(values, 7)], axis=-1).reshape(16, 16, 3)
+    expected = A.Normalize(mean=normalisation[0], std=normalisation[1])(image=image)["image"]
+    got = normalise(image, normalisation)
+    assert got.dtype == expected.dtype and np.array_equal(got, expected)
+
+
+def test_a_squashed_input_is_what_the_training_transform_makes(tiny_run):
+    """The predictor's input for a squashed model is training's validation transform
+    (``build_transform`` without augmentation) byte for byte."""
+    predictor = Predictor(tiny_run / "model.pt", 0.5, device="cpu")
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (77, 140, 3), dtype=np.uint8)
+    transform = build_transform(
+        predictor.image_size, augment=False, seed=0, normalisation=predictor.normalisation
+    )
+    expected = transform(image=image)["image"].transpose(2, 0, 1)
+    got, valid = predictor.prepare(image)
+    assert valid is None and np.array_equal(got.numpy(), expected)
 
 
 def test_crops_keep_the_image_at_its_scale():

@@ -12,7 +12,6 @@ import torch
 from PIL import Image
 
 from benchmarks.flops import forward_flops
-from segpipe.data.dataset import build_transform
 from segpipe.data.images import read_image, read_image_reduced
 from segpipe.data.masks import RULE_FILE, load_rule
 from segpipe.data.tables import read_split
@@ -155,7 +154,6 @@ def test_reduced_decoding_of_real_photos_stays_within_tolerance(tiny_run):
     predictor = Predictor(tiny_run / "model.pt", 0.5, device="cpu")
     predictor.image_size = 256  # the benchmark's model input: 1/2 to 1/4 scale decodes
     predictor.geometry = dataclasses.replace(predictor.geometry, image_size=256)
-    predictor.transform = build_transform(256, augment=False, seed=0)
     paths = sorted((KVASIR / "images").iterdir())[::50]  # 20 photos, 332x487 to 1920x1072
     difference = _input_difference(predictor, paths)
     print(f"mean input difference {difference:.2f}")

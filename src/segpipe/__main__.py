@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import NoReturn
 
 from segpipe import __version__
 
@@ -48,5 +49,13 @@ def main(argv: list[str] | None = None) -> int:
     return tool.main(argv[1:], prog=f"segpipe {name}")
 
 
+def run() -> NoReturn:
+    """The ``segpipe`` console script (and ``python -m segpipe``): :func:`main` in a process
+    of its own, ended by :func:`~segpipe.cli.exit_process`."""
+    from segpipe.cli import exit_process
+
+    exit_process(main())
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run()

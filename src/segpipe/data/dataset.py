@@ -16,23 +16,18 @@ import torch
 from torch.utils.data import Dataset
 
 from segpipe.config import DEFAULT_AUGMENT, AugmentStep
-from segpipe.constants import IMAGENET_MEAN, IMAGENET_STD
 from segpipe.data.augment import build_augmentations
 from segpipe.data.masks import MaskRule, read_pair
+from segpipe.data.normalise import IMAGENET, Normalisation, to_tensor
 from segpipe.errors import SegpipeError
 
 if TYPE_CHECKING:  # pandas is the split CSVs' reader's; predict imports this module without it
     import pandas as pd
 
-Normalisation = tuple[tuple[float, ...], tuple[float, ...]]
-"""Per-channel (mean, std) of RGB in 0..1: what the encoder expects its input divided into."""
-
-IMAGENET: Normalisation = (IMAGENET_MEAN, IMAGENET_STD)
-
 
 def normalize(normalisation: Normalisation = IMAGENET) -> A.Normalize:
-    """The input normalisation every model input gets, in training and inference alike: the
-    encoder's per-channel (mean, std)."""
+    """The input normalisation every training input gets: the encoder's per-channel (mean,
+    std). Inference applies the same arithmetic with :func:`~segpipe.data.normalise.normalise`."""
     mean, std = normalisation
     return A.Normalize(mean=mean, std=std)
 
@@ -63,11 +58,6 @@ def build_transform(
         ],
         seed=seed,
     )
-
-
-def to_tensor(image: np.ndarray) -> torch.Tensor:
-    """HxWx3 float array -> 3xHxW float32 tensor."""
-    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32))
 
 
 class SegmentationDataset(Dataset):

@@ -17,9 +17,9 @@ from PIL import Image
 from torch import nn
 
 from segpipe.data.colours import mask_to_png
-from segpipe.data.dataset import build_transform, normalize, to_tensor
 from segpipe.data.geometry import pad_pair, padded_size, resize_pair
 from segpipe.data.images import read_image
+from segpipe.data.normalise import normalise, to_tensor
 from segpipe.errors import SegpipeError
 from segpipe.inference.ensemble import average_logits, check_members
 from segpipe.inference.folding import fold_batch_norms
@@ -125,10 +125,7 @@ class Predictor:
         self.threshold = threshold
         self.options = options or InferenceOptions()
         self.backend = backend
-        self.transform = build_transform(
-            self.image_size, augment=False, seed=0, normalisation=spec.normalisation
-        )
-        self.normalize = normalize(spec.normalisation)
+        self.normalisation = spec.normalisation
         self._bytes_per_pixel: float | None = None
 
     @property
@@ -181,11 +178,12 @@ class Predictor:
         Squashed models get the ``image_size`` square; the others the size
         :meth:`decode_size` gives, padded below and to the right to multiples of 32."""
         if self.geometry.fixed_size:
-            return to_tensor(self.transform(image=image)["image"]), None
+            squashed, _ = resize_pair(image, None, (self.image_size, self.image_size))
+            return to_tensor(normalise(squashed, self.normalisation)), None
         valid = self.geometry.input_size(*(size or image.shape[:2]))
         resized, _ = resize_pair(image, None, valid)
         padded, _ = pad_pair(resized, None, padded_size(*valid))
-        return to_tensor(self.normalize(image=padded)["image"]), valid
+        return to_tensor(normalise(padded, self.normalisation)), valid
 
     @torch.inference_mode()
     def logits(self, batch: torch.Tensor, valid: tuple[int, int] | None = None) -> torch.Tensor:
