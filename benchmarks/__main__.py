@@ -25,6 +25,8 @@ COMMANDS = {
     "recipes": ("recipes", "training recipes at an equal budget, as queued DVC experiments"),
     "val-images": ("val_images_cost", "what logging validation images costs per epoch"),
     "boundary": ("boundary_cost", "boundary metrics and post-processing per image, by size"),
+    "startup": ("startup", "`segpipe predict` on one photo in a fresh process, beside the "
+                "import floor"),
 }  # fmt: skip
 """Command name: (module of ``benchmarks``, one line of help)."""
 

@@ -255,3 +255,14 @@ def test_boundary_benchmark_times_each_step(tmp_path):
     )
     report = json.loads(out.read_text())
     assert len(report) == 3 and all(r["min_ms"] <= r["max_ms"] for r in report.values())
+
+
+@pytest.mark.slow  # five process starts, torch imported in four
+def test_startup_benchmark_times_predict_beside_the_import_floor(tmp_path, tiny_run, raw_dir):
+    out = tmp_path / "startup.json"
+    photo = sorted((raw_dir / "images").iterdir())[0]
+    args = ["startup", "--model", str(tiny_run / "model.pt"), "--photo", str(photo)]
+    assert main([*args, "--rounds", "1", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert "segpipe predict, one photo" in report and "import torch + smp" in report
+    assert all(0 < r["min_s"] <= r["median_s"] <= r["max_s"] for r in report.values())
