@@ -115,3 +115,18 @@ def test_no_stage_script_imports_the_dispatcher() -> None:
     dispatcher = {REPO / "src/segpipe/__main__.py"}
     for script in sorted((REPO / "stages").glob("*.py")):
         assert not dispatcher & set(script_closure(script)), script.name
+
+
+def test_a_command_exits_with_its_code_and_leaves_the_last_collection_out(monkeypatch):
+    """The console script (``segpipe.__main__.run``) ends its process through
+    ``exit_process``: the command's exit code, with every object frozen so that the garbage
+    collector's last pass at exit has nothing to walk (about a second with torch loaded)."""
+    import gc
+
+    monkeypatch.setattr(commands, "main", lambda: 3)
+    try:
+        with pytest.raises(SystemExit) as exited:
+            commands.run()
+        assert exited.value.code == 3 and gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()  # this test process goes on collecting
