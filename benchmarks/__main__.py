@@ -12,7 +12,7 @@ import importlib
 import json
 import sys
 
-from segpipe.cli import run_stage
+from segpipe.cli import exit_process, run_stage
 
 COMMANDS = {
     "loader": ("bench", "training and inference: the pipeline vs a tutorial-style loader vs "
@@ -67,4 +67,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    exit_process(main())

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from segpipe.cli import exit_process
 from segpipe.config import ModelConfig, SplitConfig, SyntheticConfig
 from segpipe.data import cache
 from segpipe.data.dataset import CachedDataset, SegmentationDataset, build_transform
@@ -293,3 +294,4 @@ def _child(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     _child(sys.argv[1:])
+    exit_process(0)

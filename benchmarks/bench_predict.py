@@ -28,6 +28,7 @@ import pandas as pd
 import torch
 
 from benchmarks.flops import forward_flops
+from segpipe.cli import exit_process
 from segpipe.commands import predict
 from segpipe.config import EvaluateConfig, ModelConfig, SplitConfig, SyntheticConfig
 from segpipe.constants import IMAGENET_MEAN, IMAGENET_STD
@@ -335,3 +336,4 @@ def _child(work: Path) -> None:
 
 if __name__ == "__main__":
     _child(Path(sys.argv[1]))
+    exit_process(0)

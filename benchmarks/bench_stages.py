@@ -23,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from segpipe.cli import exit_process
 from segpipe.config import SplitConfig
 from segpipe.data import split
 from segpipe.resources import peak_rss_mb
@@ -161,3 +162,4 @@ if __name__ == "__main__":
     stage, source, target, n_threads, size, suffix = sys.argv[1:7]
     settings = argparse.Namespace(image_size=int(size), mask_suffix=suffix)
     print(json.dumps(measure(stage, Path(source), Path(target), int(n_threads), settings)))
+    exit_process(0)
