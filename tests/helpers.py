@@ -226,12 +226,17 @@ def dvc(args: Sequence[object], root: Path, env: Mapping[str, str], *, check: bo
 def run_queue(root: Path, env: Mapping[str, str], timeout: float = 600) -> str:
     """`dvc queue start -j 1`, then wait until nothing is queued or running; returns the last
     `dvc queue status`. It asks every few seconds: each `dvc queue status` is a Python start and
-    DVC's imports, CPU taken from the experiments it waits for."""
+    DVC's imports, CPU taken from the experiments it waits for. A status that fails is asked
+    again: DVC can read a running experiment's info file while its worker writes it, and stop
+    with "unexpected error - Expecting value" (treeverse/dvc#8014)."""
     dvc(["queue", "start", "-j", "1"], root, env)
     deadline = time.monotonic() + timeout
     while True:
-        status = dvc(["queue", "status"], root, env)
-        if ("Queued" not in status and "Running" not in status) or time.monotonic() > deadline:
+        result = run([sys.executable, "-m", "dvc", "queue", "status"], root, env, check=False)
+        status = result.stdout + result.stderr
+        if time.monotonic() > deadline:
+            return status
+        if result.returncode == 0 and "Queued" not in status and "Running" not in status:
             return status
         time.sleep(5)
 
