@@ -232,11 +232,10 @@ def run_queue(root: Path, env: Mapping[str, str], timeout: float = 600) -> str:
     dvc(["queue", "start", "-j", "1"], root, env)
     deadline = time.monotonic() + timeout
     while True:
-        result = run([sys.executable, "-m", "dvc", "queue", "status"], root, env, check=False)
-        status = result.stdout + result.stderr
+        status = dvc(["queue", "status"], root, env, check=False)
         if time.monotonic() > deadline:
             return status
-        if result.returncode == 0 and "Queued" not in status and "Running" not in status:
+        if not any(word in status for word in ("ERROR", "Queued", "Running")):
             return status
         time.sleep(5)
 

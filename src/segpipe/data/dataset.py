@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 from segpipe.config import DEFAULT_AUGMENT, AugmentStep
 from segpipe.data.augment import build_augmentations
 from segpipe.data.masks import MaskRule, read_pair
-from segpipe.data.normalise import IMAGENET, Normalisation, to_tensor
+from segpipe.data.normalise import IMAGENET, MAX_PIXEL, Normalisation, to_tensor
 from segpipe.errors import SegpipeError
 
 if TYPE_CHECKING:  # pandas is the split CSVs' reader's; predict imports this module without it
@@ -29,7 +29,7 @@ def normalize(normalisation: Normalisation = IMAGENET) -> A.Normalize:
     """The input normalisation every training input gets: the encoder's per-channel (mean,
     std). Inference applies the same arithmetic with :func:`~segpipe.data.normalise.normalise`."""
     mean, std = normalisation
-    return A.Normalize(mean=mean, std=std)
+    return A.Normalize(mean=mean, std=std, max_pixel_value=MAX_PIXEL)
 
 
 def build_transform(
