@@ -12,7 +12,18 @@ import pytest
 
 from segpipe.config import Params
 
-from .helpers import TRAINING_THREADS, reproduce_repo, tiny_params, torch_threads
+from .helpers import (
+    S3_BUCKET,
+    TRAINING_THREADS,
+    copy_reproduced,
+    dvc,
+    reproduce_repo,
+    run,
+    run_queue,
+    s3_client,
+    tiny_params,
+    torch_threads,
+)
 
 USER_SETTINGS = ("HF_HUB_OFFLINE", "HF_ENDPOINT", "CUDA_VISIBLE_DEVICES")
 """Settings of the user's environment that the tests must not depend on. The tests that need
@@ -52,8 +63,8 @@ SHARING_MODULES = (
     "tests/test_e2e_pretrained.py",
     "tests/test_remote_s3.py",
 )
-"""The modules whose tests copy :data:`SHARED_REPOSITORY`: pytest-xdist runs them on one
-worker, so that it is reproduced once."""
+"""The modules whose tests copy :data:`SHARED_REPOSITORY` (or ``experiments_template``, made
+from it): pytest-xdist runs them on one worker, so that each is made once."""
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -171,3 +182,52 @@ def reproduced_template(
     before = _listing(root)
     yield root, env, out
     assert _listing(root) == before, f"a test changed the shared reproduced repository {root}"
+
+
+SEED_EXPERIMENTS = {"seed1": 1, "seed2": 2}
+"""The experiments of ``experiments_template`` and their seeds: the same change (another lr),
+two training seeds."""
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    """moto's S3 server on a free loopback port for the whole session, with one empty bucket
+    (:data:`helpers.S3_BUCKET`): its endpoint URL."""
+    server_module = pytest.importorskip("moto.server")
+    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    s3_client(endpoint).create_bucket(Bucket=S3_BUCKET)
+    yield endpoint
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def experiments_template(
+    tmp_path_factory: pytest.TempPathFactory,
+    reproduced_template: tuple[Path, dict, str],
+    s3_server: str,
+) -> Iterator[tuple[Path, dict]]:
+    """A team's repository, made once for the whole session: the reproduced repository with its
+    default DVC remote (``store``, the session's S3 bucket), committed and tagged ``v1``, with
+    two experiments at another lr that differ only in ``seed`` (:data:`SEED_EXPERIMENTS`),
+    queued and run by `dvc queue start` as the README says. Its root and environment. The tests
+    of `segpipe compare` and of sharing experiments each copy it (``copy_reproduced``)."""
+    template, env, _ = reproduced_template
+    root = tmp_path_factory.mktemp("experiments") / "repo"
+    copy_reproduced(template, root)
+    # Before the experiments: DVC pushes a revision's outputs to the remote its own commit names.
+    dvc(["remote", "add", "--default", "store", f"s3://{S3_BUCKET}/segpipe"], root, env)
+    dvc(["remote", "modify", "store", "endpointurl", s3_server], root, env)
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-qm", "baseline"], root, env)
+    run(["git", "tag", "v1"], root, env)
+    for name, seed in SEED_EXPERIMENTS.items():
+        args = ["-n", name, "-S", f"seed={seed}", "-S", "train.lr=0.01"]
+        dvc(["exp", "run", "--queue", *args], root, env)
+    status = run_queue(root, env, SEED_EXPERIMENTS)
+    assert status.count("Success") == len(SEED_EXPERIMENTS) and "Failed" not in status, status
+    before = _listing(root)
+    yield root, env
+    assert _listing(root) == before, f"a test changed the shared experiments repository {root}"

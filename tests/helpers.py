@@ -7,6 +7,7 @@ import contextlib
 import copy
 import dataclasses
 import io
+import json
 import logging
 import os
 import runpy
@@ -16,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,31 @@ CUT_DOWN: dict[str, object] = {
 smaller encoder (2.2M parameters instead of resnet18's 14M: every run writes, hashes, caches,
 pushes and pulls smaller checkpoints) for three epochs, so that a run can be killed between
 two of them."""
+
+
+S3_BUCKET = "segpipe-store"
+"""The bucket of the S3 server the tests run on loopback (``s3_server``): the default DVC remote
+of the session's experiments repository."""
+
+S3_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+"""Fake credentials, read from the environment as DVC reads real ones."""
+
+
+def s3_client(endpoint: str) -> Any:
+    """A boto3 S3 client of the loopback server at ``endpoint``."""
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        region_name=S3_CREDENTIALS["AWS_DEFAULT_REGION"],
+    )
 
 
 TRAINING_THREADS = 2
@@ -223,21 +249,46 @@ def dvc(args: Sequence[object], root: Path, env: Mapping[str, str], *, check: bo
     return result.stdout + result.stderr
 
 
-def run_queue(root: Path, env: Mapping[str, str], timeout: float = 600) -> str:
-    """`dvc queue start -j 1`, then wait until nothing is queued or running; returns the last
-    `dvc queue status`. It asks every few seconds: each `dvc queue status` is a Python start and
-    DVC's imports, CPU taken from the experiments it waits for. A status that fails is asked
-    again: DVC can read a running experiment's info file while its worker writes it, and stop
-    with "unexpected error - Expecting value" (treeverse/dvc#8014)."""
+def run_queue(
+    root: Path, env: Mapping[str, str], names: Iterable[str], timeout: float = 600
+) -> str:
+    """`dvc queue start -j 1`, wait until the queued experiments ``names`` have run, then stop
+    the worker and wait for it to exit (so that the repository can be copied); returns the last
+    `dvc queue status`.
+
+    The wait reads git's experiment refs (a cheap call) twice a second, and asks `dvc queue
+    status` (a Python start and DVC's imports, CPU taken from the experiments it waits for)
+    every 10 seconds, to stop at a failure. That status may fail: DVC can read a running
+    experiment's info file while its worker writes it, and stop with "unexpected error -
+    Expecting value" (treeverse/dvc#8014); the next one is asked as usual."""
     dvc(["queue", "start", "-j", "1"], root, env)
     deadline = time.monotonic() + timeout
-    while True:
-        status = dvc(["queue", "status"], root, env, check=False)
-        if time.monotonic() > deadline:
-            return status
-        if not any(word in status for word in ("ERROR", "Queued", "Running")):
-            return status
-        time.sleep(5)
+    polls = 0
+    while time.monotonic() < deadline:
+        refs = run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], root, env)
+        done = {ref.rsplit("/", 1)[-1] for ref in refs.stdout.split()}
+        if done >= set(names):
+            break
+        polls += 1
+        if polls % 20 == 0 and "Failed" in dvc(["queue", "status"], root, env, check=False):
+            break
+        time.sleep(0.5)
+    dvc(["queue", "stop"], root, env)
+    while not _workers_exited(root) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return dvc(["queue", "status"], root, env)
+
+
+def _workers_exited(root: Path) -> bool:
+    """Whether every queue worker DVC started in ``root`` has exited: the daemon that runs one
+    writes its exit code into the worker's info file."""
+    for info in (root / ".dvc" / "tmp" / "exps" / "celery").glob("dvc-exp-worker-*.json"):
+        try:
+            if json.loads(info.read_text()).get("returncode") is None:
+                return False
+        except ValueError:  # being written
+            return False
+    return True
 
 
 def collect_runs(node: Any, found: list | None = None) -> list[tuple[str | None, Any, Any]]:

@@ -126,13 +126,12 @@ def test_pipeline_experiment_and_metrics_diff(reproduced, repo):
     assert "epoch 1/3" not in out
     assert (root / "metrics" / "evaluate.json").read_bytes() == first
 
-    # 3. A plot parameter reruns the plot stage only.
+    # 3. A plot parameter puts only the plot stage out of date (`dvc repro` runs what `dvc status`
+    # lists: the code edits below run it).
     (root / "params.yaml").write_text(params.replace("n_samples: 2", "n_samples: 1"))
     status = dvc(["status", "--json"], *repo)
     assert sorted(json.loads(status)) == ["check", "plot"]  # check reads the whole file
-    out = dvc(["repro"], *repo)
-    assert "Running stage 'plot'" in out
-    assert all(f"Running stage '{s}'" not in out for s in ("download", "split", "train"))
+    (root / "params.yaml").write_text(params)
 
     # 3b. A code edit reruns only the stages whose scripts import the edited module.
     edit_module(root / "src/segpipe/reporting/plot.py")

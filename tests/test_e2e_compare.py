@@ -10,38 +10,37 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import copy_reproduced, dvc, run, run_queue
+from segpipe.__main__ import main as segpipe_main
+
+from .helpers import call, copy_reproduced, run
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory, reproduced_template) -> tuple[Path, dict[str, str]]:
-    """This module's copy of the reproduced repository, committed and tagged ``v1``, with two
-    queued experiments at another lr that differ only in ``seed`` (named seed1, seed2)."""
-    template, env, _ = reproduced_template
+def repo(tmp_path_factory, experiments_template) -> tuple[Path, dict[str, str]]:
+    """This module's copy of the session's experiments repository: the reproduced repository
+    committed and tagged ``v1``, with two experiments at another lr that differ only in
+    ``seed`` (seed1, seed2), run by `dvc queue start`."""
+    template, env = experiments_template
     root = tmp_path_factory.mktemp("compare") / "repo"
     copy_reproduced(template, root)
-    run(["git", "add", "-A"], root, env)
-    run(["git", "commit", "-qm", "baseline"], root, env)
-    run(["git", "tag", "v1"], root, env)
-    for seed in (1, 2):
-        args = ["-n", f"seed{seed}", "-S", f"seed={seed}", "-S", "train.lr=0.01"]
-        dvc(["exp", "run", "--queue", *args], root, env)
-    status = run_queue(root, env)
-    assert "Success" in status and "Failed" not in status, status
     return root, env
 
 
 def compare(repo, *args: object, code: int = 0):
-    root, env = repo
-    result = run([sys.executable, "-m", "segpipe", "compare", *args], root, env, check=False)
+    """`segpipe compare ARGS` in the repository, in this process (the command itself runs once,
+    in the first test): its exit code checked, its output returned."""
+    result = call(segpipe_main, "compare", *args, cwd=repo[0])
     assert result.returncode == code, result.stdout + result.stderr
     return result
 
 
 def test_the_same_run_shows_no_difference(repo):
-    report = json.loads(compare(repo, "v1", "HEAD", "workspace", "--json").stdout)
+    root, env = repo
+    args = ["compare", "v1", "HEAD", "workspace", "--json"]
+    result = run([sys.executable, "-m", "segpipe", *args], root, env)  # the real command
+    report = json.loads(result.stdout)
     assert [r["name"] for r in report["runs"]] == ["v1", "HEAD", "workspace"]
     assert report["runs"][0]["rev"] == report["runs"][1]["rev"] != report["runs"][2]["rev"]
     assert report["test_set"]["n_images"] == 6

@@ -6,77 +6,37 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from .helpers import collect_runs, copy_reproduced, dvc, run
+from .helpers import S3_BUCKET, S3_CREDENTIALS, collect_runs, copy_reproduced, dvc, run, s3_client
 
 pytestmark = pytest.mark.slow
 
-BUCKET = "segpipe-store"
-CREDENTIALS = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-}
-"""Fake credentials, read from the environment as DVC reads real ones."""
-
-
-@pytest.fixture(scope="module")
-def s3() -> Iterator[str]:
-    """moto's S3 server on a free loopback port, with one empty bucket: its endpoint URL."""
-    server_module = pytest.importorskip("moto.server")
-    import boto3
-
-    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    client = boto3.client("s3", endpoint_url=endpoint, **_boto_credentials())
-    client.create_bucket(Bucket=BUCKET)
-    yield endpoint
-    server.stop()
-
-
-def _boto_credentials() -> dict[str, str]:
-    return {
-        "aws_access_key_id": CREDENTIALS["AWS_ACCESS_KEY_ID"],
-        "aws_secret_access_key": CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-        "region_name": CREDENTIALS["AWS_DEFAULT_REGION"],
-    }
-
 
 def stored_keys(endpoint: str) -> list[str]:
-    import boto3
-
-    client = boto3.client("s3", endpoint_url=endpoint, **_boto_credentials())
-    pages = client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET)
+    pages = s3_client(endpoint).get_paginator("list_objects_v2").paginate(Bucket=S3_BUCKET)
     return [item["Key"] for page in pages for item in page.get("Contents", [])]
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory, s3, reproduced_template) -> tuple[Path, dict[str, str]]:
-    """A copy of the session's reproduced repository (the cut-down settings: a 2.2M-parameter
-    encoder, small checkpoints to push and pull) whose default remote is the S3 bucket, set up
-    as the README says, committed; its environment has the credentials and no proxy."""
-    template, env, _ = reproduced_template
-    root = tmp_path_factory.mktemp("s3") / "repo"
+@pytest.fixture
+def repo(tmp_path, experiments_template) -> tuple[Path, dict[str, str]]:
+    """A copy of the session's experiments repository (the cut-down settings: a 2.2M-parameter
+    encoder, small checkpoints to push and pull; two experiments, seed1 and seed2), whose
+    default remote is the session's S3 bucket, set up as the README says; its environment has
+    the credentials and no proxy."""
+    template, env = experiments_template
+    root = tmp_path / "repo"
     copy_reproduced(template, root)
     env = {k: v for k, v in env.items() if not k.startswith("AWS_") and "proxy" not in k.lower()}
-    env = {**env, **CREDENTIALS, "NO_PROXY": "127.0.0.1,localhost"}
-    dvc(["remote", "add", "--default", "store", f"s3://{BUCKET}/segpipe"], root, env)
-    dvc(["remote", "modify", "store", "endpointurl", s3], root, env)
-    run(["git", "add", "-A"], root, env)
-    run(["git", "commit", "-qm", "reproduced, with an S3 remote"], root, env)
-    return root, env
+    return root, {**env, **S3_CREDENTIALS, "NO_PROXY": "127.0.0.1,localhost"}
 
 
-def test_push_wipe_pull_is_up_to_date(repo, s3):
+def test_push_wipe_pull_is_up_to_date(repo, s3_server):
     root, env = repo
     dvc(["push"], root, env)
-    assert any(key.startswith("segpipe/files/md5/") for key in stored_keys(s3))
+    assert any(key.startswith("segpipe/files/md5/") for key in stored_keys(s3_server))
     model = (root / "models" / "model.pt").read_bytes()
 
     shutil.rmtree(root / ".dvc" / "cache")
@@ -101,24 +61,26 @@ def experiments(shown: list) -> dict[str, float]:
 
 
 def test_experiments_shared_through_git_and_s3(repo, tmp_path):
-    """A runs an experiment and `dvc exp push`es it; B, a clone of the same git remote,
-    `dvc exp pull`s it: B's `dvc exp show` lists it with A's metrics, and applying it checks
-    out A's model, fetched from S3."""
+    """A `dvc exp push`es an experiment it ran; B, a clone of the same git remote, `dvc exp
+    pull`s it: B's `dvc exp show` lists it with A's metrics, and applying it checks out A's
+    model of that experiment, fetched from S3."""
     root, env = repo
     origin = tmp_path / "origin.git"
     run(["git", "clone", "-q", "--bare", root, origin], tmp_path, env)
     run(["git", "remote", "add", "origin", origin], root, env)
-    dvc(["exp", "run", "-n", "lr-low", "-S", "train.lr=0.0005"], root, env)
     ran = experiments(json.loads(dvc(["exp", "show", "--json"], root, env)))
-    model = (root / "models" / "model.pt").read_bytes()
-    dvc(["exp", "push", "origin", "lr-low"], root, env)
+    pushed = dvc(["exp", "push", "origin", "seed1"], root, env)
+    assert "Pushed experiment seed1" in pushed and " uploaded" in pushed, pushed  # and its outputs
 
     clone = tmp_path / "b"
     run(["git", "clone", "-q", origin, clone], tmp_path, env)
-    assert "lr-low" not in dvc(["exp", "list", "--all-commits"], clone, env)
-    dvc(["exp", "pull", "origin", "lr-low"], clone, env)
+    assert "seed1" not in dvc(["exp", "list", "--all-commits"], clone, env)
+    dvc(["exp", "pull", "origin", "seed1"], clone, env)
     seen = experiments(json.loads(dvc(["exp", "show", "--json"], clone, env)))
-    assert seen["lr-low"] == ran["lr-low"]
-    dvc(["exp", "apply", "lr-low"], clone, env)
-    assert (clone / "models" / "model.pt").read_bytes() == model
-    assert "lr: 0.0005" in (clone / "params.yaml").read_text()
+    assert seen["seed1"] == ran["seed1"] and "seed2" not in seen
+    dvc(["exp", "apply", "seed1"], clone, env)
+    baseline = (root / "models" / "model.pt").read_bytes()
+    dvc(["exp", "apply", "seed1"], root, env)  # A's own model of the experiment
+    model = (root / "models" / "model.pt").read_bytes()
+    assert model != baseline and (clone / "models" / "model.pt").read_bytes() == model
+    assert "lr: 0.01" in (clone / "params.yaml").read_text()
