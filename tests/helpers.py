@@ -35,7 +35,7 @@ TINY: dict[str, object] = {
     "data__synthetic__max_size": 80,
     "split__val_fraction": 0.25,
     "split__test_fraction": 0.25,
-    "model__encoder": "resnet18",
+    "model__encoder": "tu-mobilenetv3_small_050",
     "model__encoder_weights": None,
     "train__image_size": 64,
     "train__epochs": 1,
@@ -45,20 +45,16 @@ TINY: dict[str, object] = {
     "plot__n_samples": 2,
 }
 """The repository's params.yaml cut down to tiny, fast, offline settings, as
-``section__key`` edits: 24 small synthetic images split 12/6/6, a resnet18 Unet at 64x64 for
-one epoch at a constant lr. In-process tests get them as :func:`tiny_params`, a stage script as
-``write_params(path, tiny_params())``, a copied repository as ``copy_repo(root, TINY)``."""
+``section__key`` edits: 24 small synthetic images split 12/6/6, a Unet at 64x64 on a
+2.2M-parameter timm encoder (resnet18's 14M would make every checkpoint six times larger to
+build, write and read) for one epoch at a constant lr. In-process tests get them as
+:func:`tiny_params`, a stage script as ``write_params(path, tiny_params())``, a copied
+repository as ``copy_repo(root, TINY)``."""
 
 
-CUT_DOWN: dict[str, object] = {
-    **TINY,
-    "model__encoder": "tu-mobilenetv3_small_050",
-    "train__epochs": 3,
-}
-"""The tiny settings as the reproduced repository runs them (:func:`reproduce_repo`): a
-smaller encoder (2.2M parameters instead of resnet18's 14M: every run writes, hashes, caches,
-pushes and pulls smaller checkpoints) for three epochs, so that a run can be killed between
-two of them."""
+CUT_DOWN: dict[str, object] = {**TINY, "train__epochs": 3}
+"""The tiny settings as the reproduced repository runs them (:func:`reproduce_repo`): three
+epochs, so that a run can be killed between two of them."""
 
 
 S3_BUCKET = "segpipe-store"

@@ -20,7 +20,9 @@ from segpipe.runtime import Environment, Runtime
 
 from .conftest import tiny_params
 
-TINY = ModelConfig(arch="Unet", encoder="resnet18", encoder_weights=None)
+ENCODER = "tu-mobilenetv3_small_050"
+"""The tiny settings' encoder (2.2M parameters: small checkpoints to write and read)."""
+TINY = ModelConfig(arch="Unet", encoder=ENCODER, encoder_weights=None)
 
 
 @functools.cache
@@ -35,7 +37,7 @@ def payload_as_train_writes_it() -> dict:
         "format": 1,
         "model_config": {
             "arch": "Unet",
-            "encoder": "resnet18",
+            "encoder": ENCODER,
             "classes": ["background", "foreground"],
             "image_size": 64,
             "precision": "auto",
@@ -90,7 +92,7 @@ def test_files_in_the_current_layout_load_into_the_record(tmp_path):
     assert record == Checkpoint(
         model_config=ModelSpec(
             arch="Unet",
-            encoder="resnet18",
+            encoder=ENCODER,
             classes=("background", "foreground"),
             image_size=64,
             precision="auto",
@@ -344,11 +346,11 @@ def _tensor_names() -> dict[str, str]:
     """One tensor of each kind that a damaged file can hold NaN or inf in."""
     names = list(_tiny_state())
     return {
-        "encoder conv": "encoder.conv1.weight",
-        "bn weight": "encoder.bn1.weight",
-        "bn bias": "encoder.bn1.bias",
-        "bn running_mean": "encoder.bn1.running_mean",
-        "bn running_var": "encoder.bn1.running_var",
+        "encoder conv": "encoder.model.conv_stem.weight",
+        "bn weight": "encoder.model.bn1.weight",
+        "bn bias": "encoder.model.bn1.bias",
+        "bn running_mean": "encoder.model.bn1.running_mean",
+        "bn running_var": "encoder.model.bn1.running_var",
         "decoder": next(n for n in names if n.startswith("decoder.") and n.endswith("weight")),
         "head bias": next(n for n in names if n.startswith("segmentation_head") and "bias" in n),
     }
@@ -368,9 +370,9 @@ def test_nan_or_inf_weights_are_refused_at_load_naming_the_tensor(tmp_path, site
 
 def test_a_negative_running_variance_is_refused(tmp_path):
     payload = payload_as_train_writes_it()
-    payload["state_dict"]["encoder.bn1.running_var"][3] = -1.0
+    payload["state_dict"]["encoder.model.bn1.running_var"][3] = -1.0
     assert _error(tmp_path, payload).startswith(
-        "tensor 'encoder.bn1.running_var' holds a negative variance"
+        "tensor 'encoder.model.bn1.running_var' holds a negative variance"
     )
 
 

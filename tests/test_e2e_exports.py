@@ -21,7 +21,6 @@ EDITS = {
     "data__path": "data/external/coco",
     "data__classes": CLASSES,
     "data__ignore_index": 255,
-    "model__encoder": "tu-mobilenetv3_small_050",
     "train__epochs": 2,
 }
 VOC_TRAIN, VOC_VAL = list(range(12)), list(range(12, 18))

@@ -135,11 +135,18 @@ def test_multiclass_train_evaluate_plot(multiclass_run):
         assert written[name] == (pytest.approx(np.mean(scored)) if scored else None)
     per_image = pd.read_csv(root / "per_image.csv")
     assert {f"nsd/{c}" for c in CLASSES[1:]} <= set(per_image.columns)
-    assert per_image[[f"nsd/{c}" for c in CLASSES[1:]]].stack().between(0, 1).all()
+    nsd = read_table(root / "per_image.csv", ("stem",), "scores", "").set_index("stem")
+    nsd = nsd[[f"nsd/{c}" for c in CLASSES[1:]]]
+    assert nsd.stack().dropna().between(0, 1).all() and nsd.notna().any().any()
     for _, row in read_split(root / "splits" / "test.csv").iterrows():
         pred = Image.open(root / "pred" / f"{row['stem']}.png")
         assert pred.mode == "P" and pred.size == (row["width"], row["height"])
-        assert set(np.unique(np.asarray(pred)).tolist()) <= {0, 1, 2, 3}
+        labels = np.asarray(pred)
+        assert set(np.unique(labels).tolist()) <= {0, 1, 2, 3}
+        truth = read_mask(Path(row["mask"]), len(CLASSES))
+        for k, name in enumerate(CLASSES[1:], start=1):  # undefined only with the class in neither
+            absent = not (labels == k).any() and not (truth == k).any()
+            assert np.isnan(nsd.loc[row["stem"], f"nsd/{name}"]) == absent
     confusion = pd.read_csv(root / "confusion.csv")
     assert set(confusion["actual"]) <= set(CLASSES) and len(confusion) % 1000 == 0
     card = (root / "card.md").read_text()

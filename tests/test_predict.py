@@ -289,12 +289,12 @@ def test_resume_state_and_inconsistent_checkpoints_are_one_line(tmp_path, traine
         "models/model.pt"
     )
     payload = torch.load(trained / "model.pt", weights_only=True)
-    payload["model_config"]["encoder"] = "resnet34"  # weights of a resnet18
+    payload["model_config"]["encoder"] = "resnet18"  # weights of a timm mobilenet
     torch.save(payload, tmp_path / "edited.pt")
     edited = refusal(tmp_path / "edited.pt", Path(image), tmp_path / "o")
     assert edited.startswith(
         f"{tmp_path / 'edited.pt'}: its weights do not fit its model_config (Unet, "
-        "resnet34, 2 classes): 96 missing, 0 unexpected and 0 wrongly shaped tensor(s)"
+        "resnet18, 2 classes): 120 missing, 240 unexpected and 4 wrongly shaped tensor(s)"
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["edited.pt", "photos", "state.pt"]
 
