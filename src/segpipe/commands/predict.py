@@ -311,30 +311,20 @@ def run(
         Counts of written and skipped images, and the throughput.
     """
     flags = dict(zip(SETTINGS, (threshold, tile, overlap, tta, decode, backend), strict=True))
-    given = {name: value for name, value in flags.items() if value is not None}
-    if given.get("tile") == 0:
-        given["tile"] = None  # --tile 0: whole images, whatever evaluate.tile says
-    check_flags(given)
-    if batch_size < 1:
-        raise SegpipeError(f"--batch-size: must be >= 1, got {batch_size}")
-    if threads < 0:
-        raise SegpipeError(f"--threads: must be >= 0, got {threads}")
+    given = _given_settings(flags, batch_size=batch_size, threads=threads)
     settings, sources = resolve_settings(given, params_path)
-    inputs_by_stem, duplicates = list_inputs(inputs, out_dir)
-    plan = plan_outputs(inputs_by_stem, out_dir, with_overlay=with_overlay)
-    targets = [p for _, mask, over in plan for p in (mask, over) if p is not None]
-    if with_probabilities:
-        targets += [probabilities_path(mask) for _, mask, _ in plan]
-    input_files = [*inputs_by_stem.values(), *duplicates]
-    check_outputs(inputs, input_files, out_dir, targets, overwrite=overwrite)
+    inputs_by_stem, duplicates, plan = _checked_plan(
+        inputs,
+        out_dir,
+        with_overlay=with_overlay,
+        with_probabilities=with_probabilities,
+        overwrite=overwrite,
+    )
     reuse_freed_memory()  # as the evaluate stage does: large buffers are not mapped afresh
     predictor = _load_predictor(model_path, settings, sources, threshold_given=threshold)
     sizes = {path: _header_size(path) for path in inputs_by_stem.values()}
-    check_memory(
-        predictor,
-        {path: hw for path, hw in sizes.items() if hw is not None},
-        fix="pass --tile {tile} (or set evaluate.tile)",
-    )
+    known = {path: hw for path, hw in sizes.items() if hw is not None}
+    check_memory(predictor, known, fix="pass --tile {tile} (or set evaluate.tile)")
     stream = StreamSettings(batch_size, settings["decode"], threads)
     ensure_writable_dir(out_dir, "--output")
     start = time.perf_counter()
@@ -342,22 +332,47 @@ def run(
         predictor, plan, inputs_by_stem, stream, with_probabilities=with_probabilities
     )
     if unreadable and not written:
-        first = unreadable[0]
-        raise SegpipeError(
-            f"{first}"
-            if inputs.is_file()
-            else f"{inputs}: none of its {len(plan)} image(s) could be read, e.g. {first}"
-        )
+        many = f"{inputs}: none of its {len(plan)} image(s) could be read, e.g. "
+        raise SegpipeError(f"{'' if inputs.is_file() else many}{unreadable[0]}")
     skipped = len(unreadable) + len(duplicates)
     seconds = time.perf_counter() - start
-    log.info(
-        "wrote %d mask(s) to %s (%d skipped), %.1f images/s",
-        written,
-        out_dir,
-        skipped,
-        written / seconds if seconds else 0.0,
-    )
-    return {"written": written, "skipped": skipped, "images_per_s": written / seconds}
+    speed = written / seconds if seconds else 0.0
+    log.info("wrote %d mask(s) to %s (%d skipped), %.1f images/s", written, out_dir, skipped, speed)
+    return {"written": written, "skipped": skipped, "images_per_s": speed}
+
+
+def _given_settings(flags: dict[str, Any], *, batch_size: int, threads: int) -> dict[str, Any]:
+    """The settings of :data:`SETTINGS` given as flags (the ones not None), checked by the rules
+    of their ``evaluate`` keys; ``--tile 0`` is whole images, whatever evaluate.tile says.
+
+    Raises:
+        SegpipeError: naming the flag (``--batch-size`` and ``--threads`` too).
+    """
+    given = {name: value for name, value in flags.items() if value is not None}
+    if given.get("tile") == 0:
+        given["tile"] = None
+    check_flags(given)
+    if batch_size < 1:
+        raise SegpipeError(f"--batch-size: must be >= 1, got {batch_size}")
+    if threads < 0:
+        raise SegpipeError(f"--threads: must be >= 0, got {threads}")
+    return given
+
+
+def _checked_plan(
+    inputs: Path, out_dir: Path, *, with_overlay: bool, with_probabilities: bool, overwrite: bool
+) -> tuple[dict[str, Path], list[Path], list[tuple[str, Path, Path | None]]]:
+    """The inputs by stem, the inputs left out as duplicates of a stem (see
+    :func:`list_inputs`) and the output plan (see :func:`plan_outputs`), once every file the
+    plan writes has passed :func:`check_outputs`."""
+    inputs_by_stem, duplicates = list_inputs(inputs, out_dir)
+    plan = plan_outputs(inputs_by_stem, out_dir, with_overlay=with_overlay)
+    targets = [p for _, mask, over in plan for p in (mask, over) if p is not None]
+    if with_probabilities:
+        targets += [probabilities_path(mask) for _, mask, _ in plan]
+    input_files = [*inputs_by_stem.values(), *duplicates]
+    check_outputs(inputs, input_files, out_dir, targets, overwrite=overwrite)
+    return inputs_by_stem, duplicates, plan
 
 
 def probabilities_path(mask_path: Path) -> Path:

@@ -157,22 +157,9 @@ def run(
     )
     for row, counts in zip(rows, metrics.image_counts, strict=True):
         row.update(counts_row(counts, classes))
-    result = {
-        **metrics.compute(classes),
-        **metrics.bootstrap_interval(),  # one fixed resampling: intervals do not move with seed
-        **boundary.compute(),
-        "n_images": len(rows),
-        "threshold": cfg.threshold,
-        **({"ensemble_size": len(predictor.paths)} if cfg.ensemble is not None else {}),
-    }
-    if cleanup is not None:
-        result.update(cleanup.summary(classes))
     sweep = threshold_sweep(predictor, val, rule, cfg)
-    if len(classes) == 2:
-        best = sweep.best()
-        result["val_best_threshold"] = best["threshold"]
-        result["val_best_threshold_dice"] = best["dice"]
-    result = _json_ready(result)
+    size = len(predictor.paths) if cfg.ensemble is not None else None
+    result = _summary(metrics, boundary, cleanup, sweep, cfg, classes, ensemble_size=size)
 
     _write_tables(rows, per_image_path, sweep, sweep_path, metrics, confusion_path, classes)
     write_json(metrics_path, result)
@@ -181,14 +168,44 @@ def run(
     _write_card_and_environment(
         params, splits_dir, predictor, result, metrics, images_per_s, card_path, environment_path
     )
+    nan = float("nan")
     log.info(
         "test: dice %.4f, iou %.4f, pixel accuracy %.4f over %d images",
-        result["dice"] if result["dice"] is not None else float("nan"),
-        result["iou"] if result["iou"] is not None else float("nan"),
+        nan if result["dice"] is None else result["dice"],
+        nan if result["iou"] is None else result["iou"],
         result["pixel_accuracy"],
         len(rows),
     )
     return result
+
+
+def _summary(
+    metrics: SegmentationMetrics,
+    boundary: BoundaryMetrics,
+    cleanup: postprocess.Postprocess | None,
+    sweep: ThresholdSweep,
+    cfg: EvaluateConfig,
+    classes: list[str],
+    *,
+    ensemble_size: int | None,
+) -> dict[str, float | None]:
+    """The metrics file: the test split's metrics, their intervals and boundary metrics, what
+    post-processing chose, and for two classes the validation sweep's best threshold."""
+    result = {
+        **metrics.compute(classes),
+        **metrics.bootstrap_interval(),  # one fixed resampling: intervals do not move with seed
+        **boundary.compute(),
+        "n_images": len(metrics.image_counts),
+        "threshold": cfg.threshold,
+        **({"ensemble_size": ensemble_size} if ensemble_size is not None else {}),
+    }
+    if cleanup is not None:
+        result.update(cleanup.summary(classes))
+    if len(classes) == 2:
+        best = sweep.best()
+        result["val_best_threshold"] = best["threshold"]
+        result["val_best_threshold_dice"] = best["dice"]
+    return _json_ready(result)
 
 
 def _write_card_and_environment(
