@@ -16,6 +16,7 @@ import torch
 
 import segpipe
 from segpipe.config import load_params, parse_augment
+from segpipe.files import staging_leftovers
 from segpipe.imports import import_closure
 from segpipe.training import resume, train
 
@@ -248,3 +249,19 @@ def test_other_runs_states_are_kept_newest_first(tmp_path):
     runs[-1].snapshot(_state(9), epoch=2, best={}, model_path=model, live_dir=live)
     kept = sorted(p.name for p in (tmp_path / "resume").iterdir())
     assert kept == [r.dir.name for r in runs[-1 - resume.KEEP_OTHERS :]]
+
+
+def test_a_finished_run_deletes_what_a_kill_during_its_snapshot_left(tmp_path):
+    """A kill while a snapshot is written leaves its staging folder beside the run's folder;
+    the run, resumed and finished, deletes it with its state. Another run's are kept."""
+    run, other = resume.Resume(tmp_path, "ab" * 32), resume.Resume(tmp_path, "cd" * 32)
+    for each in (run, other):
+        each.dir.mkdir()
+        each.state_file.write_bytes(b"a state")
+        torn = tmp_path / f".{each.dir.name}.k1ll3d" / "new"  # as staged_dir names it
+        torn.mkdir(parents=True)
+        (torn / resume.STATE).write_bytes(b"half a state")
+    assert staging_leftovers(run.dir) == [tmp_path / f".{run.dir.name}.k1ll3d"]
+    run.finish()
+    assert sorted(tmp_path.iterdir()) == sorted([other.dir, *staging_leftovers(other.dir)])
+    assert len(staging_leftovers(other.dir)) == 1

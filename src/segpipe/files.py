@@ -83,20 +83,25 @@ def staged_dir(out_dir: Path) -> Iterator[Path]:
             raise
 
 
+def staging_leftovers(out_dir: Path) -> list[Path]:
+    """The staging folders of ``out_dir`` (see :func:`staged_dir`) that killed runs left
+    behind: a crash or Ctrl-C removes its own."""
+    found = sorted(Path(out_dir).parent.glob(f".{glob.escape(Path(out_dir).name)}.*"))
+    return [p for p in found if p.is_dir() and not p.is_symlink()]
+
+
 def _warn_leftovers(out_dir: Path) -> None:
-    """Name the staging folders of ``out_dir`` that a killed run left behind (a crash or
-    Ctrl-C removes its own): they may hold gigabytes, and only the user knows no other run is
-    using them."""
-    for leftover in sorted(out_dir.parent.glob(f".{glob.escape(out_dir.name)}.*")):
-        if leftover.is_dir() and not leftover.is_symlink():
-            size = sum(_disk_bytes(p) for p in leftover.rglob("*") if p.is_file())
-            log.warning(
-                "%s: a staging folder left by an earlier run of this stage that was killed "
-                "(%.1f MiB); delete it if no other run is writing %s",
-                leftover,
-                size / 2**20,
-                out_dir,
-            )
+    """Name the :func:`staging_leftovers` of ``out_dir``: they may hold gigabytes, and only the
+    user knows no other run is using them."""
+    for leftover in staging_leftovers(out_dir):
+        size = sum(_disk_bytes(p) for p in leftover.rglob("*") if p.is_file())
+        log.warning(
+            "%s: a staging folder left by an earlier run of this stage that was killed "
+            "(%.1f MiB); delete it if no other run is writing %s",
+            leftover,
+            size / 2**20,
+            out_dir,
+        )
 
 
 def _disk_bytes(path: Path) -> int:

@@ -30,7 +30,7 @@ from albumentations.core.composition import BaseCompose
 from torch import nn
 
 from segpipe.config import Params, to_dict
-from segpipe.files import atomic_write, staged_dir
+from segpipe.files import atomic_write, staged_dir, staging_leftovers
 from segpipe.imports import import_closure
 from segpipe.model.network import unwrap
 
@@ -156,8 +156,10 @@ class Resume:
         self._prune_others()
 
     def finish(self) -> None:
-        """Delete this run's folder: a finished run is never resumed."""
-        shutil.rmtree(self.dir, ignore_errors=True)
+        """Delete this run's folder, and what a kill during one of its snapshots left beside
+        it (its staging folders): a finished run is never resumed."""
+        for folder in (self.dir, *staging_leftovers(self.dir)):
+            shutil.rmtree(folder, ignore_errors=True)
 
     def _prune_others(self) -> None:
         """Keep the newest :data:`KEEP_OTHERS` folders of other interrupted runs (each holds
