@@ -133,10 +133,9 @@ def test_multiclass_train_evaluate_plot(multiclass_run):
         assert f"{name}/background" not in written
         scored = [written[f"{name}/{c}"] for c in CLASSES[1:] if written[f"{name}/{c}"] is not None]
         assert written[name] == (pytest.approx(np.mean(scored)) if scored else None)
-    per_image = pd.read_csv(root / "per_image.csv")
+    per_image = read_table(root / "per_image.csv", ("stem",), "scores", "").set_index("stem")
     assert {f"nsd/{c}" for c in CLASSES[1:]} <= set(per_image.columns)
-    nsd = read_table(root / "per_image.csv", ("stem",), "scores", "").set_index("stem")
-    nsd = nsd[[f"nsd/{c}" for c in CLASSES[1:]]]
+    nsd = per_image[[f"nsd/{c}" for c in CLASSES[1:]]]
     assert nsd.stack().dropna().between(0, 1).all() and nsd.notna().any().any()
     for _, row in read_split(root / "splits" / "test.csv").iterrows():
         pred = Image.open(root / "pred" / f"{row['stem']}.png")
