@@ -3,6 +3,7 @@ that only read it. Plain helpers live in ``helpers.py``."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterator
@@ -143,6 +144,15 @@ def _listing(root: Path) -> dict[str, tuple[int, int]]:
     }
 
 
+@contextlib.contextmanager
+def _unchanged(root: Path, what: str) -> Iterator[None]:
+    """Check, after the block, that no test changed a file or folder under ``root`` (``what``:
+    the shared thing it holds, for the message)."""
+    before = _listing(root)
+    yield
+    assert _listing(root) == before, f"a test changed {what} in {root}"
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """One run of the tiny settings, trained once for the whole session: ``raw/``,
@@ -164,9 +174,8 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     with torch_threads(TRAINING_THREADS):
         best = train.run(p, root / "cache", root / "model.pt", root / "live", root / "resume")
     (root / "best.json").write_text(json.dumps(best))
-    before = _listing(root)
-    yield root
-    assert _listing(root) == before, f"a test changed the shared tiny run in {root}"
+    with _unchanged(root, "the shared tiny run"):
+        yield root
 
 
 @pytest.fixture(scope="session")
@@ -179,9 +188,8 @@ def reproduced_template(
     (``copy_reproduced``)."""
     root = tmp_path_factory.mktemp("reproduced") / "repo"
     env, out = reproduce_repo(root)
-    before = _listing(root)
-    yield root, env, out
-    assert _listing(root) == before, f"a test changed the shared reproduced repository {root}"
+    with _unchanged(root, "the shared reproduced repository"):
+        yield root, env, out
 
 
 SEED_EXPERIMENTS = {"seed1": 1, "seed2": 2}
@@ -228,6 +236,5 @@ def experiments_template(
         dvc(["exp", "run", "--queue", *args], root, env)
     status = run_queue(root, env, SEED_EXPERIMENTS)
     assert status.count("Success") == len(SEED_EXPERIMENTS) and "Failed" not in status, status
-    before = _listing(root)
-    yield root, env
-    assert _listing(root) == before, f"a test changed the shared experiments repository {root}"
+    with _unchanged(root, "the shared experiments repository"):
+        yield root, env

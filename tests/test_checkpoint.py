@@ -18,7 +18,7 @@ from segpipe.model.checkpoint import Checkpoint, ModelSpec, load_checkpoint, sav
 from segpipe.model.network import build_model, encoder_normalisation
 from segpipe.runtime import Environment, Runtime
 
-from .conftest import tiny_params
+from .helpers import tiny_params
 
 ENCODER = "tu-mobilenetv3_small_050"
 """The tiny settings' encoder (2.2M parameters: small checkpoints to write and read)."""
